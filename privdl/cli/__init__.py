@@ -1,0 +1,82 @@
+"""The ``privdl`` command. Thin: parse, call the public API, print.
+
+One module per command group; each exposes ``register(app)``. Errors from the
+:class:`~privdl.errors.PrivdlError` tree become one line on stderr and the error's
+exit code (2 bad usage/input, 1 failed check); nothing prints a traceback unless
+``PRIVDL_DEBUG=1`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+import typer
+
+from privdl.errors import PrivdlError
+
+app = typer.Typer(
+    name="privdl",
+    help="Anonymize, train with differential privacy, score encrypted, keep GDPR evidence.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _register_all() -> None:
+    from privdl.cli import anonymize, audit, budget, diff, he, risk
+
+    for module in (anonymize, risk, budget, audit, he, diff):
+        module.register(app)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one error line and return the Exit to raise."""
+    print(f"privdl: error: {message}", file=sys.stderr)
+    return typer.Exit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns (and exits with) the exit code."""
+    import click
+
+    _register_all()
+    command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("PRIVDL_DEBUG") == "1"
+    try:
+        result = command.main(args=args, prog_name="privdl", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except PrivdlError as exc:
+        if debug:
+            raise
+        print(f"privdl: error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.exceptions.UsageError as exc:
+        message = exc.format_message().replace("\n", " ")
+        ctx = exc.ctx.command_path if exc.ctx is not None else "privdl"
+        print(f"{ctx}: error: {message} (see --help)", file=sys.stderr)
+        code = 2
+    except click.exceptions.Abort:
+        print("privdl: aborted", file=sys.stderr)
+        code = 130
+    except KeyboardInterrupt:
+        print("privdl: interrupted", file=sys.stderr)
+        code = 130
+    except Exception as exc:
+        if debug:
+            raise
+        # The message of an unexpected exception may quote data: print its class only.
+        print(
+            f"privdl: internal error ({type(exc).__name__}); rerun with PRIVDL_DEBUG=1 for details",
+            file=sys.stderr,
+        )
+        code = 3
+    if argv is None:
+        sys.exit(code)
+    return code

@@ -1,0 +1,9 @@
+"""`privdl audit` commands (registered by :func:`register`)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `audit` commands to the main app (filled in by the audit work)."""

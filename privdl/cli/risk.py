@@ -1,0 +1,9 @@
+"""`privdl risk` commands (registered by :func:`register`)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `risk` commands to the main app (filled in by the risk work)."""

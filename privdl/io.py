@@ -1,0 +1,525 @@
+"""Reading and writing tables: CSV, TSV, Parquet, JSON Lines, SQLite (and DuckDB).
+
+* The format follows the file extension (``.csv``, ``.tsv``, ``.parquet``, ``.jsonl``,
+  optionally compressed ``.csv.gz``); ``sep=`` overrides the delimiter of text tables.
+  Databases are named by URL: ``sqlite:///users.db?table=users`` or with ``query=``
+  (``duckdb:///file.duckdb?table=...`` when ``duckdb`` is installed).
+* Inputs are opened read-only and never modified (SQLite with ``mode=ro``).
+* Writes are atomic: a temporary file in the target folder, ``fsync``, then
+  ``os.replace``; a failure leaves no partial output behind.
+* Parsing is strict: a CSV row with too few or too many fields is an
+  :class:`~privdl.errors.InputError` naming the file and line, never the row's content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import sqlite3
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+from privdl.errors import FormatError, InputError, UsageError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "TableSource",
+    "atomic_write",
+    "check_distinct_paths",
+    "file_fingerprint",
+    "parse_source",
+    "read_table",
+    "write_table",
+]
+
+TEXT_FORMATS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": ","}
+COMPRESSIONS = (".gz", ".bz2", ".zst", ".xz")
+FORMATS = (".csv", ".tsv", ".tab", ".txt", ".parquet", ".pq", ".jsonl", ".ndjson")
+_PROGRESS_MIN_BYTES = 64 * 1024 * 1024
+_BLOCK = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TableSource:
+    """Where a table lives: a file with a format, or a database table / query."""
+
+    kind: str  # "file" | "sqlite" | "duckdb"
+    path: Path
+    fmt: str = ""  # ".csv", ".parquet", ... for files
+    table: str | None = None
+    query: str | None = None
+
+    @property
+    def label(self) -> str:
+        """A name for messages: the file name plus the table, never a query text."""
+        return f"{self.path}" + (f" (table {self.table})" if self.table else "")
+
+
+def parse_source(location: str | os.PathLike[str], *, query: str | None = None) -> TableSource:
+    """Resolve a path or URL to a :class:`TableSource` (no I/O)."""
+    text = os.fspath(location)
+    for scheme in ("sqlite", "duckdb"):
+        if text.startswith(scheme + ":///") or text.startswith(scheme + "://"):
+            parsed = urlparse(text)
+            raw_path = unquote(parsed.netloc + parsed.path)
+            if text.startswith(scheme + ":///"):
+                raw_path = unquote(text[len(scheme) + 4 :].split("?", 1)[0])
+            params = parse_qs(parsed.query)
+            table = params.get("table", [None])[0]
+            q = query or params.get("query", [None])[0]
+            return TableSource(kind=scheme, path=Path(raw_path), table=table, query=q)
+    path = Path(text)
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        suffixes = suffixes[:-1]
+    fmt = suffixes[-1] if suffixes else ""
+    if fmt in (".db", ".sqlite", ".sqlite3"):
+        return TableSource(kind="sqlite", path=path, table=None, query=query)
+    return TableSource(kind="file", path=path, fmt=fmt)
+
+
+# ----------------------------------------------------------------------------- reading
+def read_table(
+    location: str | os.PathLike[str],
+    *,
+    sep: str | None = None,
+    query: str | None = None,
+    table: str | None = None,
+    columns: Sequence[str] | None = None,
+    dtype: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Read a table into a pandas DataFrame; the input is never modified.
+
+    Args:
+        location: a file path (format from its extension) or a database URL
+            (``sqlite:///users.db?table=users``).
+        sep: delimiter for text formats, overriding the extension's default.
+        query: a SQL query for database sources (read-only connection).
+        table: a table name for database sources (instead of ``?table=``).
+        columns: read only these columns.
+        dtype: per-column dtypes for text formats (e.g. ``{"zip": str}`` to keep
+            leading zeros).
+        progress: show a rich progress bar while reading a large CSV.
+
+    Raises:
+        InputError: missing, empty or unreadable file; ragged CSV rows; bad JSON line.
+        FormatError: unknown extension.
+    """
+    src = parse_source(location, query=query)
+    if table is not None:
+        src = TableSource(kind=src.kind, path=src.path, fmt=src.fmt, table=table, query=query)
+    if src.kind in ("sqlite", "duckdb"):
+        frame = _read_database(src)
+        return frame[list(columns)] if columns else frame
+    path = src.path
+    if not path.exists():
+        raise InputError(f"input file {path} does not exist")
+    if path.is_dir():
+        raise InputError(f"input {path} is a folder, not a file")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"input file {path} is not readable")
+    if src.fmt not in FORMATS:
+        raise FormatError(
+            f"{path}: unknown table format {src.fmt or '(no extension)'!r};"
+            " use .csv, .tsv, .parquet, .jsonl or a sqlite:/// URL"
+        )
+    if path.stat().st_size == 0:
+        raise InputError(f"input file {path} is empty")
+    if src.fmt in (".parquet", ".pq"):
+        return _read_parquet(path, columns)
+    if src.fmt in (".jsonl", ".ndjson"):
+        frame = _read_jsonl(path)
+        return _select(frame, columns, path)
+    delimiter = sep if sep is not None else _sniff_delimiter(path, TEXT_FORMATS[src.fmt])
+    return _read_csv(path, delimiter, columns=columns, dtype=dtype, progress=progress)
+
+
+def _select(frame: pd.DataFrame, columns: Sequence[str] | None, path: Path) -> pd.DataFrame:
+    if not columns:
+        return frame
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise InputError(f"{path}: column {missing[0]!r} not found")
+    return frame[list(columns)]
+
+
+def _read_csv(
+    path: Path,
+    delimiter: str,
+    *,
+    columns: Sequence[str] | None,
+    dtype: dict[str, Any] | None,
+    progress: bool,
+) -> pd.DataFrame:
+    import pyarrow as pa
+    from pyarrow import csv as pacsv
+
+    if len(delimiter) != 1:
+        raise InputError(f"{path}: the separator must be one character")
+    header = _read_header(path, delimiter)
+    if not header or all(not h.strip() for h in header):
+        raise InputError(f"input file {path} has no header row")
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise InputError(f"{path}: column {dupes[0]!r} appears more than once in the header")
+    if columns:
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise InputError(f"{path}: column {missing[0]!r} not found")
+    column_types = {}
+    for name, kind in (dtype or {}).items():
+        if kind in (str, "str", "string", object):
+            column_types[name] = pa.string()
+    read_opts = pacsv.ReadOptions(block_size=_BLOCK, use_threads=True)
+    parse_opts = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
+    convert_opts = pacsv.ConvertOptions(
+        include_columns=list(columns) if columns else None,
+        column_types=column_types,
+        strings_can_be_null=True,
+        timestamp_parsers=[],  # keep date text as text: callers choose how dates are parsed
+    )
+    size = path.stat().st_size
+    try:
+        if progress and size >= _PROGRESS_MIN_BYTES:
+            tbl = _read_csv_with_progress(path, read_opts, parse_opts, convert_opts, size)
+        else:
+            tbl = pacsv.read_csv(
+                path, read_options=read_opts, parse_options=parse_opts, convert_options=convert_opts
+            )
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise _csv_error(path, delimiter, len(header), str(exc)) from None
+    frame = tbl.to_pandas()
+    if dtype:
+        other = {k: v for k, v in dtype.items() if k not in column_types and k in frame.columns}
+        if other:
+            try:
+                frame = frame.astype(other)
+            except (TypeError, ValueError):
+                raise InputError(f"{path}: a column cannot be converted to the requested dtype") from None
+    return frame
+
+
+def _read_csv_with_progress(path, read_opts, parse_opts, convert_opts, size):  # type: ignore[no-untyped-def]
+    import pyarrow as pa
+    from pyarrow import csv as pacsv
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    batches = []
+    with open(path, "rb") as raw, Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(f"reading {path.name}", total=size)
+        reader = pacsv.open_csv(
+            raw, read_options=read_opts, parse_options=parse_opts, convert_options=convert_opts
+        )
+        for batch in reader:
+            batches.append(batch)
+            bar.update(task, completed=raw.tell())
+        return pa.Table.from_batches(batches, schema=reader.schema)
+
+
+def _sniff_delimiter(path: Path, default: str) -> str:
+    """Keep the extension's delimiter unless the header clearly uses another one.
+
+    A ``.csv`` whose header has no comma but semicolons (European exports, ARX files) is
+    read with ``;``; ``sep=`` always wins over this guess.
+    """
+    with _open_text(path) as fh:
+        try:
+            first = fh.readline()
+        except UnicodeDecodeError:
+            return default
+    if default in first:
+        return default
+    for candidate in (";", "\t", "|", ","):
+        if candidate != default and candidate in first:
+            return candidate
+    return default
+
+
+def _read_header(path: Path, delimiter: str) -> list[str]:
+    with _open_text(path) as fh:
+        try:
+            row = next(csv.reader(fh, delimiter=delimiter), [])
+        except (csv.Error, UnicodeDecodeError):
+            raise InputError(f"{path}: the header row cannot be parsed as text") from None
+    if row and row[0].startswith("\ufeff"):
+        row[0] = row[0][1:]
+    return row
+
+
+def _open_text(path: Path) -> IO[str]:
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        import gzip
+
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    if name.endswith(".bz2"):
+        import bz2
+
+        return io.TextIOWrapper(bz2.open(path, "rb"), encoding="utf-8", newline="")
+    if name.endswith(".xz"):
+        import lzma
+
+        return io.TextIOWrapper(lzma.open(path, "rb"), encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")  # noqa: SIM115 - returned to caller
+
+
+def _csv_error(path: Path, delimiter: str, expected: int, message: str) -> InputError:
+    """Turn a parser error into one line naming the line number, never the row text."""
+    if "Expected" in message and "columns" in message:
+        # Locate the offending line ourselves: the parser's message quotes the row.
+        with _open_text(path) as fh:
+            reader = csv.reader(fh, delimiter=delimiter)
+            for row in reader:
+                if len(row) != expected and not (len(row) == 0):
+                    return InputError(
+                        f"{path}: line {reader.line_num} has {len(row)} fields, expected {expected}"
+                    )
+        m = re.search(r"Expected (\d+) columns, got (\d+)", message)
+        got = m.group(2) if m else "a different number of"
+        return InputError(f"{path}: a row has {got} fields, expected {expected}")
+    if "UTF8" in message or "utf-8" in message.lower():
+        return InputError(f"{path}: the file is not valid UTF-8 text")
+    return InputError(f"{path}: the file cannot be parsed as a delimited table")
+
+
+def _read_parquet(path: Path, columns: Sequence[str] | None) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+        if columns:
+            missing = [c for c in columns if c not in schema.names]
+            if missing:
+                raise InputError(f"{path}: column {missing[0]!r} not found")
+        return pq.read_table(path, columns=list(columns) if columns else None).to_pandas()
+    except (pa.ArrowInvalid, OSError):
+        raise InputError(f"{path} is not a readable Parquet file") from None
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
+    records: list[dict[str, Any]] = []
+    with _open_text(path) as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise InputError(f"{path}: line {lineno} is not valid JSON") from None
+            if not isinstance(obj, dict):
+                raise InputError(f"{path}: line {lineno} is not a JSON object")
+            records.append(obj)
+    if not records:
+        raise InputError(f"input file {path} has no records")
+    return pd.DataFrame.from_records(records)
+
+
+def _read_database(src: TableSource) -> pd.DataFrame:
+    import pandas as pd
+
+    if not src.path.exists():
+        raise InputError(f"database file {src.path} does not exist")
+    if src.table is None and src.query is None:
+        raise UsageError(f"{src.path}: name a table (?table=NAME) or a query (--query)")
+    if src.kind == "duckdb":
+        from privdl.errors import require
+
+        duckdb: Any = require("duckdb", "duckdb")
+        con = duckdb.connect(str(src.path), read_only=True)
+        try:
+            if src.query is not None:
+                return con.execute(src.query).df()
+            names = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
+            if src.table not in names:
+                raise InputError(f"{src.path}: table {src.table!r} not found")
+            return con.execute(f'SELECT * FROM "{src.table}"').df()
+        finally:
+            con.close()
+    try:
+        con = sqlite3.connect(f"file:{src.path.resolve()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        raise InputError(f"{src.path} cannot be opened as a SQLite database") from None
+    try:
+        try:
+            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table','view')")}
+        except sqlite3.DatabaseError:
+            raise InputError(f"{src.path} is not a SQLite database") from None
+        if src.query is not None:
+            sql = src.query
+        else:
+            if src.table not in names:
+                raise InputError(f"{src.path}: table {src.table!r} not found")
+            sql = 'SELECT * FROM "{}"'.format(str(src.table).replace('"', '""'))
+        try:
+            return pd.read_sql_query(sql, con)
+        except (sqlite3.Error, pd.errors.DatabaseError):
+            raise InputError(f"{src.path}: the query failed") from None
+    finally:
+        con.close()
+
+
+# ----------------------------------------------------------------------------- writing
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success fsync it and rename it to ``path``.
+
+    On any exception the temporary file is removed and ``path`` is left as it was.
+
+    Raises:
+        InputError: the target folder does not exist.
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"output folder {folder} does not exist")
+    if target.is_dir():
+        raise InputError(f"output {target} is a folder")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".privdl-tmp", dir=folder)
+    tmp = Path(tmp_name)
+    try:
+        encoding = None if "b" in mode else "utf-8"
+        newline = None if "b" in mode else ""
+        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        _replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    if target.exists():
+        # keep the mode of the file being replaced, not mkstemp's 0600 (e.g. 0644 for a table)
+        os.chmod(tmp, target.stat().st_mode & 0o777)
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, target)
+    with contextlib.suppress(OSError):  # not every platform can fsync a folder
+        dfd = os.open(target.parent if str(target.parent) else ".", os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def write_table(
+    frame: pd.DataFrame, location: str | os.PathLike[str], *, sep: str | None = None
+) -> Path:
+    """Write ``frame`` atomically; the format follows the extension of ``location``.
+
+    Raises:
+        InputError: the output folder does not exist.
+        FormatError: unknown extension.
+    """
+    src = parse_source(location)
+    if src.kind == "sqlite":
+        return _write_sqlite(frame, src)
+    if src.kind != "file" or src.fmt not in FORMATS:
+        raise FormatError(
+            f"{src.path}: unknown output format {src.fmt or '(no extension)'!r};"
+            " use .csv, .tsv, .parquet, .jsonl or a sqlite:/// URL"
+        )
+    path = src.path
+    if src.fmt in (".parquet", ".pq"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        with atomic_write(path, "wb") as fh:
+            pq.write_table(table, fh)
+        return path
+    if src.fmt in (".jsonl", ".ndjson"):
+        with atomic_write(path, "w") as fh:
+            frame.to_json(fh, orient="records", lines=True, date_format="iso", force_ascii=False)
+        return path
+    delimiter = sep if sep is not None else TEXT_FORMATS[src.fmt]
+    compression = path.suffix.lower() if path.suffix.lower() in COMPRESSIONS else None
+    if compression:
+        comp = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}[compression]
+        with atomic_write(path, "wb") as fh:
+            frame.to_csv(fh, sep=delimiter, index=False, compression=comp)
+        return path
+    with atomic_write(path, "w") as fh:
+        frame.to_csv(fh, sep=delimiter, index=False, lineterminator="\n")
+    return path
+
+
+def _write_sqlite(frame: pd.DataFrame, src: TableSource) -> Path:
+    import shutil
+
+    if not src.table:
+        raise UsageError(f"{src.path}: name the output table with ?table=NAME")
+    folder = src.path.parent if str(src.path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"output folder {folder} does not exist")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{src.path.name}.", suffix=".privdl-tmp", dir=folder)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        if src.path.exists():
+            shutil.copyfile(src.path, tmp)
+        con = sqlite3.connect(tmp)
+        try:
+            frame.to_sql(src.table, con, if_exists="replace", index=False)
+            con.commit()
+        finally:
+            con.close()
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        _replace(tmp, src.path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return src.path
+
+
+# ----------------------------------------------------------------------------- helpers
+def check_distinct_paths(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Refuse to write an output over its own input.
+
+    Raises:
+        UsageError: both name the same file.
+    """
+    a, b = parse_source(source).path, parse_source(target).path
+    same = a.resolve() == b.resolve()
+    if not same and a.exists() and b.exists():
+        same = os.path.samefile(a, b)
+    if same:
+        raise UsageError(f"output {b} is the input file; choose another output path")
+
+
+def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """SHA-256 and size of a file, for audit entries and manifests."""
+    p = Path(path)
+    digest = hashlib.sha256()
+    with open(p, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": p.name, "sha256": digest.hexdigest(), "bytes": p.stat().st_size}

@@ -1,0 +1,200 @@
+"""Secret keys: a masked type, providers (environment, file) and purpose-bound derivation.
+
+A :class:`Secret` never shows its bytes in ``repr``/``str``/f-strings and cannot be
+pickled. Every use of a key is recorded by its :func:`key_id`, a short public
+fingerprint. A master key is never used directly: each purpose (pseudonyms,
+deterministic encryption, date shifting, audit MACs) gets its own key derived with
+HKDF-SHA256 and a purpose label, so a leaked purpose key does not expose the others.
+
+Key text formats accepted from an environment variable or a file:
+
+* ``hex:<hex digits>`` or bare hex of 64+ digits,
+* ``base64:<standard or url-safe base64>``,
+* anything else is taken as raw UTF-8 bytes (a long random passphrase).
+
+Keys shorter than 32 bytes (256 bits) are refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import os
+import re
+import secrets
+import stat
+from pathlib import Path
+from typing import NoReturn
+
+from privdl.errors import InputError, KeyMissingError, SecurityError
+
+__all__ = ["MIN_KEY_BYTES", "Secret", "key_id"]
+
+MIN_KEY_BYTES = 32
+_HEX = re.compile(r"^[0-9a-fA-F]{64,}$")
+_KEY_ID_LABEL = b"privdl/v1/key-id"
+
+
+class Secret:
+    """Key material that does not leak through ``repr``, ``str``, logs or pickles.
+
+    Args:
+        value: the key bytes (at least 32 bytes).
+        source: a public description of where the key came from (``"env:PRIVDL_KEY"``);
+            shown in ``repr`` and error messages, never the bytes.
+
+    Example:
+        >>> key = Secret.generate()
+        >>> repr(key).startswith("Secret(key_id=")
+        True
+    """
+
+    __slots__ = ("_source", "_value")
+
+    def __init__(self, value: bytes, *, source: str = "memory") -> None:
+        if not isinstance(value, bytes | bytearray):
+            raise TypeError("Secret needs bytes")
+        if len(value) < MIN_KEY_BYTES:
+            raise SecurityError(
+                f"key from {source} is {len(value)} bytes; at least {MIN_KEY_BYTES} are required"
+            )
+        self._value = bytes(value)
+        self._source = source
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def generate(cls, nbytes: int = MIN_KEY_BYTES) -> Secret:
+        """A fresh random key from :mod:`secrets`."""
+        return cls(secrets.token_bytes(max(nbytes, MIN_KEY_BYTES)), source="generated")
+
+    @classmethod
+    def from_env(cls, name: str = "PRIVDL_KEY") -> Secret:
+        """Read a key from environment variable ``name``.
+
+        Raises:
+            KeyMissingError: the variable is unset or empty.
+            SecurityError: the decoded key is shorter than 32 bytes.
+        """
+        raw = os.environ.get(name)
+        if not raw:
+            raise KeyMissingError(f"no key: environment variable {name} is not set")
+        return cls(_decode_key_text(raw, source=f"env:{name}"), source=f"env:{name}")
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Secret:
+        """Read a key from a file readable by its owner only (mode 0600 or 0400).
+
+        Raises:
+            KeyMissingError: the file does not exist.
+            SecurityError: the file is group- or world-readable, or the key is too short.
+        """
+        p = Path(path)
+        source = f"file:{p.name}"
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            raise KeyMissingError(f"no key: key file {p} does not exist") from None
+        if os.name == "posix" and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise SecurityError(
+                f"key file {p} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):o});"
+                " run `chmod 600` on it"
+            )
+        data = p.read_bytes()
+        try:
+            text = data.decode("ascii").strip()
+        except UnicodeDecodeError:
+            return cls(data, source=source)
+        return cls(_decode_key_text(text, source=source), source=source)
+
+    def to_file(self, path: str | os.PathLike[str]) -> Path:
+        """Write the key as ``hex:...`` to a new file created with mode 0600."""
+        p = Path(path)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write("hex:" + self._value.hex() + "\n")
+        return p
+
+    # -- use --------------------------------------------------------------------------
+    def derive(self, purpose: str, *, length: int = 32) -> Secret:
+        """Derive the key for one purpose with HKDF-SHA256 (info = purpose label).
+
+        Keys for different purposes are computationally independent.
+        """
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        okm = HKDF(
+            algorithm=hashes.SHA256(),
+            length=max(length, MIN_KEY_BYTES),
+            salt=None,
+            info=b"privdl/v1/" + purpose.encode("utf-8"),
+        ).derive(self._value)
+        return Secret(okm, source=f"{self._source}/{purpose}")
+
+    def reveal(self) -> bytes:
+        """The raw key bytes. Call only where a primitive needs them."""
+        return self._value
+
+    @property
+    def key_id(self) -> str:
+        """Short public fingerprint of this key (see :func:`key_id`)."""
+        return key_id(self)
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    # -- hygiene ----------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"Secret(key_id={self.key_id!r}, source={self._source!r})"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value, other._value)
+
+    def __hash__(self) -> int:
+        return hash(self.key_id)
+
+    def __reduce__(self) -> NoReturn:
+        raise SecurityError("a Secret cannot be pickled")
+
+    def __copy__(self) -> Secret:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Secret:
+        return self
+
+
+def key_id(key: Secret | bytes) -> str:
+    """A short public fingerprint of a key: ``"kid_"`` + 16 hex digits.
+
+    It is an HMAC of a fixed label under the key, so it identifies the key without
+    revealing anything usable about it. Record it wherever a key was used.
+    """
+    raw = key.reveal() if isinstance(key, Secret) else bytes(key)
+    return "kid_" + hmac.new(raw, _KEY_ID_LABEL, "sha256").hexdigest()[:16]
+
+
+def _decode_key_text(text: str, *, source: str) -> bytes:
+    text = text.strip()
+    try:
+        if text.startswith("hex:"):
+            return bytes.fromhex(text[4:])
+        if text.startswith("base64:"):
+            body = text[7:]
+            pad = "=" * (-len(body) % 4)
+            if "-" in body or "_" in body:
+                return base64.urlsafe_b64decode(body + pad)
+            return base64.b64decode(body + pad, validate=True)
+    except (ValueError, binascii.Error):
+        raise InputError(f"key from {source} is not valid hex/base64") from None
+    if _HEX.match(text) and len(text) % 2 == 0:
+        return bytes.fromhex(text)
+    return text.encode("utf-8")
