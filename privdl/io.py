@@ -178,10 +178,10 @@ def _read_csv(
         missing = [c for c in columns if c not in header]
         if missing:
             raise InputError(f"{path}: column {missing[0]!r} not found")
-    column_types = {}
-    for name, kind in (dtype or {}).items():
-        if kind in (str, "str", "string", object):
-            column_types[name] = pa.string()
+    # Every column is parsed as text, then typed by _infer_types: pyarrow's own inference
+    # would turn the ZIP code "01067" into the number 1067.
+    wanted = list(columns) if columns else header
+    column_types = {name: pa.string() for name in wanted}
     read_opts = pacsv.ReadOptions(block_size=_BLOCK, use_threads=True)
     parse_opts = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
     convert_opts = pacsv.ConvertOptions(
@@ -200,15 +200,48 @@ def _read_csv(
             )
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise _csv_error(path, delimiter, len(header), str(exc)) from None
-    frame = tbl.to_pandas()
+    keep_text = {k for k, v in (dtype or {}).items() if v in (str, "str", "string", object)}
+    frame = _infer_types(tbl, keep_text).to_pandas()
     if dtype:
-        other = {k: v for k, v in dtype.items() if k not in column_types and k in frame.columns}
+        other = {k: v for k, v in dtype.items() if k not in keep_text and k in frame.columns}
         if other:
             try:
                 frame = frame.astype(other)
             except (TypeError, ValueError):
                 raise InputError(f"{path}: a column cannot be converted to the requested dtype") from None
     return frame
+
+
+_LEADING_ZERO = r"^[+0][0-9]"
+
+
+def _infer_types(table: Any, keep_text: set[str]) -> Any:
+    """Type text columns: integers, then floats, else text.
+
+    A column stays text when any value starts with ``0`` or ``+`` followed by a digit
+    (ZIP codes, phone numbers, zero-padded ids): converting would change the value.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arrays = []
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if name in keep_text or column.null_count == len(column):
+            arrays.append(column)
+            continue
+        stripped = pc.utf8_trim_whitespace(column)
+        if pc.any(pc.match_substring_regex(stripped, _LEADING_ZERO)).as_py():
+            arrays.append(column)
+            continue
+        for target in (pa.int64(), pa.float64()):
+            try:
+                arrays.append(pc.cast(stripped, target))
+                break
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                continue
+        else:
+            arrays.append(column)
+    return pa.table(arrays, names=table.column_names)
 
 
 def _read_csv_with_progress(path, read_opts, parse_opts, convert_opts, size):  # type: ignore[no-untyped-def]

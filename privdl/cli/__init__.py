@@ -26,6 +26,23 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from privdl import __version__
+
+        print(f"privdl {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Anonymize, train with differential privacy, score encrypted, keep GDPR evidence."""
+
+
 def _register_all() -> None:
     from privdl.cli import anonymize, audit, budget, diff, he, risk
 

@@ -1,4 +1,4 @@
-"""`privdl diff` commands (registered by :func:`register`)."""
+"""`privdl diff` (registered by :func:`register`)."""
 
 from __future__ import annotations
 
@@ -6,4 +6,4 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `diff` commands to the main app (filled in by the diff work)."""
+    """Add the `diff` command (arrives with the run manifest)."""

@@ -1,0 +1,86 @@
+"""Which data subjects a dataset held, without writing their pseudonyms into the log.
+
+An entry's ``subjects`` field is a keyed Bloom filter: bit positions come from
+HMAC-SHA256 under the log's subjects key (derived from the audit key) over a random
+per-entry salt and the pseudonym. Without the key the bits say nothing about who is
+in the dataset; with it, :func:`might_contain` answers "possibly" (false-positive
+rate :data:`FP_RATE`) or "certainly not". False positives only make an erasure request
+list one dataset too many for the controller to check; there are no false negatives.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import math
+import secrets
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = ["FP_RATE", "make_filter", "might_contain"]
+
+FP_RATE = 1e-6
+_BATCH = 1 << 16
+
+
+def _clean(pseudonyms: Iterable[Any]) -> list[bytes]:
+    out = set()
+    for p in pseudonyms:
+        if p is None or (isinstance(p, float) and math.isnan(p)):
+            continue
+        text = str(p)
+        if text:
+            out.add(text.encode("utf-8"))
+    return sorted(out)
+
+
+def _positions(key: bytes, salt: bytes, items: list[bytes], m: int, k: int) -> Any:
+    import numpy as np
+
+    digests = b"".join(hmac.digest(key, salt + item, "sha256")[:16] for item in items)
+    pairs = np.frombuffer(digests, dtype="<u8").reshape(-1, 2)
+    h1 = pairs[:, 0] % np.uint64(m)
+    h2 = (pairs[:, 1] % np.uint64(m - 1)) + np.uint64(1)
+    steps = np.arange(k, dtype=np.uint64)
+    # (h1 + j*h2) mod m without overflow: both terms are < m < 2**32
+    return (h1[:, None] + (steps[None, :] * h2[:, None]) % np.uint64(m)) % np.uint64(m)
+
+
+def make_filter(key: bytes, pseudonyms: Iterable[Any], *, fp_rate: float = FP_RATE) -> dict[str, Any]:
+    """A keyed Bloom filter of the distinct pseudonyms (None, NaN and "" are skipped)."""
+    import numpy as np
+
+    items = _clean(pseudonyms)
+    n = len(items)
+    m = max(64, math.ceil(-max(n, 1) * math.log(fp_rate) / math.log(2) ** 2 / 8) * 8)
+    k = max(1, min(32, round(m / max(n, 1) * math.log(2))))
+    salt = secrets.token_bytes(16)
+    bits = np.zeros(m // 8, dtype=np.uint8)
+    for start in range(0, n, _BATCH):
+        pos = _positions(key, salt, items[start : start + _BATCH], m, k).ravel()
+        np.bitwise_or.at(bits, (pos >> np.uint64(3)).astype(np.intp),
+                         (np.uint8(1) << (pos & np.uint64(7)).astype(np.uint8)))
+    return {
+        "n": n,
+        "m": m,
+        "k": k,
+        "salt": salt.hex(),
+        "bloom": base64.b64encode(bits.tobytes()).decode("ascii"),
+    }
+
+
+def might_contain(key: bytes, filt: Mapping[str, Any], pseudonym: str) -> bool:
+    """True when ``pseudonym`` may be in the filter, False when it certainly is not."""
+    try:
+        m, k = int(filt["m"]), int(filt["k"])
+        salt = bytes.fromhex(filt["salt"])
+        bits = base64.b64decode(filt["bloom"], validate=True)
+    except (KeyError, TypeError, ValueError):
+        return False
+    if m <= 1 or len(bits) * 8 < m:
+        return False
+    for p in _positions(key, salt, [pseudonym.encode("utf-8")], m, k)[0]:
+        p = int(p)
+        if not bits[p >> 3] & (1 << (p & 7)):
+            return False
+    return True

@@ -1,0 +1,893 @@
+"""BudgetLedger: the per-dataset privacy budget, kept across runs and processes.
+
+The ledger stores, for each ``dataset_id``, a total ``(epsilon, delta)`` and every
+run's accountant history (``(noise_multiplier, sample_rate, steps)`` segments) with its
+time, model name and privdl/opacus versions. Spent budget is *recomputed* from those
+histories by composing them under the accountant, never copied from what a run
+claimed, so the ledger is the single source of truth.
+
+A run reserves its planned history before its first step; the reservation is checked
+and written in one transaction (``BEGIN IMMEDIATE`` on SQLite, a row lock on
+PostgreSQL), so two processes charging the same dataset at once can never overspend.
+A run that would exceed the total is refused with
+:class:`~privdl.errors.BudgetExceededError`; it is never silently shrunk. After
+training the run settles with its actual history. A run that crashes keeps its
+reservation: spent budget is never lost.
+
+Storage: a SQLite file (stdlib ``sqlite3``, WAL journal, full fsync) for a path or a
+``sqlite:///`` URL; PostgreSQL (SQLAlchemy + psycopg, ``pip install
+'privdl[postgres]'``) for a ``postgresql://`` URL.
+
+Example:
+    >>> ledger = BudgetLedger("budget.db")                       # doctest: +SKIP
+    >>> ledger.set_budget("retention-2026-11", epsilon=8.0, delta=1e-5)  # doctest: +SKIP
+    >>> run = ledger.reserve("retention-2026-11", history=[(1.1, 0.01, 3000)],
+    ...                      delta=1e-5, accountant="prv", model_name="mlp",
+    ...                      epsilon=3.0)                         # doctest: +SKIP
+    >>> ledger.settle(run, history=[(1.1, 0.01, 3000)])          # doctest: +SKIP
+    >>> ledger.remaining("retention-2026-11")                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from privdl.budget.accounting import (
+    History,
+    check_accountant,
+    epsilon_of,
+    naive_epsilon_sum,
+    noise_multiplier_for,
+    normalize_history,
+)
+from privdl.errors import (
+    BudgetExceededError,
+    InputError,
+    PolicyError,
+    UsageError,
+    require,
+)
+
+__all__ = ["BudgetLedger", "BudgetStatus", "RunRecord"]
+
+SCHEMA_VERSION = 1
+APPLICATION = "privdl-budget-ledger"
+# SQLite header field that marks the file as ours ("pdlb"), checked before any table.
+_APPLICATION_ID = 0x70646C62
+# Composition is computed in floating point twice (calibration, then the check); a run
+# calibrated to spend exactly what is left must not be refused for rounding.
+_REL_TOL = 1e-9
+_BUSY_TIMEOUT_S = 120.0
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS privdl_meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS privdl_datasets (
+        dataset_id TEXT PRIMARY KEY,
+        epsilon DOUBLE PRECISION NOT NULL,
+        delta DOUBLE PRECISION NOT NULL,
+        accountant TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS privdl_runs (
+        run_id TEXT PRIMARY KEY,
+        dataset_id TEXT NOT NULL REFERENCES privdl_datasets(dataset_id),
+        created_at TEXT NOT NULL,
+        settled_at TEXT,
+        status TEXT NOT NULL,
+        model_name TEXT NOT NULL,
+        privdl_version TEXT NOT NULL,
+        opacus_version TEXT NOT NULL,
+        accountant TEXT NOT NULL,
+        delta DOUBLE PRECISION NOT NULL,
+        requested_epsilon DOUBLE PRECISION,
+        epsilon DOUBLE PRECISION NOT NULL,
+        history TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS privdl_runs_dataset ON privdl_runs (dataset_id, created_at)",
+)
+_RUN_COLUMNS = (
+    "run_id, dataset_id, created_at, settled_at, status, model_name, privdl_version, "
+    "opacus_version, accountant, delta, requested_epsilon, epsilon, history"
+)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _versions() -> tuple[str, str]:
+    from importlib import metadata
+
+    import privdl
+
+    try:
+        opacus_version = metadata.version("opacus")
+    except metadata.PackageNotFoundError:
+        opacus_version = "not installed"
+    return privdl.__version__, opacus_version
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run charged to a dataset.
+
+    Attributes:
+        run_id: identifier returned by :meth:`BudgetLedger.reserve`.
+        dataset_id: the dataset charged.
+        created_at: ISO-8601 UTC time of the reservation.
+        settled_at: ISO-8601 UTC time of settlement, ``None`` while reserved.
+        status: ``"reserved"`` (planned or crashed run; counted in full) or ``"settled"``.
+        model_name: name the run gave its model.
+        privdl_version: privdl version that wrote the record.
+        opacus_version: Opacus version installed when the record was written.
+        accountant: ``"prv"`` or ``"rdp"``.
+        delta: the run's own delta.
+        requested_epsilon: the epsilon the run asked for (``None`` if it gave none).
+        epsilon: the run's own epsilon at ``delta``, computed by the ledger from ``history``.
+        history: ``(noise_multiplier, sample_rate, steps)`` segments.
+    """
+
+    run_id: str
+    dataset_id: str
+    created_at: str
+    settled_at: str | None
+    status: str
+    model_name: str
+    privdl_version: str
+    opacus_version: str
+    accountant: str
+    delta: float
+    requested_epsilon: float | None
+    epsilon: float
+    history: History = field(default_factory=list)
+
+    def to_json(self) -> str:
+        """Serialize to a JSON string."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | Mapping[str, Any]) -> RunRecord:
+        """Load from :meth:`to_json` output (a string or the parsed dict)."""
+        data = dict(json.loads(text) if isinstance(text, str) else text)
+        data["history"] = [tuple(s) for s in normalize_history(data.get("history", []))]
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    """A snapshot of one dataset's budget, as the ledger computes it.
+
+    Attributes:
+        dataset_id: the dataset.
+        epsilon: total epsilon of the budget.
+        delta: delta of the budget; every spent figure is at this delta.
+        accountant: accountant used to compose the runs.
+        spent: epsilon of the composition of every run's history (reserved and settled).
+        naive_sum: the runs' own epsilons added up (basic composition, for comparison).
+        remaining: ``max(0, epsilon - spent)``.
+        runs: number of runs charged.
+        reserved: number of those still reserved (running or crashed).
+        taken_at: ISO-8601 UTC time of the snapshot.
+    """
+
+    dataset_id: str
+    epsilon: float
+    delta: float
+    accountant: str
+    spent: float
+    naive_sum: float
+    remaining: float
+    runs: int
+    reserved: int
+    taken_at: str
+
+    def to_json(self) -> str:
+        """Serialize to a JSON string."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | Mapping[str, Any]) -> BudgetStatus:
+        """Load from :meth:`to_json` output (a string or the parsed dict)."""
+        return cls(**(json.loads(text) if isinstance(text, str) else dict(text)))
+
+
+class _Tx(Protocol):
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]: ...
+
+
+class _Store(Protocol):
+    location: str
+
+    def transaction(self, *, write: bool) -> AbstractContextManager[_Tx]: ...
+
+    def lock_dataset_sql(self) -> str: ...
+
+    def close(self) -> None: ...
+
+
+class _SQLiteTx:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        return list(self._conn.execute(sql, dict(params or {})).fetchall())
+
+
+class _SQLiteStore:
+    """stdlib sqlite3, autocommit connection with explicit BEGIN, WAL journal."""
+
+    def __init__(self, path: Path, *, create: bool) -> None:
+        self.path = path
+        self.location = str(path)
+        self._create = create
+        if not path.parent.is_dir():
+            raise InputError(f"ledger {path}: folder {path.parent} does not exist")
+        fresh = not path.exists() or path.stat().st_size == 0
+        if fresh and not create:
+            raise InputError(f"no budget ledger at {path}")
+        if path.exists() and not path.is_file():
+            raise InputError(f"ledger {path} is not a file")
+        try:
+            self._conn = sqlite3.connect(
+                str(path), timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise InputError(f"cannot open ledger {path}: {type(exc).__name__}") from exc
+        try:
+            self._check_or_init(fresh)
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise self._error(exc) from exc
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _error(self, exc: sqlite3.Error) -> InputError:
+        text = str(exc).lower()
+        if "locked" in text or "busy" in text:
+            return InputError(
+                f"ledger {self.path} is locked by another process for more than "
+                f"{_BUSY_TIMEOUT_S:.0f} s"
+            )
+        if "not a database" in text or "malformed" in text or "corrupt" in text:
+            return InputError(f"{self.path} is not a privdl budget ledger (corrupt or not SQLite)")
+        return InputError(f"ledger {self.path}: database error ({type(exc).__name__})")
+
+    def _check_or_init(self, fresh: bool) -> None:
+        conn = self._conn
+        # Reading the header first makes a non-SQLite file fail here, before any write.
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if app_id != _APPLICATION_ID:
+            if tables:
+                raise InputError(f"{self.path} is not a privdl budget ledger (foreign SQLite file)")
+            if not fresh and not self._create:
+                raise InputError(f"no budget ledger at {self.path} (empty SQLite file)")
+            self._init_schema()
+            return
+        conn.execute("PRAGMA synchronous=FULL")
+        _check_meta(self.transaction(write=False), self.location)
+
+    def _init_schema(self) -> None:
+        conn = self._conn
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":  # e.g. a network file system without shared memory
+            conn.execute("PRAGMA journal_mode=DELETE")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have initialized the file while we waited for the lock.
+            if conn.execute("PRAGMA application_id").fetchone()[0] != _APPLICATION_ID:
+                for stmt in _SCHEMA:
+                    conn.execute(stmt)
+                conn.execute(
+                    "INSERT INTO privdl_meta (key, value) VALUES ('application', :a), "
+                    "('schema_version', :v)",
+                    {"a": APPLICATION, "v": str(SCHEMA_VERSION)},
+                )
+                conn.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def transaction(self, *, write: bool) -> Iterator[_Tx]:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        except sqlite3.DatabaseError as exc:
+            raise self._error(exc) from exc
+        try:
+            yield _SQLiteTx(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.execute("ROLLBACK")
+            raise self._error(exc) from exc
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            raise self._error(exc) from exc
+
+    def lock_dataset_sql(self) -> str:
+        # BEGIN IMMEDIATE already holds SQLite's single write lock.
+        return "SELECT epsilon, delta, accountant FROM privdl_datasets WHERE dataset_id = :d"
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class _SQLAlchemyTx:
+    def __init__(self, conn: Any, text: Any) -> None:
+        self._conn = conn
+        self._text = text
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        result = self._conn.execute(self._text(sql), dict(params or {}))
+        return [tuple(r) for r in result.fetchall()] if result.returns_rows else []
+
+
+class _PostgresStore:
+    """PostgreSQL through SQLAlchemy; READ COMMITTED plus a row lock per dataset."""
+
+    def __init__(self, url: str, *, create: bool) -> None:
+        sqlalchemy: Any = require("sqlalchemy", "postgres")
+        require("psycopg", "postgres")
+        self._sa: Any = sqlalchemy
+        driver_url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        # The location shown in messages never includes the password.
+        self.location = str(sqlalchemy.engine.make_url(driver_url).render_as_string(True))
+        self.location = self.location.replace("postgresql+psycopg://", "postgresql://")
+        self._engine = sqlalchemy.create_engine(
+            driver_url, isolation_level="READ COMMITTED", pool_pre_ping=True
+        )
+        try:
+            with self._engine.begin() as conn:
+                tables = set(sqlalchemy.inspect(conn).get_table_names())
+            if "privdl_meta" not in tables:
+                if {"privdl_datasets", "privdl_runs"} & tables:
+                    raise InputError(f"{self.location} is not a privdl budget ledger")
+                if not create:
+                    raise InputError(f"no budget ledger at {self.location}")
+                self._init_schema()
+            _check_meta(self.transaction(write=False), self.location)
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            raise InputError(
+                f"cannot use ledger {self.location}: database error ({type(exc).__name__})"
+            ) from exc
+
+    def _init_schema(self) -> None:
+        sa = self._sa
+        with self._engine.begin() as conn:
+            # One creator at a time; the others see the finished schema.
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7064686)"))
+            for stmt in _SCHEMA:
+                conn.execute(sa.text(stmt))
+            conn.execute(
+                sa.text(
+                    "INSERT INTO privdl_meta (key, value) VALUES ('application', :a), "
+                    "('schema_version', :v) ON CONFLICT (key) DO NOTHING"
+                ),
+                {"a": APPLICATION, "v": str(SCHEMA_VERSION)},
+            )
+
+    @contextmanager
+    def transaction(self, *, write: bool) -> Iterator[_Tx]:
+        sa = self._sa
+        try:
+            with self._engine.begin() as conn:
+                yield _SQLAlchemyTx(conn, sa.text)
+        except sa.exc.SQLAlchemyError as exc:
+            raise InputError(
+                f"ledger {self.location}: database error ({type(exc).__name__})"
+            ) from exc
+
+    def lock_dataset_sql(self) -> str:
+        return (
+            "SELECT epsilon, delta, accountant FROM privdl_datasets "
+            "WHERE dataset_id = :d FOR UPDATE"
+        )
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+def _check_meta(tx_cm: AbstractContextManager[_Tx], location: str) -> None:
+    try:
+        with tx_cm as tx:
+            meta = {str(k): str(v) for k, v in tx.rows("SELECT key, value FROM privdl_meta")}
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{location} is not a privdl budget ledger (no ledger tables)") from exc
+    if meta.get("application") != APPLICATION:
+        raise InputError(f"{location} is not a privdl budget ledger")
+    version = meta.get("schema_version")
+    if version != str(SCHEMA_VERSION):
+        raise InputError(
+            f"ledger {location} has schema version {version}; this privdl reads version "
+            f"{SCHEMA_VERSION}"
+        )
+
+
+def _open_store(url_or_path: str | os.PathLike[str], *, create: bool) -> _Store:
+    text = os.fspath(url_or_path)
+    if text.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+        return _PostgresStore(text, create=create)
+    if text.startswith("sqlite:///"):
+        return _SQLiteStore(Path(text[len("sqlite:///") :]), create=create)
+    if "://" in text:
+        raise UsageError(
+            "ledger location must be a file path, sqlite:///PATH or postgresql://...; "
+            f"got scheme {text.split('://', 1)[0]!r}"
+        )
+    return _SQLiteStore(Path(text), create=create)
+
+
+def _run_from_row(row: Sequence[Any]) -> RunRecord:
+    values = list(row)
+    values[-1] = [tuple(s) for s in json.loads(values[-1])]
+    return RunRecord(*values)
+
+
+class BudgetLedger:
+    """Per-dataset privacy budgets and every run charged to them.
+
+    Args:
+        url_or_path: a SQLite file path, ``sqlite:///PATH``, or ``postgresql://...``.
+        create: create the ledger when it does not exist yet (``False`` for readers
+            such as ``privdl budget show``, which must not create files).
+
+    Raises:
+        InputError: the file is not a privdl ledger (foreign SQLite, corrupt bytes,
+            other schema version), or cannot be opened.
+        MissingDependencyError: a PostgreSQL URL without ``privdl[postgres]``.
+
+    Example:
+        >>> ledger = BudgetLedger("budget.db")                        # doctest: +SKIP
+        >>> ledger.set_budget("adult", epsilon=3.0, delta=1e-5)         # doctest: +SKIP
+        >>> ledger.spent("adult"), ledger.remaining("adult")            # doctest: +SKIP
+        (0.0, 3.0)
+    """
+
+    def __init__(self, url_or_path: str | os.PathLike[str], *, create: bool = True) -> None:
+        self._store: _Store = _open_store(url_or_path, create=create)
+        self.location = self._store.location
+
+    def __repr__(self) -> str:
+        return f"BudgetLedger({self.location!r})"
+
+    def close(self) -> None:
+        """Close the connection (also done when the object is garbage-collected)."""
+        self._store.close()
+
+    def __enter__(self) -> BudgetLedger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- budgets --------------------------------------------------------------
+
+    def set_budget(
+        self,
+        dataset_id: str,
+        *,
+        epsilon: float,
+        delta: float,
+        accountant: str = "prv",
+        audit_log: Any = None,
+    ) -> BudgetStatus:
+        """Create or change a dataset's total budget.
+
+        Lowering a budget below what the dataset has already spent is refused:
+        spent budget cannot be given back.
+
+        Args:
+            dataset_id: the dataset's identifier (not personal data).
+            epsilon: total epsilon, > 0.
+            delta: total delta, in (0, 1).
+            accountant: accountant used to compose the runs (``"prv"`` or ``"rdp"``).
+            audit_log: an AuditLog, a path, or None; receives one ``budget.set`` entry.
+
+        Returns:
+            The dataset's status after the change.
+
+        Raises:
+            PolicyError: epsilon or delta out of range, unknown accountant.
+            BudgetExceededError: the new total is below what is already spent.
+        """
+        _check_dataset_id(dataset_id)
+        _check_eps_delta(epsilon, delta)
+        check_accountant(accountant)
+        with (
+            _operation(
+                audit_log,
+                "budget.set",
+                params={
+                    "dataset_id": dataset_id,
+                    "epsilon": epsilon,
+                    "delta": delta,
+                    "accountant": accountant,
+                    "ledger": self.location,
+                },
+            ),
+            self._store.transaction(write=True) as tx,
+        ):
+            existing = tx.rows(self._store.lock_dataset_sql(), {"d": dataset_id})
+            now = _now()
+            if existing:
+                runs = self._runs(tx, dataset_id)
+                spent = epsilon_of(_concat(runs), delta=delta, accountant=accountant)
+                if spent > epsilon * (1 + _REL_TOL):
+                    raise BudgetExceededError(
+                        f"dataset {dataset_id!r} has already spent epsilon={spent:.4g} at "
+                        f"delta={delta:g}; its budget cannot be set to {epsilon:g}",
+                        requested=float(epsilon),
+                        remaining=0.0,
+                        dataset_id=dataset_id,
+                    )
+                tx.rows(
+                    "UPDATE privdl_datasets SET epsilon = :e, delta = :dl, accountant = :a, "
+                    "updated_at = :t WHERE dataset_id = :d",
+                    {
+                        "e": float(epsilon),
+                        "dl": float(delta),
+                        "a": accountant,
+                        "t": now,
+                        "d": dataset_id,
+                    },
+                )
+            else:
+                tx.rows(
+                    "INSERT INTO privdl_datasets (dataset_id, epsilon, delta, accountant, "
+                    "created_at, updated_at) VALUES (:d, :e, :dl, :a, :t, :t)",
+                    {
+                        "e": float(epsilon),
+                        "dl": float(delta),
+                        "a": accountant,
+                        "t": now,
+                        "d": dataset_id,
+                    },
+                )
+        return self.status(dataset_id)
+
+    def budget(self, dataset_id: str) -> tuple[float, float]:
+        """The dataset's total ``(epsilon, delta)``.
+
+        Raises:
+            PolicyError: no budget is set for ``dataset_id``.
+        """
+        with self._store.transaction(write=False) as tx:
+            eps, delta, _ = self._dataset(tx, dataset_id)
+        return eps, delta
+
+    def datasets(self) -> list[str]:
+        """Identifiers of every dataset with a budget, sorted."""
+        with self._store.transaction(write=False) as tx:
+            rows = tx.rows("SELECT dataset_id FROM privdl_datasets ORDER BY dataset_id")
+        return [r[0] for r in rows]
+
+    # -- reading --------------------------------------------------------------
+
+    def runs(self, dataset_id: str) -> list[RunRecord]:
+        """Every run charged to the dataset, oldest first."""
+        with self._store.transaction(write=False) as tx:
+            self._dataset(tx, dataset_id)
+            return self._runs(tx, dataset_id)
+
+    def run(self, run_id: str) -> RunRecord:
+        """One run by its id (e.g. to resume a checkpointed run on its reservation).
+
+        Raises:
+            InputError: no such run.
+        """
+        with self._store.transaction(write=False) as tx:
+            rows = tx.rows(
+                f"SELECT {_RUN_COLUMNS} FROM privdl_runs WHERE run_id = :r",  # noqa: S608 (constant)
+                {"r": run_id},
+            )
+        if not rows:
+            raise InputError(f"ledger {self.location} has no run {run_id!r}")
+        return _run_from_row(rows[0])
+
+    def history(self, dataset_id: str) -> History:
+        """All segments of every run (settled and reserved) on the dataset, oldest first."""
+        return _concat(self.runs(dataset_id))
+
+    def spent(self, dataset_id: str, *, accountant: str | None = None) -> float:
+        """Epsilon spent on the dataset: composition of all run histories at its delta.
+
+        Args:
+            dataset_id: the dataset.
+            accountant: override the dataset's accountant.
+        """
+        return self.status(dataset_id, accountant=accountant).spent
+
+    def naive_sum(self, dataset_id: str) -> float:
+        """The runs' own epsilons added up (basic composition; looser than :meth:`spent`)."""
+        return self.status(dataset_id).naive_sum
+
+    def remaining(self, dataset_id: str, *, accountant: str | None = None) -> float:
+        """Epsilon still available: ``max(0, total - spent)``."""
+        return self.status(dataset_id, accountant=accountant).remaining
+
+    def status(self, dataset_id: str, *, accountant: str | None = None) -> BudgetStatus:
+        """A consistent snapshot of the dataset's budget, spent and remaining epsilon."""
+        with self._store.transaction(write=False) as tx:
+            eps, delta, ds_accountant = self._dataset(tx, dataset_id)
+            runs = self._runs(tx, dataset_id)
+        acc = check_accountant(accountant or ds_accountant)
+        spent = epsilon_of(_concat(runs), delta=delta, accountant=acc)
+        return BudgetStatus(
+            dataset_id=dataset_id,
+            epsilon=eps,
+            delta=delta,
+            accountant=acc,
+            spent=spent,
+            naive_sum=naive_epsilon_sum(
+                epsilon_of(r.history, delta=delta, accountant=acc) for r in runs
+            ),
+            remaining=max(0.0, eps - spent),
+            runs=len(runs),
+            reserved=sum(r.status == "reserved" for r in runs),
+            taken_at=_now(),
+        )
+
+    # -- charging -------------------------------------------------------------
+
+    def reserve(
+        self,
+        dataset_id: str,
+        *,
+        history: Iterable[Sequence[Any]],
+        delta: float,
+        accountant: str = "prv",
+        model_name: str = "",
+        epsilon: float | None = None,
+        audit_log: Any = None,
+    ) -> str:
+        """Reserve a run's planned history before its first step, atomically.
+
+        The planned history is composed with every recorded run of the dataset under
+        ``accountant`` at the dataset's delta; if that exceeds the dataset's total
+        epsilon the run is refused and nothing is written.
+
+        Args:
+            dataset_id: the dataset to charge.
+            history: the run's planned ``(noise_multiplier, sample_rate, steps)`` segments.
+            delta: the run's own delta (its own epsilon is reported at this delta).
+            accountant: ``"prv"`` or ``"rdp"``.
+            model_name: a name for the model, kept in the record.
+            epsilon: the epsilon the run asked for (for the record and the refusal).
+            audit_log: an AuditLog, a path, or None; receives one ``budget.reserve`` entry.
+
+        Returns:
+            The new run's id, for :meth:`settle`.
+
+        Raises:
+            BudgetExceededError: the run would exceed the dataset's budget
+                (``.requested``, ``.remaining``, ``.dataset_id`` set).
+            PolicyError: unknown dataset or accountant.
+        """
+        hist = normalize_history(history)
+        check_accountant(accountant)
+        _check_eps_delta(1.0, delta)
+        privdl_version, opacus_version = _versions()
+        run_id = uuid.uuid4().hex
+        params: dict[str, Any] = {
+            "dataset_id": dataset_id,
+            "run_id": run_id,
+            "history": hist,
+            "delta": delta,
+            "accountant": accountant,
+            "model_name": model_name,
+            "epsilon": epsilon,
+            "ledger": self.location,
+        }
+        with _operation(audit_log, "budget.reserve", params=params) as op:
+            run_eps = epsilon_of(hist, delta=delta, accountant=accountant)
+            requested = float(epsilon) if epsilon is not None else run_eps
+            with self._store.transaction(write=True) as tx:
+                rows = tx.rows(self._store.lock_dataset_sql(), {"d": dataset_id})
+                if not rows:
+                    raise PolicyError(f"dataset {dataset_id!r} has no budget in {self.location}")
+                total, ds_delta, _ = float(rows[0][0]), float(rows[0][1]), rows[0][2]
+                prior = _concat(self._runs(tx, dataset_id))
+                before = epsilon_of(prior, delta=ds_delta, accountant=accountant)
+                after = epsilon_of([*prior, *hist], delta=ds_delta, accountant=accountant)
+                if after > total * (1 + _REL_TOL):
+                    raise BudgetExceededError(
+                        f"run refused: dataset {dataset_id!r} would spend epsilon={after:.4g} "
+                        f"of {total:g} at delta={ds_delta:g} (requested {requested:.4g}, "
+                        f"remaining {max(0.0, total - before):.4g})",
+                        requested=requested,
+                        remaining=max(0.0, total - before),
+                        dataset_id=dataset_id,
+                    )
+                tx.rows(
+                    f"INSERT INTO privdl_runs ({_RUN_COLUMNS}) VALUES (:r, :d, :t, NULL, "  # noqa: S608
+                    "'reserved', :m, :pv, :ov, :a, :dl, :req, :e, :h)",
+                    {
+                        "r": run_id,
+                        "d": dataset_id,
+                        "t": _now(),
+                        "m": model_name,
+                        "pv": privdl_version,
+                        "ov": opacus_version,
+                        "a": accountant,
+                        "dl": float(delta),
+                        "req": None if epsilon is None else float(epsilon),
+                        "e": run_eps,
+                        "h": json.dumps(hist),
+                    },
+                )
+            op.update(params={"spent_before": before, "spent_after": after, "total": total})
+        return run_id
+
+    def settle(
+        self, run_id: str, *, history: Iterable[Sequence[Any]], audit_log: Any = None
+    ) -> RunRecord:
+        """Replace a reservation by the run's actual history (after training).
+
+        A run that stopped early settles with fewer steps and gives the rest back.
+        A run that took *more* than it reserved is recorded truthfully (spent budget
+        is never hidden) and, if the dataset is then over budget,
+        :class:`~privdl.errors.BudgetExceededError` is raised after recording.
+
+        Raises:
+            InputError: unknown run.
+            UsageError: the run is already settled.
+            BudgetExceededError: the recorded history takes the dataset over its total.
+        """
+        hist = normalize_history(history)
+        with _operation(
+            audit_log,
+            "budget.settle",
+            params={"run_id": run_id, "history": hist, "ledger": self.location},
+        ) as op:
+            with self._store.transaction(write=True) as tx:
+                rows = tx.rows(
+                    f"SELECT {_RUN_COLUMNS} FROM privdl_runs WHERE run_id = :r",  # noqa: S608 (constant)
+                    {"r": run_id},
+                )
+                if not rows:
+                    raise InputError(f"ledger {self.location} has no run {run_id!r}")
+                run = _run_from_row(rows[0])
+                if run.status != "reserved":
+                    raise UsageError(f"run {run_id!r} is already settled")
+                total, ds_delta, _ = self._lock(tx, run.dataset_id)
+                others = [r for r in self._runs(tx, run.dataset_id) if r.run_id != run_id]
+                after = epsilon_of(
+                    [*_concat(others), *hist], delta=ds_delta, accountant=run.accountant
+                )
+                run_eps = epsilon_of(hist, delta=run.delta, accountant=run.accountant)
+                tx.rows(
+                    "UPDATE privdl_runs SET status = 'settled', settled_at = :t, history = :h, "
+                    "epsilon = :e WHERE run_id = :r",
+                    {"t": _now(), "h": json.dumps(hist), "e": run_eps, "r": run_id},
+                )
+            op.update(params={"dataset_id": run.dataset_id, "spent_after": after, "total": total})
+            if after > total * (1 + _REL_TOL):
+                raise BudgetExceededError(
+                    f"run {run_id!r} spent more than it reserved: dataset {run.dataset_id!r} is "
+                    f"now at epsilon={after:.4g} of {total:g} (recorded)",
+                    requested=run_eps,
+                    remaining=0.0,
+                    dataset_id=run.dataset_id,
+                )
+        return self.run(run_id)
+
+    def calibrate_remaining(
+        self,
+        dataset_id: str,
+        *,
+        sample_rate: float,
+        steps: int,
+        accountant: str = "prv",
+    ) -> float:
+        """Noise multiplier so that a run of ``steps`` at ``sample_rate`` spends what is left.
+
+        The result composed with every recorded run stays within the dataset's total
+        (``epsilon="remaining"`` in the trainer). The run must still :meth:`reserve`:
+        another process may have charged the dataset in between.
+
+        Raises:
+            BudgetExceededError: nothing is left on the dataset.
+        """
+        check_accountant(accountant)
+        with self._store.transaction(write=False) as tx:
+            total, ds_delta, _ = self._dataset(tx, dataset_id)
+            prior = _concat(self._runs(tx, dataset_id))
+        spent = epsilon_of(prior, delta=ds_delta, accountant=accountant)
+        if spent >= total * (1 - 1e-6):
+            raise BudgetExceededError(
+                f"dataset {dataset_id!r} has no budget left (spent {spent:.4g} of {total:g})",
+                requested=None,
+                remaining=max(0.0, total - spent),
+                dataset_id=dataset_id,
+            )
+        return noise_multiplier_for(
+            epsilon=total,
+            delta=ds_delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
+            prior=prior,
+        )
+
+    # -- internals ------------------------------------------------------------
+
+    def _dataset(self, tx: _Tx, dataset_id: str) -> tuple[float, float, str]:
+        rows = tx.rows(
+            "SELECT epsilon, delta, accountant FROM privdl_datasets WHERE dataset_id = :d",
+            {"d": dataset_id},
+        )
+        if not rows:
+            raise PolicyError(f"dataset {dataset_id!r} has no budget in {self.location}")
+        return float(rows[0][0]), float(rows[0][1]), str(rows[0][2])
+
+    def _lock(self, tx: _Tx, dataset_id: str) -> tuple[float, float, str]:
+        rows = tx.rows(self._store.lock_dataset_sql(), {"d": dataset_id})
+        if not rows:
+            raise PolicyError(f"dataset {dataset_id!r} has no budget in {self.location}")
+        return float(rows[0][0]), float(rows[0][1]), str(rows[0][2])
+
+    def _runs(self, tx: _Tx, dataset_id: str) -> list[RunRecord]:
+        rows = tx.rows(
+            f"SELECT {_RUN_COLUMNS} FROM privdl_runs WHERE dataset_id = :d "  # noqa: S608
+            "ORDER BY created_at, run_id",
+            {"d": dataset_id},
+        )
+        try:
+            return [_run_from_row(r) for r in rows]
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"ledger {self.location}: a run record is unreadable") from exc
+
+
+def _concat(runs: Iterable[RunRecord]) -> History:
+    out: History = []
+    for run in runs:
+        out.extend(run.history)
+    return out
+
+
+def _check_dataset_id(dataset_id: str) -> None:
+    if not isinstance(dataset_id, str) or not dataset_id.strip():
+        raise PolicyError("dataset_id must be a non-empty string")
+
+
+def _check_eps_delta(epsilon: float, delta: float) -> None:
+    if not (isinstance(epsilon, int | float) and math.isfinite(epsilon) and epsilon > 0):
+        raise PolicyError("epsilon must be a positive finite number")
+    if not (isinstance(delta, int | float) and 0 < delta < 1):
+        raise PolicyError("delta must be in (0, 1)")
+
+
+class _NoOp:
+    def update(self, **_: Any) -> None:
+        """Nothing to record without an audit log."""
+
+
+def _operation(audit_log: Any, name: str, *, params: dict[str, Any]) -> Any:
+    """One audit entry per budget change, when the audit module and a log are given."""
+    if audit_log is None:
+        return nullcontext(_NoOp())
+    import importlib
+
+    # Imported by name: the audit package is optional at this layer (budget sits beside it).
+    audit = importlib.import_module("privdl.audit")
+    return audit.operation(audit_log, name, params=params)

@@ -1,0 +1,133 @@
+"""`privdl anonymize`: release a copy of a table under a policy."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from privdl.cli.options import audit_context, load_key, report_target
+from privdl.errors import UsageError
+
+
+def anonymize(
+    input: str = typer.Argument(..., help="Input table: .csv .tsv .parquet .jsonl or sqlite:///db?table=T"),
+    output: str = typer.Option(..., "-o", "--output", help="Output table (format from the extension)."),
+    policy: Path | None = typer.Option(None, "--policy", help="Policy TOML file; flags add to it."),
+    ids: list[str] = typer.Option(
+        [], "--id", help="Direct identifier COL[:TRANSFORM[:OPT=V,...]]; transform pseudonymize"
+        " (default), encrypt, mask, redact, drop, shift_dates. Repeatable.",
+    ),
+    qi: list[str] = typer.Option([], "--qi", help="Quasi-identifier column. Repeatable."),
+    sensitive: list[str] = typer.Option([], "--sensitive", help="Sensitive column. Repeatable."),
+    drop: list[str] = typer.Option([], "--drop", help="Column to remove. Repeatable."),
+    keep: list[str] = typer.Option([], "--keep", help="Column reviewed and kept unchanged. Repeatable."),
+    k: int | None = typer.Option(None, "-k", help="k-anonymity target."),
+    l_diversity: int | None = typer.Option(None, "--l-diversity", help="l-diversity target."),
+    l_kind: str | None = typer.Option(None, "--l-kind", help="distinct (default) or entropy."),
+    t_closeness: float | None = typer.Option(None, "--t-closeness", help="t-closeness target (0 < t <= 1)."),
+    max_suppression: float | None = typer.Option(None, "--max-suppression", help="Share of rows that may be suppressed."),
+    hierarchy: list[str] = typer.Option([], "--hierarchy", help="COL=SPEC: prefix, interval:W, date or an ARX CSV file."),
+    algorithm: str | None = typer.Option(None, "--algorithm", help="mondrian (default) or global."),
+    engine: str = typer.Option("pandas", "--engine", help="pandas or spark."),
+    key_env: str | None = typer.Option(None, "--key-env", help="Environment variable holding the key."),
+    key_file: Path | None = typer.Option(None, "--key-file", help="Key file (mode 0600)."),
+    report: Path | None = typer.Option(None, "--report", help="Write the report (.json, .md or .html)."),
+    audit_log: Path | None = typer.Option(None, "--audit-log", help="Append one entry to this audit log."),
+    audit_key_env: str = typer.Option("PRIVDL_AUDIT_KEY", "--audit-key-env", help="Variable holding the audit key."),
+    sep: str | None = typer.Option(None, "--sep", help="Delimiter for text tables."),
+    query: str | None = typer.Option(None, "--query", help="SQL query for a database input."),
+) -> None:
+    """Pseudonymize identifiers and generalize quasi-identifiers; write the released table."""
+    from privdl import io
+    from privdl.anonymize.anonymizer import Anonymizer
+    from privdl.anonymize.policy import Policy
+
+    # Cheap checks first: no input is read and no key is asked for when usage is wrong.
+    io.check_distinct_paths(input, output)
+    _check_output(output)
+    if report is not None:
+        report_target(report)
+    hierarchies = dict(_split_hierarchy(h) for h in hierarchy)
+    base = Policy.from_toml(policy) if policy is not None else Policy()
+    the_policy = base.merge(
+        identifiers=ids, quasi_identifiers=qi, sensitive=sensitive, drop=drop, keep=keep,
+        k=k, l=l_diversity, l_kind=l_kind, t=t_closeness, max_suppression=max_suppression,
+        hierarchies=hierarchies, algorithm=algorithm,
+        base_dir=base.base_dir if base.base_dir is not None else Path.cwd(),
+    )
+    if not the_policy.named_columns:
+        raise UsageError("nothing to do: give --id, --qi, --drop or a --policy file")
+    key = load_key(key_env, key_file, required=the_policy.needs_key)
+
+    with audit_context(audit_log, audit_key_env, "anonymize", inputs=[input]) as op:
+        frame = io.read_table(input, sep=sep, query=query, progress=sys.stderr.isatty())
+        anonymizer = Anonymizer(the_policy, key=key, engine=engine)
+        op.update(params=anonymizer.get_params())
+        released = anonymizer.fit_transform(frame)
+        for line in anonymizer.warnings_:
+            print(f"privdl: warning: {line}", file=sys.stderr)
+        written = io.write_table(released, output, sep=sep)
+        try:
+            if report is not None:
+                anonymizer.report_.save(report)
+        except BaseException:
+            written.unlink(missing_ok=True)  # all or nothing: no table without its report
+            raise
+        op.update(outputs=[str(written)], subjects=anonymizer.subjects_, params=_achieved(anonymizer))
+    print(_summary(frame, released, the_policy, output, key))
+
+
+def _check_output(output: str) -> None:
+    from privdl import io
+    from privdl.errors import FormatError, InputError
+
+    src = io.parse_source(output)
+    folder = src.path.parent if str(src.path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"output folder {folder} does not exist")
+    if src.kind == "file" and src.fmt not in io.FORMATS:
+        raise FormatError(
+            f"{src.path}: unknown output format {src.fmt or '(no extension)'!r};"
+            " use .csv, .tsv, .parquet, .jsonl or a sqlite:/// URL"
+        )
+
+
+def _split_hierarchy(spec: str) -> tuple[str, str]:
+    column, sep, value = spec.partition("=")
+    if not sep or not column.strip() or not value.strip():
+        raise UsageError(f"--hierarchy {spec!r}: expected COL=SPEC")
+    return column.strip(), value.strip()
+
+
+def _achieved(anonymizer: Any) -> dict[str, Any]:
+    params = anonymizer.get_params()
+    summary = getattr(anonymizer.report_, "summary", None)
+    if callable(summary):
+        params["achieved"] = summary()
+    return params
+
+
+def _summary(frame: Any, released: Any, policy: Any, output: str, key: Any) -> str:
+    counts: dict[str, int] = {}
+    for rule in policy.identifiers:
+        counts[rule.transform] = counts.get(rule.transform, 0) + 1
+    done = ", ".join(f"{n} {t}" for t, n in sorted(counts.items()))
+    extra = f"; {len(policy.drop)} dropped" if policy.drop else ""
+    qi = f"; {len(policy.quasi_identifiers)} quasi-identifiers generalized (k={policy.k})" if policy.quasi_identifiers else ""
+    passthrough = policy.passthrough(frame.columns)
+    kid = f", key {key.key_id}" if key is not None else ""
+    suppressed = len(frame) - len(released)
+    sup = f", {suppressed} suppressed" if suppressed else ""
+    return (
+        f"released {len(released)} of {len(frame)} rows{sup} to {output}{kid}"
+        f" ({done or 'no identifier transforms'}{extra}{qi});"
+        f" {len(passthrough)} columns passed through unchanged"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add `privdl anonymize`."""
+    app.command("anonymize")(anonymize)

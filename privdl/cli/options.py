@@ -1,0 +1,73 @@
+"""Option handling shared by the command groups: keys, report paths, audit entries."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from privdl.errors import FormatError, InputError, KeyMissingError, UsageError
+from privdl.keys import Secret
+
+REPORT_SUFFIXES = (".json", ".md", ".markdown", ".html", ".htm")
+
+
+def load_key(key_env: str | None, key_file: Path | None, *, required: bool) -> Secret | None:
+    """The master key from ``--key-env`` or ``--key-file`` (never both).
+
+    Raises:
+        UsageError: both given.
+        KeyMissingError: ``required`` and neither given, or the variable is unset.
+        SecurityError: key shorter than 32 bytes or a group/world-readable key file.
+    """
+    if key_env and key_file:
+        raise UsageError("give --key-env or --key-file, not both")
+    if key_file is not None:
+        return Secret.from_file(key_file)
+    if key_env:
+        return Secret.from_env(key_env)
+    if required:
+        raise KeyMissingError(
+            "this policy pseudonymizes or encrypts: give the key with --key-env VAR or --key-file PATH"
+        )
+    return None
+
+
+def report_target(path: Path) -> Path:
+    """Check a report path before any work is done (folder exists, known extension)."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"report folder {folder} does not exist")
+    if path.suffix.lower() not in REPORT_SUFFIXES:
+        raise FormatError(f"{path}: unknown report format; use .json, .md or .html")
+    return path
+
+
+class _NoAudit:
+    def update(self, **_: Any) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def audit_context(
+    log_path: Path | None,
+    key_env: str,
+    event: str,
+    *,
+    params: dict[str, Any] | None = None,
+    inputs: Sequence[Any] = (),
+) -> Iterator[Any]:
+    """One audit entry for a CLI operation, or nothing when no log is given.
+
+    The audit key is read before the operation starts, so a missing key is a usage
+    error (exit 2) and not a half-logged run.
+    """
+    if log_path is None:
+        yield _NoAudit()
+        return
+    from privdl.audit import AuditLog, operation
+
+    log = AuditLog(log_path, key=Secret.from_env(key_env))
+    with operation(log, event, params=params or {}, inputs=list(inputs)) as op:
+        yield op

@@ -1,0 +1,523 @@
+"""CKKS key sets: the data owner's :class:`HEKeys` and the server's :class:`PublicKeys`.
+
+The data owner generates keys, encrypts the sensitive columns and decrypts the scores;
+the scoring service only ever receives :meth:`HEKeys.public`: the parameters and the
+evaluation keys the model needs (none for a linear score, relinearization keys for a
+polynomial activation, never Galois keys: feature-major packing needs no rotations).
+With the default symmetric encryption the public context is about 100 bytes; with
+``encryption="public-key"`` it also carries the public key so a third party can
+encrypt.
+
+Files (``HEKeys.save(DIR)``)::
+
+    DIR/secret.he   secret context, mode 0600 (TenSEAL protobuf; never pickled)
+    DIR/public.he   public context: no secret key, safe to hand to the scoring service
+
+Keys are cheap (tens of milliseconds): rotate them per session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from privdl.encrypted.params import ParameterSet, choose_parameters
+from privdl.encrypted.wire import BatchHeader, Chunk, EncryptedBatch
+from privdl.errors import InputError, KeyMissingError, SecurityError, UsageError, require
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+__all__ = ["PUBLIC_FILE", "SECRET_FILE", "HEKeys", "PublicKeys"]
+
+SECRET_FILE = "secret.he"
+PUBLIC_FILE = "public.he"
+
+
+def _ts() -> Any:
+    return require("tenseal", "he")
+
+
+def _new_context(params: ParameterSet) -> Any:
+    ts = _ts()
+    enc = (
+        ts.ENCRYPTION_TYPE.SYMMETRIC
+        if params.encryption == "symmetric"
+        else ts.ENCRYPTION_TYPE.ASYMMETRIC
+    )
+    try:
+        ctx = ts.context(
+            ts.SCHEME_TYPE.CKKS,
+            params.poly_modulus_degree,
+            coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
+            encryption_type=enc,
+            n_threads=1,
+        )
+    except ValueError:
+        # SEAL itself refuses parameters over its 128-bit bound, whatever privdl allows.
+        raise SecurityError(
+            f"SEAL refuses CKKS parameters N={params.poly_modulus_degree} with "
+            f"{params.total_bits} coefficient bits"
+        ) from None
+    ctx.global_scale = float(2**params.scale_bits)
+    return ctx
+
+
+def _load_context(blob: bytes, source: str) -> Any:
+    ts = _ts()
+    try:
+        return ts.context_from(blob, n_threads=1)
+    except Exception:
+        raise InputError(f"{source}: the CKKS context cannot be read") from None
+
+
+def _container_blob(batch: EncryptedBatch, source: str) -> bytes:
+    if len(batch.chunks) != 1 or len(batch.chunks[0].blobs) != 1:
+        raise InputError(f"{source}: a key file holds exactly one context")
+    return batch.chunks[0].blobs[0]
+
+
+class PublicKeys:
+    """The material the scoring service holds: parameters and evaluation keys only.
+
+    Never holds a secret key: construction refuses a private context, and
+    :meth:`load` refuses a file that contains one.
+
+    Attributes:
+        params: the CKKS parameter set.
+        key_id: public identifier of the key set.
+    """
+
+    __slots__ = ("_blob", "_ctx", "key_id", "params")
+
+    def __init__(self, context: Any, *, params: ParameterSet, key_id: str, blob: bytes) -> None:
+        if context.is_private():
+            raise SecurityError("a public key set cannot hold a secret key")
+        self._ctx = context
+        self._blob = blob
+        self.params = params
+        self.key_id = key_id
+
+    def context(self) -> Any:
+        """The TenSEAL context (``is_private()`` is False: decryption fails on it)."""
+        return self._ctx
+
+    def is_private(self) -> bool:
+        return bool(self._ctx.is_private())
+
+    def to_bytes(self) -> bytes:
+        """The serialized public context (what worker processes receive)."""
+        return self._blob
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, *, params: ParameterSet, key_id: str) -> PublicKeys:
+        ctx = _load_context(blob, "public context")
+        if ctx.is_private():
+            raise SecurityError("refusing a public context that holds a secret key")
+        ctx.global_scale = float(2**params.scale_bits)
+        return cls(ctx, params=params, key_id=key_id, blob=blob)
+
+    def header(self) -> BatchHeader:
+        return BatchHeader(kind="public-context", params=self.params, key_id=self.key_id)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the public context file (atomic; safe to share)."""
+        batch = EncryptedBatch(self.header(), (Chunk(rows=0, blobs=(self._blob,)),))
+        return batch.save(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> PublicKeys:
+        """Read a public context file, or ``DIR/public.he`` when given a folder.
+
+        Raises:
+            SecurityError: the file holds a secret key (a scoring service must never
+                receive one).
+            InputError, FormatError: missing or malformed file.
+        """
+        p = Path(path)
+        if p.is_dir():
+            p = p / PUBLIC_FILE
+        batch = EncryptedBatch.load(p)
+        if batch.header.kind != "public-context":
+            raise SecurityError(
+                f"{p.name} is a {batch.header.kind} file, not a public context; "
+                "the scoring service must only receive public.he"
+            )
+        return cls.from_bytes(
+            _container_blob(batch, p.name), params=batch.header.params, key_id=batch.key_id
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"PublicKeys(key_id={self.key_id!r}, N={self.params.poly_modulus_degree}, "
+            f"security={self.params.security!r})"
+        )
+
+
+class HEKeys:
+    """A CKKS key set held by the data owner: encrypts features, decrypts scores.
+
+    Example:
+        >>> keys = HEKeys.generate()                       # doctest: +SKIP
+        >>> batch = keys.encrypt(frame, columns=["age", "sex=Female"])   # doctest: +SKIP
+        >>> scorer = EncryptedScorer.from_model(model, keys.public())    # doctest: +SKIP
+        >>> probabilities = keys.decrypt(scorer.score(batch))            # doctest: +SKIP
+
+    The secret key never leaves this object except into ``DIR/secret.he`` (mode 0600);
+    ``repr`` shows the key id only and the object cannot be pickled.
+    """
+
+    __slots__ = ("_ctx", "key_id", "params")
+
+    def __init__(self, context: Any, *, params: ParameterSet, key_id: str) -> None:
+        if not context.is_private():
+            raise KeyMissingError("HEKeys needs a context with its secret key")
+        self._ctx = context
+        self.params = params
+        self.key_id = key_id
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def generate(
+        cls,
+        *,
+        depth: int = 1,
+        security: int | str = 128,
+        scale_bits: int = 40,
+        poly_modulus_degree: int | None = None,
+        coeff_mod_bit_sizes: Sequence[int] | None = None,
+        encryption: str = "symmetric",
+        relin_keys: bool | None = None,
+    ) -> HEKeys:
+        """Generate a fresh key set for a model of multiplicative ``depth``.
+
+        Args:
+            depth: 1 for a linear score (``N=8192``, ``[60, 40, 60]``); a polynomial
+                activation adds levels (see :meth:`EncryptedScorer.depth`).
+            security: 128 (default), 192 or 256 bits. Lower levels are refused unless
+                asked for by name, ``"insecure-100"``, which warns and is recorded.
+            scale_bits: log2 of the CKKS scale (>= 30; 40 keeps scores within 1e-6).
+            poly_modulus_degree: force ``N``.
+            coeff_mod_bit_sizes: force the coefficient primes (checked).
+            encryption: ``"symmetric"`` (default: only the secret-key holder encrypts,
+                about twice as fast) or ``"public-key"``.
+            relin_keys: include relinearization keys in the public context (default:
+                when ``depth > 1``).
+
+        Raises:
+            SecurityError: a request below 128-bit security.
+        """
+        params = choose_parameters(
+            depth=depth,
+            security=security,
+            scale_bits=scale_bits,
+            poly_modulus_degree=poly_modulus_degree,
+            coeff_mod_bit_sizes=None if coeff_mod_bit_sizes is None else tuple(coeff_mod_bit_sizes),
+            encryption=encryption,
+            relin_keys=relin_keys,
+        )
+        return cls(_new_context(params), params=params, key_id="he_" + secrets.token_hex(8))
+
+    @classmethod
+    def for_model(cls, model: Any, **options: Any) -> HEKeys:
+        """Keys with the depth (and relinearization keys) that ``model`` needs."""
+        from privdl.encrypted.models import as_model
+
+        spec = as_model(model, columns=options.pop("columns", None))
+        output = options.pop("output", "logit")
+        depth = spec.depth(output=output)
+        return cls.generate(depth=depth, **options)
+
+    def public(self) -> PublicKeys:
+        """The public context for the scoring service: no secret key, no Galois keys.
+
+        Relinearization keys are included only when the parameter set asks for them
+        (polynomial activations); the public key only for ``encryption="public-key"``.
+        """
+        blob = self._ctx.serialize(
+            save_public_key=self.params.encryption == "public-key",
+            save_secret_key=False,
+            save_galois_keys=False,
+            save_relin_keys=self.params.relin_keys,
+        )
+        return PublicKeys.from_bytes(blob, params=self.params, key_id=self.key_id)
+
+    def is_private(self) -> bool:
+        return True
+
+    # -- files ------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write ``DIR/secret.he`` (mode 0600) and ``DIR/public.he``.
+
+        Raises:
+            UsageError: the folder already holds a secret key file (``overwrite=False``):
+                replacing keys would make existing batches undecryptable.
+        """
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        secret_path = folder / SECRET_FILE
+        if secret_path.exists() and not overwrite:
+            raise UsageError(f"{secret_path} already exists; choose another folder")
+        blob = self._ctx.serialize(
+            save_public_key=self.params.encryption == "public-key",
+            save_secret_key=True,
+            save_galois_keys=False,
+            save_relin_keys=self.params.relin_keys,
+        )
+        header = BatchHeader(kind="secret-context", params=self.params, key_id=self.key_id)
+        _write_private(secret_path, EncryptedBatch(header, (Chunk(0, (blob,)),)).to_bytes())
+        self.public().save(folder / PUBLIC_FILE)
+        return folder
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> HEKeys:
+        """Read ``DIR/secret.he`` (or the given secret file).
+
+        Raises:
+            KeyMissingError: no secret key file there.
+            SecurityError: the file is readable by group or others.
+        """
+        p = Path(path)
+        if p.is_dir():
+            p = p / SECRET_FILE
+        if not p.exists():
+            raise KeyMissingError(f"no secret key: {p} does not exist")
+        mode = p.stat().st_mode
+        if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise SecurityError(
+                f"secret key file {p} is accessible by group or others "
+                f"(mode {stat.S_IMODE(mode):o}); run `chmod 600` on it"
+            )
+        batch = EncryptedBatch.load(p)
+        if batch.header.kind != "secret-context":
+            raise KeyMissingError(f"{p.name} holds no secret key (it is a {batch.header.kind} file)")
+        ctx = _load_context(_container_blob(batch, p.name), p.name)
+        ctx.global_scale = float(2**batch.header.params.scale_bits)
+        return cls(ctx, params=batch.header.params, key_id=batch.key_id)
+
+    # -- encryption -------------------------------------------------------------------
+    def encrypt(
+        self,
+        data: pd.DataFrame | np.ndarray | Any,
+        *,
+        columns: Sequence[str] | None = None,
+        workers: int = 1,
+        audit_log: Any = None,
+    ) -> EncryptedBatch:
+        """Encrypt feature columns, feature-major: one ciphertext per column per N/2 rows.
+
+        Args:
+            data: a DataFrame (``columns`` are feature specs: ``"age"`` numeric, or
+                ``"sex=Female"`` an indicator) or a 2-D array (``columns`` name its columns).
+            columns: the features to encrypt, in order.
+            workers: processes to encrypt with (the context reaches them by ``fork``,
+                never through a pipe; 1 where ``fork`` is unavailable).
+            audit_log: an AuditLog, a path, or None; one ``he-encrypt`` entry.
+
+        Raises:
+            InputError: a missing column, or a value that is not a finite number
+                (named by column and row, never by value).
+        """
+        from privdl.encrypted.packing import as_matrix
+
+        matrix, names = as_matrix(data, columns)
+        header = BatchHeader(
+            kind="features",
+            params=self.params,
+            key_id=self.key_id,
+            columns=tuple(names),
+            rows=int(matrix.shape[0]),
+        )
+        with _audited(
+            audit_log,
+            "he-encrypt",
+            params={"he_params": self.params.to_dict(), "key_id": self.key_id},
+        ) as op:
+            chunks = tuple(self.encrypt_chunks(matrix, workers=workers))
+            if op is not None:
+                op.update(params={"rows": int(matrix.shape[0]), "columns": list(names)})
+        return EncryptedBatch(header, chunks)
+
+    def encrypt_chunks(self, matrix: np.ndarray, *, workers: int = 1) -> Iterator[Chunk]:
+        """Encrypt a float matrix chunk by chunk (rows in order), yielding :class:`Chunk`."""
+        from privdl.encrypted.packing import chunk_bounds
+
+        bounds = chunk_bounds(matrix.shape[0], self.params.slots)
+        if workers > 1 and len(bounds) > 1 and _can_fork():
+            from privdl.encrypted import pool
+
+            yield from pool.map_forked(
+                pool.encrypt_task,
+                [matrix[a:b] for a, b in bounds],
+                context=self._ctx,
+                workers=workers,
+            )
+            return
+        for a, b in bounds:
+            yield encrypt_block(self._ctx, matrix[a:b])
+
+    # -- decryption -------------------------------------------------------------------
+    def decrypt(
+        self,
+        scores: EncryptedBatch | str | os.PathLike[str],
+        *,
+        raw: bool = False,
+        decimals: int | None = None,
+        audit_log: Any = None,
+    ) -> np.ndarray:
+        """Decrypt encrypted scores.
+
+        Args:
+            scores: an encrypted ``scores`` batch or its file.
+            raw: return what was computed (the logit for a logistic model) instead of
+                applying the exact link (sigmoid) on this side.
+            decimals: round the released scores (limits what decrypted values reveal
+                if they ever travel back; CKKS is not IND-CPA-D secure).
+            audit_log: an AuditLog, a path, or None; one ``he-decrypt`` entry.
+
+        Returns:
+            An array of shape ``(rows,)``, or ``(rows, outputs)`` for several outputs.
+
+        Raises:
+            KeyMissingError: the scores were made for another key set.
+            InputError: not a scores container, or other parameters.
+        """
+        import numpy as np
+
+        batch = scores if isinstance(scores, EncryptedBatch) else EncryptedBatch.load(scores)
+        source = "scores" if isinstance(scores, EncryptedBatch) else Path(scores).name
+        batch.header.check_compatible(
+            kind="scores", params=self.params, key_id=self.key_id, source=source
+        )
+        with _audited(
+            audit_log,
+            "he-decrypt",
+            params={
+                "he_params": self.params.to_dict(),
+                "key_id": self.key_id,
+                "rows": batch.rows,
+                "raw": raw,
+                "decimals": decimals,
+            },
+        ):
+            parts = [decrypt_block(self._ctx, chunk) for chunk in batch.chunks]
+            values = np.concatenate(parts, axis=0) if parts else np.zeros((0, len(batch.columns)))
+            values = finish_scores(values, batch.header.info, raw=raw, decimals=decimals)
+        return values
+
+    # -- hygiene ----------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return (
+            f"HEKeys(key_id={self.key_id!r}, N={self.params.poly_modulus_degree}, "
+            f"security={self.params.security!r}, secret=<hidden>)"
+        )
+
+    def __reduce__(self) -> NoReturn:
+        raise SecurityError("HEKeys hold a secret key and cannot be pickled; use save(DIR)")
+
+    def context(self) -> Any:
+        """The private TenSEAL context (data-owner side only)."""
+        return self._ctx
+
+
+# ----------------------------------------------------------------------------- blocks
+def encrypt_block(ctx: Any, block: np.ndarray) -> Chunk:
+    """Encrypt ``block`` (rows x columns, rows <= N/2): one ciphertext per column."""
+    ts = _ts()
+    cols = block.T
+    return Chunk(
+        rows=int(block.shape[0]),
+        blobs=tuple(ts.ckks_vector(ctx, col.tolist()).serialize() for col in cols),
+    )
+
+
+def decrypt_block(ctx: Any, chunk: Chunk) -> np.ndarray:
+    """Decrypt one chunk of scores to an array of shape (rows, outputs)."""
+    import numpy as np
+
+    ts = _ts()
+    out = np.empty((chunk.rows, len(chunk.blobs)))
+    for j, blob in enumerate(chunk.blobs):
+        try:
+            vec = ts.ckks_vector_from(ctx, blob)
+        except Exception:
+            raise InputError("a score ciphertext cannot be read with these keys") from None
+        values = vec.decrypt()
+        if len(values) != chunk.rows:
+            raise InputError(f"a score chunk holds {len(values)} values for {chunk.rows} rows")
+        out[:, j] = values
+    return out
+
+
+def finish_scores(
+    values: np.ndarray, info: dict[str, Any], *, raw: bool, decimals: int | None
+) -> np.ndarray:
+    """Apply the exact link on the client (sigmoid for a logit) and optional rounding."""
+    import numpy as np
+
+    if not raw and info.get("output") == "logit" and info.get("link") == "logit":
+        # exact sigmoid here keeps the server-side depth at 1
+        values = 0.5 * (1.0 + np.tanh(0.5 * values))
+    if decimals is not None:
+        values = np.round(values, int(decimals))
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    return values
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a new file readable by its owner only (0600), atomically."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.privdl-tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def _can_fork() -> bool:
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+@contextlib.contextmanager
+def _audited(
+    audit_log: Any,
+    name: str,
+    *,
+    params: dict[str, Any],
+    inputs: Sequence[Any] = (),
+    outputs: Sequence[Any] = (),
+) -> Iterator[Any]:
+    """One audit entry around an operation, or nothing when ``audit_log`` is None."""
+    if audit_log is None:
+        yield None
+        return
+    try:
+        from privdl.audit import operation
+    except ImportError:
+        raise UsageError("audit logging is not available in this privdl build") from None
+    with operation(
+        audit_log, name, params=params, inputs=list(inputs), outputs=list(outputs)
+    ) as op:
+        yield op
+
+
+def with_info(batch: EncryptedBatch, **info: Any) -> EncryptedBatch:
+    """A copy of ``batch`` with extra header info."""
+    return replace(batch, header=replace(batch.header, info={**batch.header.info, **info}))

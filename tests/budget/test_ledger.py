@@ -1,0 +1,392 @@
+"""BudgetLedger: composition, refusal, atomic charges across processes, crash safety,
+foreign and corrupt files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from privdl.budget.ledger import BudgetLedger, BudgetStatus, RunRecord
+from privdl.errors import BudgetExceededError, InputError, PolicyError, UsageError
+from privdl.train.calibrate import epsilon_of
+
+DELTA = 1e-5
+
+
+def opacus_epsilon(history, *, delta, accountant):
+    """Independent recomputation with Opacus' own accountants."""
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    acc = PRVAccountant() if accountant == "prv" else RDPAccountant()
+    acc.history = [tuple(s) for s in history]
+    return acc.get_epsilon(delta=delta)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> BudgetLedger:
+    led = BudgetLedger(tmp_path / "budget.db")
+    yield led
+    led.close()
+
+
+def test_new_ledger_is_empty_sqlite_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "budget.db"
+    with BudgetLedger(path) as led:
+        assert led.datasets() == []
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+    # reopening an existing ledger works, also through a sqlite:/// URL
+    with BudgetLedger(f"sqlite:///{path}") as led:
+        assert led.datasets() == []
+
+
+def test_set_budget_and_read_back(ledger: BudgetLedger) -> None:
+    status = ledger.set_budget("adult", epsilon=3.0, delta=DELTA)
+    assert isinstance(status, BudgetStatus)
+    assert ledger.budget("adult") == (3.0, DELTA)
+    assert ledger.spent("adult") == 0.0
+    assert ledger.remaining("adult") == 3.0
+    assert ledger.datasets() == ["adult"]
+    assert BudgetStatus.from_json(status.to_json()) == status
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_spent_is_composition_recomputed_independently(tmp_path: Path, accountant: str) -> None:
+    with BudgetLedger(tmp_path / "b.db") as led:
+        led.set_budget("d", epsilon=10.0, delta=DELTA, accountant=accountant)
+        runs = [[(1.1, 0.01, 600)], [(0.9, 0.02, 300), (1.3, 0.02, 200)], [(2.0, 0.05, 400)]]
+        for hist in runs:
+            led.reserve("d", history=hist, delta=DELTA, accountant=accountant, model_name="m")
+        composed = opacus_epsilon(
+            [seg for h in runs for seg in h], delta=DELTA, accountant=accountant
+        )
+        status = led.status("d")
+        assert status.spent == pytest.approx(composed, rel=0.01)
+        # each run's own epsilon, and their naive sum, also match Opacus
+        own = [opacus_epsilon(h, delta=DELTA, accountant=accountant) for h in runs]
+        for record, expected in zip(led.runs("d"), own, strict=True):
+            assert record.epsilon == pytest.approx(expected, rel=0.01)
+        assert status.naive_sum == pytest.approx(sum(own), rel=0.01)
+        # composition under the accountant is tighter than adding epsilons
+        assert status.spent < status.naive_sum
+        assert status.remaining == pytest.approx(10.0 - status.spent)
+        assert led.history("d") == [seg for h in runs for seg in h]
+
+
+def test_refusal_happens_before_anything_is_written(ledger: BudgetLedger) -> None:
+    ledger.set_budget("d", epsilon=1.0, delta=DELTA)
+    ledger.reserve("d", history=[(1.5, 0.01, 300)], delta=DELTA, accountant="rdp")
+    before = ledger.status("d", accountant="rdp")
+    with pytest.raises(BudgetExceededError) as info:
+        ledger.reserve("d", history=[(0.8, 0.05, 2000)], delta=DELTA, accountant="rdp", epsilon=5.0)
+    err = info.value
+    assert err.requested == 5.0
+    assert err.dataset_id == "d"
+    assert err.remaining == pytest.approx(before.remaining)
+    assert err.exit_code == 1
+    after = ledger.status("d", accountant="rdp")
+    assert after.runs == before.runs == 1
+    assert after.spent == before.spent
+
+
+def test_settle_replaces_reservation_and_gives_back_unused_steps(ledger: BudgetLedger) -> None:
+    ledger.set_budget("d", epsilon=5.0, delta=DELTA)
+    run_id = ledger.reserve(
+        "d",
+        history=[(1.0, 0.01, 2000)],
+        delta=DELTA,
+        accountant="prv",
+        model_name="mlp",
+        epsilon=3.0,
+    )
+    reserved = ledger.status("d")
+    assert reserved.reserved == 1
+    record = ledger.settle(run_id, history=[(1.0, 0.01, 700)])
+    assert isinstance(record, RunRecord)
+    assert record.status == "settled" and record.settled_at is not None
+    assert record.history == [(1.0, 0.01, 700)]
+    assert record.requested_epsilon == 3.0
+    assert record.model_name == "mlp" and record.privdl_version and record.opacus_version
+    settled = ledger.status("d")
+    assert settled.reserved == 0
+    assert settled.spent < reserved.spent
+    assert settled.spent == pytest.approx(
+        opacus_epsilon([(1.0, 0.01, 700)], delta=DELTA, accountant="prv"), rel=0.01
+    )
+    with pytest.raises(UsageError):
+        ledger.settle(run_id, history=[(1.0, 0.01, 700)])
+    assert RunRecord.from_json(record.to_json()) == record
+
+
+def test_settle_over_budget_is_recorded_then_raises(ledger: BudgetLedger) -> None:
+    ledger.set_budget("d", epsilon=1.0, delta=DELTA)
+    run_id = ledger.reserve("d", history=[(1.5, 0.01, 100)], delta=DELTA, accountant="rdp")
+    with pytest.raises(BudgetExceededError):
+        ledger.settle(run_id, history=[(0.6, 0.05, 5000)])
+    # the spend is never hidden: the larger history is what the ledger now counts
+    assert ledger.run(run_id).history == [(0.6, 0.05, 5000)]
+    assert ledger.spent("d", accountant="rdp") > 1.0
+    assert ledger.remaining("d", accountant="rdp") == 0.0
+
+
+def test_calibrate_remaining_spends_what_is_left(ledger: BudgetLedger) -> None:
+    ledger.set_budget("d", epsilon=2.0, delta=DELTA)
+    ledger.reserve("d", history=[(1.2, 0.01, 800)], delta=DELTA, accountant="prv")
+    sigma = ledger.calibrate_remaining("d", sample_rate=0.02, steps=500, accountant="prv")
+    composed = opacus_epsilon([(1.2, 0.01, 800), (sigma, 0.02, 500)], delta=DELTA, accountant="prv")
+    assert composed <= 2.0 * 1.01
+    assert composed >= 2.0 * 0.95  # uses (almost) all of what is left
+    ledger.reserve("d", history=[(sigma, 0.02, 500)], delta=DELTA, accountant="prv")
+    # what is left now is a rounding remainder: a further run needs far more noise
+    assert ledger.calibrate_remaining("d", sample_rate=0.02, steps=500) > 3 * sigma
+    ledger.set_budget("d", epsilon=ledger.spent("d"), delta=DELTA)
+    with pytest.raises(BudgetExceededError):
+        ledger.calibrate_remaining("d", sample_rate=0.02, steps=500, accountant="prv")
+
+
+def test_lowering_budget_below_spent_is_refused(ledger: BudgetLedger) -> None:
+    ledger.set_budget("d", epsilon=3.0, delta=DELTA)
+    ledger.reserve("d", history=[(1.0, 0.01, 1000)], delta=DELTA, accountant="prv")
+    spent = ledger.spent("d")
+    with pytest.raises(BudgetExceededError):
+        ledger.set_budget("d", epsilon=spent / 2, delta=DELTA)
+    assert ledger.budget("d") == (3.0, DELTA)
+    ledger.set_budget("d", epsilon=spent * 1.5, delta=DELTA)  # lowering above spent is fine
+    assert ledger.budget("d")[0] == pytest.approx(spent * 1.5)
+
+
+def test_unknown_dataset_and_bad_arguments(ledger: BudgetLedger) -> None:
+    with pytest.raises(PolicyError, match="no budget"):
+        ledger.spent("nope")
+    with pytest.raises(PolicyError, match="no budget"):
+        ledger.reserve("nope", history=[(1.0, 0.01, 10)], delta=DELTA)
+    with pytest.raises(PolicyError):
+        ledger.set_budget("d", epsilon=-1.0, delta=DELTA)
+    with pytest.raises(PolicyError):
+        ledger.set_budget("d", epsilon=1.0, delta=1.5)
+    with pytest.raises(PolicyError):
+        ledger.set_budget("d", epsilon=1.0, delta=DELTA, accountant="gdp")
+    with pytest.raises(InputError):
+        ledger.run("no-such-run")
+    ledger.set_budget("d", epsilon=1.0, delta=DELTA)
+    with pytest.raises(InputError, match="history segment 0"):
+        ledger.reserve("d", history=[(1.0, 2.0, 10)], delta=DELTA)
+
+
+def test_unsupported_url_scheme(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="mysql"):
+        BudgetLedger("mysql://host/db")
+
+
+def test_reader_does_not_create_a_ledger(tmp_path: Path) -> None:
+    path = tmp_path / "missing.db"
+    with pytest.raises(InputError, match="no budget ledger"):
+        BudgetLedger(path, create=False)
+    assert not path.exists()
+
+
+# -- foreign and corrupt files -------------------------------------------------------
+
+
+def test_corrupt_bytes_are_refused_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.db"
+    path.write_bytes(os.urandom(8192))
+    with pytest.raises(InputError, match=r"garbage\.db"):
+        BudgetLedger(path)
+    assert path.stat().st_size == 8192
+
+
+def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE users (id INTEGER, name TEXT)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(InputError, match="not a privdl budget ledger"):
+        BudgetLedger(path)
+    conn = sqlite3.connect(path)  # untouched
+    assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["users"]
+    conn.close()
+
+
+def test_wrong_schema_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    BudgetLedger(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE privdl_meta SET value = '99' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(InputError, match="schema version 99"):
+        BudgetLedger(path)
+
+
+def test_damaged_pages_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    with BudgetLedger(path) as led:
+        led.set_budget("d", epsilon=3.0, delta=DELTA)
+        for _ in range(30):
+            led.reserve("d", history=[(1.0, 0.001, 10)], delta=DELTA, accountant="rdp")
+    # checkpoint the WAL into the main file, then overwrite the table pages
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.execute("PRAGMA journal_mode=DELETE")
+    conn.close()
+    data = bytearray(path.read_bytes())
+    for i in range(4096, len(data)):
+        data[i] = 0xA5
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"b\.db"):
+        led = BudgetLedger(path)
+        led.status("d")
+
+
+# -- properties ----------------------------------------------------------------------
+
+segment = st.tuples(
+    st.floats(min_value=0.6, max_value=3.0),
+    st.floats(min_value=0.001, max_value=0.1),
+    st.integers(min_value=1, max_value=3000),
+)
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    requests=st.lists(st.lists(segment, min_size=1, max_size=2), min_size=1, max_size=8),
+    total=st.floats(min_value=0.5, max_value=8.0),
+)
+def test_spent_never_exceeds_total_and_refusals_are_exact(
+    tmp_path_factory: pytest.TempPathFactory, requests, total: float
+) -> None:
+    path = tmp_path_factory.mktemp("prop") / "b.db"
+    with BudgetLedger(path) as led:
+        led.set_budget("d", epsilon=total, delta=DELTA, accountant="rdp")
+        accepted: list = []
+        for hist in requests:
+            would_be = epsilon_of([*accepted, *hist], delta=DELTA, accountant="rdp")
+            try:
+                led.reserve("d", history=hist, delta=DELTA, accountant="rdp")
+            except BudgetExceededError:
+                assert would_be > total
+            else:
+                assert would_be <= total * (1 + 1e-9)
+                accepted.extend(hist)
+            assert led.spent("d") <= total * (1 + 1e-9)
+        assert led.history("d") == [tuple(s) for s in accepted]
+
+
+# -- concurrency and crashes -----------------------------------------------------------
+
+_CHARGER = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from privdl.budget.ledger import BudgetLedger
+    from privdl.errors import BudgetExceededError
+    path, go, n, ready = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    led = BudgetLedger(path)
+    open(ready, "w").close()
+    while not os.path.exists(go):
+        time.sleep(0.01)
+    ok = refused = 0
+    for _ in range(n):
+        try:
+            led.reserve("d", history=[(1.0, 0.01, 20)], delta=1e-5, accountant="rdp")
+            ok += 1
+        except BudgetExceededError:
+            refused += 1
+    print(json.dumps({"ok": ok, "refused": refused}))
+    """
+)
+
+
+def test_two_processes_fifty_charges_each_never_overspend(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    go = tmp_path / "go"
+    per_charge = [(1.0, 0.01, 20)]
+    n_max = 0
+    while epsilon_of(per_charge * (n_max + 1), delta=DELTA, accountant="rdp") <= 2.0:
+        n_max += 1
+    assert 10 < n_max < 90  # the budget runs out in the middle of the race
+    with BudgetLedger(path) as led:
+        led.set_budget("d", epsilon=2.0, delta=DELTA, accountant="rdp")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CHARGER, str(path), str(go), "50", str(tmp_path / f"r{i}")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"r{i}").exists() for i in range(2)):
+        assert time.monotonic() < deadline, "charger processes did not start"
+        time.sleep(0.02)
+    go.touch()
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        results.append(json.loads(out))
+    assert sum(r["ok"] for r in results) == n_max
+    assert sum(r["refused"] for r in results) == 100 - n_max
+    with BudgetLedger(path) as led:
+        status = led.status("d")
+        assert status.runs == n_max
+        assert status.spent <= 2.0
+
+
+_CRASHER = textwrap.dedent(
+    """
+    import sys, time
+    from privdl.budget.ledger import BudgetLedger
+    led = BudgetLedger(sys.argv[1])
+    run = led.reserve("d", history=[(1.0, 0.01, 1000)], delta=1e-5, accountant="prv",
+                      model_name="crashes")
+    print(run, flush=True)
+    # 'training': a second ledger write transaction left open when the process dies
+    store = led._store
+    store._conn.execute("BEGIN IMMEDIATE")
+    store._conn.execute("UPDATE privdl_runs SET model_name = 'half-written'")
+    time.sleep(600)
+    """
+)
+
+
+def test_killed_run_keeps_its_reservation_and_ledger_stays_usable(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    with BudgetLedger(path) as led:
+        led.set_budget("d", epsilon=3.0, delta=DELTA)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CRASHER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    run_id = proc.stdout.readline().strip()
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    with BudgetLedger(path) as led:
+        record = led.run(run_id)
+        assert record.status == "reserved"
+        assert record.model_name == "crashes"  # the open transaction was rolled back
+        status = led.status("d")
+        assert status.reserved == 1
+        assert status.spent == pytest.approx(
+            opacus_epsilon([(1.0, 0.01, 1000)], delta=DELTA, accountant="prv"), rel=0.01
+        )
+        # the ledger accepts new charges (no stale lock) and still counts the crashed run
+        led.reserve("d", history=[(2.0, 0.01, 100)], delta=DELTA, accountant="prv")
+        assert led.status("d").runs == 2

@@ -1,0 +1,172 @@
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from privdl import io
+from privdl.errors import FormatError, InputError, UsageError
+
+
+@pytest.fixture
+def frame():
+    return pd.DataFrame(
+        {"user_id": ["u1", "u2", "u3"], "zip": ["01067", "10115", "80331"], "age": [31, 45, 27],
+         "score": [0.5, 1.25, None], "city": ["Dresden", None, "Munich"]}
+    )
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".parquet", ".jsonl", ".csv.gz"])
+def test_round_trip_every_format(tmp_path, frame, suffix):
+    path = tmp_path / f"t{suffix}"
+    io.write_table(frame, path)
+    back = io.read_table(path)
+    assert list(back.columns) == list(frame.columns)
+    assert back["zip"].tolist() == ["01067", "10115", "80331"]  # leading zero kept
+    assert back["age"].tolist() == [31, 45, 27]
+    assert back["score"].iloc[1] == 1.25 and pd.isna(back["score"].iloc[2])
+    assert pd.isna(back["city"].iloc[1])
+
+
+def test_sqlite_table_and_query(tmp_path, frame):
+    db = tmp_path / "users.db"
+    io.write_table(frame, f"sqlite:///{db}?table=users")
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    back = io.read_table(f"sqlite:///{db}?table=users")
+    assert back["user_id"].tolist() == ["u1", "u2", "u3"]
+    q = io.read_table(f"sqlite:///{db}", query="SELECT user_id FROM users WHERE age > 30")
+    assert q["user_id"].tolist() == ["u1", "u2"]
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before  # read-only
+    with pytest.raises(InputError, match="table 'nope' not found"):
+        io.read_table(f"sqlite:///{db}?table=nope")
+    with pytest.raises(UsageError):
+        io.read_table(f"sqlite:///{db}")
+
+
+def test_sqlite_write_keeps_other_tables(tmp_path, frame):
+    db = tmp_path / "out.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE other (x INTEGER)")
+    con.commit()
+    con.close()
+    io.write_table(frame, f"sqlite:///{db}?table=released")
+    names = {r[0] for r in sqlite3.connect(db).execute("SELECT name FROM sqlite_master")}
+    assert {"other", "released"} <= names
+
+
+def test_sep_override_and_sniffing(tmp_path):
+    path = tmp_path / "semi.csv"
+    path.write_text("a;b\n1;x\n2;y\n")
+    assert io.read_table(path).columns.tolist() == ["a", "b"]
+    assert io.read_table(path, sep=",").columns.tolist() == ["a;b"]
+    piped = tmp_path / "p.txt"
+    piped.write_text("a|b\n1|2\n")
+    assert io.read_table(piped, sep="|")["b"].tolist() == [2]
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("a,b,c\n1,2,3\n4,5\n", "line 3 has 2 fields, expected 3"),
+        ("a,b,c\n1,2,3\n4,5,6,7\n", "line 3 has 4 fields, expected 3"),
+    ],
+)
+def test_ragged_rows_name_the_line_not_the_value(tmp_path, content, match):
+    path = tmp_path / "r.csv"
+    path.write_text(content.replace("4,5", "secret@x.org,5"))
+    with pytest.raises(InputError, match=match) as info:
+        io.read_table(path)
+    assert "secret" not in str(info.value)
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        io.read_table(tmp_path / "missing.csv")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(InputError, match="empty"):
+        io.read_table(empty)
+    odd = tmp_path / "t.xlsx"
+    odd.write_text("x")
+    with pytest.raises(FormatError, match="unknown table format"):
+        io.read_table(odd)
+    bad_json = tmp_path / "t.jsonl"
+    bad_json.write_text('{"a": 1}\n{"a": "secret@x.org"\n')
+    with pytest.raises(InputError, match="line 2 is not valid JSON") as info:
+        io.read_table(bad_json)
+    assert "secret" not in str(info.value)
+    bad_parquet = tmp_path / "t.parquet"
+    bad_parquet.write_bytes(b"not parquet at all")
+    with pytest.raises(InputError, match="not a readable Parquet"):
+        io.read_table(bad_parquet)
+    dup = tmp_path / "dup.csv"
+    dup.write_text("a,a\n1,2\n")
+    with pytest.raises(InputError, match="more than once"):
+        io.read_table(dup)
+
+
+def test_unreadable_file(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root can read any file")
+    path = tmp_path / "locked.csv"
+    path.write_text("a\n1\n")
+    path.chmod(0)
+    with pytest.raises(InputError, match="not readable"):
+        io.read_table(path)
+
+
+def test_write_into_missing_folder_and_same_path(tmp_path, frame):
+    with pytest.raises(InputError, match="output folder"):
+        io.write_table(frame, tmp_path / "nope" / "x.csv")
+    src = tmp_path / "in.csv"
+    io.write_table(frame, src)
+    with pytest.raises(UsageError, match="is the input file"):
+        io.check_distinct_paths(src, tmp_path / "." / "in.csv")
+
+
+def test_atomic_write_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "out.csv"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError), io.atomic_write(target, "w") as fh:
+        fh.write("partial")
+        raise RuntimeError("boom")
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+_WRITER = """
+import sys, numpy as np, pandas as pd
+from privdl.io import write_table
+n = 3_000_000
+frame = pd.DataFrame({"a": np.arange(n), "b": np.arange(n).astype(str)})
+print("ready", flush=True)
+write_table(frame, sys.argv[1])
+"""
+
+
+def test_kill_during_write_leaves_no_output(tmp_path):
+    target = tmp_path / "big.csv"
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(target)], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == b"ready"
+    # wait until the temporary file exists, then kill the writer mid-write
+    deadline = time.time() + 30
+    while time.time() < deadline and not any(p.name.endswith(".privdl-tmp") for p in tmp_path.iterdir()):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not target.exists()
+    leftovers = [p.name for p in tmp_path.iterdir()]
+    assert all(name.startswith(".big.csv.") and name.endswith(".privdl-tmp") for name in leftovers)
+
+
+def test_fingerprint(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"abc")
+    fp = io.file_fingerprint(path)
+    assert fp["sha256"] == hashlib.sha256(b"abc").hexdigest() and fp["bytes"] == 3

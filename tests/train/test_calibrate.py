@@ -1,0 +1,155 @@
+"""Accounting and calibration, checked against Opacus' own accountants."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import warnings
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from privdl.errors import BudgetExceededError, InputError
+from privdl.train.calibrate import epsilon_of, noise_multiplier_for
+
+opacus_acc = pytest.importorskip("opacus.accountants")
+
+HISTORIES = [
+    [(1.0, 256 / 1797, 35)],  # digits, 5 epochs
+    [(1.0, 256 / 30000, 351)],  # Adult-sized, 3 epochs
+    [(0.8, 0.01, 3000)],
+    [(5.0, 0.5, 10)],  # large q: the fractional-order series decays slowly
+    [(0.5, 0.1, 100)],  # large epsilon
+    [(1.1, 0.01, 100), (0.9, 0.02, 50), (2.0, 0.05, 20)],  # heterogeneous
+    [(3.0, 1.0, 10)],  # full batch
+]
+
+
+def opacus_epsilon(history, delta, accountant):
+    acc = opacus_acc.create_accountant(mechanism=accountant)
+    acc.history = list(history)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return acc.get_epsilon(delta=delta)
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+@pytest.mark.parametrize("history", HISTORIES)
+def test_epsilon_matches_opacus(history, accountant):
+    ours = epsilon_of(history, delta=1e-5, accountant=accountant)
+    theirs = opacus_epsilon(history, 1e-5, accountant)
+    assert ours == pytest.approx(theirs, rel=1e-4)
+
+
+def test_epsilon_edge_cases():
+    assert epsilon_of([], delta=1e-5) == 0.0
+    assert epsilon_of([(1.0, 0.1, 0)], delta=1e-5) == 0.0
+    assert epsilon_of([(1.0, 0.0, 10)], delta=1e-5) == 0.0
+    assert math.isinf(epsilon_of([(0.0, 0.1, 10)], delta=1e-5))
+    # more steps never cost less
+    assert epsilon_of([(1.0, 0.01, 200)], delta=1e-5) > epsilon_of([(1.0, 0.01, 100)], delta=1e-5)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [(1.0, 1.5, 10)],
+        [(-1.0, 0.1, 10)],
+        [(1.0, 0.1, 2.5)],
+        [(1.0, 0.1)],
+        ["abc"],
+    ],
+)
+def test_malformed_history_is_refused(bad):
+    with pytest.raises(InputError):
+        epsilon_of(bad, delta=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [{"delta": 0.0}, {"delta": 1.0}, {"accountant": "gdp"}])
+def test_bad_arguments_are_refused(kwargs):
+    args = {"delta": 1e-5, "accountant": "prv", **kwargs}
+    with pytest.raises(InputError):
+        epsilon_of([(1.0, 0.1, 10)], **args)
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+@pytest.mark.parametrize(
+    ("epsilon", "q", "steps"),
+    [(2.0, 256 / 1797, 35), (1.0, 256 / 30000, 351), (0.5, 0.02, 500), (8.0, 0.05, 200)],
+)
+def test_calibration_is_tight_and_never_above_target(epsilon, q, steps, accountant):
+    sigma = noise_multiplier_for(
+        epsilon=epsilon, delta=1e-5, sample_rate=q, steps=steps, accountant=accountant
+    )
+    assert epsilon_of([(sigma, q, steps)], delta=1e-5, accountant=accountant) <= epsilon
+    # independent recomputation with Opacus
+    assert opacus_epsilon([(sigma, q, steps)], 1e-5, accountant) <= epsilon * (1 + 1e-6)
+    # within 1 % of the smallest sigma that meets the target
+    assert epsilon_of([(sigma * 0.99, q, steps)], delta=1e-5, accountant=accountant) > epsilon
+
+
+def test_calibration_composes_with_prior_runs():
+    prior = [(1.2, 0.01, 300)]
+    spent = epsilon_of(prior, delta=1e-5)
+    sigma = noise_multiplier_for(
+        epsilon=spent + 1.0, delta=1e-5, sample_rate=0.02, steps=100, prior=prior
+    )
+    total = epsilon_of([*prior, (sigma, 0.02, 100)], delta=1e-5)
+    assert total <= spent + 1.0
+    assert epsilon_of([*prior, (sigma * 0.99, 0.02, 100)], delta=1e-5) > spent + 1.0
+    # with prior spending, more noise is needed than for the same target alone
+    alone = noise_multiplier_for(epsilon=spent + 1.0, delta=1e-5, sample_rate=0.02, steps=100)
+    assert sigma > alone
+
+
+def test_calibration_refuses_when_prior_spends_everything():
+    prior = [(0.8, 0.05, 500)]
+    spent = epsilon_of(prior, delta=1e-5)
+    with pytest.raises(BudgetExceededError) as info:
+        noise_multiplier_for(
+            epsilon=spent * 0.9, delta=1e-5, sample_rate=0.01, steps=10, prior=prior
+        )
+    assert info.value.remaining == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"epsilon": 0.0},
+        {"epsilon": math.inf},
+        {"sample_rate": 0.0},
+        {"sample_rate": 1.5},
+        {"steps": 0},
+        {"steps": 2.5},
+        {"accountant": "gdp"},
+    ],
+)
+def test_calibration_argument_checks(kwargs):
+    args = {"epsilon": 1.0, "delta": 1e-5, "sample_rate": 0.01, "steps": 100, **kwargs}
+    with pytest.raises(InputError):
+        noise_multiplier_for(**args)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    epsilon=st.floats(0.2, 20.0),
+    q=st.floats(0.001, 0.5),
+    steps=st.integers(1, 2000),
+)
+def test_rdp_calibration_property(epsilon, q, steps):
+    sigma = noise_multiplier_for(
+        epsilon=epsilon, delta=1e-5, sample_rate=q, steps=steps, accountant="rdp"
+    )
+    assert epsilon_of([(sigma, q, steps)], delta=1e-5, accountant="rdp") <= epsilon
+    assert epsilon_of([(sigma / 1.01, q, steps)], delta=1e-5, accountant="rdp") > epsilon
+
+
+def test_calibrate_does_not_import_torch():
+    code = (
+        "import sys, privdl.train.calibrate as c;"
+        "c.noise_multiplier_for(epsilon=1.0, delta=1e-5, sample_rate=0.01, steps=100);"
+        "assert 'torch' not in sys.modules and 'opacus' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
