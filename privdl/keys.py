@@ -8,7 +8,8 @@ HKDF-SHA256 and a purpose label, so a leaked purpose key does not expose the oth
 
 Key text formats accepted from an environment variable or a file:
 
-* ``hex:<hex digits>`` or bare hex of 64+ digits,
+* ``hex:<hex digits>`` or bare hex of 32+ digits (decoded as hex, so 32 hex digits
+  are a 16-byte key and are refused),
 * ``base64:<standard or url-safe base64>``,
 * anything else is taken as raw UTF-8 bytes (a long random passphrase).
 
@@ -32,7 +33,7 @@ from privdl.errors import InputError, KeyMissingError, SecurityError
 __all__ = ["MIN_KEY_BYTES", "Secret", "key_id"]
 
 MIN_KEY_BYTES = 32
-_HEX = re.compile(r"^[0-9a-fA-F]{64,}$")
+_HEX = re.compile(r"^[0-9a-fA-F]{32,}$")
 _KEY_ID_LABEL = b"privdl/v1/key-id"
 
 

@@ -32,8 +32,11 @@ _NAME_HINTS = {
 }
 
 
+_DATE = re.compile(r"^\d{4}[-.]\d{1,2}[-.]\d{1,2}|^\d{1,2}[-.]\d{1,2}[-.]\d{2,4}$")
+
+
 def _is_phone(text: str) -> bool:
-    if not _PHONE.match(text):
+    if not _PHONE.match(text) or _DATE.match(text):
         return False
     digits = sum(c.isdigit() for c in text)
     # a bare integer is more likely a count or an id than a phone number

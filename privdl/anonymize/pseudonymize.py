@@ -130,12 +130,30 @@ def normalize_values(uniques: np.ndarray, how: str) -> np.ndarray:
 
 
 def _factorize(series: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(codes, distinct texts, missing mask): every distinct value is processed once."""
-    import pandas as pd
+    """(codes, distinct texts, missing mask): every distinct value is processed once.
 
-    missing = series.isna().to_numpy() | (series.astype(object) == "").to_numpy()
-    codes, uniques = pd.factorize(series, use_na_sentinel=True)
-    return codes, _as_text(uniques), missing
+    Text columns are dictionary-encoded by Arrow (C++ hashing, faster than
+    ``pd.factorize`` on Python strings); other dtypes fall back to pandas. Missing
+    values and empty strings get code -1 semantics through the mask.
+    """
+    import pandas as pd
+    import pyarrow as pa
+
+    codes: np.ndarray
+    try:
+        if series.dtype != object and not str(series.dtype).startswith("string"):
+            raise TypeError("not text")
+        encoded = pa.array(series.to_numpy(dtype=object), type=pa.string(), from_pandas=True).dictionary_encode()
+        codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        texts = encoded.dictionary.to_numpy(zero_copy_only=False).astype(object)
+    except (TypeError, pa.ArrowInvalid, pa.ArrowTypeError):
+        codes, uniques = pd.factorize(series, use_na_sentinel=True)
+        texts = _as_text(uniques)
+    missing = codes < 0
+    empty = np.flatnonzero(texts == "")
+    if len(empty):
+        missing |= np.isin(codes, empty)
+    return codes, texts, missing
 
 
 def _scatter(codes: np.ndarray, mapped: np.ndarray, missing: np.ndarray, series: pd.Series) -> pd.Series:
@@ -150,22 +168,29 @@ def _scatter(codes: np.ndarray, mapped: np.ndarray, missing: np.ndarray, series:
 
 
 # ----------------------------------------------------------------------------- pseudonymize
-_B32 = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz234567", dtype=np.uint8)
-_B32_SHIFTS = np.arange(35, -1, -5, dtype=np.uint64)
+_B32 = b"abcdefghijklmnopqrstuvwxyz234567"
+# 10-bit value -> two base32 characters, as one little-endian uint16
+_B32_PAIRS = np.array([_B32[i >> 5] | (_B32[i & 31] << 8) for i in range(1024)], dtype="<u2")
+_PAIR_SHIFTS = np.array([30, 20, 10, 0], dtype=np.uint64)
 
 
-def _base32_tokens(digests: bytes, n: int) -> np.ndarray:
-    """Lowercase base32 tokens (RFC 4648 alphabet) of ``n`` concatenated 20-byte digests.
+def _base32_ascii(digests: bytes) -> bytes:
+    """Lowercase base32 (RFC 4648 alphabet) of concatenated 20-byte digests, as ASCII.
 
-    20 bytes are exactly 32 base32 characters (no padding). The encoding is vectorized
-    with numpy: the stdlib's ``b32encode`` is a Python loop in 3.11.
+    20 bytes are exactly 32 base32 characters, so tokens need no padding and the
+    concatenation encodes in one vectorized pass (the stdlib's ``b32encode`` is a
+    Python loop in 3.11).
     """
-    raw = np.frombuffer(digests, dtype=np.uint8).reshape(n * 4, 5).astype(np.uint64)
-    packed = (raw[:, 0] << np.uint64(32)) | (raw[:, 1] << np.uint64(24)) | (
-        raw[:, 2] << np.uint64(16)
-    ) | (raw[:, 3] << np.uint64(8)) | raw[:, 4]
-    chars = _B32[((packed[:, None] >> _B32_SHIFTS) & np.uint64(31)).astype(np.intp)]
-    text = chars.tobytes().decode("ascii")
+    raw = np.frombuffer(digests, dtype=np.uint8).reshape(-1, 5)
+    packed = raw[:, 0].astype(np.uint64) << np.uint64(32)
+    for i, shift in enumerate((24, 16, 8, 0), start=1):
+        packed |= raw[:, i].astype(np.uint64) << np.uint64(shift)
+    pairs = _B32_PAIRS[((packed[:, None] >> _PAIR_SHIFTS) & np.uint64(1023)).astype(np.intp)]
+    return pairs.tobytes()
+
+
+def _split_tokens(ascii_tokens: bytes, n: int) -> np.ndarray:
+    text = ascii_tokens.decode("ascii")
     out = np.empty(n, dtype=object)
     out[:] = [text[i : i + 32] for i in range(0, 32 * n, 32)]
     return out
@@ -189,10 +214,10 @@ def _hmac_digests(key: bytes, texts: list[str]) -> bytes:
 _FORK_STATE: tuple[bytes, list[str]] | None = None
 
 
-def _worker_digests(bounds: tuple[int, int]) -> bytes:
+def _worker_tokens(bounds: tuple[int, int]) -> bytes:
     assert _FORK_STATE is not None
     key, items = _FORK_STATE
-    return _hmac_digests(key, items[bounds[0] : bounds[1]])
+    return _base32_ascii(_hmac_digests(key, items[bounds[0] : bounds[1]]))
 
 
 def _tokens(key: bytes, texts: np.ndarray, *, workers: int | None = None) -> np.ndarray:
@@ -211,12 +236,12 @@ def _tokens(key: bytes, texts: np.ndarray, *, workers: int | None = None) -> np.
         _FORK_STATE = (key, items)
         try:
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-                digests = b"".join(pool.map(_worker_digests, bounds))
+                ascii_tokens = b"".join(pool.map(_worker_tokens, bounds))
         finally:
             _FORK_STATE = None
     else:
-        digests = _hmac_digests(key, items)
-    return _base32_tokens(digests, n)
+        ascii_tokens = _base32_ascii(_hmac_digests(key, items))
+    return _split_tokens(ascii_tokens, n)
 
 
 def _start_methods() -> list[str]:

@@ -90,7 +90,9 @@ def split_line(line: bytes) -> tuple[bytes, bytes] | None:
         and line.endswith(LINE_SUFFIX)
         and line[-TAIL_LEN : -TAIL_LEN + len(MAC_SEP)] == MAC_SEP
     ):
-        return line[len(LINE_PREFIX) : -TAIL_LEN], line[-MAC_LEN - len(LINE_SUFFIX) : -len(LINE_SUFFIX)]
+        return line[len(LINE_PREFIX) : -TAIL_LEN], line[
+            -MAC_LEN - len(LINE_SUFFIX) : -len(LINE_SUFFIX)
+        ]
     return None
 
 

@@ -67,11 +67,18 @@ def fingerprint_path(path: str | os.PathLike[str]) -> dict[str, Any]:
         for sub in sorted(q for q in p.rglob("*") if q.is_file()):
             with sub.open("rb") as fh:
                 inner = hashlib.file_digest(fh, "sha256").hexdigest()
-            outer.update(sub.relative_to(p).as_posix().encode("utf-8") + b"\0" + inner.encode() + b"\n")
+            outer.update(
+                sub.relative_to(p).as_posix().encode("utf-8") + b"\0" + inner.encode() + b"\n"
+            )
             total += sub.stat().st_size
             files += 1
-        return {"name": p.name, "kind": "dir", "sha256": outer.hexdigest(), "bytes": total,
-                "files": files}
+        return {
+            "name": p.name,
+            "kind": "dir",
+            "sha256": outer.hexdigest(),
+            "bytes": total,
+            "files": files,
+        }
     return {"name": p.name, "missing": True}
 
 
@@ -83,8 +90,12 @@ def _fingerprint_frame(frame: Any) -> dict[str, Any]:
     digest.update("\0".join(map(str, frame.columns)).encode("utf-8") + b"\n")
     digest.update(hashed.tobytes())
     rows, columns = frame.shape
-    return {"kind": "table", "sha256": digest.hexdigest(), "rows": int(rows),
-            "columns": int(columns)}
+    return {
+        "kind": "table",
+        "sha256": digest.hexdigest(),
+        "rows": int(rows),
+        "columns": int(columns),
+    }
 
 
 def _fingerprint_array(array: Any) -> dict[str, Any]:
@@ -93,8 +104,11 @@ def _fingerprint_array(array: Any) -> dict[str, Any]:
     arr = np.ascontiguousarray(array)
     digest = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
     digest.update(arr.tobytes())
-    fp: dict[str, Any] = {"kind": "array", "sha256": digest.hexdigest(), "rows": int(arr.shape[0])
-                          if arr.ndim else 1}
+    fp: dict[str, Any] = {
+        "kind": "array",
+        "sha256": digest.hexdigest(),
+        "rows": int(arr.shape[0]) if arr.ndim else 1,
+    }
     if arr.ndim > 1:
         fp["columns"] = int(arr.shape[1])
     return fp

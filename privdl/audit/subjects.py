@@ -46,7 +46,9 @@ def _positions(key: bytes, salt: bytes, items: list[bytes], m: int, k: int) -> A
     return (h1[:, None] + (steps[None, :] * h2[:, None]) % np.uint64(m)) % np.uint64(m)
 
 
-def make_filter(key: bytes, pseudonyms: Iterable[Any], *, fp_rate: float = FP_RATE) -> dict[str, Any]:
+def make_filter(
+    key: bytes, pseudonyms: Iterable[Any], *, fp_rate: float = FP_RATE
+) -> dict[str, Any]:
     """A keyed Bloom filter of the distinct pseudonyms (None, NaN and "" are skipped)."""
     import numpy as np
 
@@ -58,8 +60,11 @@ def make_filter(key: bytes, pseudonyms: Iterable[Any], *, fp_rate: float = FP_RA
     bits = np.zeros(m // 8, dtype=np.uint8)
     for start in range(0, n, _BATCH):
         pos = _positions(key, salt, items[start : start + _BATCH], m, k).ravel()
-        np.bitwise_or.at(bits, (pos >> np.uint64(3)).astype(np.intp),
-                         (np.uint8(1) << (pos & np.uint64(7)).astype(np.uint8)))
+        np.bitwise_or.at(
+            bits,
+            (pos >> np.uint64(3)).astype(np.intp),
+            (np.uint8(1) << (pos & np.uint64(7)).astype(np.uint8)),
+        )
     return {
         "n": n,
         "m": m,

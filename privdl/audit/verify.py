@@ -60,14 +60,19 @@ from privdl.audit.chain import (
     TAIL_LEN,
     initial_key,
     key_at,
-    line_hash,
     mac_of,
     split_line,
 )
 from privdl.errors import InputError, TamperDetectedError
 from privdl.keys import Secret
 
-__all__ = ["DEFAULT_KEY_ENV", "VerifyResult", "iter_entries", "resolve_audit_key", "verify_audit_log"]
+__all__ = [
+    "DEFAULT_KEY_ENV",
+    "VerifyResult",
+    "iter_entries",
+    "resolve_audit_key",
+    "verify_audit_log",
+]
 
 DEFAULT_KEY_ENV = "PRIVDL_AUDIT_KEY"
 _PREV_TAG = b',"prev":"'
@@ -198,7 +203,10 @@ def verify_audit_log(
         cp.verify(load_public_key(public_key))
     watch = (cp.size,) if cp is not None and cp.size > 0 else ()
     with _open_log(p) as fh:
-        scan = _scan(fh, audit_key, watch=watch, thorough=thorough)
+        try:
+            scan = _scan(fh, audit_key, watch=watch, thorough=thorough)
+        except TamperDetectedError as exc:
+            raise TamperDetectedError(f"{p}: {exc}", entry=exc.entry, kind=exc.kind) from None
     if cp is not None:
         if scan.log_id is not None and cp.origin != origin_for(scan.log_id):
             raise TamperDetectedError(
@@ -208,15 +216,15 @@ def verify_audit_log(
             )
         if scan.entries < cp.size:
             raise TamperDetectedError(
-                f"{p}: entry {scan.entries + 1}: log truncated: it has {scan.entries} entries,"
+                f"{p}: entry {scan.entries + 1}: truncated: the log has {scan.entries} entries,"
                 f" the checkpoint covers {cp.size}",
                 entry=scan.entries + 1,
                 kind="truncated",
             )
         if cp.size > 0 and scan.hash_at.get(cp.size) != cp.root_hash.hex():
             raise TamperDetectedError(
-                f"{p}: entry {cp.size}: not the entry the checkpoint signed: the log was"
-                " rewritten after the checkpoint",
+                f"{p}: entry {cp.size}: checkpoint_mismatch: not the entry the checkpoint"
+                " signed: the log was rewritten after the checkpoint",
                 entry=cp.size,
                 kind="checkpoint_mismatch",
             )
@@ -271,7 +279,7 @@ def _time_of(body: bytes) -> str | None:
 
 def _scan(
     fh: IO[bytes],
-    audit_key: Secret,
+    audit_key: Secret | None,
     *,
     watch: tuple[int, ...] = (),
     thorough: bool = False,
@@ -299,16 +307,20 @@ def _scan(
                 scan.tail = raw
                 break
             raise TamperDetectedError(
-                f"line {lineno}: bytes after the last entry that are not an entry",
-                entry=lineno, kind="garbage",
+                f"entry {lineno}: garbage: bytes after the last entry that are not an entry",
+                entry=lineno,
+                kind="garbage",
             )
         line = raw[:-1]
         if k is None:  # first entry: its log id selects K_1
-            k, scan.log_id, scan.kid = _first_key(line, audit_key, lineno)
+            assert audit_key is not None
+            k, scan.log_id, scan.kid = _first_key(line, audit_key)
         ok = False
         if line.startswith(LINE_PREFIX) and len(line) > tail_len + 9:
             body = line[9:-tail_len]
-            if compare(digest(k, body, "sha256").hex().encode(), line[-MAC_LEN + mac_end : mac_end]):
+            if compare(
+                digest(k, body, "sha256").hex().encode(), line[-MAC_LEN + mac_end : mac_end]
+            ):
                 at = body.rfind(_PREV_TAG)
                 if at >= 0 and body[at + 9 : at + 73] == prev:
                     at = body.rfind(_SEQ_TAG)
@@ -335,7 +347,7 @@ def _scan(
     return scan
 
 
-def _first_key(line: bytes, audit_key: Secret, lineno: int) -> tuple[bytes, str, str | None]:
+def _first_key(line: bytes, audit_key: Secret) -> tuple[bytes, str, str | None]:
     parts = split_line(line)
     entry = None
     if parts is not None:
@@ -392,13 +404,13 @@ def _diagnose(
     key: bytes,
     prev: str,
     expected: int,
-    audit_key: Secret,
+    audit_key: Secret | None,
     scan: _Scan,
 ) -> TamperDetectedError:
     """Name the kind of tampering at the first line that failed."""
 
     def err(kind: str, what: str) -> TamperDetectedError:
-        return TamperDetectedError(f"entry {lineno}: {what}", entry=lineno, kind=kind)
+        return TamperDetectedError(f"entry {lineno}: {kind}: {what}", entry=lineno, kind=kind)
 
     try:
         obj = json.loads(line)
@@ -415,6 +427,9 @@ def _diagnose(
     if canonical_json(obj) != line:
         return err("noncanonical", "the entry is not in its canonical encoding (re-encoded)")
     mac_ok = _authentic(key, line)
+    if audit_key is None:  # a writer catching up: no position analysis without K_1
+        what = "breaks the chain" if mac_ok else "does not authenticate"
+        return err("modified", f"the entry {what} (written by someone else?)")
     given_kid = audit_key.key_id
     if lineno == 1 and not mac_ok and entry.get("kid") != given_kid:
         return err(
@@ -448,7 +463,9 @@ def _diagnose(
     if genuine_follows:
         return err("inserted", "an entry that does not authenticate was inserted here")
     if seq == expected and entry.get("prev") == prev:
-        return err("modified", "the entry does not authenticate: altered, or added without the audit key")
+        return err(
+            "modified", "the entry does not authenticate: altered, or added without the audit key"
+        )
     return err("modified", "the entry does not authenticate (altered)")
 
 

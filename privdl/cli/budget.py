@@ -1,9 +1,158 @@
-"""`privdl budget` commands (registered by :func:`register`)."""
+"""`privdl budget` commands: show, set and report a ledger's privacy budgets."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from privdl.cli.options import audit_context, report_target
+
+_LEDGER_HELP = "Ledger: a SQLite file, sqlite:///PATH or postgresql://URL."
+
+
+def show(
+    ledger: str = typer.Argument(..., help=_LEDGER_HELP),
+    dataset: str | None = typer.Option(None, "--dataset", help="Show one dataset and its runs."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Show each dataset's total, spent (composed and naive sum) and remaining epsilon."""
+    from privdl.budget.ledger import BudgetLedger
+
+    with BudgetLedger(ledger, create=False) as led:
+        ids = [dataset] if dataset is not None else led.datasets()
+        statuses = [led.status(d) for d in ids]
+        runs = led.runs(dataset) if dataset is not None else []
+    if as_json:
+        payload: dict[str, Any] = {
+            "ledger": led.location,
+            "datasets": [json.loads(s.to_json()) for s in statuses],
+        }
+        if dataset is not None:
+            payload["runs"] = [json.loads(r.to_json()) for r in runs]
+        typer.echo(json.dumps(payload, indent=2, sort_keys=True))
+        return
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"Privacy budgets in {led.location}")
+    for col in (
+        "dataset",
+        "epsilon",
+        "delta",
+        "accountant",
+        "spent",
+        "naive sum",
+        "remaining",
+        "runs",
+    ):
+        table.add_column(col, justify="left" if col in ("dataset", "accountant") else "right")
+    for s in statuses:
+        table.add_row(
+            s.dataset_id,
+            f"{s.epsilon:.4g}",
+            f"{s.delta:.3g}",
+            s.accountant,
+            f"{s.spent:.4g}",
+            f"{s.naive_sum:.4g}",
+            f"{s.remaining:.4g}",
+            f"{s.runs}" + (f" ({s.reserved} reserved)" if s.reserved else ""),
+        )
+    if not statuses:
+        console.print(f"no datasets in {led.location}")
+        return
+    console.print(table)
+    if runs:
+        rt = Table(title=f"Runs on {dataset}")
+        for col in (
+            "run",
+            "time (UTC)",
+            "status",
+            "model",
+            "accountant",
+            "epsilon",
+            "delta",
+            "sigma",
+            "q",
+            "steps",
+        ):
+            rt.add_column(col)
+        for r in runs:
+            sigmas = sorted({f"{seg[0]:.4g}" for seg in r.history})
+            rates = sorted({f"{seg[1]:.4g}" for seg in r.history})
+            rt.add_row(
+                r.run_id[:12],
+                r.created_at[:19].replace("T", " "),
+                r.status,
+                r.model_name or "—",
+                r.accountant,
+                f"{r.epsilon:.4g}",
+                f"{r.delta:.3g}",
+                ", ".join(sigmas),
+                ", ".join(rates),
+                str(sum(seg[2] for seg in r.history)),
+            )
+        console.print(rt)
+
+
+def set_budget(
+    ledger: str = typer.Argument(..., help=_LEDGER_HELP + " Created when missing."),
+    dataset: str = typer.Option(..., "--dataset", help="Dataset identifier."),
+    epsilon: float = typer.Option(..., "--epsilon", help="Total epsilon for the dataset."),
+    delta: float = typer.Option(..., "--delta", help="Total delta for the dataset."),
+    accountant: str = typer.Option("prv", "--accountant", help="prv (default) or rdp."),
+    audit_log: Path | None = typer.Option(
+        None, "--audit-log", help="Append one entry to this audit log."
+    ),
+    audit_key_env: str = typer.Option(
+        "PRIVDL_AUDIT_KEY", "--audit-key-env", help="Variable holding the audit key."
+    ),
+) -> None:
+    """Create or change a dataset's total budget (never below what it has spent)."""
+    from privdl.budget.ledger import BudgetLedger
+
+    params = {
+        "dataset_id": dataset,
+        "epsilon": epsilon,
+        "delta": delta,
+        "accountant": accountant,
+        "ledger": ledger,
+    }
+    with (
+        audit_context(audit_log, audit_key_env, "budget.set", params=params),
+        BudgetLedger(ledger) as led,
+    ):
+        status = led.set_budget(dataset, epsilon=epsilon, delta=delta, accountant=accountant)
+    typer.echo(
+        f"{dataset}: epsilon={status.epsilon:g} delta={status.delta:g} "
+        f"spent={status.spent:.4g} remaining={status.remaining:.4g} ({status.runs} runs)"
+    )
+
+
+def report(
+    ledger: str = typer.Argument(..., help=_LEDGER_HELP),
+    dataset: str = typer.Option(..., "--dataset", help="Dataset identifier."),
+    output: Path = typer.Option(..., "-o", "--output", help="Report file: .html, .md or .json."),
+) -> None:
+    """Write a privacy report for every run charged to a dataset."""
+    from privdl.budget.ledger import BudgetLedger
+    from privdl.budget.report import PrivacyReport
+
+    report_target(output)
+    with BudgetLedger(ledger, create=False) as led:
+        rep = PrivacyReport.from_ledger(led, dataset)
+    written = rep.save(output)
+    typer.echo(f"wrote {written}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `budget` commands to the main app (filled in by the budget work)."""
+    """Add the `budget` commands to the main app."""
+    sub = typer.Typer(no_args_is_help=True, help="Per-dataset privacy budgets (the ledger).")
+    sub.command("show")(show)
+    sub.command("set")(set_budget)
+    sub.command("report")(report)
+    app.add_typer(sub, name="budget")

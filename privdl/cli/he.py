@@ -1,9 +1,188 @@
-"""`privdl he` commands (registered by :func:`register`)."""
+"""`privdl he`: encrypted scoring with CKKS (registered by :func:`register`).
+
+The data owner runs ``keygen``, ``encrypt`` and ``decrypt``; the scoring service runs
+``score`` with ``public.he`` only (it refuses a file holding a secret key).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+AUDIT_HELP = "Append one entry to this audit log (key from --audit-key-env)."
+
+
+def _split(values: list[str] | None) -> list[str]:
+    """Columns from repeated and/or comma-separated options, in order, without repeats."""
+    out: dict[str, None] = {}
+    for value in values or []:
+        for part in value.split(","):
+            if part.strip():
+                out.setdefault(part.strip(), None)
+    return list(out)
+
+
+def _audit(path: Path | None, key_env: str) -> object:
+    if path is None:
+        return None
+    from privdl.audit import resolve_audit_log
+
+    return resolve_audit_log(path, key_env=key_env)
+
+
+def keygen(
+    out: Path = typer.Option(..., "--out", help="Folder for secret.he (0600) and public.he."),
+    depth: int | None = typer.Option(None, "--depth", help="Multiplicative depth (default 1)."),
+    model: str | None = typer.Option(None, "--model", help="Choose the depth this model needs."),
+    output: str = typer.Option("logit", "--output", help="logit (default) or probability."),
+    security: str = typer.Option("128", "--security", help="128, 192, 256 or insecure-100."),
+    encryption: str = typer.Option(
+        "symmetric", "--encryption", help="symmetric (data owner encrypts) or public-key."
+    ),
+) -> None:
+    """Generate a CKKS key set for a model; print its key id and file sizes."""
+    from privdl.encrypted.keys import PUBLIC_FILE, SECRET_FILE, HEKeys
+    from privdl.errors import UsageError
+
+    if model is not None and depth is not None:
+        raise UsageError("give --depth or --model, not both")
+    if model is not None:
+        keys = HEKeys.for_model(model, output=output, security=security, encryption=encryption)
+    else:
+        keys = HEKeys.generate(depth=depth or 1, security=security, encryption=encryption)
+    keys.save(out)
+    p = keys.params
+    typer.echo(
+        f"key set {keys.key_id}: N={p.poly_modulus_degree}, moduli {list(p.coeff_mod_bit_sizes)}, "
+        f"scale 2^{p.scale_bits}, {p.security}-bit security"
+    )
+    typer.echo(f"  {out / SECRET_FILE} ({(out / SECRET_FILE).stat().st_size} bytes, keep private)")
+    typer.echo(f"  {out / PUBLIC_FILE} ({(out / PUBLIC_FILE).stat().st_size} bytes, for the scorer)")
+
+
+def encrypt(
+    input: str = typer.Argument(..., help="Table with the sensitive columns."),
+    keys_dir: Path = typer.Option(..., "--keys", help="Folder (or file) with secret.he."),
+    columns: list[str] = typer.Option(
+        ..., "--columns", help="Columns to encrypt: COL or COL=VALUE (indicator); repeat or comma-separate."
+    ),
+    output: Path = typer.Option(..., "-o", "--output", help="Encrypted batch file to write."),
+    model: str | None = typer.Option(
+        None, "--model", help="Expand each column to the model's features (e.g. city -> city=Berlin...)."
+    ),
+    workers: int = typer.Option(1, "--workers", help="Encryption processes."),
+    sep: str | None = typer.Option(None, "--sep", help="Delimiter for text tables."),
+    audit_log: Path | None = typer.Option(None, "--audit-log", help=AUDIT_HELP),
+    audit_key_env: str = typer.Option("PRIVDL_AUDIT_KEY", "--audit-key-env"),
+) -> None:
+    """Encrypt COLUMNS of INPUT feature-major with the secret key set."""
+    from privdl import io
+    from privdl.encrypted.keys import HEKeys
+    from privdl.encrypted.models import load_model
+    from privdl.encrypted.packing import parse_feature, source_columns
+
+    io.check_distinct_paths(input, output)
+    keys = HEKeys.load(keys_dir)
+    log = _audit(audit_log, audit_key_env)
+    features = _split(columns)
+    if model is not None:
+        spec = load_model(model)
+        wanted = {parse_feature(f)[0] for f in features} | set(features)
+        features = [c for c in spec.columns if c in wanted or parse_feature(c)[0] in wanted]
+        if not features:
+            from privdl.errors import InputError
+
+            raise InputError(f"{model}: the model reads none of the given columns")
+    frame = io.read_table(input, sep=sep, columns=source_columns(features))
+    header = keys.encrypt_to_file(
+        frame, output, columns=features, workers=workers, audit_log=log,
+        inputs=[io.file_fingerprint(input)] if Path(input).exists() else [],
+    )  # fmt: skip
+    size = output.stat().st_size
+    typer.echo(
+        f"encrypted {header.rows} rows x {len(header.columns)} columns with {keys.key_id} "
+        f"-> {output} ({size} bytes, {size / max(header.rows or 1, 1):.0f} bytes/row)"
+    )
+
+
+def score(
+    encrypted: Path = typer.Argument(..., help="Encrypted batch from `privdl he encrypt`."),
+    model: str = typer.Option(..., "--model", help="Exported .json model or .safetensors + sidecar."),
+    public: Path = typer.Option(..., "--public", help="public.he, or the folder holding it."),
+    output: Path = typer.Option(..., "-o", "--output", help="Encrypted scores file to write."),
+    plain: str | None = typer.Option(None, "--plain", help="Table with the non-sensitive columns."),
+    plain_columns: list[str] = typer.Option(
+        [], "--plain-columns", help="Plaintext model columns in --plain; repeat or comma-separate."
+    ),
+    out_kind: str = typer.Option("logit", "--output-kind", help="logit (default) or probability."),
+    workers: int = typer.Option(1, "--workers", help="Scoring processes."),
+    sep: str | None = typer.Option(None, "--sep", help="Delimiter for --plain."),
+    audit_log: Path | None = typer.Option(None, "--audit-log", help=AUDIT_HELP),
+    audit_key_env: str = typer.Option("PRIVDL_AUDIT_KEY", "--audit-key-env"),
+) -> None:
+    """Score ENCRYPTED with MODEL using public material only."""
+    from privdl import io
+    from privdl.encrypted.keys import PublicKeys
+    from privdl.encrypted.packing import source_columns
+    from privdl.encrypted.scorer import EncryptedScorer
+    from privdl.errors import UsageError
+
+    io.check_distinct_paths(encrypted, output)
+    pcols = _split(plain_columns)
+    if pcols and plain is None:
+        raise UsageError("--plain-columns needs --plain")
+    public_keys = PublicKeys.load(public)
+    scorer = EncryptedScorer.from_model(model, public_keys, output=out_kind)
+    frame = None
+    if plain is not None:
+        if not pcols:
+            raise UsageError("--plain needs --plain-columns")
+        frame = io.read_table(plain, sep=sep, columns=source_columns(pcols))
+    header = scorer.score_file(
+        encrypted, output, plain=frame, plain_columns=pcols or None, workers=workers,
+        audit_log=_audit(audit_log, audit_key_env),
+    )  # fmt: skip
+    typer.echo(
+        f"scored {header.rows} rows ({len(header.info['encrypted_columns'])} encrypted, "
+        f"{len(header.info['plain_columns'])} plain columns) -> {output}"
+    )
+
+
+def decrypt(
+    scores: Path = typer.Argument(..., help="Encrypted scores from `privdl he score`."),
+    keys_dir: Path = typer.Option(..., "--keys", help="Folder (or file) with secret.he."),
+    output: str = typer.Option(..., "-o", "--output", help="Table to write (.csv, .parquet...)."),
+    raw: bool = typer.Option(False, "--raw", help="Keep the logit (no sigmoid on this side)."),
+    decimals: int | None = typer.Option(None, "--decimals", help="Round released scores."),
+    audit_log: Path | None = typer.Option(None, "--audit-log", help=AUDIT_HELP),
+    audit_key_env: str = typer.Option("PRIVDL_AUDIT_KEY", "--audit-key-env"),
+) -> None:
+    """Decrypt SCORES with the secret key set into a table (rows in input order)."""
+    import pandas as pd
+
+    from privdl import io
+    from privdl.encrypted.keys import HEKeys
+    from privdl.encrypted.wire import read_batch_header
+
+    io.check_distinct_paths(scores, output)
+    keys = HEKeys.load(keys_dir)
+    header = read_batch_header(scores)
+    values = keys.decrypt(scores, raw=raw, decimals=decimals, audit_log=_audit(audit_log, audit_key_env))
+    names = list(header.columns)
+    frame = pd.DataFrame(values.reshape(len(values), -1), columns=names)
+    io.write_table(frame, output)
+    typer.echo(f"decrypted {len(frame)} scores -> {output}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `he` commands to the main app (filled in by the he work)."""
+    """Add the `he` commands to the main app."""
+    sub = typer.Typer(
+        no_args_is_help=True,
+        help="Encrypted scoring (CKKS): keygen, encrypt, score, decrypt.",
+    )
+    sub.command("keygen")(keygen)
+    sub.command("encrypt")(encrypt)
+    sub.command("score")(score)
+    sub.command("decrypt")(decrypt)
+    app.add_typer(sub, name="he")

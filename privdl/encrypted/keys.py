@@ -265,12 +265,7 @@ class HEKeys:
         secret_path = folder / SECRET_FILE
         if secret_path.exists() and not overwrite:
             raise UsageError(f"{secret_path} already exists; choose another folder")
-        blob = self._ctx.serialize(
-            save_public_key=self.params.encryption == "public-key",
-            save_secret_key=True,
-            save_galois_keys=False,
-            save_relin_keys=self.params.relin_keys,
-        )
+        blob = self._secret_blob()
         header = BatchHeader(kind="secret-context", params=self.params, key_id=self.key_id)
         _write_private(secret_path, EncryptedBatch(header, (Chunk(0, (blob,)),)).to_bytes())
         self.public().save(folder / PUBLIC_FILE)
@@ -319,7 +314,7 @@ class HEKeys:
             columns: the features to encrypt, in order.
             workers: processes to encrypt with (the context reaches them by ``fork``,
                 never through a pipe; 1 where ``fork`` is unavailable).
-            audit_log: an AuditLog, a path, or None; one ``he-encrypt`` entry.
+            audit_log: an AuditLog, a path, or None; one ``he.encrypt`` entry.
 
         Raises:
             InputError: a missing column, or a value that is not a finite number
@@ -337,13 +332,56 @@ class HEKeys:
         )
         with _audited(
             audit_log,
-            "he-encrypt",
+            "he.encrypt",
             params={"he_params": self.params.to_dict(), "key_id": self.key_id},
         ) as op:
             chunks = tuple(self.encrypt_chunks(matrix, workers=workers))
             if op is not None:
                 op.update(params={"rows": int(matrix.shape[0]), "columns": list(names)})
         return EncryptedBatch(header, chunks)
+
+    def encrypt_to_file(
+        self,
+        data: pd.DataFrame | np.ndarray | Any,
+        path: str | os.PathLike[str],
+        *,
+        columns: Sequence[str] | None = None,
+        workers: int = 1,
+        audit_log: Any = None,
+        inputs: Sequence[Any] = (),
+    ) -> BatchHeader:
+        """Encrypt like :meth:`encrypt`, writing chunks to ``path`` as they are made.
+
+        The file is written atomically; nothing is left behind on failure.
+        """
+        from privdl.encrypted.packing import as_matrix
+        from privdl.encrypted.wire import BatchWriter
+
+        matrix, names = as_matrix(data, columns)
+        header = BatchHeader(
+            kind="features",
+            params=self.params,
+            key_id=self.key_id,
+            columns=tuple(names),
+            rows=int(matrix.shape[0]),
+        )
+        with _audited(
+            audit_log,
+            "he.encrypt",
+            params={
+                "he_params": self.params.to_dict(),
+                "key_id": self.key_id,
+                "rows": int(matrix.shape[0]),
+                "columns": list(names),
+            },
+            inputs=inputs,
+        ) as op:
+            with BatchWriter(path, header) as writer:
+                for chunk in self.encrypt_chunks(matrix, workers=workers):
+                    writer.write(chunk)
+            if op is not None:
+                op.update(outputs=[os.fspath(path)])
+        return header
 
     def encrypt_chunks(self, matrix: np.ndarray, *, workers: int = 1) -> Iterator[Chunk]:
         """Encrypt a float matrix chunk by chunk (rows in order), yielding :class:`Chunk`."""
@@ -355,13 +393,24 @@ class HEKeys:
 
             yield from pool.map_forked(
                 pool.encrypt_task,
-                [matrix[a:b] for a, b in bounds],
-                context=self._ctx,
+                (matrix[a:b] for a, b in bounds),
+                blob=self._secret_blob(),
+                scale_bits=self.params.scale_bits,
                 workers=workers,
             )
             return
         for a, b in bounds:
             yield encrypt_block(self._ctx, matrix[a:b])
+
+    def _secret_blob(self) -> bytes:
+        return bytes(
+            self._ctx.serialize(
+                save_public_key=self.params.encryption == "public-key",
+                save_secret_key=True,
+                save_galois_keys=False,
+                save_relin_keys=self.params.relin_keys,
+            )
+        )
 
     # -- decryption -------------------------------------------------------------------
     def decrypt(
@@ -380,7 +429,7 @@ class HEKeys:
                 applying the exact link (sigmoid) on this side.
             decimals: round the released scores (limits what decrypted values reveal
                 if they ever travel back; CKKS is not IND-CPA-D secure).
-            audit_log: an AuditLog, a path, or None; one ``he-decrypt`` entry.
+            audit_log: an AuditLog, a path, or None; one ``he.decrypt`` entry.
 
         Returns:
             An array of shape ``(rows,)``, or ``(rows, outputs)`` for several outputs.
@@ -398,7 +447,7 @@ class HEKeys:
         )
         with _audited(
             audit_log,
-            "he-decrypt",
+            "he.decrypt",
             params={
                 "he_params": self.params.to_dict(),
                 "key_id": self.key_id,
@@ -462,9 +511,13 @@ def finish_scores(
     """Apply the exact link on the client (sigmoid for a logit) and optional rounding."""
     import numpy as np
 
-    if not raw and info.get("output") == "logit" and info.get("link") == "logit":
-        # exact sigmoid here keeps the server-side depth at 1
-        values = 0.5 * (1.0 + np.tanh(0.5 * values))
+    if not raw and info.get("output") == "logit":
+        # the exact link here keeps the server-side depth at 1
+        if info.get("link") == "logit":
+            values = 0.5 * (1.0 + np.tanh(0.5 * values))
+        elif info.get("link") == "softmax":
+            shifted = np.exp(values - values.max(axis=1, keepdims=True))
+            values = shifted / shifted.sum(axis=1, keepdims=True)
     if decimals is not None:
         values = np.round(values, int(decimals))
     if values.ndim == 2 and values.shape[1] == 1:

@@ -1,0 +1,5 @@
+"""``python -m privdl`` runs the CLI."""
+
+from privdl.cli import main
+
+main()

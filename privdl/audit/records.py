@@ -1,0 +1,302 @@
+"""The GDPR Art. 30(1) record of processing activities, from ``privdl.toml`` and the log.
+
+Art. 30(1) asks for (a) the controller's and DPO's names and contacts, (b) the purposes,
+(c) the categories of data subjects and of personal data, (d) the categories of
+recipients, (e) transfers to third countries and their safeguards, (f) time limits for
+erasure, and (g) a description of the Art. 32(1) technical and organisational measures.
+People know (a), (b), (d), (e) and (f): they come from the config. The log knows what
+was actually done: which purposes data was processed for, which columns played which
+role (identifiers, quasi-identifiers, sensitive attributes), and which measures were
+applied with which parameters (pseudonymization key ids, k, l, t, DP epsilon and delta,
+homomorphic-encryption parameters). Each activity is one purpose; entries without a
+purpose are grouped under ``(no purpose recorded)``, which itself needs fixing.
+
+Measures are read from entry parameters, at any nesting depth, by key name:
+``key_id`` / ``key_ids`` / ``*_key_id``, ``k``, ``l``, ``t``, ``epsilon``, ``delta``,
+``he_params``, and column roles from ``identifiers``, ``quasi_identifiers``,
+``sensitive`` and ``drop``.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from privdl.audit.config import load_config
+from privdl.audit.verify import VerifyResult, iter_entries
+from privdl.errors import InputError
+
+__all__ = ["CSV_FIELDS", "build_records", "write_records"]
+
+NO_PURPOSE = "(no purpose recorded)"
+CSV_FIELDS = [
+    "activity",
+    "description",
+    "controller",
+    "controller_contact",
+    "representative",
+    "dpo",
+    "dpo_contact",
+    "legal_basis",
+    "data_subject_categories",
+    "personal_data_categories",
+    "recipients",
+    "third_country_transfers",
+    "retention",
+    "security_measures",
+    "operations",
+    "first_processing",
+    "last_processing",
+    "log_entries",
+    "log_verified",
+]
+_ROLES = {
+    "identifiers": "direct identifiers (pseudonymized or removed)",
+    "quasi_identifiers": "quasi-identifiers (generalized for k-anonymity)",
+    "sensitive": "sensitive attributes",
+    "drop": "removed columns",
+}
+
+
+class _Measures:
+    def __init__(self) -> None:
+        self.key_ids: set[str] = set()
+        self.values: dict[str, set[str]] = {n: set() for n in ("k", "l", "t", "epsilon", "delta")}
+        self.he: set[str] = set()
+        self.roles: dict[str, set[str]] = {r: set() for r in _ROLES}
+        self.encrypted_events = 0
+
+    def scan(self, params: Any, depth: int = 0) -> None:
+        if depth > 6:
+            return
+        if isinstance(params, Mapping):
+            for name, value in params.items():
+                self._one(str(name), value)
+                if isinstance(value, Mapping | list):
+                    self.scan(value, depth + 1)
+        elif isinstance(params, list):
+            for item in params:
+                if isinstance(item, Mapping | list):
+                    self.scan(item, depth + 1)
+
+    def _one(self, name: str, value: Any) -> None:
+        if name == "key_id" or name.endswith("_key_id"):
+            if isinstance(value, str):
+                self.key_ids.add(value)
+        elif name == "key_ids" and isinstance(value, list):
+            self.key_ids.update(v for v in value if isinstance(v, str))
+        elif name in self.values and isinstance(value, int | float) and not isinstance(value, bool):
+            self.values[name].add(repr(value))
+        elif name == "he_params" and value is not None:
+            self.he.add(json.dumps(value, sort_keys=True, separators=(",", ":")))
+        elif name in self.roles and isinstance(value, list):
+            self.roles[name].update(str(v) for v in value)
+
+    def describe(self) -> list[str]:
+        out = []
+        if self.key_ids:
+            out.append(
+                "pseudonymization with keyed HMAC-SHA256, keys " + ", ".join(sorted(self.key_ids))
+            )
+        if self.values["k"]:
+            out.append("k-anonymity, k = " + ", ".join(sorted(self.values["k"], key=float)))
+        if self.values["l"]:
+            out.append("l-diversity, l = " + ", ".join(sorted(self.values["l"], key=float)))
+        if self.values["t"]:
+            out.append("t-closeness, t = " + ", ".join(sorted(self.values["t"], key=float)))
+        if self.values["epsilon"]:
+            text = "differential privacy, epsilon = " + ", ".join(
+                sorted(self.values["epsilon"], key=float)
+            )
+            if self.values["delta"]:
+                text += "; delta = " + ", ".join(sorted(self.values["delta"], key=float))
+            out.append(text)
+        if self.he or self.encrypted_events:
+            text = "homomorphic encryption (CKKS) of data in use"
+            if self.he:
+                text += ", parameters " + "; ".join(sorted(self.he))
+            out.append(text)
+        out.append("tamper-evident audit log (HMAC-SHA256 chain, signed checkpoints)")
+        return out
+
+    def categories(self) -> list[str]:
+        return [
+            f"{label}: {', '.join(sorted(self.roles[role]))}"
+            for role, label in _ROLES.items()
+            if self.roles[role]
+        ]
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [_describe(v) for v in value]
+    return [_describe(value)]
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}: {v}" for k, v in value.items() if v not in (None, "", []))
+    return str(value)
+
+
+def build_records(
+    log: str | os.PathLike[str],
+    *,
+    config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    verified: VerifyResult | None = None,
+) -> dict[str, Any]:
+    """The Art. 30 record as a dict: controller, DPO and one item per processing activity.
+
+    Args:
+        log: the audit log (verify it first and pass the result as ``verified``).
+        config: ``privdl.toml`` path, an already loaded config, or None to look it up.
+        verified: the :class:`VerifyResult` of the log, recorded in the output.
+    """
+    cfg = dict(config) if isinstance(config, Mapping) else load_config(config)
+    purposes_cfg = {str(p.get("id")): p for p in cfg.get("purposes", []) if isinstance(p, Mapping)}
+    controller = cfg.get("controller") or {}
+    dpo = cfg.get("dpo") or {}
+    default_retention = (cfg.get("retention") or {}).get("default")
+    transfers_cfg = cfg.get("transfers") or []
+    recipients_cfg = cfg.get("recipients") or []
+
+    groups: dict[str, dict[str, Any]] = {}
+    total = 0
+    for entry in iter_entries(log):
+        total += 1
+        purpose = entry.get("purpose") or NO_PURPOSE
+        g = groups.setdefault(
+            purpose,
+            {
+                "measures": _Measures(),
+                "events": Counter(),
+                "outcomes": Counter(),
+                "bases": set(),
+                "first": None,
+                "last": None,
+            },
+        )
+        g["events"][entry.get("event", "?")] += 1
+        g["outcomes"][entry.get("outcome", "?")] += 1
+        if entry.get("legal_basis"):
+            g["bases"].add(str(entry["legal_basis"]))
+        when = entry.get("time")
+        g["first"] = g["first"] or when
+        g["last"] = when or g["last"]
+        if entry.get("outcome") == "ok":
+            g["measures"].scan(entry.get("params") or {})
+            if str(entry.get("event", "")).startswith(("he.", "encrypt")):
+                g["measures"].encrypted_events += 1
+    for pid in purposes_cfg:  # configured purposes with no processing yet still belong in it
+        groups.setdefault(
+            pid,
+            {
+                "measures": _Measures(),
+                "events": Counter(),
+                "outcomes": Counter(),
+                "bases": set(),
+                "first": None,
+                "last": None,
+            },
+        )
+
+    activities = []
+    for purpose in sorted(groups):
+        g = groups[purpose]
+        pc = purposes_cfg.get(purpose, {})
+        basis = pc.get("legal_basis")
+        bases = sorted(g["bases"] | ({basis} if basis else set()))
+        transfers = _as_list(pc.get("transfers")) if "transfers" in pc else _as_list(transfers_cfg)
+        recipients = (
+            _as_list(pc.get("recipients")) if "recipients" in pc else _as_list(recipients_cfg)
+        )
+        m: _Measures = g["measures"]
+        activities.append(
+            {
+                "activity": purpose,
+                "description": pc.get("description"),
+                "legal_basis": bases,
+                "data_subject_categories": _as_list(pc.get("data_subjects")),
+                "personal_data_categories": _as_list(pc.get("personal_data")) + m.categories(),
+                "recipients": recipients,
+                "third_country_transfers": transfers or ["none recorded"],
+                "retention": pc.get("retention") or default_retention,
+                "security_measures": m.describe(),
+                "operations": dict(sorted(g["events"].items())),
+                "outcomes": dict(sorted(g["outcomes"].items())),
+                "first_processing": g["first"],
+                "last_processing": g["last"],
+            }
+        )
+    return {
+        "record": "GDPR Art. 30(1) record of processing activities",
+        "generated": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "controller": {k: controller.get(k) for k in ("name", "contact", "representative")},
+        "dpo": {k: dpo.get(k) for k in ("name", "contact")},
+        "log": {
+            "file": Path(log).name,
+            "entries": total,
+            "verified": verified is not None,
+            "head": verified.head if verified is not None else None,
+            "log_id": verified.log_id if verified is not None else None,
+        },
+        "activities": activities,
+    }
+
+
+def _csv_rows(records: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
+    c, d, log = records["controller"], records["dpo"], records["log"]
+    for a in records["activities"]:
+        yield {
+            "activity": a["activity"],
+            "description": a["description"] or "",
+            "controller": c.get("name") or "",
+            "controller_contact": c.get("contact") or "",
+            "representative": c.get("representative") or "",
+            "dpo": d.get("name") or "",
+            "dpo_contact": d.get("contact") or "",
+            "legal_basis": "; ".join(a["legal_basis"]),
+            "data_subject_categories": "; ".join(a["data_subject_categories"]),
+            "personal_data_categories": "; ".join(a["personal_data_categories"]),
+            "recipients": "; ".join(a["recipients"]),
+            "third_country_transfers": "; ".join(a["third_country_transfers"]),
+            "retention": a["retention"] or "",
+            "security_measures": "; ".join(a["security_measures"]),
+            "operations": "; ".join(f"{k} x{v}" for k, v in a["operations"].items()),
+            "first_processing": a["first_processing"] or "",
+            "last_processing": a["last_processing"] or "",
+            "log_entries": log["entries"],
+            "log_verified": "yes" if log["verified"] else "NO",
+        }
+
+
+def write_records(records: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write the record as ``.csv`` (one row per activity) or ``.json``, atomically."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ".json":
+        text = json.dumps(records, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+    elif suffix == ".csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(_csv_rows(records))
+        text = buf.getvalue()
+    else:
+        raise InputError(f"records output {p.name}: use a .csv or .json file name")
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return p

@@ -1,0 +1,667 @@
+"""Models the encrypted scorer can evaluate, and where they come from.
+
+A :class:`ModelSpec` is a stack of affine layers with polynomial activations between
+them, a link applied by the data owner after decryption (``logit`` -> exact sigmoid,
+``softmax``, ``identity``) and an optional :class:`~privdl.encrypted.packing.Standardizer`.
+It is built from
+
+* torch: ``nn.Linear``, ``nn.Sequential`` of ``Linear`` layers with activations
+  (``ReLU``, ``Tanh``, ``Sigmoid``, ``GELU``, ``SiLU`` are replaced by a least-squares
+  polynomial on a stated input range, with the approximation error reported; a module
+  named ``Square`` is evaluated exactly), an optional final ``Sigmoid``/``Softmax``;
+* scikit-learn: ``LogisticRegression``, ``LinearRegression`` (and other fitted linear
+  models with ``coef_``/``intercept_``), alone or in a ``Pipeline`` after a
+  ``StandardScaler``;
+* files: the exported JSON formats ``privdl-linear/1`` and ``privdl-mlp/1`` written by
+  :func:`export_linear_model`, or a ``.safetensors`` weight file with a JSON sidecar.
+  Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from privdl.encrypted.packing import Standardizer
+from privdl.encrypted.params import poly_depth
+from privdl.errors import FormatError, InputError, UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = [
+    "LINEAR_FORMAT",
+    "MLP_FORMAT",
+    "Layer",
+    "ModelSpec",
+    "PolyActivation",
+    "approximate",
+    "as_model",
+    "export_linear_model",
+    "load_model",
+]
+
+LINEAR_FORMAT = "privdl-linear/1"
+MLP_FORMAT = "privdl-mlp/1"
+LINKS = ("logit", "identity", "softmax")
+DEFAULT_RANGE = (-4.0, 4.0)
+SIGMOID_RANGE = (-8.0, 8.0)
+
+
+def _activation_fn(name: str) -> Callable[[np.ndarray], np.ndarray]:
+    import numpy as np
+
+    def gelu(x: np.ndarray) -> np.ndarray:
+        from math import erf, sqrt
+
+        return x * 0.5 * (1.0 + np.vectorize(erf)(x / sqrt(2.0)))
+
+    table: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "relu": lambda x: np.maximum(x, 0.0),
+        "tanh": np.tanh,
+        "sigmoid": lambda x: 0.5 * (1.0 + np.tanh(0.5 * x)),
+        "silu": lambda x: x * 0.5 * (1.0 + np.tanh(0.5 * x)),
+        "gelu": gelu,
+        "square": lambda x: x * x,
+    }
+    if name not in table:
+        raise UsageError(f"activation {name!r} is not supported; use one of {sorted(table)}")
+    return table[name]
+
+
+@dataclass(frozen=True)
+class PolyActivation:
+    """A polynomial standing in for an activation on ``range``.
+
+    Attributes:
+        name: the activation replaced (``"relu"``, ``"sigmoid"``, ``"square"``...).
+        coefficients: ascending powers, ``c0 + c1 x + c2 x^2 + ...``.
+        range: the input interval the fit is valid on.
+        max_error: ``max |poly(x) - activation(x)|`` over ``range`` (dense grid); 0 when
+            the activation is itself this polynomial.
+    """
+
+    name: str
+    coefficients: tuple[float, ...]
+    range: tuple[float, float]
+    max_error: float
+
+    @property
+    def degree(self) -> int:
+        return len(self.coefficients) - 1
+
+    @property
+    def depth(self) -> int:
+        """Levels the scorer's evaluation uses (``x^2`` alone: 1; degree 2-3: 2)."""
+        if tuple(self.coefficients) == (0.0, 0.0, 1.0):
+            return 1
+        return poly_depth(self.degree)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        return np.polynomial.polynomial.polyval(x, np.asarray(self.coefficients))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "coefficients": list(self.coefficients),
+            "range": list(self.range),
+            "max_error": self.max_error,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PolyActivation:
+        try:
+            return cls(
+                name=str(data["name"]),
+                coefficients=tuple(float(c) for c in data["coefficients"]),
+                range=(float(data["range"][0]), float(data["range"][1])),
+                max_error=float(data["max_error"]),
+            )
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise FormatError("activation needs name, coefficients, range and max_error") from None
+
+
+def approximate(
+    name: str, *, degree: int = 2, range: tuple[float, float] = DEFAULT_RANGE
+) -> PolyActivation:
+    """Least-squares polynomial of ``degree`` for activation ``name`` on ``range``.
+
+    The fit uses Chebyshev nodes; ``max_error`` is measured on 4001 evenly spaced
+    points of the range. ``"square"`` is exact (``x^2``, error 0).
+
+    Example:
+        >>> approximate("sigmoid", degree=3, range=(-8, 8)).max_error < 0.12
+        True
+    """
+    import numpy as np
+
+    if name == "square":
+        return PolyActivation("square", (0.0, 0.0, 1.0), (float(range[0]), float(range[1])), 0.0)
+    if not 1 <= degree <= 3:
+        raise UsageError("polynomial degree must be 1, 2 or 3")
+    lo, hi = float(range[0]), float(range[1])
+    if not lo < hi:
+        raise UsageError("activation range must be (low, high) with low < high")
+    fn = _activation_fn(name)
+    k = np.arange(4 * (degree + 1) + 64)
+    nodes = 0.5 * (lo + hi) + 0.5 * (hi - lo) * np.cos(np.pi * (k + 0.5) / len(k))
+    fit = np.polynomial.Polynomial.fit(nodes, fn(nodes), degree).convert()
+    coef = np.asarray(fit.coef, dtype=np.float64)
+    # round-off terms (the even powers of an odd function) would encode to zero and
+    # make a transparent ciphertext: drop them
+    coef[np.abs(coef) < 1e-9 * max(float(np.max(np.abs(coef))), 1e-300)] = 0.0
+    coefficients = tuple(float(c) for c in coef) + (0.0,) * (degree + 1 - len(coef))
+    grid = np.linspace(lo, hi, 4001)
+    poly = PolyActivation(name, coefficients, (lo, hi), 0.0)
+    error = float(np.max(np.abs(poly(grid) - fn(grid))))
+    return replace(poly, max_error=error)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """An affine layer: ``weight`` (outputs x inputs) and ``bias`` (outputs,)."""
+
+    weight: tuple[tuple[float, ...], ...]
+    bias: tuple[float, ...]
+
+    @classmethod
+    def from_arrays(cls, weight: Any, bias: Any | None) -> Layer:
+        import numpy as np
+
+        w = np.asarray(weight, dtype=np.float64)
+        if w.ndim == 1:
+            w = w[None, :]
+        b = np.zeros(w.shape[0]) if bias is None else np.asarray(bias, dtype=np.float64).ravel()
+        if w.ndim != 2 or b.shape[0] != w.shape[0]:
+            raise InputError(f"layer weight {w.shape} and bias {b.shape} do not fit together")
+        if not (np.isfinite(w).all() and np.isfinite(b).all()):
+            raise InputError("layer holds a non-finite weight")
+        return cls(tuple(tuple(float(v) for v in row) for row in w), tuple(float(v) for v in b))
+
+    @property
+    def w(self) -> np.ndarray:
+        import numpy as np
+
+        return np.asarray(self.weight, dtype=np.float64)
+
+    @property
+    def b(self) -> np.ndarray:
+        import numpy as np
+
+        return np.asarray(self.bias, dtype=np.float64)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.weight), len(self.weight[0]) if self.weight else 0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the encrypted scorer evaluates; public (it holds weights, no data).
+
+    Attributes:
+        columns: the input features, in the order of the first layer's inputs
+            (``"age"`` numeric, ``"sex=Female"`` indicator).
+        layers: affine layers, first to last.
+        activations: one polynomial between each pair of layers.
+        link: ``"logit"`` (exact sigmoid after decryption), ``"softmax"`` or ``"identity"``.
+        scaler: standardization of the inputs, folded into the first layer when scoring.
+    """
+
+    columns: tuple[str, ...]
+    layers: tuple[Layer, ...]
+    activations: tuple[PolyActivation, ...] = ()
+    link: str = "identity"
+    scaler: Standardizer | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise InputError("a model needs at least one layer")
+        if len(self.activations) != len(self.layers) - 1:
+            raise InputError("a model needs one activation between each pair of layers")
+        if self.link not in LINKS:
+            raise InputError(f"link must be one of {LINKS}, not {self.link!r}")
+        if self.layers[0].shape[1] != len(self.columns):
+            raise InputError(
+                f"model has {len(self.columns)} columns for {self.layers[0].shape[1]} inputs"
+            )
+        for a, b in zip(self.layers, self.layers[1:], strict=False):
+            if b.shape[1] != a.shape[0]:
+                raise InputError("consecutive layers do not fit together")
+        if self.scaler is not None and len(self.scaler.mean) != len(self.columns):
+            raise InputError("scaler length differs from the number of columns")
+        if len(set(self.columns)) != len(self.columns):
+            raise InputError("model columns are not unique")
+
+    @property
+    def is_linear(self) -> bool:
+        return len(self.layers) == 1
+
+    @property
+    def outputs(self) -> int:
+        return self.layers[-1].shape[0]
+
+    def output_names(self) -> list[str]:
+        return ["score"] if self.outputs == 1 else [f"score_{i}" for i in range(self.outputs)]
+
+    def depth(self, *, output: str = "logit", sigmoid: PolyActivation | None = None) -> int:
+        """Multiplicative depth of the encrypted evaluation (levels the keys need)."""
+        depth = len(self.layers) + sum(a.depth for a in self.activations)
+        if output == "probability":
+            depth += (sigmoid or approximate("sigmoid", degree=3, range=SIGMOID_RANGE)).depth
+        return depth
+
+    def folded(self) -> tuple[np.ndarray, np.ndarray]:
+        """First-layer weight and bias with the scaler folded in."""
+        first = self.layers[0]
+        if self.scaler is None:
+            return first.w, first.b
+        return self.scaler.fold(first.w, first.b)
+
+    def predict(self, matrix: np.ndarray, *, exact: bool = False) -> np.ndarray:
+        """Plaintext reference: the pre-link output (logit) of the polynomial model.
+
+        Args:
+            matrix: rows x columns, raw (unscaled) feature values.
+            exact: use the original activations instead of their polynomials.
+        """
+        import numpy as np
+
+        w, b = self.folded()
+        h = np.asarray(matrix, dtype=np.float64) @ w.T + b
+        for act, layer in zip(self.activations, self.layers[1:], strict=True):
+            h = _activation_fn(act.name)(h) if exact else act(h)
+            h = h @ layer.w.T + layer.b
+        return h
+
+    # -- serialization ----------------------------------------------------------------
+    def to_json(self) -> str:
+        common: dict[str, Any] = {"columns": list(self.columns), "link": self.link}
+        if self.scaler is not None:
+            common["scaler"] = self.scaler.to_dict()
+        if self.info:
+            common["info"] = self.info
+        if self.is_linear and self.outputs == 1:
+            layer = self.layers[0]
+            body = {
+                "format": LINEAR_FORMAT,
+                "weights": list(layer.weight[0]),
+                "bias": layer.bias[0],
+                **common,
+            }
+        else:
+            body = {
+                "format": MLP_FORMAT,
+                "layers": [{"weight": [list(r) for r in l.weight], "bias": list(l.bias)}
+                           for l in self.layers],  # fmt: skip
+                "activations": [a.to_dict() for a in self.activations],
+                **common,
+            }
+        return json.dumps(body, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "model") -> ModelSpec:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            raise FormatError(f"{source}: not valid JSON") from None
+        if not isinstance(data, dict):
+            raise FormatError(f"{source}: not a JSON object")
+        fmt = data.get("format")
+        try:
+            scaler = Standardizer.from_dict(data["scaler"]) if data.get("scaler") else None
+            common = {
+                "columns": tuple(str(c) for c in data["columns"]),
+                "link": str(data.get("link", "identity")),
+                "scaler": scaler,
+                "info": dict(data.get("info") or {}),
+            }
+            if fmt == LINEAR_FORMAT:
+                layers: tuple[Layer, ...] = (
+                    Layer.from_arrays([data["weights"]], [data.get("bias", 0.0)]),
+                )
+                return cls(layers=layers, **common)
+            if fmt == MLP_FORMAT:
+                layers = tuple(
+                    Layer.from_arrays(layer["weight"], layer.get("bias"))
+                    for layer in data["layers"]
+                )
+                acts = tuple(PolyActivation.from_dict(a) for a in data.get("activations", []))
+                return cls(layers=layers, activations=acts, **common)
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, InputError):
+                raise InputError(f"{source}: {exc}") from None
+            raise FormatError(f"{source}: malformed model ({type(exc).__name__})") from None
+        raise FormatError(
+            f"{source}: unknown model format {fmt!r}; expected {LINEAR_FORMAT} or {MLP_FORMAT}"
+        )
+
+    def model_id(self) -> str:
+        """A public fingerprint of the model (columns, weights, link, scaler)."""
+        import hashlib
+
+        return "mdl_" + hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- extraction
+def as_model(
+    model: Any,
+    *,
+    columns: Sequence[str] | None = None,
+    scaler: Any = None,
+    link: str | None = None,
+    activation_degree: int = 2,
+    activation_range: tuple[float, float] = DEFAULT_RANGE,
+) -> ModelSpec:
+    """Extract a :class:`ModelSpec` from a torch module, a scikit-learn model or a file.
+
+    Args:
+        model: ``ModelSpec``, a path (``.json`` / ``.safetensors``), a torch module or a
+            fitted scikit-learn estimator / pipeline.
+        columns: feature names (default: the model's own, e.g. sklearn's
+            ``feature_names_in_``, else ``x0, x1, ...``).
+        scaler: a fitted ``StandardScaler``, a :class:`Standardizer`, or a mapping with
+            ``mean`` and ``scale``.
+        link: override the link (``"logit"``, ``"identity"``, ``"softmax"``).
+        activation_degree: degree of the polynomials replacing non-polynomial activations.
+        activation_range: input range those polynomials are fitted on.
+
+    Raises:
+        UsageError: a model kind or layer that cannot be evaluated on ciphertexts.
+    """
+    if isinstance(model, ModelSpec):
+        spec = model
+    elif isinstance(model, str | os.PathLike):
+        spec = load_model(model)
+    elif _is_torch_module(model):
+        spec = _from_torch(model, activation_degree, activation_range)
+    elif hasattr(model, "predict") or hasattr(model, "steps"):
+        spec = _from_sklearn(model)
+    else:
+        raise UsageError(f"cannot score a {type(model).__name__} encrypted")
+    if columns is not None:
+        if len(columns) != len(spec.columns):
+            raise UsageError(f"{len(columns)} column names for a model with {len(spec.columns)}")
+        spec = replace(spec, columns=tuple(columns))
+    if scaler is not None:
+        if spec.scaler is not None:
+            raise UsageError("the model already carries a scaler")
+        spec = replace(spec, scaler=_as_standardizer(scaler, len(spec.columns)))
+    if link is not None:
+        spec = replace(spec, link=link)
+    return spec
+
+
+def _is_torch_module(model: Any) -> bool:
+    return any(c.__module__.startswith("torch.nn") and c.__name__ == "Module"
+               for c in type(model).__mro__)  # fmt: skip
+
+
+def _default_columns(n: int) -> tuple[str, ...]:
+    return tuple(f"x{i}" for i in range(n))
+
+
+def _as_standardizer(scaler: Any, n: int) -> Standardizer:
+    import numpy as np
+
+    if isinstance(scaler, Standardizer):
+        result = scaler
+    elif isinstance(scaler, dict):
+        result = Standardizer.from_dict(scaler)
+    elif hasattr(scaler, "scale_") or hasattr(scaler, "mean_"):
+        mean = getattr(scaler, "mean_", None)
+        scale = getattr(scaler, "scale_", None)
+        mean = np.zeros(n) if mean is None else np.asarray(mean, dtype=np.float64)
+        scale = np.ones(n) if scale is None else np.asarray(scale, dtype=np.float64)
+        result = Standardizer(tuple(float(v) for v in mean), tuple(float(v) for v in scale))
+    else:
+        raise UsageError(f"unsupported scaler {type(scaler).__name__}; use a StandardScaler")
+    if len(result.mean) != n:
+        raise UsageError(f"scaler has {len(result.mean)} features, the model {n}")
+    return result
+
+
+def _reduce_two_class(layer: Layer) -> Layer:
+    """Two-class softmax logits -> one logit: sigmoid(z1 - z0) == softmax(z)[1]."""
+    w, b = layer.w, layer.b
+    return Layer.from_arrays(w[1] - w[0], [b[1] - b[0]])
+
+
+def _from_torch(module: Any, degree: int, rng: tuple[float, float]) -> ModelSpec:
+    torch = __import__("torch")
+    nn = torch.nn
+    modules = list(module) if isinstance(module, nn.Sequential) else [module]
+    layers: list[Layer] = []
+    activations: list[PolyActivation] = []
+    pending: PolyActivation | None = None
+    link = "identity"
+    for i, m in enumerate(modules):
+        last = i == len(modules) - 1
+        if isinstance(m, nn.Linear):
+            if layers and pending is None:
+                # two affine layers in a row compose into one
+                prev = layers.pop()
+                w = m.weight.detach().cpu().double().numpy() @ prev.w
+                b = m.weight.detach().cpu().double().numpy() @ prev.b + _bias(m)
+                layers.append(Layer.from_arrays(w, b))
+                continue
+            if pending is not None:
+                activations.append(pending)
+                pending = None
+            layers.append(Layer.from_arrays(m.weight.detach().cpu().double().numpy(), _bias(m)))
+        elif isinstance(m, nn.Dropout | nn.Identity | nn.Flatten):
+            continue
+        elif last and isinstance(m, nn.Sigmoid):
+            link = "logit"
+        elif last and isinstance(m, nn.Softmax | nn.LogSoftmax):
+            link = "softmax"
+        elif type(m).__name__.lower() == "square":
+            pending = approximate("square", range=rng)
+        else:
+            name = type(m).__name__.lower()
+            if name not in ("relu", "tanh", "sigmoid", "gelu", "silu"):
+                raise UsageError(f"layer {i} ({type(m).__name__}) cannot be evaluated encrypted")
+            if not layers:
+                raise UsageError("an activation before the first Linear layer is not supported")
+            pending = approximate(name, degree=degree, range=rng)
+    if not layers:
+        raise UsageError("the torch model has no Linear layer")
+    if pending is not None:
+        raise UsageError("a hidden activation after the last Linear layer is not supported")
+    if link == "softmax" and layers[-1].shape[0] == 2:
+        layers[-1] = _reduce_two_class(layers[-1])
+        link = "logit"
+    return ModelSpec(
+        columns=_default_columns(layers[0].shape[1]),
+        layers=tuple(layers),
+        activations=tuple(activations),
+        link=link,
+    )
+
+
+def _bias(m: Any) -> Any:
+    import numpy as np
+
+    if m.bias is None:
+        return np.zeros(m.out_features)
+    return m.bias.detach().cpu().double().numpy()
+
+
+def _from_sklearn(model: Any) -> ModelSpec:
+    import numpy as np
+
+    scaler = None
+    estimator = model
+    if hasattr(model, "steps"):
+        steps = [s for _, s in model.steps if s is not None and s != "passthrough"]
+        *transforms, estimator = steps
+        for t in transforms:
+            if type(t).__name__ != "StandardScaler":
+                raise UsageError(f"pipeline step {type(t).__name__} cannot be folded; "
+                                 "only StandardScaler is supported")  # fmt: skip
+            if scaler is not None:
+                raise UsageError("more than one StandardScaler in the pipeline")
+            scaler = t
+    if not (hasattr(estimator, "coef_") and hasattr(estimator, "intercept_")):
+        raise UsageError(f"{type(estimator).__name__} is not a fitted linear model")
+    coef = np.atleast_2d(np.asarray(estimator.coef_, dtype=np.float64))
+    intercept = np.atleast_1d(np.asarray(estimator.intercept_, dtype=np.float64))
+    if intercept.shape[0] == 1 and coef.shape[0] > 1:
+        intercept = np.repeat(intercept, coef.shape[0])
+    is_classifier = hasattr(estimator, "classes_")
+    if is_classifier:
+        link = "logit" if coef.shape[0] == 1 else "softmax"
+    else:
+        link = "identity"
+    names = getattr(model, "feature_names_in_", None)
+    if names is None:
+        names = getattr(estimator, "feature_names_in_", None)
+    columns = (
+        tuple(str(c) for c in names) if names is not None else _default_columns(coef.shape[1])
+    )
+    spec = ModelSpec(columns=columns, layers=(Layer.from_arrays(coef, intercept),), link=link)
+    if scaler is not None:
+        spec = replace(spec, scaler=_as_standardizer(scaler, coef.shape[1]))
+    return spec
+
+
+# ----------------------------------------------------------------------------- files
+def export_linear_model(
+    model: Any,
+    path: str | os.PathLike[str],
+    *,
+    columns: Sequence[str] | None = None,
+    scaler: Any = None,
+    link: str | None = None,
+    activation_degree: int = 2,
+    activation_range: tuple[float, float] = DEFAULT_RANGE,
+) -> Path:
+    """Write ``model`` as a small public JSON file the scorer and the CLI read.
+
+    Linear single-output models are written as ``privdl-linear/1``::
+
+        {"format": "privdl-linear/1", "columns": [...], "weights": [...], "bias": 0.1,
+         "link": "logit", "scaler": {"mean": [...], "scale": [...]}}
+
+    small MLPs (with their activation polynomials and errors) as ``privdl-mlp/1``.
+
+    Example:
+        >>> export_linear_model(clf, "model.json", columns=["age", "sex=Female"])  # doctest: +SKIP
+    """
+    from privdl.io import atomic_write
+
+    spec = as_model(
+        model,
+        columns=columns,
+        scaler=scaler,
+        link=link,
+        activation_degree=activation_degree,
+        activation_range=activation_range,
+    )
+    with atomic_write(path, "w") as fh:
+        fh.write(spec.to_json() + "\n")
+    return Path(path)
+
+
+def load_model(path: str | os.PathLike[str]) -> ModelSpec:
+    """Read an exported JSON model or a ``.safetensors`` file with its JSON sidecar.
+
+    The sidecar (``model.json`` beside ``model.safetensors``, or ``model.safetensors.json``,
+    or ``metadata.json`` in the same folder) must give ``columns`` (or
+    ``feature_names``); it may give ``link``, ``scaler``, ``activation`` (name, or the
+    polynomial dict), ``activation_degree``, ``activation_range`` and ``layers`` (an
+    ordered list of ``{"weight": TENSOR, "bias": TENSOR}`` names). Without ``layers`` the
+    2-D ``*.weight`` tensors are taken in natural order of their names. Weights are
+    read with ``safetensors`` (no pickle).
+
+    Raises:
+        InputError: missing file or sidecar.
+        FormatError: unreadable or inconsistent file.
+    """
+    p = Path(path)
+    if p.is_dir():
+        candidates = sorted(p.glob("*.safetensors")) or sorted(p.glob("*.json"))
+        if not candidates:
+            raise InputError(f"{p}: no model file (.safetensors or .json) in this folder")
+        p = candidates[0]
+    if not p.exists():
+        raise InputError(f"model file {p} does not exist")
+    if p.suffix.lower() == ".json":
+        return ModelSpec.from_json(p.read_text(encoding="utf-8"), source=p.name)
+    if p.suffix.lower() == ".safetensors":
+        return _from_safetensors(p)
+    raise FormatError(f"{p.name}: unknown model format; use an exported .json or .safetensors")
+
+
+def _sidecar(p: Path) -> dict[str, Any]:
+    for candidate in (p.with_suffix(".json"), p.with_name(p.name + ".json"),
+                      p.with_name("metadata.json"), p.with_name("model.json")):  # fmt: skip
+        if candidate.exists() and candidate != p:
+            try:
+                data = json.loads(candidate.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise FormatError(f"{candidate.name}: not valid JSON") from None
+            if isinstance(data, dict):
+                return data
+    raise InputError(f"{p.name}: no JSON sidecar with the model's columns beside it")
+
+
+def _natural(name: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _from_safetensors(p: Path) -> ModelSpec:
+    from privdl.errors import require
+
+    st_numpy: Any = require("safetensors.numpy", "train")
+    try:
+        tensors = st_numpy.load_file(str(p))
+    except Exception:
+        raise FormatError(f"{p.name}: not a readable safetensors file") from None
+    meta = _sidecar(p)
+    meta = dict(meta.get("encrypted", meta))  # a trainer may nest what the scorer needs
+    columns = meta.get("columns") or meta.get("feature_names")
+    if not columns:
+        raise InputError(f"{p.name}: the sidecar does not name the model's columns")
+    if "layers" in meta:
+        pairs = [(str(layer["weight"]), layer.get("bias")) for layer in meta["layers"]]
+    else:
+        weights = sorted(
+            (k for k, v in tensors.items() if k.endswith("weight") and v.ndim == 2), key=_natural
+        )
+        pairs = [(k, k[: -len("weight")] + "bias") for k in weights]
+    layers = []
+    for wname, bname in pairs:
+        if wname not in tensors:
+            raise FormatError(f"{p.name}: tensor {wname!r} is missing")
+        bias = tensors.get(bname) if bname else None
+        layers.append(Layer.from_arrays(tensors[wname], bias))
+    if not layers:
+        raise FormatError(f"{p.name}: no 2-D weight tensors")
+    act_meta = meta.get("activation", "relu")
+    degree = int(meta.get("activation_degree", 2))
+    rng = tuple(meta.get("activation_range", DEFAULT_RANGE))
+    if isinstance(act_meta, dict):
+        act = PolyActivation.from_dict(act_meta)
+    else:
+        act = approximate(str(act_meta).lower(), degree=degree, range=(float(rng[0]), float(rng[1])))
+    link = str(meta.get("link", "identity"))
+    if link == "softmax" and layers[-1].shape[0] == 2:
+        layers[-1] = _reduce_two_class(layers[-1])
+        link = "logit"
+    scaler = Standardizer.from_dict(meta["scaler"]) if meta.get("scaler") else None
+    return ModelSpec(
+        columns=tuple(str(c) for c in columns),
+        layers=tuple(layers),
+        activations=tuple(act for _ in layers[1:]),
+        link=link,
+        scaler=scaler,
+    )

@@ -1,0 +1,539 @@
+"""EncryptedScorer: evaluate a model on CKKS ciphertexts with public material only.
+
+Feature-major batches make a linear score a sum of ciphertext-by-scalar products:
+
+* **linear fast path** (one layer, logit/value returned): products are summed without
+  rescaling (one level, no rotations, no relinearization keys); the bias and the
+  plaintext partial score of hybrid inputs are folded into the largest-weight column
+  *before* its product, so nothing needs encrypting on the server.
+* **polynomial path** (MLP, or an encrypted probability): rescale after each product,
+  evaluate activation polynomials (degree <= 3) with ciphertext products
+  (relinearization keys needed), no rotations.
+
+**Hybrid scoring**: only sensitive columns arrive encrypted; the non-sensitive ones
+arrive in plaintext and their partial score (with the bias) is added server-side, so
+the cost scales with the encrypted columns only.
+
+The scorer holds a :class:`~privdl.encrypted.keys.PublicKeys` (no secret key: it
+refuses a private context) and a public :class:`~privdl.encrypted.models.ModelSpec`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from privdl.encrypted.keys import HEKeys, PublicKeys, _audited
+from privdl.encrypted.models import SIGMOID_RANGE, ModelSpec, PolyActivation, approximate, as_model
+from privdl.encrypted.wire import (
+    BatchHeader,
+    BatchWriter,
+    Chunk,
+    EncryptedBatch,
+    iter_chunks,
+    read_batch_header,
+)
+from privdl.errors import InputError, SecurityError, UsageError, require
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+__all__ = ["EncryptedScorer"]
+
+OUTPUTS = ("logit", "probability")
+# a scalar below this encodes to zero at scale 2^40 and would make a transparent
+# ciphertext (which SEAL refuses); its term contributes under 1e-11 and is skipped
+_NEGLIGIBLE = 2.0**-38
+
+
+def _zero(w: float) -> bool:
+    return abs(w) < _NEGLIGIBLE
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one batch's columns map onto the model (computed once per batch)."""
+
+    enc_index: tuple[int, ...]  # blob position in a chunk for each encrypted model input
+    enc_weight: Any  # outputs x len(enc_index), scaler folded
+    plain_weight: Any  # outputs x len(plain_columns)
+    bias: Any  # outputs
+    plain_columns: tuple[str, ...]
+    encrypted_columns: tuple[str, ...]
+
+
+class EncryptedScorer:
+    """Scores encrypted batches with a model and a public context.
+
+    Example:
+        >>> keys = HEKeys.generate()                                    # doctest: +SKIP
+        >>> scorer = EncryptedScorer.from_model(model, keys.public())  # doctest: +SKIP
+        >>> scores = keys.decrypt(scorer.score(keys.encrypt(frame, columns=cols)))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        public_keys: PublicKeys,
+        *,
+        output: str = "logit",
+        sigmoid: PolyActivation | None = None,
+    ) -> None:
+        if isinstance(public_keys, HEKeys) or not isinstance(public_keys, PublicKeys):
+            raise SecurityError(
+                "EncryptedScorer takes public keys only: pass keys.public(), never HEKeys"
+            )
+        if public_keys.is_private():
+            raise SecurityError("refusing a context that holds a secret key")
+        if output not in OUTPUTS:
+            raise UsageError(f"output must be one of {OUTPUTS}, not {output!r}")
+        if output == "probability" and (model.link != "logit" or model.outputs != 1):
+            raise UsageError("an encrypted probability needs a single-output logistic model")
+        self.model_ = model
+        self.public_keys = public_keys
+        self.output = output
+        self.sigmoid_ = sigmoid if output == "probability" else None
+        need = self.depth()
+        have = public_keys.params.depth
+        if need > have:
+            raise UsageError(
+                f"the model needs multiplicative depth {need}; these keys allow {have}: "
+                f"generate keys with HEKeys.generate(depth={need})"
+            )
+        if not self._fast and not public_keys.params.relin_keys:
+            raise UsageError(
+                "polynomial activations need relinearization keys: "
+                f"HEKeys.generate(depth={need}) includes them"
+            )
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        public_keys: PublicKeys,
+        *,
+        columns: Sequence[str] | None = None,
+        scaler: Any = None,
+        link: str | None = None,
+        output: str = "logit",
+        activation_degree: int = 2,
+        activation_range: tuple[float, float] = (-4.0, 4.0),
+        sigmoid_degree: int = 3,
+        sigmoid_range: tuple[float, float] = SIGMOID_RANGE,
+    ) -> EncryptedScorer:
+        """Build a scorer from a torch / scikit-learn model or a model file.
+
+        Args:
+            model: torch ``nn.Linear`` / ``nn.Sequential`` (small MLP), scikit-learn
+                linear model or pipeline, a :class:`ModelSpec`, or a path to an exported
+                ``.json`` or ``.safetensors`` model.
+            public_keys: ``keys.public()`` or :meth:`PublicKeys.load` (never ``HEKeys``).
+            columns: feature names in the model's input order.
+            scaler: standardization to fold into the first layer.
+            link: override the model's link.
+            output: ``"logit"`` (default: the client applies the exact sigmoid, depth 1)
+                or ``"probability"`` (a polynomial sigmoid evaluated encrypted).
+            activation_degree: degree of polynomials replacing hidden activations.
+            activation_range: input range they are fitted on (approximation error is
+                reported in :attr:`approximation`).
+            sigmoid_degree, sigmoid_range: the encrypted sigmoid's polynomial.
+
+        Raises:
+            SecurityError: ``public_keys`` holds a secret key.
+            UsageError: keys too shallow for the model, or an unsupported model.
+        """
+        spec = as_model(
+            model,
+            columns=columns,
+            scaler=scaler,
+            link=link,
+            activation_degree=activation_degree,
+            activation_range=activation_range,
+        )
+        sigmoid = (
+            approximate("sigmoid", degree=sigmoid_degree, range=sigmoid_range)
+            if output == "probability"
+            else None
+        )
+        return cls(spec, public_keys, output=output, sigmoid=sigmoid)
+
+    # -- facts ------------------------------------------------------------------------
+    @property
+    def _fast(self) -> bool:
+        return self.model_.is_linear and self.output == "logit"
+
+    def depth(self) -> int:
+        """Multiplicative depth this scorer needs from the keys."""
+        return self.model_.depth(output=self.output, sigmoid=self.sigmoid_)
+
+    @property
+    def approximation(self) -> dict[str, Any]:
+        """Polynomial stand-ins and their max errors on their ranges (empty if exact)."""
+        out: dict[str, Any] = {}
+        if self.model_.activations:
+            out["activations"] = [a.to_dict() for a in self.model_.activations]
+        if self.sigmoid_ is not None:
+            out["sigmoid"] = self.sigmoid_.to_dict()
+        return out
+
+    def get_params(self) -> dict[str, Any]:
+        """What goes into an audit record (public facts only)."""
+        return {
+            "model_id": self.model_.model_id(),
+            "columns": list(self.model_.columns),
+            "link": self.model_.link,
+            "output": self.output,
+            "depth": self.depth(),
+            "he_params": self.public_keys.params.to_dict(),
+            "key_id": self.public_keys.key_id,
+            "approximation": self.approximation,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"EncryptedScorer(model_id={self.model_.model_id()!r}, "
+            f"columns={len(self.model_.columns)}, output={self.output!r}, "
+            f"key_id={self.public_keys.key_id!r})"
+        )
+
+    # -- planning ---------------------------------------------------------------------
+    def plan(self, encrypted_columns: Sequence[str], plain_columns: Sequence[str] = ()) -> _Plan:
+        """Map batch columns onto the model's inputs.
+
+        Raises:
+            InputError: a model column is in neither input, or in both.
+        """
+        import numpy as np
+
+        enc_pos = {c: i for i, c in enumerate(encrypted_columns)}
+        plain_pos = {c: i for i, c in enumerate(plain_columns)}
+        w, b = self.model_.folded()
+        enc_idx: list[int] = []
+        enc_cols: list[int] = []
+        plain_cols: list[int] = []
+        plain_names: list[str] = []
+        for j, name in enumerate(self.model_.columns):
+            if name in enc_pos and name in plain_pos:
+                raise InputError(f"column {name!r} is given both encrypted and in plaintext")
+            if name in enc_pos:
+                enc_idx.append(enc_pos[name])
+                enc_cols.append(j)
+            elif name in plain_pos:
+                plain_cols.append(j)
+                plain_names.append(name)
+            else:
+                raise InputError(f"model column {name!r} is neither encrypted nor in --plain")
+        if not enc_idx:
+            raise InputError("none of the model's columns is encrypted; nothing to score encrypted")
+        enc_w = w[:, enc_cols]
+        if self.model_.is_linear and np.any(np.all(np.abs(enc_w) < _NEGLIGIBLE, axis=1)):
+            raise UsageError("the model puts no weight on any encrypted column")
+        return _Plan(
+            enc_index=tuple(enc_idx),
+            enc_weight=enc_w,
+            plain_weight=w[:, plain_cols],
+            bias=b,
+            plain_columns=tuple(plain_names),
+            encrypted_columns=tuple(self.model_.columns[j] for j in enc_cols),
+        )
+
+    # -- scoring ----------------------------------------------------------------------
+    def score(
+        self,
+        batch: EncryptedBatch,
+        *,
+        plain: pd.DataFrame | np.ndarray | None = None,
+        plain_columns: Sequence[str] | None = None,
+        workers: int = 1,
+        audit_log: Any = None,
+    ) -> EncryptedBatch:
+        """Score an encrypted batch; returns an encrypted ``scores`` batch (row order kept).
+
+        Args:
+            batch: made by :meth:`HEKeys.encrypt` with the same key set.
+            plain: the non-sensitive features, one row per encrypted row (hybrid).
+            plain_columns: which columns of ``plain`` the model reads (default: the
+                model columns that ``plain`` has).
+            workers: processes (TenSEAL holds the GIL; ciphertexts travel as bytes).
+            audit_log: an AuditLog, a path, or None; one ``he.score`` entry.
+
+        Raises:
+            KeyMissingError: the batch was made with another key set.
+            InputError: other parameters, or rows / columns that do not match.
+        """
+        header = batch.header
+        header.check_compatible(
+            kind="features",
+            params=self.public_keys.params,
+            key_id=self.public_keys.key_id,
+            source="batch",
+        )
+        plan, pmatrix = self._prepare(header.columns, batch.rows, plain, plain_columns)
+        with _audited(audit_log, "he.score", params=self._audit_params(plan, batch.rows)):
+            chunks = tuple(self._score_stream(batch.chunks, plan, pmatrix, workers=workers))
+        return EncryptedBatch(self._scores_header(plan, batch.rows), chunks)
+
+    def score_file(
+        self,
+        source: str | os.PathLike[str],
+        target: str | os.PathLike[str],
+        *,
+        plain: pd.DataFrame | np.ndarray | None = None,
+        plain_columns: Sequence[str] | None = None,
+        workers: int = 1,
+        audit_log: Any = None,
+    ) -> BatchHeader:
+        """Score an encrypted file into a scores file, one chunk at a time (flat memory)."""
+        from privdl.io import file_fingerprint
+
+        header = read_batch_header(source)
+        name = Path(source).name
+        header.check_compatible(
+            kind="features",
+            params=self.public_keys.params,
+            key_id=self.public_keys.key_id,
+            source=name,
+        )
+        if header.rows is None:
+            raise InputError(f"{name}: the header does not give the row count")
+        plan, pmatrix = self._prepare(header.columns, header.rows, plain, plain_columns)
+        out_header = self._scores_header(plan, header.rows)
+        with _audited(
+            audit_log,
+            "he.score",
+            params=self._audit_params(plan, header.rows),
+            inputs=[file_fingerprint(source)],
+        ) as op:
+            with BatchWriter(target, out_header) as writer:
+                for chunk in self._score_stream(iter_chunks(source), plan, pmatrix, workers=workers):
+                    writer.write(chunk)
+            if writer.rows != header.rows:
+                raise InputError(f"{name}: holds {writer.rows} rows, its header says {header.rows}")
+            if op is not None:
+                op.update(outputs=[file_fingerprint(target)])
+        return out_header
+
+    def _prepare(
+        self,
+        encrypted_columns: Sequence[str],
+        rows: int,
+        plain: pd.DataFrame | np.ndarray | None,
+        plain_columns: Sequence[str] | None,
+    ) -> tuple[_Plan, np.ndarray | None]:
+        import numpy as np
+        import pandas as pd
+
+        from privdl.encrypted.packing import feature_matrix
+
+        if plain is None:
+            if plain_columns:
+                raise UsageError("plain_columns given without plain data")
+            return self.plan(encrypted_columns), None
+        if isinstance(plain, pd.DataFrame):
+            names = list(plain_columns) if plain_columns is not None else [
+                c for c in self.model_.columns if c not in encrypted_columns
+                and (c.split("=", 1)[0] in plain.columns)
+            ]  # fmt: skip
+            matrix = feature_matrix(plain, names, source="plain input")
+        else:
+            matrix = np.asarray(plain, dtype=np.float64)
+            if matrix.ndim == 1:
+                matrix = matrix[:, None]
+            if plain_columns is None or len(plain_columns) != matrix.shape[1]:
+                raise UsageError("name the columns of a plain array with plain_columns")
+            names = list(plain_columns)
+        if matrix.shape[0] != rows:
+            raise InputError(
+                f"plain input has {matrix.shape[0]} rows, the encrypted batch {rows}"
+            )
+        plan = self.plan(encrypted_columns, names)
+        keep = [names.index(c) for c in plan.plain_columns]
+        return plan, np.ascontiguousarray(matrix[:, keep])
+
+    def _score_stream(
+        self,
+        chunks: Iterable[Chunk],
+        plan: _Plan,
+        pmatrix: np.ndarray | None,
+        *,
+        workers: int,
+    ) -> Iterator[Chunk]:
+        def items() -> Iterator[tuple[Chunk, np.ndarray]]:
+            start = 0
+            for chunk in chunks:
+                partial = self._partial(plan, pmatrix, start, start + chunk.rows)
+                start += chunk.rows
+                yield chunk, partial
+
+        if workers > 1:
+            from privdl.encrypted import pool
+
+            yield from pool.map_ordered(
+                pool.score_task, items(), init=("score", self.recipe(plan)), workers=workers
+            )
+            return
+        for chunk, partial in items():
+            yield self.score_chunk(chunk, plan, partial)
+
+    @staticmethod
+    def _partial(plan: _Plan, pmatrix: np.ndarray | None, a: int, b: int) -> np.ndarray:
+        import numpy as np
+
+        bias = np.asarray(plan.bias, dtype=np.float64)
+        if pmatrix is None or pmatrix.shape[1] == 0:
+            return np.broadcast_to(bias, (b - a, bias.shape[0])).copy()
+        return pmatrix[a:b] @ np.asarray(plan.plain_weight).T + bias
+
+    def score_chunk(self, chunk: Chunk, plan: _Plan, partial: np.ndarray) -> Chunk:
+        """Score one chunk; ``partial`` (rows x outputs) is the plaintext part with bias."""
+        import numpy as np
+
+        ts: Any = require("tenseal", "he")
+        ctx = self.public_keys.context()
+        if partial.shape[0] != chunk.rows:
+            raise InputError("plain partial scores do not match the chunk's rows")
+        try:
+            vecs = [ts.ckks_vector_from(ctx, chunk.blobs[i]) for i in plan.enc_index]
+        except IndexError:
+            raise InputError("a chunk holds fewer ciphertexts than the header's columns") from None
+        except Exception:
+            raise InputError("a ciphertext in the batch cannot be read with this context") from None
+        enc_w = np.asarray(plan.enc_weight)
+        if self._fast:
+            ctx.auto_rescale = False
+            try:
+                outs = [_linear_fast(vecs, enc_w[o], partial[:, o]) for o in range(enc_w.shape[0])]
+            finally:
+                ctx.auto_rescale = True
+        else:
+            ctx.auto_rescale = True
+            outs = self._deep(vecs, enc_w, partial)
+        return Chunk(rows=chunk.rows, blobs=tuple(v.serialize() for v in outs))
+
+    def _deep(self, vecs: list[Any], enc_w: np.ndarray, partial: np.ndarray) -> list[Any]:
+        hidden = [_affine(vecs, enc_w[o], partial[:, o].tolist()) for o in range(enc_w.shape[0])]
+        for act, layer in zip(self.model_.activations, self.model_.layers[1:], strict=True):
+            activated = [_polyval(h, act.coefficients) for h in hidden]
+            hidden = [
+                _affine(activated, layer.w[o], float(layer.b[o])) for o in range(layer.shape[0])
+            ]
+        if self.sigmoid_ is not None:
+            hidden = [_polyval(h, self.sigmoid_.coefficients) for h in hidden]
+        return hidden
+
+    # -- headers, audit, workers --------------------------------------------------------
+    def _scores_header(self, plan: _Plan, rows: int) -> BatchHeader:
+        return BatchHeader(
+            kind="scores",
+            params=self.public_keys.params,
+            key_id=self.public_keys.key_id,
+            columns=tuple(self.model_.output_names()),
+            rows=rows,
+            info={
+                "model_id": self.model_.model_id(),
+                "link": self.model_.link,
+                "output": self.output,
+                "encrypted_columns": list(plan.encrypted_columns),
+                "plain_columns": list(plan.plain_columns),
+                "approximation": self.approximation,
+            },
+        )
+
+    def _audit_params(self, plan: _Plan, rows: int) -> dict[str, Any]:
+        params = self.get_params()
+        params.update(
+            rows=rows,
+            encrypted_columns=list(plan.encrypted_columns),
+            plain_columns=list(plan.plain_columns),
+        )
+        return params
+
+    def recipe(self, plan: _Plan) -> dict[str, Any]:
+        """Public material a worker process rebuilds this scorer from (bytes and JSON)."""
+        return {
+            "context": self.public_keys.to_bytes(),
+            "params": self.public_keys.params.to_dict(),
+            "key_id": self.public_keys.key_id,
+            "model": self.model_.to_json(),
+            "output": self.output,
+            "sigmoid": None if self.sigmoid_ is None else self.sigmoid_.to_dict(),
+            "plan": plan,
+        }
+
+    @classmethod
+    def from_recipe(cls, recipe: dict[str, Any]) -> tuple[EncryptedScorer, _Plan]:
+        from privdl.encrypted.params import ParameterSet
+
+        public = PublicKeys.from_bytes(
+            recipe["context"],
+            params=ParameterSet.from_dict(recipe["params"]),
+            key_id=recipe["key_id"],
+        )
+        sigmoid = PolyActivation.from_dict(recipe["sigmoid"]) if recipe["sigmoid"] else None
+        scorer = cls(
+            ModelSpec.from_json(recipe["model"]), public, output=recipe["output"], sigmoid=sigmoid
+        )
+        return scorer, recipe["plan"]
+
+
+# ----------------------------------------------------------------------------- kernels
+def _linear_fast(vecs: list[Any], weights: np.ndarray, partial: np.ndarray) -> Any:
+    """sum_j w_j * c_j + partial, with one level and no rescale (auto_rescale off).
+
+    The plaintext partial (bias + plain columns) is added to the largest-weight column
+    before its product, ``(c_k + p / w_k) * w_k``, because after a product the
+    ciphertext's scale is squared and a fresh plaintext could not be added to it.
+    """
+    import numpy as np
+
+    k = int(np.argmax(np.abs(weights)))
+    acc = vecs[k] + (partial / weights[k]).tolist()
+    acc *= float(weights[k])
+    for j, vec in enumerate(vecs):
+        w = float(weights[j])
+        if j != k and not _zero(w):
+            acc += vec * w
+    return acc
+
+
+def _affine(vecs: Sequence[Any], weights: Any, partial: Any) -> Any:
+    """sum_j w_j * c_j + partial, rescaling after each product (polynomial path)."""
+    acc = None
+    for vec, w in zip(vecs, weights, strict=True):
+        if _zero(float(w)):
+            continue
+        term = vec * float(w)
+        acc = term if acc is None else acc + term
+    if acc is None:
+        raise UsageError("a layer unit has no weight on any encrypted input")
+    return acc + partial
+
+
+def _polyval(x: Any, coefficients: Sequence[float]) -> Any:
+    """c0 + c1 x + c2 x^2 + c3 x^3 with depth 1 (square / linear) or 2; no encryption.
+
+    TenSEAL's ``polyval`` encrypts its constant term, which a public context cannot;
+    the constant is added as a plaintext here.
+    """
+    if len(coefficients) > 4:
+        raise UsageError("activation polynomials of degree above 3 are not supported")
+    c = [0.0 if _zero(float(v)) else float(v) for v in coefficients]
+    c += [0.0] * (4 - len(c))
+    terms = []
+    if c[3] != 0.0:
+        x2 = x.square()
+        terms.append((x * c[3]) * x2)
+    if c[2] != 0.0:
+        terms.append(x.square() if c[2] == 1.0 else (x * c[2]) * x)
+    if c[1] != 0.0:
+        terms.append(x * c[1])
+    if not terms:
+        raise UsageError("an activation polynomial without a variable term")
+    acc = terms[0]
+    for t in terms[1:]:
+        acc = acc + t
+    return acc + c[0] if c[0] != 0.0 else acc

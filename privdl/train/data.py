@@ -1,0 +1,213 @@
+"""Feeding data to DP-SGD: exact Poisson sampling by vectorized indexing.
+
+DP-SGD's accountant assumes *Poisson sampling*: at every step each record joins the
+batch independently with probability ``q``, so batch sizes vary and a batch may be
+empty. :class:`PoissonSampler` draws exactly that, as one vectorized comparison of ``n``
+uniforms with ``q``. In-memory data (arrays, tensors, DataFrames, ``TensorDataset``)
+becomes two tensors once and each batch is ``X[idx]``: no per-record collation, which is
+the largest cost of a small model's step on CPU. Other datasets are read record by
+record for the sampled indices only and collated with the loader's ``collate_fn``.
+
+``secure_mode`` draws the uniforms (and the trainer's Gaussian noise) from ChaCha20
+keyed by the operating system's CSPRNG (``os.urandom``) through ``cryptography``,
+because torch's generators are not cryptographically secure and torchcsprng does not
+install with current torch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from privdl.errors import InputError, UsageError, require
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["ChaChaRandom", "IndexedData", "PoissonSampler", "TensorData", "as_data"]
+
+
+class ChaChaRandom:
+    """Uniform and Gaussian samples from ChaCha20 keyed by ``os.urandom``.
+
+    A cryptographically secure source for Poisson sampling and DP noise. Gaussians come
+    from the Box-Muller transform in float64; the trainer then applies Opacus' defence
+    against floating-point attacks (a sum of four draws, scaled).
+    """
+
+    def __init__(self) -> None:
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+        key = os.urandom(32)
+        nonce = os.urandom(16)
+        self._enc = Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor()
+
+    def _u64(self, count: int) -> np.ndarray:
+        raw = self._enc.update(bytes(8 * count))
+        return np.frombuffer(raw, dtype=np.uint64)
+
+    def uniform(self, count: int) -> np.ndarray:
+        """``count`` floats uniform in [0, 1) with 53 random bits each."""
+        return (self._u64(count) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+    def normal(self, count: int) -> np.ndarray:
+        """``count`` standard normal float64 draws (Box-Muller)."""
+        half = (count + 1) // 2
+        u1 = 1.0 - self.uniform(half)  # (0, 1]: log is finite
+        u2 = self.uniform(half)
+        r = np.sqrt(-2.0 * np.log(u1))
+        z = np.concatenate([r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)])
+        return z[:count]
+
+
+class PoissonSampler:
+    """Exact Poisson sampling of record indices.
+
+    Each call of :meth:`sample` includes every index in ``range(n)`` independently with
+    probability ``sample_rate``; the batch size is random and may be zero.
+
+    Args:
+        n: number of records.
+        sample_rate: inclusion probability ``q`` in (0, 1].
+        generator: a ``torch.Generator`` (on ``device``) for reproducible sampling.
+        device: where the indices live (the data's device).
+        secure: draw from :class:`ChaChaRandom` instead of torch's generator.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        sample_rate: float,
+        *,
+        generator: torch.Generator | None = None,
+        device: Any = "cpu",
+        secure: bool = False,
+    ) -> None:
+        if n < 1:
+            raise InputError("cannot sample from an empty dataset")
+        if not 0.0 < sample_rate <= 1.0:
+            raise InputError("sample_rate must be in (0, 1]")
+        self.n = int(n)
+        self.sample_rate = float(sample_rate)
+        self.generator = generator
+        self.device = device
+        self._secure = ChaChaRandom() if secure else None
+
+    def sample(self) -> torch.Tensor:
+        """One Poisson batch: a 1-D int64 tensor of distinct indices in increasing order."""
+        import torch
+
+        if self._secure is not None:
+            mask_np = self._secure.uniform(self.n) < self.sample_rate
+            return torch.from_numpy(np.flatnonzero(mask_np)).to(self.device)
+        u = torch.rand(self.n, generator=self.generator, device=self.device)
+        return torch.nonzero(u < self.sample_rate).squeeze(1)
+
+
+@dataclass
+class TensorData:
+    """In-memory features and (optional) targets as tensors."""
+
+    X: Any
+    y: Any
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+    def batch(self, idx: torch.Tensor) -> tuple[Any, Any]:
+        return self.X[idx], (None if self.y is None else self.y[idx])
+
+
+@dataclass
+class IndexedData:
+    """A map-style dataset read record by record, for the sampled indices only."""
+
+    dataset: Any
+    collate_fn: Callable[[list[Any]], Any]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batch(self, idx: torch.Tensor) -> tuple[Any, Any]:
+        items = [self.dataset[int(i)] for i in idx.tolist()]
+        out = self.collate_fn(items)
+        if isinstance(out, Sequence) and not isinstance(out, str) and len(out) == 2:
+            return out[0], out[1]
+        return out, None
+
+
+def _to_tensor(value: Any, *, what: str) -> Any:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value
+    try:
+        import pandas as pd
+
+        if isinstance(value, pd.DataFrame | pd.Series):
+            value = value.to_numpy()
+    except ImportError:  # pragma: no cover - pandas is a core dependency
+        pass
+    arr = np.asarray(value)
+    if arr.dtype == object:
+        raise InputError(f"{what} must be numeric; encode text columns first (TableEncoder)")
+    if arr.dtype.kind == "f":
+        arr = arr.astype(np.float32, copy=False)
+    elif arr.dtype.kind == "b":
+        arr = arr.astype(np.int64)
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def as_data(data: Any, *, what: str = "data") -> TensorData | IndexedData:
+    """Turn training data into :class:`TensorData` (in memory) or :class:`IndexedData`.
+
+    Accepts ``(X, y)`` (numpy, torch, pandas), a ``TensorDataset``, a ``DataLoader``
+    (its dataset and ``collate_fn`` are used; its own sampler is replaced by Poisson
+    sampling), or any map-style torch ``Dataset``. DataFrames with a target column are
+    handled by the trainer (it owns the TableEncoder).
+
+    Raises:
+        InputError: unsupported type, mismatched lengths, non-numeric arrays.
+    """
+    torch = require("torch", "train")
+    from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+
+    if isinstance(data, tuple | list) and len(data) == 2:
+        X = _to_tensor(data[0], what=f"{what} features")
+        y = None if data[1] is None else _to_tensor(data[1], what=f"{what} target")
+        if X.ndim == 0 or len(X) == 0:
+            raise InputError(f"{what} has no rows")
+        if y is not None and len(y) != len(X):
+            raise InputError(f"{what}: {len(X)} feature rows but {len(y)} targets")
+        return TensorData(X, y)
+    if isinstance(data, DataLoader):
+        if isinstance(data.dataset, IterableDataset):
+            raise InputError("Poisson sampling needs a map-style dataset, not an IterableDataset")
+        inner = as_data(data.dataset, what=what)
+        if isinstance(inner, IndexedData) and data.collate_fn is not None:
+            return IndexedData(inner.dataset, data.collate_fn)
+        return inner
+    if isinstance(data, TensorDataset):
+        tensors = data.tensors
+        if len(tensors) not in (1, 2):
+            raise InputError(f"{what}: a TensorDataset needs (features,) or (features, target)")
+        return TensorData(tensors[0], tensors[1] if len(tensors) == 2 else None)
+    if isinstance(data, IterableDataset):
+        raise InputError("Poisson sampling needs a map-style dataset, not an IterableDataset")
+    if isinstance(data, Dataset):
+        from torch.utils.data import default_collate
+
+        return IndexedData(data, default_collate)
+    if isinstance(data, torch.Tensor | np.ndarray):
+        raise UsageError(f"{what}: pass (X, y) or a Dataset, not a bare array")
+    raise InputError(f"{what}: unsupported type {type(data).__name__}")
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Opacus' convention: ``ceil(n / batch_size)`` steps, sample rate ``1 / steps``."""
+    return max(1, math.ceil(n / batch_size))

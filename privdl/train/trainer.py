@@ -1,0 +1,861 @@
+"""PrivateTrainer: differentially private training in one line, on Opacus.
+
+``PrivateTrainer(model, epsilon=...)`` calibrates the noise for the planned run, charges
+the dataset's budget ledger before the first step, trains with DP-SGD (per-sample
+clipping and Gaussian noise from Opacus) on exact Poisson batches, and records the
+accountant history that every reported epsilon is computed from.
+
+Example:
+    >>> trainer = PrivateTrainer(model, epsilon=2.0)            # doctest: +SKIP
+    >>> trainer.fit((X_train, y_train), val=(X_val, y_val))     # doctest: +SKIP
+    >>> trainer.epsilon, trainer.predict(X_test)                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from privdl.errors import InputError, MissingDependencyError, SecurityError, UsageError, require
+from privdl.train.calibrate import ACCOUNTANTS, epsilon_of, noise_multiplier_for
+from privdl.train.data import (
+    ChaChaRandom,
+    IndexedData,
+    PoissonSampler,
+    TensorData,
+    as_data,
+    steps_per_epoch,
+)
+
+torch = require("torch", "train")
+require("opacus", "train")
+from torch import nn  # noqa: E402
+
+__all__ = ["DEFAULTS", "PrivateTrainer"]
+
+#: Defaults chosen so that a user passes only the model, epsilon and the data
+#: (benchmarks/train.py checks them against the utility anchors; see docs/train.md).
+DEFAULTS: dict[str, Any] = {
+    "epochs": 20,
+    "batch_size": 256,
+    "optimizer": "adam",
+    "lr": {"adam": 2e-2, "adamw": 2e-2, "sgd": 0.5, "rmsprop": 1e-2},
+    "max_grad_norm": 1.0,
+}
+
+_OPTIMIZERS = {
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "sgd": "SGD",
+    "rmsprop": "RMSprop",
+}
+
+_LOSSES = ("cross_entropy", "bce", "mse")
+_GRAD_SAMPLE_MODES = ("auto", "ghost", "hooks", "functorch", "ew")
+
+
+class PrivateTrainer:
+    """Train a torch model with (epsilon, delta)-differential privacy (DP-SGD).
+
+    Args:
+        model: a ``torch.nn.Module``. BatchNorm and other layers Opacus cannot train
+            privately are replaced (``replaced_modules_`` says which).
+        epsilon: target epsilon for this run, or ``"remaining"`` to spend what is left
+            of the dataset's budget in ``ledger``.
+        delta: target delta; default ``1 / (10 n)`` (or the ledger's delta). Must be
+            below ``1 / n``.
+        max_grad_norm: per-sample clipping norm C.
+        epochs: passes over the data (each of ``ceil(n / batch_size)`` steps).
+        batch_size: *expected* batch size; batches are Poisson samples with rate
+            ``1 / ceil(n / batch_size)``.
+        lr: learning rate (default depends on ``optimizer``).
+        optimizer: ``"adam"``, ``"adamw"``, ``"sgd"``, ``"rmsprop"`` or a
+            ``torch.optim.Optimizer`` class.
+        loss: ``"cross_entropy"``, ``"bce"``, ``"mse"`` or a loss module; by default
+            chosen from the target (integer labels: cross-entropy, or BCE for a model
+            with one output; floats: MSE).
+        accountant: ``"prv"`` (default) or ``"rdp"``.
+        ledger: a :class:`~privdl.BudgetLedger` or its path/URL; the run is reserved
+            before its first step and settled after the last.
+        dataset_id: the ledger's dataset identifier (required with ``ledger``).
+        audit_log: an AuditLog, a path, or None; one ``train`` entry per fit.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ...
+        seed: seed for initialization, sampling and noise, for reproducible
+            experiments. Anyone who knows the seed can reproduce the noise: do not
+            publish it with a model trained on personal data.
+        secure_mode: draw Poisson sampling and noise from a CSPRNG (ChaCha20 keyed by
+            ``os.urandom``) and use Opacus' defence against floating-point attacks.
+        max_physical_batch_size: split each sampled batch into chunks of at most this
+            many records (same privacy, less memory).
+        grad_sample_mode: ``"auto"`` (ghost clipping when every trainable layer
+            supports it, else hooks) or an Opacus mode.
+        encoder: a TableEncoder for DataFrame input; by default one is fitted.
+        progress: print one line per epoch (``"auto"``: when stderr is a terminal).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        *,
+        epsilon: float | str = 3.0,
+        delta: float | None = None,
+        max_grad_norm: float = DEFAULTS["max_grad_norm"],
+        epochs: int = DEFAULTS["epochs"],
+        batch_size: int = DEFAULTS["batch_size"],
+        lr: float | None = None,
+        optimizer: str | type = DEFAULTS["optimizer"],
+        loss: str | nn.Module | None = None,
+        accountant: str = "prv",
+        ledger: Any = None,
+        dataset_id: str | None = None,
+        audit_log: Any = None,
+        device: str = "auto",
+        seed: int | None = None,
+        secure_mode: bool = False,
+        max_physical_batch_size: int | None = None,
+        grad_sample_mode: str = "auto",
+        encoder: Any = None,
+        progress: bool | str = "auto",
+    ) -> None:
+        self.model = model
+        self.target_epsilon = epsilon
+        self.delta = delta
+        self.max_grad_norm = max_grad_norm
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.optimizer = optimizer
+        self.loss = loss
+        self.accountant = accountant
+        self.ledger = ledger
+        self.dataset_id = dataset_id
+        self.audit_log = audit_log
+        self.device = device
+        self.seed = seed
+        self.secure_mode = secure_mode
+        self.max_physical_batch_size = max_physical_batch_size
+        self.grad_sample_mode = grad_sample_mode
+        self.encoder = encoder
+        self.progress = progress
+        # learned state, set by fit()
+        self.model_: nn.Module | None = None
+        self.history_: list[dict[str, Any]] = []
+        self.accountant_history_: list[tuple[float, float, int]] = []
+        self.noise_multiplier_: float | None = None
+        self.sample_rate_: float | None = None
+        self.steps_: int = 0
+        self.planned_steps_: int = 0
+        self.delta_: float | None = None
+        self.n_samples_: int | None = None
+        self.replaced_modules_: list[str] = []
+        self.grad_sample_mode_: str | None = None
+        self.task_: str | None = None
+        self.n_outputs_: int | None = None
+        self.encoder_: Any = None
+        self.feature_names_: list[str] | None = None
+        self.ledger_: Any = None
+        self.run_id_: str | None = None
+        self.device_: str | None = None
+        self.fit_seconds_: float | None = None
+        self._state: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ parameters
+    def get_params(self) -> dict[str, Any]:
+        """The run's configuration, as it goes into the audit record and the report."""
+        opt = self.optimizer if isinstance(self.optimizer, str) else self.optimizer.__name__
+        loss = self.loss if self.loss is None or isinstance(self.loss, str) else type(self.loss).__name__
+        return {
+            "model": type(self.model).__name__ if self.model is not None else None,
+            "epsilon": self.target_epsilon,
+            "delta": self.delta,
+            "max_grad_norm": self.max_grad_norm,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self._lr(),
+            "optimizer": opt,
+            "loss": loss,
+            "accountant": self.accountant,
+            "dataset_id": self.dataset_id,
+            "device": self.device,
+            "seed_given": self.seed is not None,
+            "secure_mode": self.secure_mode,
+            "max_physical_batch_size": self.max_physical_batch_size,
+            "grad_sample_mode": self.grad_sample_mode,
+        }
+
+    def _lr(self) -> float:
+        if self.lr is not None:
+            return float(self.lr)
+        name = self.optimizer.lower() if isinstance(self.optimizer, str) else ""
+        return float(DEFAULTS["lr"].get(name, 1e-3))
+
+    def _check_params(self) -> None:
+        if self.model is None or not isinstance(self.model, nn.Module):
+            raise UsageError("PrivateTrainer needs a torch.nn.Module as model")
+        eps = self.target_epsilon
+        if eps == "remaining":
+            if self.ledger is None:
+                raise UsageError('epsilon="remaining" needs a ledger= and a dataset_id=')
+        elif isinstance(eps, str) or not (isinstance(eps, int | float) and 0 < eps < math.inf):
+            raise UsageError('epsilon must be a positive number or "remaining"')
+        if self.ledger is not None and not self.dataset_id:
+            raise UsageError("a ledger needs a dataset_id= to charge")
+        if self.accountant not in ACCOUNTANTS:
+            raise UsageError(f"accountant must be one of {', '.join(ACCOUNTANTS)}")
+        if not (isinstance(self.epochs, int) and self.epochs >= 1):
+            raise UsageError("epochs must be a positive integer")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise UsageError("batch_size must be a positive integer")
+        if not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
+            raise UsageError("max_grad_norm must be positive")
+        if self.max_physical_batch_size is not None and self.max_physical_batch_size < 1:
+            raise UsageError("max_physical_batch_size must be a positive integer")
+        if self.grad_sample_mode not in _GRAD_SAMPLE_MODES:
+            raise UsageError(f"grad_sample_mode must be one of {', '.join(_GRAD_SAMPLE_MODES)}")
+        if isinstance(self.optimizer, str) and self.optimizer.lower() not in _OPTIMIZERS:
+            raise UsageError(f"optimizer must be one of {', '.join(_OPTIMIZERS)} or a class")
+        if isinstance(self.loss, str) and self.loss not in _LOSSES:
+            raise UsageError(f"loss must be one of {', '.join(_LOSSES)} or a module")
+        if self.secure_mode and self.seed is not None:
+            raise SecurityError("secure_mode draws from a CSPRNG and cannot take a seed")
+
+    # ------------------------------------------------------------------ results
+    @property
+    def epsilon(self) -> float:
+        """Epsilon spent so far, from the accountant, at ``delta_`` (0 before fit)."""
+        if not self.accountant_history_ or self.delta_ is None:
+            return 0.0
+        return epsilon_of(self.accountant_history_, delta=self.delta_, accountant=self.accountant)
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.model_ is not None and self.steps_ > 0
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, data: Any, target: str | None = None, val: Any = None) -> PrivateTrainer:
+        """Train the model with DP-SGD.
+
+        Args:
+            data: ``(X, y)`` arrays/tensors, a ``TensorDataset``, a ``DataLoader``, any
+                map-style ``Dataset``, or a pandas DataFrame with ``target=``.
+            target: the label column when ``data`` is a DataFrame.
+            val: validation data in the same forms (not charged: it must not be the
+                training data); its metric is reported per epoch.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            BudgetExceededError: the ledger refuses the run (before any step).
+            UsageError / InputError: bad configuration or data.
+        """
+        self._check_params()
+        with self._audit("train") as op:
+            self._setup(data, target, val)
+            op.update(
+                params={
+                    "n_samples": self.n_samples_,
+                    "noise_multiplier": self.noise_multiplier_,
+                    "sample_rate": self.sample_rate_,
+                    "planned_steps": self.planned_steps_,
+                    "delta": self.delta_,
+                    "run_id": self.run_id_,
+                    "grad_sample_mode": self.grad_sample_mode_,
+                    "replaced_modules": list(self.replaced_modules_),
+                }
+            )
+            self._train()
+            op.update(params={"epsilon": self.epsilon, "steps": self.steps_})
+        return self
+
+    def _audit(self, name: str) -> Any:
+        if self.audit_log is None:
+            return _NoOp()
+        from privdl.audit import operation
+
+        return operation(self.audit_log, name, params=self.get_params())
+
+    def _resolve_device(self) -> Any:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            dev = torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise UsageError(f"unknown device {self.device!r}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError("device='cuda' but no CUDA device is available")
+        return dev
+
+    def _prepare(self, data: Any, target: str | None, *, fit: bool, what: str) -> Any:
+        """Data -> TensorData / IndexedData; DataFrames go through the TableEncoder."""
+        import pandas as pd
+
+        if isinstance(data, pd.DataFrame):
+            if target is None:
+                raise UsageError(f"{what} is a DataFrame: pass target= (the label column)")
+            if target not in data.columns:
+                raise InputError(f"{what} has no column {target!r}")
+            enc = self.encoder_
+            if fit:
+                enc = self.encoder if self.encoder is not None else _new_encoder()
+                if not getattr(enc, "feature_names_", None):
+                    enc.fit(data, target=target)
+                self.encoder_ = enc
+                self.feature_names_ = list(enc.feature_names_)
+            elif enc is None:
+                raise UsageError(f"{what} is a DataFrame but the model was trained on arrays")
+            X = enc.transform(data)
+            y = enc.target_encode(data[target])
+            return as_data((X, y), what=what)
+        return as_data(data, what=what)
+
+    def _setup(self, data: Any, target: str | None, val: Any) -> None:
+        from opacus.validators import ModuleValidator
+
+        device = self._resolve_device()
+        self.device_ = str(device)
+        if self.seed is not None:
+            torch.manual_seed(self.seed)
+        train = self._prepare(data, target, fit=True, what="training data")
+        valid = None if val is None else self._prepare(val, target, fit=False, what="val")
+        n = len(train)
+        if n < 2:
+            raise InputError("training data needs at least 2 rows")
+        self.n_samples_ = n
+
+        # delta: the ledger's when there is one, else 1/(10 n); never >= 1/n
+        ledger = self._open_ledger()
+        delta = self.delta
+        if delta is None:
+            delta = ledger.budget(self.dataset_id)[1] if ledger is not None else 1.0 / (10 * n)
+        if not 0 < delta < 1.0 / n:
+            raise UsageError(
+                f"delta={delta:g} is not below 1/n = {1.0 / n:g}: with {n} records such a "
+                "delta allows releasing a record outright"
+            )
+        self.delta_ = float(delta)
+
+        per_epoch = steps_per_epoch(n, self.batch_size)
+        q = 1.0 / per_epoch
+        planned = per_epoch * self.epochs
+        self.sample_rate_ = q
+        self.planned_steps_ = planned
+
+        # model: make it trainable with per-sample gradients
+        model = self.model
+        assert model is not None
+        errors = ModuleValidator.validate(model, strict=False)
+        replaced: list[str] = []
+        if errors:
+            before = {name: type(m).__name__ for name, m in model.named_modules()}
+            model = ModuleValidator.fix(model)
+            after = {name: type(m).__name__ for name, m in model.named_modules()}
+            replaced = [
+                f"{name}: {before[name]} -> {after[name]}"
+                for name in before
+                if name in after and before[name] != after[name]
+            ]
+            left = ModuleValidator.validate(model, strict=False)
+            if left:
+                kinds = sorted({type(e).__name__ for e in left})
+                raise InputError(
+                    f"model has layers Opacus cannot train privately ({', '.join(kinds)})"
+                )
+        self.replaced_modules_ = replaced
+        model = model.to(device)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if not trainable:
+            raise UsageError("the model has no trainable parameters")
+
+        # task and loss, from the target and the model's output width
+        x0, y0 = train.batch(torch.arange(min(n, 2)))
+        with torch.no_grad():
+            was_training = model.training
+            model.eval()
+            out0 = model(_to(x0, device))
+            model.train(was_training)
+        self.n_outputs_ = int(out0.shape[-1]) if out0.ndim > 1 else 1
+        self.task_ = self._infer_task(train, y0)
+        criterion = self._make_loss()
+
+        # noise: calibrated for the whole planned run (prior runs are the ledger's job)
+        if self.target_epsilon == "remaining":
+            assert ledger is not None
+            sigma = ledger.calibrate_remaining(
+                self.dataset_id, sample_rate=q, steps=planned, accountant=self.accountant
+            )
+        else:
+            sigma = noise_multiplier_for(
+                epsilon=float(self.target_epsilon),
+                delta=self.delta_,
+                sample_rate=q,
+                steps=planned,
+                accountant=self.accountant,
+            )
+        self.noise_multiplier_ = float(sigma)
+        run_eps = epsilon_of([(sigma, q, planned)], delta=self.delta_, accountant=self.accountant)
+        if ledger is not None:
+            self.run_id_ = ledger.reserve(
+                self.dataset_id,
+                history=[(sigma, q, planned)],
+                delta=self.delta_,
+                accountant=self.accountant,
+                model_name=type(model).__name__,
+                epsilon=run_eps,
+            )
+        self.ledger_ = ledger
+
+        mode = self._choose_mode(model)
+        self.grad_sample_mode_ = mode
+        gsm, opt, dp_loss = self._make_private(model, criterion, sigma, q, n, device)
+        sampler = PoissonSampler(
+            n,
+            q,
+            generator=self._generator(device, 0),
+            device=device if isinstance(train, TensorData) else "cpu",
+            secure=self.secure_mode,
+        )
+        if isinstance(train, TensorData):
+            train = TensorData(_to(train.X, device), _to(train.y, device))
+        self.model_ = model
+        self.history_ = []
+        self.accountant_history_ = []
+        self.steps_ = 0
+        self._state = {
+            "device": device,
+            "train": train,
+            "val": valid,
+            "gsm": gsm,
+            "opt": opt,
+            "dp_loss": dp_loss,
+            "criterion": criterion,
+            "sampler": sampler,
+            "per_epoch": per_epoch,
+            "epoch": 0,
+        }
+
+    def _open_ledger(self) -> Any:
+        if self.ledger is None:
+            return None
+        if isinstance(self.ledger, str) or hasattr(self.ledger, "__fspath__"):
+            from privdl.budget.ledger import BudgetLedger
+
+            return BudgetLedger(self.ledger)
+        return self.ledger
+
+    def _infer_task(self, train: TensorData | IndexedData, y0: Any) -> str:
+        y = train.y if isinstance(train, TensorData) else y0
+        if y is None:
+            raise InputError("training data has no target")
+        if isinstance(self.loss, str):
+            return {"cross_entropy": "multiclass", "bce": "binary", "mse": "regression"}[self.loss]
+        is_float = torch.is_floating_point(y)
+        if is_float and not bool(torch.all(y == torch.round(y))):
+            return "regression"
+        if is_float and self.n_outputs_ == 1 and self.loss is not None:
+            return "regression"
+        return "binary" if self.n_outputs_ == 1 else "multiclass"
+
+    def _make_loss(self) -> nn.Module:
+        if isinstance(self.loss, nn.Module):
+            loss = self.loss
+            if not hasattr(loss, "reduction"):
+                raise UsageError("a loss module needs a 'reduction' attribute (e.g. nn.*Loss)")
+            loss.reduction = "mean"
+            return loss
+        if self.task_ == "regression":
+            return nn.MSELoss(reduction="mean")
+        if self.task_ == "binary":
+            return nn.BCEWithLogitsLoss(reduction="mean")
+        return nn.CrossEntropyLoss(reduction="mean")
+
+    def _choose_mode(self, model: nn.Module) -> str:
+        if self.grad_sample_mode != "auto":
+            return str(self.grad_sample_mode)
+        from opacus.grad_sample import GradSampleModuleFastGradientClipping as Ghost
+
+        # Ghost clipping needs a norm sampler for every layer that owns trainable
+        # parameters and no parameter shared between layers.
+        owners: dict[int, int] = {}
+        for m in model.modules():
+            direct = [p for p in m.parameters(recurse=False) if p.requires_grad]
+            if direct and type(m) not in Ghost.NORM_SAMPLERS:
+                return "hooks"
+            for p in direct:
+                owners[id(p)] = owners.get(id(p), 0) + 1
+        if any(c > 1 for c in owners.values()):
+            return "hooks"
+        return "ghost"
+
+    def _generator(self, device: Any, offset: int) -> Any:
+        if self.seed is None:
+            return None
+        g = torch.Generator(device=device)
+        g.manual_seed(int(self.seed) * 1000 + 17 + offset)
+        return g
+
+    def _make_private(
+        self, model: nn.Module, criterion: nn.Module, sigma: float, q: float, n: int, device: Any
+    ) -> tuple[Any, Any, Any]:
+        from opacus import GradSampleModule
+        from opacus.grad_sample import GradSampleModuleFastGradientClipping
+        from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+        from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        if isinstance(self.optimizer, str):
+            cls = getattr(torch.optim, _OPTIMIZERS[self.optimizer.lower()])
+        else:
+            cls = self.optimizer
+        base = cls(params, lr=self._lr())
+        expected = max(1, round(n * q))
+        noise_gen = self._generator(device, 1)
+        dp_loss = None
+        if self.grad_sample_mode_ == "ghost":
+            gsm = GradSampleModuleFastGradientClipping(
+                model,
+                batch_first=True,
+                loss_reduction="mean",
+                max_grad_norm=self.max_grad_norm,
+                use_ghost_clipping=True,
+            )
+            opt_cls: type = DPOptimizerFastGradientClipping
+        else:
+            mode = self.grad_sample_mode_
+            if mode == "ew":
+                from opacus.grad_sample import GradSampleModuleExpandedWeights
+
+                gsm = GradSampleModuleExpandedWeights(model, batch_first=True, loss_reduction="mean")
+            else:
+                gsm = GradSampleModule(
+                    model,
+                    batch_first=True,
+                    loss_reduction="mean",
+                    force_functorch=mode == "functorch",
+                )
+            opt_cls = DPOptimizer
+        if self.secure_mode:
+            opt_cls = _secure_noise(opt_cls)
+        opt = opt_cls(
+            base,
+            noise_multiplier=sigma,
+            max_grad_norm=self.max_grad_norm,
+            expected_batch_size=expected,
+            loss_reduction="mean",
+            generator=noise_gen,
+        )
+        if self.grad_sample_mode_ == "ghost":
+            dp_loss = DPLossFastGradientClipping(gsm, opt, criterion, loss_reduction="mean")
+        return gsm, opt, dp_loss
+
+    # ------------------------------------------------------------------ training loop
+    def _train(self) -> None:
+        st = self._state
+        t0 = time.perf_counter()
+        try:
+            while st["epoch"] < self.epochs:
+                self._run_epoch()
+        finally:
+            self.fit_seconds_ = time.perf_counter() - t0
+        self._finish()
+
+    def _run_epoch(self) -> None:
+        st = self._state
+        gsm, opt, train = st["gsm"], st["opt"], st["train"]
+        device = st["device"]
+        gsm.train()
+        loss_sum = torch.zeros((), device=device)
+        count = 0
+        for _ in range(st["per_epoch"]):
+            idx = st["sampler"].sample()
+            loss_sum += self._step(idx)
+            count += len(idx)
+            self.steps_ += 1
+        st["epoch"] += 1
+        # the accountant's exact record: one segment, every step taken so far
+        self.accountant_history_ = [
+            (float(self.noise_multiplier_ or 0.0), float(self.sample_rate_ or 0.0), self.steps_)
+        ]
+        metric_name, metric = (None, None)
+        if st["val"] is not None:
+            metric_name, metric = self._evaluate(st["val"])
+        row = {
+            "epoch": st["epoch"],
+            "loss": float(loss_sum.item()) / max(count, 1),
+            "metric": metric,
+            "metric_name": metric_name,
+            "epsilon": self.epsilon,
+            "steps": self.steps_,
+        }
+        self.history_.append(row)
+        self._report_progress(row)
+
+    def _step(self, idx: Any) -> Any:
+        """One DP-SGD step on the Poisson batch ``idx``; returns the summed loss."""
+        st = self._state
+        opt, gsm, train, device = st["opt"], st["gsm"], st["train"], st["device"]
+        ghost = self.grad_sample_mode_ == "ghost"
+        chunk = self.max_physical_batch_size
+        parts = [idx] if chunk is None or len(idx) <= chunk else list(idx.split(chunk))
+        total = torch.zeros((), device=device)
+        opt.zero_grad(set_to_none=True)
+        if len(idx) == 0:
+            # An empty Poisson batch is still a step: noise only, and it is accounted.
+            for p in opt.params:
+                if ghost:
+                    p.grad = torch.zeros_like(p)
+                else:
+                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+            opt.step()
+            return total
+        for k, part in enumerate(parts):
+            xb, yb = train.batch(part)
+            xb, yb = _to(xb, device), _to(yb, device)
+            out = gsm(xb)
+            out, yb = self._shape_for_loss(out, yb)
+            if ghost:
+                loss = st["dp_loss"](out, yb)
+                loss.backward()
+                total = total + loss.loss_per_sample.detach().sum()
+            else:
+                loss = st["criterion"](out, yb)
+                loss.backward()
+                total = total + loss.detach() * len(part)
+            if k < len(parts) - 1:
+                opt.signal_skip_step(do_skip=True)
+                opt.step()
+                if not ghost:
+                    opt.zero_grad(set_to_none=True)
+        opt.step()
+        return total
+
+    def _shape_for_loss(self, out: Any, y: Any) -> tuple[Any, Any]:
+        if self.task_ == "binary":
+            return out.reshape(-1), y.to(out.dtype).reshape(-1)
+        if self.task_ == "regression":
+            if out.ndim == 2 and out.shape[1] == 1 and y.ndim == 1:
+                out = out.reshape(-1)
+            return out, y.to(out.dtype)
+        return out, y.long()
+
+    def _finish(self) -> None:
+        st = self._state
+        gsm = st.get("gsm")
+        if gsm is not None:
+            self.model_ = gsm.to_standard_module()
+            st["gsm"] = None
+        if self.ledger_ is not None and self.run_id_ is not None:
+            self.ledger_.settle(self.run_id_, history=self.accountant_history_)
+        if self.model_ is not None:
+            self.model_.eval()
+
+    def _report_progress(self, row: dict[str, Any]) -> None:
+        show = self.progress
+        if show == "auto":
+            show = sys.stderr.isatty()
+        if not show:
+            return
+        metric = "" if row["metric"] is None else f"  val {row['metric_name']} {row['metric']:.4f}"
+        print(
+            f"epoch {row['epoch']}/{self.epochs}  loss {row['loss']:.4f}{metric}"
+            f"  epsilon {row['epsilon']:.3f}",
+            file=sys.stderr,
+        )
+
+    # ------------------------------------------------------------------ inference
+    def _require_fitted(self) -> nn.Module:
+        if self.model_ is None:
+            raise UsageError("the trainer is not fitted yet: call fit() first")
+        return self.model_
+
+    def _features(self, X: Any) -> Any:
+        import pandas as pd
+
+        if isinstance(X, pd.DataFrame):
+            if self.encoder_ is None:
+                raise UsageError("a DataFrame needs the encoder the model was trained with")
+            X = self.encoder_.transform(X)
+        if isinstance(X, tuple | list) and len(X) == 2:
+            X = X[0]
+        data = as_data((X, None), what="X")
+        assert isinstance(data, TensorData)
+        return data.X
+
+    def _forward(self, X: Any, batch: int = 8192) -> Any:
+        model = self._require_fitted()
+        feats = self._features(X)
+        device = next(model.parameters()).device
+        outs = []
+        model.eval()
+        with torch.no_grad():
+            for start in range(0, len(feats), batch):
+                outs.append(model(_to(feats[start : start + batch], device)).float().cpu())
+        return torch.cat(outs) if outs else torch.zeros((0, self.n_outputs_ or 1))
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Raw model outputs (logits) as a numpy array."""
+        return self._forward(X).numpy()
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, shape ``(n, n_classes)`` (classification only)."""
+        if self.task_ == "regression":
+            raise UsageError("predict_proba is for classification")
+        out = self._forward(X)
+        if self.task_ == "binary":
+            p1 = torch.sigmoid(out.reshape(-1))
+            return torch.stack([1 - p1, p1], dim=1).numpy()
+        return torch.softmax(out, dim=1).numpy()
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted labels (classification) or values (regression)."""
+        out = self._forward(X)
+        if self.task_ == "regression":
+            return (out.reshape(-1) if out.ndim == 2 and out.shape[1] == 1 else out).numpy()
+        if self.task_ == "binary":
+            return (out.reshape(-1) > 0).long().numpy()
+        return out.argmax(dim=1).numpy()
+
+    def loss_per_sample(self, X: Any, y: Any) -> np.ndarray:
+        """Per-record loss of the trained model (for membership-inference audits)."""
+        import pandas as pd
+
+        if isinstance(X, pd.DataFrame) and isinstance(y, str):
+            assert self.encoder_ is not None
+            y = self.encoder_.target_encode(X[y])
+        out = self._forward(X)
+        yt = as_data((np.zeros((len(out), 1), np.float32), y), what="y").y
+        out, yt = self._shape_for_loss(out, yt)
+        crit = self._make_loss()
+        old = crit.reduction
+        crit.reduction = "none"
+        try:
+            with torch.no_grad():
+                losses = crit(out, yt)
+        finally:
+            crit.reduction = old
+        if losses.ndim > 1:
+            losses = losses.reshape(len(losses), -1).mean(dim=1)
+        return losses.numpy()
+
+    def score(self, X: Any, y: Any) -> float:
+        """Accuracy (classification) or negative mean squared error (regression)."""
+        return self._metric(self._forward(X), as_data((np.zeros((1, 1)), y), what="y").y)[1]
+
+    def _evaluate(self, val: TensorData | IndexedData) -> tuple[str, float]:
+        if isinstance(val, IndexedData):
+            loader = torch.utils.data.DataLoader(val.dataset, batch_size=1024, collate_fn=val.collate_fn)
+            outs, ys = [], []
+            for xb, yb in loader:
+                outs.append(self._forward((xb, None)))
+                ys.append(yb)
+            return self._metric(torch.cat(outs), torch.cat(ys))
+        return self._metric(self._forward((val.X, None)), val.y)
+
+    def _metric(self, out: Any, y: Any) -> tuple[str, float]:
+        y = y.cpu()
+        if self.task_ == "regression":
+            out = out.reshape(y.shape) if out.numel() == y.numel() else out
+            return "neg_mse", -float(((out - y.float()) ** 2).mean())
+        if self.task_ == "binary":
+            pred = (out.reshape(-1) > 0).long()
+        else:
+            pred = out.argmax(dim=1)
+        return "accuracy", float((pred == y.long().reshape(-1)).float().mean())
+
+    # ------------------------------------------------------------------ reports, saving
+    def report(self, **kwargs: Any) -> Any:
+        """A :class:`~privdl.PrivacyReport` for this run (see its ``from_trainer``)."""
+        from privdl.budget.report import PrivacyReport
+
+        return PrivacyReport.from_trainer(self, **kwargs)
+
+    def save(self, path: Any, *, key: Any = None) -> Any:
+        """Save the trained model (safetensors + signed JSON); see :mod:`privdl.train.checkpoint`."""
+        from privdl.train.checkpoint import save_model
+
+        return save_model(self, path, key=key)
+
+    @classmethod
+    def load(cls, path: Any, *, model: nn.Module | None = None, key: Any = None) -> PrivateTrainer:
+        """Load a model saved by :meth:`save`, verifying its signature first."""
+        from privdl.train.checkpoint import load_model
+
+        return load_model(path, model=model, key=key)
+
+    def __repr__(self) -> str:
+        state = f"epsilon={self.epsilon:.3g}, steps={self.steps_}" if self.steps_ else "unfitted"
+        return f"PrivateTrainer({type(self.model).__name__}, target_epsilon={self.target_epsilon!r}, {state})"
+
+
+# ---------------------------------------------------------------------------------------
+def _to(x: Any, device: Any) -> Any:
+    if x is None:
+        return None
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(_to(v, device) for v in x)
+    return x
+
+
+def _new_encoder() -> Any:
+    try:
+        from privdl.train.encoding import TableEncoder
+    except ImportError as exc:  # pragma: no cover - arrives with the encoder helper
+        raise MissingDependencyError("privdl.train.encoding.TableEncoder is not available") from exc
+    return TableEncoder()
+
+
+class _NoOp(contextlib.AbstractContextManager["_NoOp"]):
+    def update(self, **_: Any) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_SECURE_CLASSES: dict[type, type] = {}
+
+
+def _secure_noise(base: type) -> type:
+    """``base`` DP optimizer whose Gaussian noise comes from ChaCha20 (os.urandom key).
+
+    Like Opacus' secure mode, each coordinate is the sum of four Gaussian draws divided
+    by two (same variance), which defeats the known floating-point attacks on sampled
+    Gaussians; unlike it, the draws come from a CSPRNG instead of torchcsprng.
+    """
+    if base in _SECURE_CLASSES:
+        return _SECURE_CLASSES[base]
+    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+    class SecureNoise(base):  # type: ignore[misc, valid-type]
+        def add_noise(self) -> None:
+            rng = self.__dict__.setdefault("_privdl_rng", ChaChaRandom())
+            std = self.noise_multiplier * self.max_grad_norm
+            for p in self.params:
+                _check_processed_flag(p.summed_grad)
+                count = p.summed_grad.numel()
+                z = sum(rng.normal(count) for _ in range(4)) / 2.0
+                noise = torch.from_numpy(std * z).to(p.summed_grad.device, p.summed_grad.dtype)
+                p.grad = (p.summed_grad + noise.view_as(p.summed_grad)).view_as(p)
+                _mark_as_processed(p.summed_grad)
+
+    SecureNoise.__name__ = f"Secure{base.__name__}"
+    _SECURE_CLASSES[base] = SecureNoise
+    return SecureNoise
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield

@@ -1,0 +1,289 @@
+"""PrivacyReport from a (stand-in) trained model and from a ledger.
+
+The stand-in trainer carries what PrivateTrainer exposes, with real numbers: its
+accountant history comes from stepping Opacus' RDP accountant, its per-epoch epsilons
+from that accountant, and its model is a real scikit-learn classifier whose per-record
+losses feed the membership audit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from privdl.budget.ledger import BudgetLedger
+from privdl.budget.mia import dp_advantage_bound, loss_threshold_audit
+from privdl.budget.report import PrivacyReport, group_privacy
+from privdl.errors import UsageError
+
+DELTA = 1e-5
+
+
+@dataclass
+class StandInTrainer:
+    """The fitted-trainer surface the report reads (see PrivateTrainer)."""
+
+    model_: Any
+    accountant_history_: list
+    history_: list
+    noise_multiplier_: float
+    sample_rate_: float
+    steps_: int
+    epochs: int
+    batch_size: int
+    max_grad_norm: float
+    delta_: float
+    epsilon: float
+    target_epsilon: float | None
+    accountant: str = "rdp"
+    secure_mode: bool = False
+    n_samples_: int = 0
+    replaced_modules_: list = field(default_factory=list)
+    dataset_id: str | None = None
+    ledger_: Any = None
+    run_id_: str | None = None
+
+    def loss_per_sample(self, X, y):
+        proba = self.model_.predict_proba(X)
+        return -np.log(np.clip(proba[np.arange(len(y)), y], 1e-12, 1.0))
+
+
+def _stand_in(model, *, n: int, epochs: int = 3, sigma: float = 1.1, batch: int = 64, **kw):
+    from opacus.accountants import RDPAccountant
+
+    q = batch / n
+    steps_per_epoch = round(1 / q)
+    acc = RDPAccountant()
+    per_epoch = []
+    for epoch in range(1, epochs + 1):
+        for _ in range(steps_per_epoch):
+            acc.step(noise_multiplier=sigma, sample_rate=q)
+        per_epoch.append(
+            {"epoch": epoch, "loss": 1.0 / epoch, "metric": 0.8 + 0.02 * epoch,
+             "epsilon": acc.get_epsilon(delta=DELTA)}
+        )
+    return StandInTrainer(
+        model_=model,
+        accountant_history_=list(acc.history),
+        history_=per_epoch,
+        noise_multiplier_=sigma,
+        sample_rate_=q,
+        steps_=steps_per_epoch * epochs,
+        epochs=epochs,
+        batch_size=batch,
+        max_grad_norm=1.0,
+        delta_=DELTA,
+        epsilon=acc.get_epsilon(delta=DELTA),
+        target_epsilon=kw.pop("target_epsilon", None),
+        n_samples_=n,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def data():
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(y))
+    tr, te = idx[:280], idx[280:]
+    return X[tr], y[tr], X[te], y[te]
+
+
+def test_report_from_trainer_recomputes_epsilon(data, tmp_path: Path) -> None:
+    from opacus.accountants import PRVAccountant
+    from sklearn.linear_model import LogisticRegression
+
+    X, y, Xt, yt = data
+    trainer = _stand_in(
+        LogisticRegression(max_iter=500).fit(X, y), n=len(y), sigma=4.0, target_epsilon=1.0
+    )
+    report = PrivacyReport.from_trainer(trainer, baseline=0.95, max_records_per_user=3)
+    assert report.scope == "run"
+    assert report.epsilon == pytest.approx(trainer.epsilon, rel=0.01)
+    # the same history under PRV (independent recomputation with Opacus)
+    prv = PRVAccountant()
+    prv.history = list(trainer.accountant_history_)
+    from privdl.train.calibrate import epsilon_of
+
+    assert epsilon_of(report.history, delta=DELTA, accountant="prv") == pytest.approx(
+        prv.get_epsilon(delta=DELTA), rel=0.01
+    )
+    # per-epoch epsilon recomputed from the history prefix, equal to Opacus' per-epoch figure
+    assert [e["epoch"] for e in report.epochs] == [1, 2, 3]
+    for row, entry in zip(report.epochs, trainer.history_, strict=True):
+        assert row["epsilon"] == pytest.approx(entry["epsilon"], rel=0.01)
+    assert report.epochs[0]["epsilon"] < report.epochs[-1]["epsilon"]
+    # user level by group privacy
+    unit = report.privacy_unit
+    assert unit["unit"] == "user" and unit["max_records_per_user"] == 3
+    assert unit["epsilon"] == pytest.approx(3 * report.epsilon)
+    assert unit["delta"] == pytest.approx(3 * math.exp(2 * report.epsilon) * DELTA)
+    assert report.utility == {
+        "metric": "validation metric",
+        "private": pytest.approx(0.86),
+        "baseline": 0.95,
+        "difference": pytest.approx(-0.09),
+    }
+    assert report.training["noise_multiplier"] == 4.0
+    assert report.training["steps"] == trainer.steps_
+    assert any("secure_mode" in w for w in report.warnings)
+    assert not any("reported" in w or "vacuous" in w for w in report.warnings)
+    assert PrivacyReport.from_json(report.to_json()) == report
+
+    text = report.statement()
+    for phrase in ("Poisson sampling", "add or remove one record", "central DP",
+                   "every intermediate model", "user-level"):
+        assert phrase in text
+
+
+def test_user_level_guarantee_at_large_epsilon_is_flagged(data) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    X, y, _, _ = data
+    trainer = _stand_in(LogisticRegression(max_iter=200).fit(X, y), n=len(y), sigma=1.1)
+    report = PrivacyReport.from_trainer(trainer, max_records_per_user=3)
+    assert report.privacy_unit["delta"] == 1.0
+    assert any("vacuous" in w for w in report.warnings)
+
+
+def test_report_flags_a_trainer_epsilon_that_disagrees(data) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    X, y, _, _ = data
+    trainer = _stand_in(LogisticRegression(max_iter=200).fit(X, y), n=len(y))
+    trainer.epsilon = trainer.epsilon / 2  # a trainer that under-reports
+    report = PrivacyReport.from_trainer(trainer)
+    assert report.epsilon > trainer.epsilon * 1.5
+    assert any("recomputation" in w for w in report.warnings)
+
+
+def test_membership_audit_detects_a_memorizing_model(data) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+
+    X, _, Xt, _ = data
+    # random labels: nothing generalizes, so any advantage is memorization
+    rng = np.random.default_rng(2)
+    members = (X[:150], rng.integers(0, 2, 150))
+    non_members = (Xt[:150], rng.integers(0, 2, 150))
+    # distance-weighted k-NN memorizes its training set: zero loss on every member
+    knn = KNeighborsClassifier(n_neighbors=15, weights="distance").fit(*members)
+    memorizer = _stand_in(knn, n=150)
+    leaky = PrivacyReport.from_trainer(memorizer, audit_data=(members, non_members))
+    mia = leaky.membership_inference
+    assert mia is not None
+    assert mia["n_members"] == 150 and mia["n_non_members"] == 150
+    assert mia["auc"] > 0.9
+    # a strongly regularized linear model barely distinguishes members
+    smooth = _stand_in(LogisticRegression(C=0.01, max_iter=500).fit(*members), n=150)
+    quiet = PrivacyReport.from_trainer(smooth, audit_data=(members, non_members))
+    assert quiet.membership_inference["auc"] < 0.7
+    assert quiet.membership_inference["advantage"] < mia["advantage"]
+    assert quiet.membership_inference["dp_bound"] == pytest.approx(
+        dp_advantage_bound(quiet.epsilon, DELTA)
+    )
+
+
+def test_loss_threshold_audit_matches_sklearn_auc() -> None:
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    rng = np.random.default_rng(1)
+    m = np.round(rng.exponential(0.8, 300), 2)  # rounding creates ties
+    n = np.round(rng.exponential(1.2, 200), 2)
+    audit = loss_threshold_audit(m, n)
+    labels = np.r_[np.ones(300), np.zeros(200)]
+    assert audit.auc == pytest.approx(roc_auc_score(labels, -np.r_[m, n]))
+    fpr, tpr, _ = roc_curve(labels, -np.r_[m, n])
+    assert audit.advantage == pytest.approx(np.max(tpr - fpr))
+
+
+def test_dp_bound_and_group_privacy_formulas() -> None:
+    assert dp_advantage_bound(0.0, 0.0) == 0.0
+    assert dp_advantage_bound(1.0, 0.0) == pytest.approx((math.e - 1) / (math.e + 1))
+    assert dp_advantage_bound(1e4, 1e-5) == 1.0
+    assert group_privacy(0.5, 1e-6, 1) == (0.5, 1e-6)
+    eps, delta = group_privacy(0.5, 1e-6, 4)
+    assert eps == 2.0 and delta == pytest.approx(4 * math.exp(1.5) * 1e-6)
+    with pytest.raises(UsageError):
+        group_privacy(1.0, 1e-5, 0)
+
+
+def test_report_with_ledger_before_and_after(data, tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    X, y, _, _ = data
+    with BudgetLedger(tmp_path / "b.db") as led:
+        led.set_budget("bc", epsilon=20.0, delta=DELTA, accountant="rdp")
+        led.reserve("bc", history=[(1.5, 0.05, 200)], delta=DELTA, accountant="rdp")
+        trainer = _stand_in(
+            LogisticRegression(max_iter=200).fit(X, y), n=len(y), dataset_id="bc", ledger_=led
+        )
+        before = led.status("bc")
+        run = led.reserve("bc", history=trainer.accountant_history_, delta=DELTA, accountant="rdp")
+        trainer.run_id_ = run
+        led.settle(run, history=trainer.accountant_history_)
+        after = led.status("bc")
+        report = PrivacyReport.from_trainer(trainer, ledger_before=before, ledger_after=after)
+    d = report.dataset
+    assert d is not None
+    assert d["total_epsilon"] == 20.0
+    assert d["spent_before"] == pytest.approx(before.spent, rel=1e-6)
+    assert d["spent_after"] == pytest.approx(after.spent, rel=1e-6)
+    assert d["spent_before"] < report.epsilon < d["spent_after"] < d["naive_sum"]
+
+
+def test_report_from_ledger_and_all_formats(tmp_path: Path) -> None:
+    with BudgetLedger(tmp_path / "b.db") as led:
+        led.set_budget("adult", epsilon=6.0, delta=DELTA)
+        r1 = led.reserve("adult", history=[(1.1, 0.01, 1000)], delta=DELTA, model_name="lr")
+        led.settle(r1, history=[(1.1, 0.01, 900)])
+        led.reserve("adult", history=[(1.3, 0.02, 500)], delta=DELTA, model_name="mlp")
+        status = led.status("adult")
+        report = PrivacyReport.from_ledger(led, "adult")
+    assert report.scope == "dataset"
+    assert report.epsilon == pytest.approx(status.spent)
+    assert len(report.runs) == 2
+    assert report.runs[0]["composed_after"] < report.runs[1]["composed_after"] == pytest.approx(
+        report.epsilon
+    )
+    assert report.dataset["naive_sum"] > report.epsilon
+    assert any("still reserved" in w for w in report.warnings)
+
+    html = report.save(tmp_path / "r.html").read_text()
+    assert html.startswith("<!doctype html>")
+    assert "data:image/png;base64," in html  # the plot is embedded
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+    md = report.save(tmp_path / "r.md").read_text()
+    assert "# Privacy report: dataset adult" in md
+    assert "hyperparameter tuning" in md and "Poisson sampling" in md
+    payload = json.loads(report.save(tmp_path / "r.json").read_text())
+    assert PrivacyReport.from_json(payload) == report
+    assert "anonymous" not in md.lower()
+
+
+def test_trainer_report_html_has_epoch_plot(data, tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    X, y, _, _ = data
+    trainer = _stand_in(LogisticRegression(max_iter=200).fit(X, y), n=len(y))
+    html = PrivacyReport.from_trainer(trainer).save(tmp_path / "run.html").read_text()
+    assert "epsilon and validation metric per epoch" in html
+    assert "data:image/png;base64," in html
+
+
+def test_unfitted_trainer_is_refused() -> None:
+    class Unfitted:
+        accountant_history_ = None
+
+    with pytest.raises(UsageError, match="not been fitted"):
+        PrivacyReport.from_trainer(Unfitted())

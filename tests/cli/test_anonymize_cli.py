@@ -1,0 +1,191 @@
+"""`privdl anonymize` as a user runs it: the issue's end-to-end check and every bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+
+import pandas as pd
+import pytest
+
+from privdl.io import read_table
+
+ARGS = ["--id", "email", "--id", "full_name", "--id", "phone:mask", "--drop", "ip", "--key-env", "PRIVDL_KEY"]
+
+
+@pytest.fixture
+def env_key(monkeypatch, key_hex):
+    monkeypatch.setenv("PRIVDL_KEY", key_hex)
+    return key_hex
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_release_pseudonymizes_masks_and_drops(run_cli, users_csv, users, tmp_path, env_key):
+    before = _digest(users_csv)
+    out1, out2 = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    code, stdout, stderr = run_cli("anonymize", users_csv, "-o", out1, *ARGS)
+    assert code == 0, stderr
+    assert "released 300 of 300 rows" in stdout
+    code, _, _ = run_cli("anonymize", users_csv, "-o", out2, *ARGS)
+    assert code == 0
+    assert _digest(users_csv) == before  # the input is never modified
+    a, b = read_table(out1), read_table(out2)
+    assert "ip" not in a.columns
+    assert set(a["email"]).isdisjoint(users["email"]) and set(a["full_name"]).isdisjoint(users["full_name"])
+    joined = " ".join(a.astype(str).to_numpy().ravel())
+    assert not any(e in joined for e in users["email"].head(50))
+    assert a["email"].tolist() == b["email"].tolist()  # same key, same tokens
+    assert a["email"].str.len().eq(32).all()
+    for raw, masked in zip(users["phone"], a["phone"], strict=True):
+        digits = [c for c in raw if c.isdigit()]
+        assert masked.endswith("".join(digits[-4:]))
+        assert sum(c.isdigit() for c in masked) == 4
+    # passthrough columns unchanged
+    pd.testing.assert_series_equal(a["plays_week1"], users["plays_week1"], check_dtype=False)
+
+
+def test_another_key_gives_other_tokens(run_cli, users_csv, tmp_path, monkeypatch, env_key):
+    run_cli("anonymize", users_csv, "-o", tmp_path / "a.csv", *ARGS)
+    monkeypatch.setenv("PRIVDL_KEY", secrets.token_hex(32))
+    run_cli("anonymize", users_csv, "-o", tmp_path / "b.csv", *ARGS)
+    a, b = read_table(tmp_path / "a.csv"), read_table(tmp_path / "b.csv")
+    assert set(a["email"]).isdisjoint(b["email"])
+
+
+def test_key_file(run_cli, users_csv, tmp_path, key):
+    path = tmp_path / "key"
+    key.to_file(path)
+    code, _, err = run_cli("anonymize", users_csv, "-o", tmp_path / "o.csv", "--id", "email", "--key-file", path)
+    assert code == 0, err
+
+
+def test_report_lists_passthrough_and_never_the_key(run_cli, users_csv, tmp_path, env_key):
+    for name in ("r.json", "r.md", "r.html"):
+        code, _, err = run_cli("anonymize", users_csv, "-o", tmp_path / "o.csv", *ARGS, "--report", tmp_path / name)
+        assert code == 0, err
+        text = (tmp_path / name).read_text()
+        assert env_key not in text and bytes.fromhex(env_key).hex()[:16] not in text
+        assert "plays_week1" in text  # passed through, listed
+        assert "anonymous" not in text.lower().replace("not anonymous", "").replace("anonymous data", "")
+
+
+def test_warns_about_unroled_identifier_columns(run_cli, users_csv, tmp_path, env_key):
+    code, _, err = run_cli("anonymize", users_csv, "-o", tmp_path / "o.csv", "--id", "email", "--key-env", "PRIVDL_KEY")
+    assert code == 0
+    assert "column 'ip' looks like IP addresses" in err
+    assert "column 'phone' looks like phone numbers" in err
+    assert "column 'full_name'" in err
+    assert "birth_date" not in err  # dates are not phone numbers
+
+
+def test_policy_file(run_cli, users_csv, tmp_path, env_key):
+    policy = tmp_path / "policy.toml"
+    policy.write_text('drop = ["ip"]\n[identifiers]\nemail = { transform = "encrypt", normalize = "email" }\n')
+    code, _, err = run_cli("anonymize", users_csv, "-o", tmp_path / "o.jsonl", "--policy", policy, "--key-env", "PRIVDL_KEY")
+    assert code == 0, err
+    assert read_table(tmp_path / "o.jsonl")["email"].str.startswith("enc1.").all()
+
+
+def _ragged(tmp_path):
+    path = tmp_path / "ragged.csv"
+    path.write_text("email,age\nalice@example.org,31\nbob@example.org,44,extra\n")
+    return path
+
+
+def _empty(tmp_path):
+    path = tmp_path / "empty.csv"
+    path.write_text("")
+    return path
+
+
+def _binary(tmp_path):
+    path = tmp_path / "garbage.csv"
+    path.write_bytes(b"\xff\xfe\x00" + os.urandom(2000))
+    return path
+
+
+def _unknown(tmp_path):
+    path = tmp_path / "users.xlsx"
+    path.write_bytes(b"PK")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "extra", "match"),
+    [
+        ("missing input", lambda t, u: [t / "absent.csv"], "does not exist"),
+        ("empty file", lambda t, u: [_empty(t)], "is empty"),
+        ("unreadable file", lambda t, u: [_binary(t)], "garbage.csv"),
+        ("unknown extension", lambda t, u: [_unknown(t)], "unknown table format"),
+        ("ragged rows", lambda t, u: [_ragged(t)], "line 3 has 3 fields, expected 2"),
+    ],
+)
+def test_bad_input_files(run_cli, tmp_path, users_csv, env_key, case, extra, match):
+    out = tmp_path / "out.csv"
+    code, stdout, err = run_cli("anonymize", *extra(tmp_path, users_csv), "-o", out, "--id", "email", "--key-env", "PRIVDL_KEY")
+    assert code == 2, case
+    assert match in err and err.count("\n") == 1 and "Traceback" not in err
+    assert "alice" not in err and "bob@" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--id", "no_such_column"], "column 'no_such_column' is named in the policy but not found"),
+        (["--id", "email", "--drop", "email"], "column 'email' has two roles"),
+        (["--id", "email", "--qi", "email", "-k", "2"], "column 'email' has two roles"),
+    ],
+)
+def test_bad_columns(run_cli, users_csv, tmp_path, env_key, args, match):
+    out = tmp_path / "out.csv"
+    code, _, err = run_cli("anonymize", users_csv, "-o", out, *args, "--key-env", "PRIVDL_KEY")
+    assert code == 2 and match in err and not out.exists()
+
+
+def test_no_key_and_short_key(run_cli, users_csv, tmp_path, monkeypatch):
+    out = tmp_path / "out.csv"
+    code, _, err = run_cli("anonymize", users_csv, "-o", out, "--id", "email")
+    assert code == 2 and "key" in err and not out.exists()
+    monkeypatch.delenv("PRIVDL_KEY", raising=False)
+    code, _, err = run_cli("anonymize", users_csv, "-o", out, "--id", "email", "--key-env", "PRIVDL_KEY")
+    assert code == 2 and "PRIVDL_KEY is not set" in err
+    short = secrets.token_hex(16)
+    monkeypatch.setenv("PRIVDL_KEY", short)
+    code, _, err = run_cli("anonymize", users_csv, "-o", out, "--id", "email", "--key-env", "PRIVDL_KEY")
+    assert code == 2 and "at least 32" in err and short not in err and not out.exists()
+
+
+def test_output_equal_to_input_and_missing_folder(run_cli, users_csv, tmp_path, env_key):
+    copy = tmp_path / "users.csv"
+    copy.write_bytes(users_csv.read_bytes())
+    before = _digest(copy)
+    code, _, err = run_cli("anonymize", copy, "-o", copy, "--id", "email", "--key-env", "PRIVDL_KEY")
+    assert code == 2 and "is the input file" in err and _digest(copy) == before
+    code, _, err = run_cli("anonymize", copy, "-o", tmp_path / "nope" / "o.csv", "--id", "email", "--key-env", "PRIVDL_KEY")
+    assert code == 2 and "output folder" in err
+
+
+def test_usage_errors_are_one_line(run_cli, users_csv):
+    code, _, err = run_cli("anonymize", users_csv)
+    assert code == 2 and err.count("\n") == 1 and "-o" in err
+    code, _, err = run_cli("anonymize", users_csv, "-o", "x.csv")
+    assert code == 2 and "nothing to do" in err
+
+
+def test_console_script_subprocess(users_csv, tmp_path, key_hex):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PRIVDL_KEY": key_hex}
+    out = tmp_path / "o.csv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "privdl", "anonymize", str(users_csv), "-o", str(out), "--id", "nope", "--key-env", "PRIVDL_KEY"],
+        capture_output=True, text=True, env=env, check=False,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+    assert not out.exists()
