@@ -58,8 +58,12 @@ def main() -> None:
     rate_d, rate_e = args.rows / t_distinct, args.rows / t_events
     print(f"cores: {os.cpu_count()}  rows: {args.rows:,}  (anchor measured on {len(sample):,} rows)")
     print(f"{'workload':<44}{'privdl rows/s':>15}{'naive rows/s':>15}{'ratio':>8}{'goal':>8}")
-    print(f"{'1M distinct e-mails':<44}{rate_d:>15,.0f}{naive_rate:>15,.0f}{rate_d / naive_rate:>7.1f}x{'>=2x':>8}")
-    print(f"{'1M events from 50,000 users':<44}{rate_e:>15,.0f}{naive_rate:>15,.0f}{rate_e / naive_rate:>7.1f}x{'>=10x':>8}")
+    print(
+        f"{'1M distinct e-mails':<44}{rate_d:>15,.0f}{naive_rate:>15,.0f}{rate_d / naive_rate:>7.1f}x{'>=2x':>8}"
+    )
+    print(
+        f"{'1M events from 50,000 users':<44}{rate_e:>15,.0f}{naive_rate:>15,.0f}{rate_e / naive_rate:>7.1f}x{'>=10x':>8}"
+    )
 
 
 if __name__ == "__main__":

@@ -19,19 +19,73 @@ import numpy as np
 import pandas as pd
 
 FIRST = [
-    "Anna", "Ben", "Chloe", "David", "Emma", "Felix", "Greta", "Hugo", "Ines", "Jonas", "Klara",
-    "Luca", "Mia", "Noah", "Olga", "Paul", "Rosa", "Samir", "Tara", "Umar", "Vera", "Wim",
-    "Yara", "Zoe", "Aziz", "Lena", "Marek", "Nora", "Oskar", "Priya",
+    "Anna",
+    "Ben",
+    "Chloe",
+    "David",
+    "Emma",
+    "Felix",
+    "Greta",
+    "Hugo",
+    "Ines",
+    "Jonas",
+    "Klara",
+    "Luca",
+    "Mia",
+    "Noah",
+    "Olga",
+    "Paul",
+    "Rosa",
+    "Samir",
+    "Tara",
+    "Umar",
+    "Vera",
+    "Wim",
+    "Yara",
+    "Zoe",
+    "Aziz",
+    "Lena",
+    "Marek",
+    "Nora",
+    "Oskar",
+    "Priya",
 ]
 LAST = [
-    "Schmidt", "Garcia", "Rossi", "Nowak", "Dubois", "Jensen", "Silva", "Novak", "Horvat",
-    "Kowalski", "Moreau", "Fischer", "Costa", "Andersen", "Weber", "Martin", "Lopez", "Meyer",
-    "Ricci", "Janssen", "Berg", "Kaya", "Ivanova", "Byrne", "Lindqvist",
+    "Schmidt",
+    "Garcia",
+    "Rossi",
+    "Nowak",
+    "Dubois",
+    "Jensen",
+    "Silva",
+    "Novak",
+    "Horvat",
+    "Kowalski",
+    "Moreau",
+    "Fischer",
+    "Costa",
+    "Andersen",
+    "Weber",
+    "Martin",
+    "Lopez",
+    "Meyer",
+    "Ricci",
+    "Janssen",
+    "Berg",
+    "Kaya",
+    "Ivanova",
+    "Byrne",
+    "Lindqvist",
 ]
 CITIES = {  # city -> ZIP prefix (3 digits) and phone area code
-    "Berlin": ("101", "30"), "Hamburg": ("204", "40"), "Munich": ("803", "89"),
-    "Cologne": ("506", "221"), "Frankfurt": ("603", "69"), "Stuttgart": ("701", "711"),
-    "Leipzig": ("041", "341"), "Dresden": ("010", "351"),
+    "Berlin": ("101", "30"),
+    "Hamburg": ("204", "40"),
+    "Munich": ("803", "89"),
+    "Cologne": ("506", "221"),
+    "Frankfurt": ("603", "69"),
+    "Stuttgart": ("701", "711"),
+    "Leipzig": ("041", "341"),
+    "Dresden": ("010", "351"),
 }
 DOMAINS = ["example.com", "mail.example", "post.example.org", "web.example.net"]
 
@@ -46,19 +100,20 @@ def generate(rows: int, seed: int) -> pd.DataFrame:
     sex = rng.choice(["female", "male", "diverse"], rows, p=[0.49, 0.49, 0.02])
     today = date(2026, 11, 1)
     birth = [
-        today - timedelta(days=int(a * 365.25 + d)) for a, d in zip(age, rng.integers(0, 365, rows))
+        today - timedelta(days=int(a * 365.25 + d))
+        for a, d in zip(age, rng.integers(0, 365, rows), strict=True)
     ]
     signup = [today - timedelta(days=int(d)) for d in rng.integers(30, 1500, rows)]
-    zips = [CITIES[c][0] + f"{z:02d}" for c, z in zip(city, rng.integers(0, 100, rows))]
+    zips = [CITIES[c][0] + f"{z:02d}" for c, z in zip(city, rng.integers(0, 100, rows), strict=True)]
     phones = [
         f"+49 {CITIES[c][1]} {n // 10000:04d}{n % 10000:04d}"[:18]
-        for c, n in zip(city, rng.integers(10_000_000, 99_999_999, rows))
+        for c, n in zip(city, rng.integers(10_000_000, 99_999_999, rows), strict=True)
     ]
     ips = [f"10.{a}.{b}.{c}" for a, b, c in rng.integers(0, 255, (rows, 3))]
     user_id = [f"u{n:07d}" for n in rng.choice(9_000_000, rows, replace=False) + 1_000_000]
     email = [
-        f"{f.lower()}.{l.lower()}{n}@{d}"
-        for f, l, n, d in zip(first, last, rng.integers(1, 999, rows), rng.choice(DOMAINS, rows))
+        f"{f.lower()}.{s.lower()}{n}@{d}"
+        for f, s, n, d in zip(first, last, rng.integers(1, 999, rows), rng.choice(DOMAINS, rows), strict=True)
     ]
     engagement = rng.gamma(2.0, 1.0, rows)
     plays1 = rng.poisson(engagement * 6)
@@ -69,7 +124,7 @@ def generate(rows: int, seed: int) -> pd.DataFrame:
         {
             "user_id": user_id,
             "email": email,
-            "full_name": [f"{f} {l}" for f, l in zip(first, last)],
+            "full_name": [f"{f} {s}" for f, s in zip(first, last, strict=True)],
             "phone": phones,
             "ip": ips,
             "birth_date": [d.isoformat() for d in birth],

@@ -244,19 +244,22 @@ def _infer_types(table: Any, keep_text: set[str]) -> Any:
     return pa.table(arrays, names=table.column_names)
 
 
-def _read_csv_with_progress(path, read_opts, parse_opts, convert_opts, size):  # type: ignore[no-untyped-def]
+def _read_csv_with_progress(path: Path, read_opts: Any, parse_opts: Any, convert_opts: Any, size: int) -> Any:
     import pyarrow as pa
     from pyarrow import csv as pacsv
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
     batches = []
-    with open(path, "rb") as raw, Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-    ) as bar:
+    with (
+        open(path, "rb") as raw,
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+        ) as bar,
+    ):
         task = bar.add_task(f"reading {path.name}", total=size)
         reader = pacsv.open_csv(
             raw, read_options=read_opts, parse_options=parse_opts, convert_options=convert_opts
@@ -311,7 +314,7 @@ def _open_text(path: Path) -> IO[str]:
         import lzma
 
         return io.TextIOWrapper(lzma.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")  # noqa: SIM115 - returned to caller
+    return open(path, encoding="utf-8", newline="")  # returned open to the caller
 
 
 def _csv_error(path: Path, delimiter: str, expected: int, message: str) -> InputError:
@@ -321,7 +324,7 @@ def _csv_error(path: Path, delimiter: str, expected: int, message: str) -> Input
         with _open_text(path) as fh:
             reader = csv.reader(fh, delimiter=delimiter)
             for row in reader:
-                if len(row) != expected and not (len(row) == 0):
+                if len(row) != expected and len(row) != 0:
                     return InputError(
                         f"{path}: line {reader.line_num} has {len(row)} fields, expected {expected}"
                     )
@@ -386,7 +389,7 @@ def _read_database(src: TableSource) -> pd.DataFrame:
             names = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
             if src.table not in names:
                 raise InputError(f"{src.path}: table {src.table!r} not found")
-            return con.execute(f'SELECT * FROM "{src.table}"').df()
+            return con.execute(f'SELECT * FROM "{src.table}"').df()  # noqa: S608 - name checked against SHOW TABLES
         finally:
             con.close()
     try:
@@ -395,7 +398,9 @@ def _read_database(src: TableSource) -> pd.DataFrame:
         raise InputError(f"{src.path} cannot be opened as a SQLite database") from None
     try:
         try:
-            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table','view')")}
+            names = {
+                r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table','view')")
+            }
         except sqlite3.DatabaseError:
             raise InputError(f"{src.path} is not a SQLite database") from None
         if src.query is not None:
@@ -403,7 +408,7 @@ def _read_database(src: TableSource) -> pd.DataFrame:
         else:
             if src.table not in names:
                 raise InputError(f"{src.path}: table {src.table!r} not found")
-            sql = 'SELECT * FROM "{}"'.format(str(src.table).replace('"', '""'))
+            sql = 'SELECT * FROM "{}"'.format(str(src.table).replace('"', '""'))  # noqa: S608 - name checked against sqlite_master
         try:
             return pd.read_sql_query(sql, con)
         except (sqlite3.Error, pd.errors.DatabaseError):
@@ -461,9 +466,7 @@ def _replace(tmp: Path, target: Path) -> None:
             os.close(dfd)
 
 
-def write_table(
-    frame: pd.DataFrame, location: str | os.PathLike[str], *, sep: str | None = None
-) -> Path:
+def write_table(frame: pd.DataFrame, location: str | os.PathLike[str], *, sep: str | None = None) -> Path:
     """Write ``frame`` atomically; the format follows the extension of ``location``.
 
     Raises:

@@ -199,15 +199,12 @@ def to_html(doc: Document) -> str:
                 kind = "warning" if block.kind == "warning" else "info"
                 out.append(f'<div class="note {kind}">{e(block.text)}</div>')
             elif isinstance(block, KeyValues):
-                rows = "".join(
-                    f"<tr><th>{e(_fmt(k))}</th><td>{e(_fmt(v))}</td></tr>" for k, v in block.rows
-                )
+                rows = "".join(f"<tr><th>{e(_fmt(k))}</th><td>{e(_fmt(v))}</td></tr>" for k, v in block.rows)
                 out.append(f'<table class="kv">{rows}</table>')
             elif isinstance(block, Table):
                 head = "".join(f"<th>{e(_fmt(c))}</th>" for c in block.columns)
                 body = "".join(
-                    "<tr>" + "".join(f"<td>{e(_fmt(c))}</td>" for c in row) + "</tr>"
-                    for row in block.rows
+                    "<tr>" + "".join(f"<td>{e(_fmt(c))}</td>" for c in row) + "</tr>" for row in block.rows
                 )
                 out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
             elif isinstance(block, Figure):

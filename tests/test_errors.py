@@ -18,9 +18,14 @@ def test_every_error_derives_from_the_root_and_a_builtin():
 @pytest.mark.parametrize(
     ("cls", "code"),
     [
-        (errors.InputError, 2), (errors.UsageError, 2), (errors.PolicyError, 2),
-        (errors.KeyMissingError, 2), (errors.SecurityError, 2),
-        (errors.PolicyNotMetError, 1), (errors.TamperDetectedError, 1), (errors.RiskExceededError, 1),
+        (errors.InputError, 2),
+        (errors.UsageError, 2),
+        (errors.PolicyError, 2),
+        (errors.KeyMissingError, 2),
+        (errors.SecurityError, 2),
+        (errors.PolicyNotMetError, 1),
+        (errors.TamperDetectedError, 1),
+        (errors.RiskExceededError, 1),
     ],
 )
 def test_exit_codes(cls, code):

@@ -16,8 +16,13 @@ from privdl.errors import FormatError, InputError, UsageError
 @pytest.fixture
 def frame():
     return pd.DataFrame(
-        {"user_id": ["u1", "u2", "u3"], "zip": ["01067", "10115", "80331"], "age": [31, 45, 27],
-         "score": [0.5, 1.25, None], "city": ["Dresden", None, "Munich"]}
+        {
+            "user_id": ["u1", "u2", "u3"],
+            "zip": ["01067", "10115", "80331"],
+            "age": [31, 45, 27],
+            "score": [0.5, 1.25, None],
+            "city": ["Dresden", None, "Munich"],
+        }
     )
 
 

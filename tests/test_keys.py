@@ -11,7 +11,7 @@ from privdl.keys import Secret, key_id
 
 def test_repr_str_format_never_show_bytes(key, key_hex):
     raw = key.reveal()
-    for text in (repr(key), str(key), f"{key}", f"{key!r}", "%s" % key):
+    for text in (repr(key), str(key), f"{key}", f"{key!r}", format(key, "")):
         assert key_hex not in text
         assert raw.hex()[:8] not in text
         assert key.key_id in text

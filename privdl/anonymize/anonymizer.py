@@ -90,12 +90,17 @@ class Anonymizer:
         from privdl.audit import operation
 
         params = self.get_params()
-        with operation(self.audit_log, "anonymize", params=params,
-                       inputs=[{"rows": len(frame), "columns": frame.shape[1]}]) as op:
+        with operation(
+            self.audit_log,
+            "anonymize",
+            params=params,
+            inputs=[{"rows": len(frame), "columns": frame.shape[1]}],
+        ) as op:
             released = self._run(frame)
             op.update(
                 params={**params, "achieved": self.report_.summary()}
-                if hasattr(self.report_, "summary") else params,
+                if hasattr(self.report_, "summary")
+                else params,
                 outputs=[{"rows": len(released), "columns": released.shape[1]}],
                 subjects=self.subjects_,
             )
@@ -109,7 +114,11 @@ class Anonymizer:
             raise UsageError(f"unknown engine {self.engine!r}; choose pandas or spark")
         policy.validate(frame.columns)
         if policy.needs_key and self.key is None:
-            first = next(r.column for r in policy.identifiers if r.transform in ("pseudonymize", "encrypt", "shift_dates"))
+            first = next(
+                r.column
+                for r in policy.identifiers
+                if r.transform in ("pseudonymize", "encrypt", "shift_dates")
+            )
             raise KeyMissingError(
                 f"column {first!r} needs a key: pass key= (CLI: --key-env VAR or --key-file PATH)"
             )
@@ -148,7 +157,9 @@ class Anonymizer:
             try:
                 from privdl.anonymize.spark import generalize_spark
             except ImportError:
-                raise UsageError("the spark engine is not available in this build; use --engine pandas") from None
+                raise UsageError(
+                    "the spark engine is not available in this build; use --engine pandas"
+                ) from None
             return generalize_spark(frame, self.policy)
         try:
             from privdl.anonymize.engine import generalize

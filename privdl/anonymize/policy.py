@@ -352,8 +352,10 @@ class Policy:
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise PolicyError(f"unknown policy setting {unknown[0]!r}")
-        if "identifiers" in data and isinstance(data["identifiers"], Sequence) and not isinstance(
-            data["identifiers"], str
+        if (
+            "identifiers" in data
+            and isinstance(data["identifiers"], Sequence)
+            and not isinstance(data["identifiers"], str)
         ):
             items = []
             for item in data["identifiers"]:

@@ -143,7 +143,9 @@ def _factorize(series: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     try:
         if series.dtype != object and not str(series.dtype).startswith("string"):
             raise TypeError("not text")
-        encoded = pa.array(series.to_numpy(dtype=object), type=pa.string(), from_pandas=True).dictionary_encode()
+        encoded = pa.array(
+            series.to_numpy(dtype=object), type=pa.string(), from_pandas=True
+        ).dictionary_encode()
         codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
         texts = encoded.dictionary.to_numpy(zero_copy_only=False).astype(object)
     except (TypeError, pa.ArrowInvalid, pa.ArrowTypeError):
@@ -251,7 +253,11 @@ def _start_methods() -> list[str]:
 
 
 def pseudonymize_values(
-    series: pd.Series, *, key: Secret, normalize: str = "none", domain: str = "",
+    series: pd.Series,
+    *,
+    key: Secret,
+    normalize: str = "none",
+    domain: str = "",
     workers: int | None = None,
 ) -> pd.Series:
     """Keyed pseudonyms (HMAC-SHA256, 160-bit base32 tokens) of a column.
@@ -288,9 +294,7 @@ def _siv(key: Secret, domain: str) -> Any:
 _ENC_AD = b"privdl/encrypt/v1"
 
 
-def encrypt_values(
-    series: pd.Series, *, key: Secret, normalize: str = "none", domain: str = ""
-) -> pd.Series:
+def encrypt_values(series: pd.Series, *, key: Secret, normalize: str = "none", domain: str = "") -> pd.Series:
     """Deterministic AES-SIV encryption: equal inputs give equal tokens; reversible
     by :func:`decrypt_values` with the same key and domain."""
     siv = _siv(key, domain)
@@ -355,7 +359,8 @@ def redact_values(series: pd.Series) -> pd.Series:
     import pandas as pd
 
     missing = series.isna().to_numpy()
-    out = np.where(missing, None, REDACTED).astype(object)
+    out = np.full(len(series), REDACTED, dtype=object)
+    out[missing] = None
     return pd.Series(out, index=series.index, name=series.name, dtype=object)
 
 
@@ -392,8 +397,13 @@ def _factorize_tokens(tokens: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 
 def shift_dates(
-    dates: pd.Series, person: pd.Series, *, key: Secret, max_days: int = 30,
-    normalize: str = "none", domain: str = "",
+    dates: pd.Series,
+    person: pd.Series,
+    *,
+    key: Secret,
+    max_days: int = 30,
+    normalize: str = "none",
+    domain: str = "",
 ) -> pd.Series:
     """Shift each date by its person's secret offset; text dates keep ISO text form.
 
@@ -407,9 +417,7 @@ def shift_dates(
     parsed = pd.to_datetime(dates, errors="coerce", format="ISO8601") if was_text else dates
     bad = parsed.isna() & dates.notna() & (dates.astype(object) != "")
     if bad.any():
-        raise InputError(
-            f"column {dates.name!r}: {int(bad.sum())} values are not ISO dates (YYYY-MM-DD)"
-        )
+        raise InputError(f"column {dates.name!r}: {int(bad.sum())} values are not ISO dates (YYYY-MM-DD)")
     if (person.isna() & parsed.notna()).any():
         raise InputError(
             f"column {dates.name!r}: {int((person.isna() & parsed.notna()).sum())} dates have no"
@@ -446,7 +454,9 @@ def apply_rule(
         assert key is not None
         return encrypt_values(series, key=key, normalize=normalize, domain=domain)
     if transform == "mask":
-        return mask_values(series, keep_last=int(options.get("keep_last", 4)), char=str(options.get("char", "*")))
+        return mask_values(
+            series, keep_last=int(options.get("keep_last", 4)), char=str(options.get("char", "*"))
+        )
     if transform == "redact":
         return redact_values(series)
     if transform == "shift_dates":
@@ -455,7 +465,11 @@ def apply_rule(
         if not by:
             raise PolicyError(f"column {column!r}: shift_dates needs by=<person id column>")
         return shift_dates(
-            series, frame[str(by)], key=key, max_days=int(options.get("max_days", 30)),
-            normalize=normalize, domain=domain,
+            series,
+            frame[str(by)],
+            key=key,
+            max_days=int(options.get("max_days", 30)),
+            normalize=normalize,
+            domain=domain,
         )
     raise PolicyError(f"column {column!r}: unknown transform {transform!r}")

@@ -257,8 +257,7 @@ class _SQLiteStore:
         text = str(exc).lower()
         if "locked" in text or "busy" in text:
             return InputError(
-                f"ledger {self.path} is locked by another process for more than "
-                f"{_BUSY_TIMEOUT_S:.0f} s"
+                f"ledger {self.path} is locked by another process for more than {_BUSY_TIMEOUT_S:.0f} s"
             )
         if "not a database" in text or "malformed" in text or "corrupt" in text:
             return InputError(f"{self.path} is not a privdl budget ledger (corrupt or not SQLite)")
@@ -292,8 +291,7 @@ class _SQLiteStore:
                 for stmt in _SCHEMA:
                     conn.execute(stmt)
                 conn.execute(
-                    "INSERT INTO privdl_meta (key, value) VALUES ('application', :a), "
-                    "('schema_version', :v)",
+                    "INSERT INTO privdl_meta (key, value) VALUES ('application', :a), ('schema_version', :v)",
                     {"a": APPLICATION, "v": str(SCHEMA_VERSION)},
                 )
                 conn.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
@@ -391,15 +389,10 @@ class _PostgresStore:
             with self._engine.begin() as conn:
                 yield _SQLAlchemyTx(conn, sa.text)
         except sa.exc.SQLAlchemyError as exc:
-            raise InputError(
-                f"ledger {self.location}: database error ({type(exc).__name__})"
-            ) from exc
+            raise InputError(f"ledger {self.location}: database error ({type(exc).__name__})") from exc
 
     def lock_dataset_sql(self) -> str:
-        return (
-            "SELECT epsilon, delta, accountant FROM privdl_datasets "
-            "WHERE dataset_id = :d FOR UPDATE"
-        )
+        return "SELECT epsilon, delta, accountant FROM privdl_datasets WHERE dataset_id = :d FOR UPDATE"
 
     def close(self) -> None:
         self._engine.dispose()
@@ -418,8 +411,7 @@ def _check_meta(tx_cm: AbstractContextManager[_Tx], location: str) -> None:
     version = meta.get("schema_version")
     if version != str(SCHEMA_VERSION):
         raise InputError(
-            f"ledger {location} has schema version {version}; this privdl reads version "
-            f"{SCHEMA_VERSION}"
+            f"ledger {location} has schema version {version}; this privdl reads version {SCHEMA_VERSION}"
         )
 
 
@@ -638,9 +630,7 @@ class BudgetLedger:
             delta=delta,
             accountant=acc,
             spent=spent,
-            naive_sum=naive_epsilon_sum(
-                epsilon_of(r.history, delta=delta, accountant=acc) for r in runs
-            ),
+            naive_sum=naive_epsilon_sum(epsilon_of(r.history, delta=delta, accountant=acc) for r in runs),
             remaining=max(0.0, eps - spent),
             runs=len(runs),
             reserved=sum(r.status == "reserved" for r in runs),
@@ -738,9 +728,7 @@ class BudgetLedger:
             op.update(params={"spent_before": before, "spent_after": after, "total": total})
         return run_id
 
-    def settle(
-        self, run_id: str, *, history: Iterable[Sequence[Any]], audit_log: Any = None
-    ) -> RunRecord:
+    def settle(self, run_id: str, *, history: Iterable[Sequence[Any]], audit_log: Any = None) -> RunRecord:
         """Replace a reservation by the run's actual history (after training).
 
         A run that stopped early settles with fewer steps and gives the rest back.
@@ -771,9 +759,7 @@ class BudgetLedger:
                     raise UsageError(f"run {run_id!r} is already settled")
                 total, ds_delta, _ = self._lock(tx, run.dataset_id)
                 others = [r for r in self._runs(tx, run.dataset_id) if r.run_id != run_id]
-                after = epsilon_of(
-                    [*_concat(others), *hist], delta=ds_delta, accountant=run.accountant
-                )
+                after = epsilon_of([*_concat(others), *hist], delta=ds_delta, accountant=run.accountant)
                 run_eps = epsilon_of(hist, delta=run.delta, accountant=run.accountant)
                 tx.rows(
                     "UPDATE privdl_runs SET status = 'settled', settled_at = :t, history = :h, "

@@ -70,9 +70,7 @@ def _losses(values: Any, what: str) -> np.ndarray:
     if arr.size == 0:
         raise InputError(f"membership audit: no {what} records")
     if not np.all(np.isfinite(arr)):
-        raise InputError(
-            f"membership audit: {int((~np.isfinite(arr)).sum())} {what} losses are not finite"
-        )
+        raise InputError(f"membership audit: {int((~np.isfinite(arr)).sum())} {what} losses are not finite")
     return arr
 
 

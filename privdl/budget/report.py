@@ -208,9 +208,7 @@ class PrivacyReport:
             "n_samples": _int(getattr(trainer, "n_samples_", None)),
             "secure_mode": bool(getattr(trainer, "secure_mode", False)),
             "target_epsilon": _target(getattr(trainer, "target_epsilon", None)),
-            "replaced_modules": [
-                str(m) for m in (getattr(trainer, "replaced_modules_", None) or [])
-            ],
+            "replaced_modules": [str(m) for m in (getattr(trainer, "replaced_modules_", None) or [])],
             "model": type(getattr(trainer, "model_", None)).__name__
             if getattr(trainer, "model_", None) is not None
             else None,
@@ -304,9 +302,7 @@ class PrivacyReport:
                     "accountant": r.accountant,
                     "delta": r.delta,
                     "epsilon": own,
-                    "epsilon_at_dataset_delta": epsilon_of(
-                        r.history, delta=delta, accountant=accountant
-                    ),
+                    "epsilon_at_dataset_delta": epsilon_of(r.history, delta=delta, accountant=accountant),
                     "requested_epsilon": r.requested_epsilon,
                     "composed_after": epsilon_of(cumulative, delta=delta, accountant=accountant),
                     "history": _hist_lists(r.history),
@@ -535,16 +531,11 @@ class PrivacyReport:
             blocks: list[Any] = [
                 r.Table(
                     ["epoch", "loss", "validation metric", "epsilon"],
-                    [
-                        [e["epoch"], e.get("loss"), e.get("metric"), e["epsilon"]]
-                        for e in self.epochs
-                    ],
+                    [[e["epoch"], e.get("loss"), e.get("metric"), e["epsilon"]] for e in self.epochs],
                 )
             ]
             if figures:
-                blocks.append(
-                    r.Figure(self._epoch_plot(), "epsilon and validation metric per epoch")
-                )
+                blocks.append(r.Figure(self._epoch_plot(), "epsilon and validation metric per epoch"))
             sections.append(r.Section("Training progress", blocks))
         elif figures and len(self.runs) > 0:
             sections.append(
@@ -632,9 +623,7 @@ class PrivacyReport:
         metrics = [e.get("metric") for e in self.epochs]
         if any(v is not None for v in metrics):
             ax2 = ax.twinx()
-            ax2.plot(
-                xs, [math.nan if v is None else v for v in metrics], marker="s", color="#bf8700"
-            )
+            ax2.plot(xs, [math.nan if v is None else v for v in metrics], marker="s", color="#bf8700")
             ax2.set_ylabel("validation metric", color="#bf8700")
         fig.tight_layout()
         return figure_png(fig)
@@ -819,9 +808,7 @@ def _dataset_block(
         led = ledger if isinstance(ledger, BudgetLedger) else BudgetLedger(ledger, create=False)
         total, delta = led.budget(dataset_id)
         runs = led.runs(dataset_id)
-        composed = epsilon_of(
-            [seg for r in runs for seg in r.history], delta=delta, accountant=accountant
-        )
+        composed = epsilon_of([seg for r in runs for seg in r.history], delta=delta, accountant=accountant)
         out.update(
             total_epsilon=total,
             delta=delta,

@@ -17,7 +17,9 @@ def anonymize(
     output: str = typer.Option(..., "-o", "--output", help="Output table (format from the extension)."),
     policy: Path | None = typer.Option(None, "--policy", help="Policy TOML file; flags add to it."),
     ids: list[str] = typer.Option(
-        [], "--id", help="Direct identifier COL[:TRANSFORM[:OPT=V,...]]; transform pseudonymize"
+        [],
+        "--id",
+        help="Direct identifier COL[:TRANSFORM[:OPT=V,...]]; transform pseudonymize"
         " (default), encrypt, mask, redact, drop, shift_dates. Repeatable.",
     ),
     qi: list[str] = typer.Option([], "--qi", help="Quasi-identifier column. Repeatable."),
@@ -28,15 +30,21 @@ def anonymize(
     l_diversity: int | None = typer.Option(None, "--l-diversity", help="l-diversity target."),
     l_kind: str | None = typer.Option(None, "--l-kind", help="distinct (default) or entropy."),
     t_closeness: float | None = typer.Option(None, "--t-closeness", help="t-closeness target (0 < t <= 1)."),
-    max_suppression: float | None = typer.Option(None, "--max-suppression", help="Share of rows that may be suppressed."),
-    hierarchy: list[str] = typer.Option([], "--hierarchy", help="COL=SPEC: prefix, interval:W, date or an ARX CSV file."),
+    max_suppression: float | None = typer.Option(
+        None, "--max-suppression", help="Share of rows that may be suppressed."
+    ),
+    hierarchy: list[str] = typer.Option(
+        [], "--hierarchy", help="COL=SPEC: prefix, interval:W, date or an ARX CSV file."
+    ),
     algorithm: str | None = typer.Option(None, "--algorithm", help="mondrian (default) or global."),
     engine: str = typer.Option("pandas", "--engine", help="pandas or spark."),
     key_env: str | None = typer.Option(None, "--key-env", help="Environment variable holding the key."),
     key_file: Path | None = typer.Option(None, "--key-file", help="Key file (mode 0600)."),
     report: Path | None = typer.Option(None, "--report", help="Write the report (.json, .md or .html)."),
     audit_log: Path | None = typer.Option(None, "--audit-log", help="Append one entry to this audit log."),
-    audit_key_env: str = typer.Option("PRIVDL_AUDIT_KEY", "--audit-key-env", help="Variable holding the audit key."),
+    audit_key_env: str = typer.Option(
+        "PRIVDL_AUDIT_KEY", "--audit-key-env", help="Variable holding the audit key."
+    ),
     sep: str | None = typer.Option(None, "--sep", help="Delimiter for text tables."),
     query: str | None = typer.Option(None, "--query", help="SQL query for a database input."),
 ) -> None:
@@ -53,9 +61,18 @@ def anonymize(
     hierarchies = dict(_split_hierarchy(h) for h in hierarchy)
     base = Policy.from_toml(policy) if policy is not None else Policy()
     the_policy = base.merge(
-        identifiers=ids, quasi_identifiers=qi, sensitive=sensitive, drop=drop, keep=keep,
-        k=k, l=l_diversity, l_kind=l_kind, t=t_closeness, max_suppression=max_suppression,
-        hierarchies=hierarchies, algorithm=algorithm,
+        identifiers=ids,
+        quasi_identifiers=qi,
+        sensitive=sensitive,
+        drop=drop,
+        keep=keep,
+        k=k,
+        l=l_diversity,
+        l_kind=l_kind,
+        t=t_closeness,
+        max_suppression=max_suppression,
+        hierarchies=hierarchies,
+        algorithm=algorithm,
         base_dir=base.base_dir if base.base_dir is not None else Path.cwd(),
     )
     if not the_policy.named_columns:
@@ -116,7 +133,11 @@ def _summary(frame: Any, released: Any, policy: Any, output: str, key: Any) -> s
         counts[rule.transform] = counts.get(rule.transform, 0) + 1
     done = ", ".join(f"{n} {t}" for t, n in sorted(counts.items()))
     extra = f"; {len(policy.drop)} dropped" if policy.drop else ""
-    qi = f"; {len(policy.quasi_identifiers)} quasi-identifiers generalized (k={policy.k})" if policy.quasi_identifiers else ""
+    qi = (
+        f"; {len(policy.quasi_identifiers)} quasi-identifiers generalized (k={policy.k})"
+        if policy.quasi_identifiers
+        else ""
+    )
     passthrough = policy.passthrough(frame.columns)
     kid = f", key {key.key_id}" if key is not None else ""
     suppressed = len(frame) - len(released)

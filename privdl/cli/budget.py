@@ -35,10 +35,13 @@ def show(
         typer.echo(json.dumps(payload, indent=2, sort_keys=True))
         return
 
+    import sys
+
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    # Piped output (files, CI logs) gets wide tables instead of rich's 80-column default.
+    console = Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title=f"Privacy budgets in {led.location}")
     for col in (
         "dataset",
@@ -105,9 +108,7 @@ def set_budget(
     epsilon: float = typer.Option(..., "--epsilon", help="Total epsilon for the dataset."),
     delta: float = typer.Option(..., "--delta", help="Total delta for the dataset."),
     accountant: str = typer.Option("prv", "--accountant", help="prv (default) or rdp."),
-    audit_log: Path | None = typer.Option(
-        None, "--audit-log", help="Append one entry to this audit log."
-    ),
+    audit_log: Path | None = typer.Option(None, "--audit-log", help="Append one entry to this audit log."),
     audit_key_env: str = typer.Option(
         "PRIVDL_AUDIT_KEY", "--audit-key-env", help="Variable holding the audit key."
     ),

@@ -197,8 +197,8 @@ class EncryptedBatch:
         import io
 
         fh = io.BytesIO(data)
-        header = _read_header(fh, source)
-        chunks = tuple(_read_frames(fh, source))
+        header, head = _read_header_raw(fh, source)
+        chunks = tuple(_read_frames(fh, source, head))
         return cls(header=replace(header, rows=sum(c.rows for c in chunks)), chunks=chunks)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -219,8 +219,8 @@ class EncryptedBatch:
         """
         p = Path(path)
         with _open(p) as fh:
-            header = _read_header(fh, p.name)
-            chunks = tuple(_read_frames(fh, p.name))
+            header, head = _read_header_raw(fh, p.name)
+            chunks = tuple(_read_frames(fh, p.name, head))
         return cls(header=replace(header, rows=sum(c.rows for c in chunks)), chunks=chunks)
 
 
@@ -240,8 +240,8 @@ def iter_chunks(path: str | os.PathLike[str]) -> Iterator[Chunk]:
     """
     p = Path(path)
     with _open(p) as fh:
-        _read_header(fh, p.name)
-        yield from _read_frames(fh, p.name)
+        _, head = _read_header_raw(fh, p.name)
+        yield from _read_frames(fh, p.name, head)
 
 
 class BatchWriter:
@@ -267,7 +267,7 @@ class BatchWriter:
 
         self._cm = atomic_write(self.path, "wb")
         self._fh = self._cm.__enter__()
-        _write_header(self._fh, self.header)
+        _write_header(self._fh, self.header, self._digest)
         return self
 
     def write(self, chunk: Chunk) -> None:
@@ -292,8 +292,8 @@ class BatchWriter:
 # ----------------------------------------------------------------------------- encoding
 def write_container(fh: IO[bytes], header: BatchHeader, chunks: Iterable[Chunk]) -> None:
     """Write a complete container to an open binary file."""
-    _write_header(fh, header)
     digest = hashlib.sha256()
+    _write_header(fh, header, digest)
     rows = count = 0
     for chunk in chunks:
         if len(chunk.blobs) != len(header.columns) and header.kind in ("features", "scores"):
@@ -306,9 +306,11 @@ def write_container(fh: IO[bytes], header: BatchHeader, chunks: Iterable[Chunk])
     _write_trailer(fh, rows, count, digest)
 
 
-def _write_header(fh: IO[bytes], header: BatchHeader) -> None:
+def _write_header(fh: IO[bytes], header: BatchHeader, digest: Any) -> None:
     body = json.dumps(header.to_dict(), sort_keys=True, separators=(",", ":")).encode()
-    fh.write(MAGIC + struct.pack(">HI", VERSION, len(body)) + body)
+    data = MAGIC + struct.pack(">HI", VERSION, len(body)) + body
+    fh.write(data)
+    digest.update(data)
 
 
 def _write_frame(fh: IO[bytes], chunk: Chunk, digest: Any) -> None:
@@ -325,7 +327,9 @@ def _write_frame(fh: IO[bytes], chunk: Chunk, digest: Any) -> None:
 
 def _write_trailer(fh: IO[bytes], rows: int, count: int, digest: Any) -> None:
     body = json.dumps(
-        {"rows": rows, "chunks": count, "sha256": digest.hexdigest()}, sort_keys=True
+        {"rows": rows, "chunks": count, "sha256": digest.hexdigest()},
+        sort_keys=True,
+        separators=(",", ":"),
     ).encode()
     fh.write(struct.pack(">II", _END, len(body)) + body)
 
@@ -348,25 +352,31 @@ def _exact(fh: IO[bytes], n: int, source: str) -> bytes:
 
 
 def _read_header(fh: IO[bytes], source: str) -> BatchHeader:
+    return _read_header_raw(fh, source)[0]
+
+
+def _read_header_raw(fh: IO[bytes], source: str) -> tuple[BatchHeader, bytes]:
     magic = fh.read(len(MAGIC))
     if magic != MAGIC:
         raise FormatError(f"{source}: not a privdl encrypted container")
-    version, size = struct.unpack(">HI", _exact(fh, 6, source))
+    fixed = _exact(fh, 6, source)
+    version, size = struct.unpack(">HI", fixed)
     if version != VERSION:
         raise FormatError(f"{source}: container version {version} is not supported (need {VERSION})")
     if size > _MAX_HEADER:
         raise FormatError(f"{source}: header of {size} bytes is too large")
+    body = _exact(fh, size, source)
     try:
-        data = json.loads(_exact(fh, size, source).decode("utf-8"))
+        data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise FormatError(f"{source}: header is not valid JSON") from None
     if not isinstance(data, dict):
         raise FormatError(f"{source}: header is not a JSON object")
-    return BatchHeader.from_dict(data, source=source)
+    return BatchHeader.from_dict(data, source=source), magic + fixed + body
 
 
-def _read_frames(fh: IO[bytes], source: str) -> Iterator[Chunk]:
-    digest = hashlib.sha256()
+def _read_frames(fh: IO[bytes], source: str, head: bytes) -> Iterator[Chunk]:
+    digest = hashlib.sha256(head)
     rows = count = 0
     while True:
         head = _exact(fh, 8, source)

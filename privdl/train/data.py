@@ -99,14 +99,42 @@ class PoissonSampler:
         self._secure = ChaChaRandom() if secure else None
 
     def sample(self) -> torch.Tensor:
-        """One Poisson batch: a 1-D int64 tensor of distinct indices in increasing order."""
+        """One Poisson batch: a 1-D int64 tensor of distinct indices in increasing order.
+
+        The gaps between consecutive included indices of a Poisson sample are i.i.d.
+        Geometric(q), so drawing about ``n q`` geometric gaps and keeping their running
+        sums below ``n`` gives exactly the same distribution as ``n`` coin flips, at a
+        fraction of the cost for small ``q``.
+        """
+        import torch
+
+        n, q = self.n, self.sample_rate
+        if q >= 1.0:
+            return torch.arange(n, device=self.device)
+        mean = n * q
+        m = int(mean + 6.0 * math.sqrt(mean) + 16)
+        parts: list[torch.Tensor] = []
+        offset = -1  # index before the first record
+        while True:
+            gaps = self._geometric(m)
+            pos = torch.cumsum(gaps, 0) + offset
+            parts.append(pos[pos < n])
+            if int(pos[-1]) >= n:  # the sample ended inside this draw
+                break
+            offset = int(pos[-1])
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def _geometric(self, m: int) -> torch.Tensor:
+        """``m`` Geometric(q) draws on {1, 2, ...} as int64."""
         import torch
 
         if self._secure is not None:
-            mask_np = self._secure.uniform(self.n) < self.sample_rate
-            return torch.from_numpy(np.flatnonzero(mask_np)).to(self.device)
-        u = torch.rand(self.n, generator=self.generator, device=self.device)
-        return torch.nonzero(u < self.sample_rate).squeeze(1)
+            u = 1.0 - self._secure.uniform(m)  # (0, 1]
+            g = np.floor(np.log(u) / math.log1p(-self.sample_rate)) + 1
+            return torch.from_numpy(g.astype(np.int64)).to(self.device)
+        out = torch.empty(m, dtype=torch.float64, device=self.device)
+        out.geometric_(self.sample_rate, generator=self.generator)
+        return out.to(torch.int64)
 
 
 @dataclass

@@ -6,7 +6,11 @@ from privdl.errors import InputError, PolicyError
 
 def test_identifier_forms_normalize_to_rules():
     p = Policy(identifiers=["email", "phone:mask:keep_last=2", IdentifierRule("ip", "drop")])
-    assert [(r.column, r.transform) for r in p.identifiers] == [("email", "pseudonymize"), ("phone", "mask"), ("ip", "drop")]
+    assert [(r.column, r.transform) for r in p.identifiers] == [
+        ("email", "pseudonymize"),
+        ("phone", "mask"),
+        ("ip", "drop"),
+    ]
     assert p.identifiers[1].options["keep_last"] == 2
     q = Policy(identifiers={"email": {"transform": "encrypt", "normalize": "email"}, "name": "pseudonymize"})
     assert q.identifiers[0].options["normalize"] == "email"

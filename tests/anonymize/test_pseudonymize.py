@@ -34,7 +34,9 @@ def test_deterministic_per_key_and_differs_across_keys(key):
 
 def test_domain_separates_tokens(key):
     values = pd.Series(["a"])
-    assert P.pseudonymize_values(values, key=key)[0] != P.pseudonymize_values(values, key=key, domain="crm")[0]
+    assert (
+        P.pseudonymize_values(values, key=key)[0] != P.pseudonymize_values(values, key=key, domain="crm")[0]
+    )
 
 
 def test_missing_values_stay_missing(key):
@@ -44,8 +46,12 @@ def test_missing_values_stay_missing(key):
 
 @pytest.mark.parametrize(
     ("how", "a", "b"),
-    [("email", " Ana@X.org", "ana@x.org"), ("casefold", "ANA", "ana "), ("digits", "+1 (555) 010-9999", "+15550109999"),
-     ("strip", " x ", "x")],
+    [
+        ("email", " Ana@X.org", "ana@x.org"),
+        ("casefold", "ANA", "ana "),
+        ("digits", "+1 (555) 010-9999", "+15550109999"),
+        ("strip", " x ", "x"),
+    ],
 )
 def test_explicit_normalization(key, how, a, b):
     tokens = P.pseudonymize_values(pd.Series([a, b]), key=key, normalize=how)
@@ -63,7 +69,10 @@ def test_integers_and_integral_floats_hash_alike(key):
 def test_parallel_path_matches_serial(key, monkeypatch):
     monkeypatch.setattr(P, "_PARALLEL_MIN", 10)
     values = pd.Series([f"user{i}@x.org" for i in range(500)])
-    assert P.pseudonymize_values(values, key=key, workers=2).tolist() == P.pseudonymize_values(values, key=key, workers=1).tolist()
+    assert (
+        P.pseudonymize_values(values, key=key, workers=2).tolist()
+        == P.pseudonymize_values(values, key=key, workers=1).tolist()
+    )
 
 
 @settings(max_examples=50, deadline=None)
@@ -121,7 +130,9 @@ def test_date_shift_offsets_spread(key):
 
 def test_date_shift_bad_dates_counted_not_shown(key):
     with pytest.raises(InputError, match="2 values are not ISO dates") as info:
-        P.shift_dates(pd.Series(["2020-01-01", "secret", "nope"], name="d"), pd.Series(["a", "b", "c"]), key=key)
+        P.shift_dates(
+            pd.Series(["2020-01-01", "secret", "nope"], name="d"), pd.Series(["a", "b", "c"]), key=key
+        )
     assert "secret" not in str(info.value)
 
 

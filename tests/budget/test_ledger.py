@@ -69,9 +69,7 @@ def test_spent_is_composition_recomputed_independently(tmp_path: Path, accountan
         runs = [[(1.1, 0.01, 600)], [(0.9, 0.02, 300), (1.3, 0.02, 200)], [(2.0, 0.05, 400)]]
         for hist in runs:
             led.reserve("d", history=hist, delta=DELTA, accountant=accountant, model_name="m")
-        composed = opacus_epsilon(
-            [seg for h in runs for seg in h], delta=DELTA, accountant=accountant
-        )
+        composed = opacus_epsilon([seg for h in runs for seg in h], delta=DELTA, accountant=accountant)
         status = led.status("d")
         assert status.spent == pytest.approx(composed, rel=0.01)
         # each run's own epsilon, and their naive sum, also match Opacus
@@ -261,9 +259,7 @@ segment = st.tuples(
 )
 
 
-@settings(
-    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     requests=st.lists(st.lists(segment, min_size=1, max_size=2), min_size=1, max_size=8),
     total=st.floats(min_value=0.5, max_value=8.0),
@@ -370,9 +366,7 @@ def test_killed_run_keeps_its_reservation_and_ledger_stays_usable(tmp_path: Path
     path = tmp_path / "b.db"
     with BudgetLedger(path) as led:
         led.set_budget("d", epsilon=3.0, delta=DELTA)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _CRASHER, str(path)], stdout=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([sys.executable, "-c", _CRASHER, str(path)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     run_id = proc.stdout.readline().strip()
     time.sleep(0.3)

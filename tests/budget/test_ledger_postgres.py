@@ -44,9 +44,7 @@ def test_postgres_ledger_round_trip(url: str) -> None:
         run = led.reserve(ds, history=[(1.0, 0.01, 200)], delta=DELTA, accountant="rdp")
         assert led.status(ds).reserved == 1
         led.settle(run, history=[(1.0, 0.01, 100)])
-        assert led.spent(ds) == pytest.approx(
-            epsilon_of([(1.0, 0.01, 100)], delta=DELTA, accountant="rdp")
-        )
+        assert led.spent(ds) == pytest.approx(epsilon_of([(1.0, 0.01, 100)], delta=DELTA, accountant="rdp"))
         assert ds in led.datasets()
         with pytest.raises(BudgetExceededError):
             led.reserve(ds, history=[(0.5, 0.1, 5000)], delta=DELTA, accountant="rdp")

@@ -65,8 +65,12 @@ def _stand_in(model, *, n: int, epochs: int = 3, sigma: float = 1.1, batch: int 
         for _ in range(steps_per_epoch):
             acc.step(noise_multiplier=sigma, sample_rate=q)
         per_epoch.append(
-            {"epoch": epoch, "loss": 1.0 / epoch, "metric": 0.8 + 0.02 * epoch,
-             "epsilon": acc.get_epsilon(delta=DELTA)}
+            {
+                "epoch": epoch,
+                "loss": 1.0 / epoch,
+                "metric": 0.8 + 0.02 * epoch,
+                "epsilon": acc.get_epsilon(delta=DELTA),
+            }
         )
     return StandInTrainer(
         model_=model,
@@ -103,10 +107,8 @@ def test_report_from_trainer_recomputes_epsilon(data, tmp_path: Path) -> None:
     from opacus.accountants import PRVAccountant
     from sklearn.linear_model import LogisticRegression
 
-    X, y, Xt, yt = data
-    trainer = _stand_in(
-        LogisticRegression(max_iter=500).fit(X, y), n=len(y), sigma=4.0, target_epsilon=1.0
-    )
+    X, y, _Xt, _yt = data
+    trainer = _stand_in(LogisticRegression(max_iter=500).fit(X, y), n=len(y), sigma=4.0, target_epsilon=1.0)
     report = PrivacyReport.from_trainer(trainer, baseline=0.95, max_records_per_user=3)
     assert report.scope == "run"
     assert report.epsilon == pytest.approx(trainer.epsilon, rel=0.01)
@@ -141,8 +143,13 @@ def test_report_from_trainer_recomputes_epsilon(data, tmp_path: Path) -> None:
     assert PrivacyReport.from_json(report.to_json()) == report
 
     text = report.statement()
-    for phrase in ("Poisson sampling", "add or remove one record", "central DP",
-                   "every intermediate model", "user-level"):
+    for phrase in (
+        "Poisson sampling",
+        "add or remove one record",
+        "central DP",
+        "every intermediate model",
+        "user-level",
+    ):
         assert phrase in text
 
 
@@ -189,9 +196,7 @@ def test_membership_audit_detects_a_memorizing_model(data) -> None:
     quiet = PrivacyReport.from_trainer(smooth, audit_data=(members, non_members))
     assert quiet.membership_inference["auc"] < 0.7
     assert quiet.membership_inference["advantage"] < mia["advantage"]
-    assert quiet.membership_inference["dp_bound"] == pytest.approx(
-        dp_advantage_bound(quiet.epsilon, DELTA)
-    )
+    assert quiet.membership_inference["dp_bound"] == pytest.approx(dp_advantage_bound(quiet.epsilon, DELTA))
 
 
 def test_loss_threshold_audit_matches_sklearn_auc() -> None:
@@ -253,8 +258,8 @@ def test_report_from_ledger_and_all_formats(tmp_path: Path) -> None:
     assert report.scope == "dataset"
     assert report.epsilon == pytest.approx(status.spent)
     assert len(report.runs) == 2
-    assert report.runs[0]["composed_after"] < report.runs[1]["composed_after"] == pytest.approx(
-        report.epsilon
+    assert (
+        report.runs[0]["composed_after"] < report.runs[1]["composed_after"] == pytest.approx(report.epsilon)
     )
     assert report.dataset["naive_sum"] > report.epsilon
     assert any("still reserved" in w for w in report.warnings)

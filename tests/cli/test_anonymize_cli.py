@@ -59,13 +59,17 @@ def test_another_key_gives_other_tokens(run_cli, users_csv, tmp_path, monkeypatc
 def test_key_file(run_cli, users_csv, tmp_path, key):
     path = tmp_path / "key"
     key.to_file(path)
-    code, _, err = run_cli("anonymize", users_csv, "-o", tmp_path / "o.csv", "--id", "email", "--key-file", path)
+    code, _, err = run_cli(
+        "anonymize", users_csv, "-o", tmp_path / "o.csv", "--id", "email", "--key-file", path
+    )
     assert code == 0, err
 
 
 def test_report_lists_passthrough_and_never_the_key(run_cli, users_csv, tmp_path, env_key):
     for name in ("r.json", "r.md", "r.html"):
-        code, _, err = run_cli("anonymize", users_csv, "-o", tmp_path / "o.csv", *ARGS, "--report", tmp_path / name)
+        code, _, err = run_cli(
+            "anonymize", users_csv, "-o", tmp_path / "o.csv", *ARGS, "--report", tmp_path / name
+        )
         assert code == 0, err
         text = (tmp_path / name).read_text()
         assert env_key not in text and bytes.fromhex(env_key).hex()[:16] not in text
@@ -74,7 +78,9 @@ def test_report_lists_passthrough_and_never_the_key(run_cli, users_csv, tmp_path
 
 
 def test_warns_about_unroled_identifier_columns(run_cli, users_csv, tmp_path, env_key):
-    code, _, err = run_cli("anonymize", users_csv, "-o", tmp_path / "o.csv", "--id", "email", "--key-env", "PRIVDL_KEY")
+    code, _, err = run_cli(
+        "anonymize", users_csv, "-o", tmp_path / "o.csv", "--id", "email", "--key-env", "PRIVDL_KEY"
+    )
     assert code == 0
     assert "column 'ip' looks like IP addresses" in err
     assert "column 'phone' looks like phone numbers" in err
@@ -84,8 +90,12 @@ def test_warns_about_unroled_identifier_columns(run_cli, users_csv, tmp_path, en
 
 def test_policy_file(run_cli, users_csv, tmp_path, env_key):
     policy = tmp_path / "policy.toml"
-    policy.write_text('drop = ["ip"]\n[identifiers]\nemail = { transform = "encrypt", normalize = "email" }\n')
-    code, _, err = run_cli("anonymize", users_csv, "-o", tmp_path / "o.jsonl", "--policy", policy, "--key-env", "PRIVDL_KEY")
+    policy.write_text(
+        'drop = ["ip"]\n[identifiers]\nemail = { transform = "encrypt", normalize = "email" }\n'
+    )
+    code, _, err = run_cli(
+        "anonymize", users_csv, "-o", tmp_path / "o.jsonl", "--policy", policy, "--key-env", "PRIVDL_KEY"
+    )
     assert code == 0, err
     assert read_table(tmp_path / "o.jsonl")["email"].str.startswith("enc1.").all()
 
@@ -126,7 +136,9 @@ def _unknown(tmp_path):
 )
 def test_bad_input_files(run_cli, tmp_path, users_csv, env_key, case, extra, match):
     out = tmp_path / "out.csv"
-    code, stdout, err = run_cli("anonymize", *extra(tmp_path, users_csv), "-o", out, "--id", "email", "--key-env", "PRIVDL_KEY")
+    code, _, err = run_cli(
+        "anonymize", *extra(tmp_path, users_csv), "-o", out, "--id", "email", "--key-env", "PRIVDL_KEY"
+    )
     assert code == 2, case
     assert match in err and err.count("\n") == 1 and "Traceback" not in err
     assert "alice" not in err and "bob@" not in err
@@ -166,7 +178,9 @@ def test_output_equal_to_input_and_missing_folder(run_cli, users_csv, tmp_path, 
     before = _digest(copy)
     code, _, err = run_cli("anonymize", copy, "-o", copy, "--id", "email", "--key-env", "PRIVDL_KEY")
     assert code == 2 and "is the input file" in err and _digest(copy) == before
-    code, _, err = run_cli("anonymize", copy, "-o", tmp_path / "nope" / "o.csv", "--id", "email", "--key-env", "PRIVDL_KEY")
+    code, _, err = run_cli(
+        "anonymize", copy, "-o", tmp_path / "nope" / "o.csv", "--id", "email", "--key-env", "PRIVDL_KEY"
+    )
     assert code == 2 and "output folder" in err
 
 
@@ -184,8 +198,23 @@ def test_console_script_subprocess(users_csv, tmp_path, key_hex):
     env = {**os.environ, "PRIVDL_KEY": key_hex}
     out = tmp_path / "o.csv"
     proc = subprocess.run(
-        [sys.executable, "-m", "privdl", "anonymize", str(users_csv), "-o", str(out), "--id", "nope", "--key-env", "PRIVDL_KEY"],
-        capture_output=True, text=True, env=env, check=False,
+        [
+            sys.executable,
+            "-m",
+            "privdl",
+            "anonymize",
+            str(users_csv),
+            "-o",
+            str(out),
+            "--id",
+            "nope",
+            "--key-env",
+            "PRIVDL_KEY",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
     assert not out.exists()
