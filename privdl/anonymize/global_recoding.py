@@ -77,7 +77,7 @@ def global_recoding(
     *,
     k: int,
     sensitive: Sequence[SensitiveCodes] = (),
-    l: int | None = None,
+    l: int | None = None,  # noqa: E741 - the standard name of the l-diversity target
     l_kind: str = "distinct",
     t: float | None = None,
     max_suppression: float = 0.0,

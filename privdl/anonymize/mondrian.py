@@ -68,7 +68,7 @@ class Partitioning:
 class _Requirements:
     k: int
     sensitive: tuple[SensitiveCodes, ...]
-    l: int | None
+    l: int | None  # noqa: E741 - the standard name of the l-diversity target
     l_kind: str
     t: float | None
 
@@ -176,7 +176,7 @@ def mondrian(
     *,
     k: int,
     sensitive: Sequence[SensitiveCodes] = (),
-    l: int | None = None,
+    l: int | None = None,  # noqa: E741 - the standard name of the l-diversity target
     l_kind: str = "distinct",
     t: float | None = None,
     relaxed: bool = True,

@@ -56,6 +56,7 @@ from privdl.audit.chain import (
     GENESIS,
     LINE_PREFIX,
     MAC_LEN,
+    MAC_SEP,
     RATCHET_INFO,
     TAIL_LEN,
     initial_key,
@@ -316,7 +317,12 @@ def _scan(
             assert audit_key is not None
             k, scan.log_id, scan.kid = _first_key(line, audit_key)
         ok = False
-        if line.startswith(LINE_PREFIX) and len(line) > tail_len + 9:
+        if (
+            line.startswith(LINE_PREFIX)
+            and line.endswith(b'"}')
+            and line[-tail_len : -tail_len + 8] == MAC_SEP
+            and len(line) > tail_len + 9
+        ):
             body = line[9:-tail_len]
             if compare(
                 digest(k, body, "sha256").hex().encode(), line[-MAC_LEN + mac_end : mac_end]

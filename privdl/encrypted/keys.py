@@ -284,6 +284,11 @@ class HEKeys:
             p = p / SECRET_FILE
         if not p.exists():
             raise KeyMissingError(f"no secret key: {p} does not exist")
+        from privdl.encrypted.wire import read_batch_header
+
+        kind = read_batch_header(p).kind
+        if kind != "secret-context":
+            raise KeyMissingError(f"{p.name} holds no secret key (it is a {kind} file)")
         mode = p.stat().st_mode
         if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise SecurityError(
@@ -291,8 +296,6 @@ class HEKeys:
                 f"(mode {stat.S_IMODE(mode):o}); run `chmod 600` on it"
             )
         batch = EncryptedBatch.load(p)
-        if batch.header.kind != "secret-context":
-            raise KeyMissingError(f"{p.name} holds no secret key (it is a {batch.header.kind} file)")
         ctx = _load_context(_container_blob(batch, p.name), p.name)
         ctx.global_scale = float(2**batch.header.params.scale_bits)
         return cls(ctx, params=batch.header.params, key_id=batch.key_id)
