@@ -316,6 +316,10 @@ class ModelSpec:
         if not isinstance(data, dict):
             raise FormatError(f"{source}: not a JSON object")
         fmt = data.get("format")
+        if fmt not in (LINEAR_FORMAT, MLP_FORMAT):
+            raise FormatError(
+                f"{source}: unknown model format {fmt!r}; expected {LINEAR_FORMAT} or {MLP_FORMAT}"
+            )
         try:
             scaler = Standardizer.from_dict(data["scaler"]) if data.get("scaler") else None
             common = {
@@ -329,7 +333,7 @@ class ModelSpec:
                     Layer.from_arrays([data["weights"]], [data.get("bias", 0.0)]),
                 )
                 return cls(layers=layers, **common)
-            if fmt == MLP_FORMAT:
+            else:
                 layers = tuple(
                     Layer.from_arrays(layer["weight"], layer.get("bias"))
                     for layer in data["layers"]
@@ -340,9 +344,6 @@ class ModelSpec:
             if isinstance(exc, InputError):
                 raise InputError(f"{source}: {exc}") from None
             raise FormatError(f"{source}: malformed model ({type(exc).__name__})") from None
-        raise FormatError(
-            f"{source}: unknown model format {fmt!r}; expected {LINEAR_FORMAT} or {MLP_FORMAT}"
-        )
 
     def model_id(self) -> str:
         """A public fingerprint of the model (columns, weights, link, scaler)."""

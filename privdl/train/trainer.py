@@ -305,14 +305,14 @@ class PrivateTrainer:
             enc = self.encoder_
             if fit:
                 enc = self.encoder if self.encoder is not None else _new_encoder()
-                if not getattr(enc, "feature_names_", None):
+                if not hasattr(enc, "columns_"):  # not fitted yet: fit on this frame
                     enc.fit(data, target=target)
                 self.encoder_ = enc
                 self.feature_names_ = list(enc.feature_names_)
             elif enc is None:
                 raise UsageError(f"{what} is a DataFrame but the model was trained on arrays")
             X = enc.transform(data)
-            y = enc.target_encode(data[target])
+            y = _encode_target(enc, data[target])
             return as_data((X, y), what=what)
         return as_data(data, what=what)
 
@@ -730,7 +730,7 @@ class PrivateTrainer:
 
         if isinstance(X, pd.DataFrame) and isinstance(y, str):
             assert self.encoder_ is not None
-            y = self.encoder_.target_encode(X[y])
+            y = _encode_target(self.encoder_, X[y])
         out = self._forward(X)
         yt = as_data((np.zeros((len(out), 1), np.float32), y), what="y").y
         out, yt = self._shape_for_loss(out, yt)
@@ -807,6 +807,11 @@ def _to(x: Any, device: Any) -> Any:
     if isinstance(x, list | tuple):
         return type(x)(_to(v, device) for v in x)
     return x
+
+
+def _encode_target(encoder: Any, series: Any) -> Any:
+    fn = getattr(encoder, "encode_target", None) or encoder.target_encode
+    return fn(series)
 
 
 def _new_encoder() -> Any:
