@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -143,10 +144,10 @@ def main() -> None:
              f"{gres.info['lattice_size']} nodes")
 
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "privdl.cli", "anonymize", str(ADULT / "adult.csv"),
-               "-o", str(Path(tmp) / "out.csv"), "-k", "10", "--sensitive", "salary-class"]
-        cmd = [sys.executable, "-c", "import sys; from privdl.cli import main; main()",
-               *cmd[3:]]
+        exe = shutil.which("privdl")
+        launcher = [exe] if exe else [sys.executable, "-c", "from privdl.cli import main; main()"]
+        cmd = [*launcher, "anonymize", str(ADULT / "adult.csv"), "-o", str(Path(tmp) / "o.csv"),
+               "-k", "10", "--sensitive", "salary-class"]
         for col in QIS:
             cmd += ["--qi", col]
         for col, path in HIER.items():

@@ -175,3 +175,22 @@ def test_fingerprint(tmp_path):
     path.write_bytes(b"abc")
     fp = io.file_fingerprint(path)
     assert fp["sha256"] == hashlib.sha256(b"abc").hexdigest() and fp["bytes"] == 3
+
+
+def test_streamed_read_with_progress_matches(tmp_path, frame, monkeypatch):
+    path = tmp_path / "t.csv"
+    io.write_table(pd.concat([frame] * 1000, ignore_index=True), path)
+    monkeypatch.setattr(io, "_PROGRESS_MIN_BYTES", 0)
+    monkeypatch.setattr(io, "_BLOCK", 4096)  # many blocks
+    streamed = io.read_table(path, progress=True)
+    pd.testing.assert_frame_equal(streamed, io.read_table(path))
+    assert len(streamed) == 3000 and streamed["zip"].iloc[0] == "01067"
+
+
+def test_columns_selection_and_dtype(tmp_path, frame):
+    path = tmp_path / "t.csv"
+    io.write_table(frame, path)
+    assert io.read_table(path, columns=["age"]).columns.tolist() == ["age"]
+    assert io.read_table(path, dtype={"age": str})["age"].tolist() == ["31", "45", "27"]
+    with pytest.raises(InputError, match="column 'nope' not found"):
+        io.read_table(path, columns=["nope"])

@@ -34,6 +34,7 @@ import json
 import math
 import os
 import sqlite3
+import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -231,6 +232,7 @@ class _SQLiteStore:
         self.path = path
         self.location = str(path)
         self._create = create
+        self._thread_lock = threading.RLock()
         if not path.parent.is_dir():
             raise InputError(f"ledger {path}: folder {path.parent} does not exist")
         fresh = not path.exists() or path.stat().st_size == 0
@@ -302,6 +304,11 @@ class _SQLiteStore:
 
     @contextmanager
     def transaction(self, *, write: bool) -> Iterator[_Tx]:
+        # One connection per ledger object: threads sharing it take turns.
+        with self._thread_lock:
+            yield from self._transaction(write=write)
+
+    def _transaction(self, *, write: bool) -> Iterator[_Tx]:
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -332,15 +332,17 @@ class ModelSpec:
                 layers: tuple[Layer, ...] = (
                     Layer.from_arrays([data["weights"]], [data.get("bias", 0.0)]),
                 )
-                return cls(layers=layers, **common)
+                return cls(layers=layers, **common)  # type: ignore[arg-type]
             else:
                 layers = tuple(
                     Layer.from_arrays(layer["weight"], layer.get("bias"))
                     for layer in data["layers"]
                 )
                 acts = tuple(PolyActivation.from_dict(a) for a in data.get("activations", []))
-                return cls(layers=layers, activations=acts, **common)
+                return cls(layers=layers, activations=acts, **common)  # type: ignore[arg-type]
         except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, FormatError):
+                raise
             if isinstance(exc, InputError):
                 raise InputError(f"{source}: {exc}") from None
             raise FormatError(f"{source}: malformed model ({type(exc).__name__})") from None

@@ -73,14 +73,11 @@ def _cell_text(value: Any) -> str | None:
         return None
     if value is pd.NA or value is pd.NaT:
         return None
-    if isinstance(value, float) and value.is_integer():
-        text = str(int(value))
-    else:
-        text = str(value)
+    text = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
     return None if _is_missing_text(text) else text.strip()
 
 
-def _parse_interval(value: Any) -> tuple[float, float] | None | str:
+def _parse_interval(value: Any) -> tuple[float, float] | str | None:
     """A cell as ``(lo, hi)``; ``"*"`` for the whole domain; ``None`` when missing.
 
     Raises:
@@ -233,9 +230,7 @@ class TableEncoder:
             if name == target or name in excluded:
                 continue
             specs.append(
-                self._fit_column(
-                    str(name), frame[name], bounds, cats, hierarchies, base_dir, learned
-                )
+                self._fit_column(str(name), frame[name], bounds, cats, hierarchies, base_dir, learned)
             )
 
         classes: list[str] | None = None
@@ -299,9 +294,7 @@ class TableEncoder:
             if text is not None and text != ROOT:
                 singles.update(_members(text) or [text])
         vocab = sorted(singles)
-        learned.append(
-            f"{name}: category vocabulary ({len(vocab)} values) taken from the training data"
-        )
+        learned.append(f"{name}: category vocabulary ({len(vocab)} values) taken from the training data")
         return _categorical_spec(name, vocab, {}, "data")
 
     def _fit_target(
@@ -421,8 +414,7 @@ class TableEncoder:
             raise InputError("not a privdl TableEncoder")
         if data.get("version") != FORMAT_VERSION:
             raise InputError(
-                f"TableEncoder format version {data.get('version')}; this privdl reads "
-                f"{FORMAT_VERSION}"
+                f"TableEncoder format version {data.get('version')}; this privdl reads {FORMAT_VERSION}"
             )
         params = data.get("params") or {}
         enc = cls(
@@ -557,15 +549,13 @@ def _numeric_rows(spec: Mapping[str, Any], uniques: Any) -> np.ndarray:
         if iv is None:
             rows[i] = (0.0, 0.0, 1.0)
             continue
-        a, b = (lo, hi) if iv == ROOT else iv
+        a, b = iv if isinstance(iv, tuple) else (lo, hi)
         # clamp to the declared domain (open-ended ranges end at the bounds)
         a = min(max(float(a), lo), hi)
         b = min(max(float(b), lo), hi)
         rows[i] = (((a + b) / 2 - lo) / span, (b - a) / span, 0.0)
     if bad:
-        raise InputError(
-            f"column {spec['name']!r}: {bad} distinct cells are not numbers, ranges or '*'"
-        )
+        raise InputError(f"column {spec['name']!r}: {bad} distinct cells are not numbers, ranges or '*'")
     return rows
 
 

@@ -103,6 +103,11 @@ def reorder_keys(lines: list[bytes], j: int) -> tuple[bytes, int, set[str]]:
     return join(out), j, {"noncanonical"}
 
 
+def append_forged(lines: list[bytes], j: int = 0) -> tuple[bytes, int, set[str]]:
+    """A well-formed entry with a made-up MAC added at the end (by someone without the key)."""
+    return insert_forged(lines, len(lines) + 1)
+
+
 # name -> (operator, smallest log it applies to, how j is chosen: "any", "not_last", "end")
 OPERATORS = {
     "modify": (modify, 1, "any"),
@@ -111,10 +116,11 @@ OPERATORS = {
     "swap": (swap, 2, "not_last"),
     "duplicate": (duplicate, 1, "any"),
     "insert_forged": (insert_forged, 1, "any"),
+    "append_forged": (append_forged, 1, "end"),
     "garbage_line": (garbage_line, 1, "any"),
     "garbage_before": (garbage_before, 1, "any"),
     "garbage_after": (garbage_after, 1, "any"),
-    "garbage_at_end": (garbage_at_end, 1, "any"),
+    "garbage_at_end": (garbage_at_end, 1, "end"),
     "reencode": (reencode, 1, "any"),
     "reorder_keys": (reorder_keys, 1, "any"),
 }

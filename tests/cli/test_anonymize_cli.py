@@ -218,3 +218,32 @@ def test_console_script_subprocess(users_csv, tmp_path, key_hex):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
     assert not out.exists()
+
+
+def test_sqlite_query_input_and_jsonl_output(run_cli, users, tmp_path, env_key):
+    from privdl.io import write_table
+
+    db = tmp_path / "export.db"
+    write_table(users, f"sqlite:///{db}?table=users")
+    out = tmp_path / "o.jsonl"
+    code, _, err = run_cli(
+        "anonymize",
+        f"sqlite:///{db}",
+        "--query",
+        "SELECT user_id, email, age FROM users WHERE age > 40",
+        "-o",
+        out,
+        "--id",
+        "user_id",
+        "--id",
+        "email",
+        "--key-env",
+        "PRIVDL_KEY",
+    )
+    assert code == 0, err
+    released = read_table(out)
+    assert len(released) == int((users["age"] > 40).sum()) and list(released.columns) == [
+        "user_id",
+        "email",
+        "age",
+    ]
