@@ -21,7 +21,7 @@ from privdl.anonymize.metrics import SensitiveCodes, encode_sensitive
 from privdl.anonymize.mondrian import mondrian
 from privdl.errors import PolicyError
 
-__all__ = ["ALGORITHMS", "Generalization", "generalize"]
+__all__ = ["ALGORITHMS", "Generalization", "encode_for", "generalize", "release_ranges", "targets"]
 
 ALGORITHMS = ("mondrian", "global")
 
@@ -77,6 +77,38 @@ def encode_for(
     return encoded, sens
 
 
+def targets(policy: Any) -> tuple[str, int, int | None, str, float | None]:
+    """``(algorithm, k, l, l_kind, t)`` of a policy, checked for consistency.
+
+    Raises:
+        PolicyError: unknown algorithm, or l / t without a sensitive column.
+    """
+    algorithm = str(_policy_value(policy, "algorithm", "mondrian"))
+    if algorithm not in ALGORITHMS:
+        raise PolicyError(f"unknown algorithm {algorithm!r} (choose from {list(ALGORITHMS)})")
+    k = int(_policy_value(policy, "k", 1))
+    l_value = getattr(policy, "l", None)
+    t_value = getattr(policy, "t", None)
+    l_kind = str(_policy_value(policy, "l_kind", "distinct"))
+    if (l_value is not None or t_value is not None) and not _policy_value(policy, "sensitive", ()):
+        raise PolicyError("l-diversity and t-closeness need at least one sensitive column")
+    return algorithm, k, l_value, l_kind, t_value
+
+
+def release_ranges(
+    frame: pd.DataFrame, encoded: list[EncodedQI], ids: np.ndarray, lo: np.ndarray,
+    hi: np.ndarray,
+) -> pd.DataFrame:
+    """Copy of ``frame`` with each quasi-identifier replaced by its class's label.
+
+    ``lo``/``hi`` are ``(n_classes, n_qis)`` code bounds, ``ids`` each record's class.
+    """
+    released = frame.copy()
+    for d, qi in enumerate(encoded):
+        released[qi.column] = _categorical(ids, qi.range_labels(lo[:, d], hi[:, d]))
+    return released
+
+
 def generalize(frame: pd.DataFrame, policy: Any) -> Generalization:
     """Generalize ``frame``'s quasi-identifiers until the policy's k, l and t hold.
 
@@ -99,25 +131,17 @@ def generalize(frame: pd.DataFrame, policy: Any) -> Generalization:
     qis = list(_policy_value(policy, "quasi_identifiers", ()))
     if not qis:
         return Generalization(frame.copy(), 0, "none", {})
-    algorithm = str(_policy_value(policy, "algorithm", "mondrian"))
-    if algorithm not in ALGORITHMS:
-        raise PolicyError(f"unknown algorithm {algorithm!r} (choose from {list(ALGORITHMS)})")
-    k = int(_policy_value(policy, "k", 1))
-    l_value = getattr(policy, "l", None)
-    t_value = getattr(policy, "t", None)
-    l_kind = str(_policy_value(policy, "l_kind", "distinct"))
-    sensitive_cols = list(_policy_value(policy, "sensitive", ()))
-    if (l_value is not None or t_value is not None) and not sensitive_cols:
-        raise PolicyError("l-diversity and t-closeness need at least one sensitive column")
+    algorithm, k, l_value, l_kind, t_value = targets(policy)
     encoded, sens = encode_for(frame, policy, algorithm=algorithm)
     released = frame.copy()
     info: dict[str, Any] = {"hierarchies": {q.column: q.spec for q in encoded}}
     if algorithm == "mondrian":
         part = mondrian(encoded, k=k, sensitive=sens, l=l_value, l_kind=l_kind, t=t_value)
-        for qi in encoded:
-            lo, hi = part.bounds(qi)
-            labels = qi.range_labels(lo, hi)
-            released[qi.column] = _categorical(part.ids_, labels)
+        bounds = [part.bounds(qi) for qi in encoded]
+        released = release_ranges(
+            frame, encoded, part.ids_, np.stack([b[0] for b in bounds], axis=1),
+            np.stack([b[1] for b in bounds], axis=1),
+        )
         info.update(classes=part.n_classes, rounds=part.rounds, relaxed_cuts=part.relaxed_cuts)
         return Generalization(released, 0, algorithm, info)
     recoding = global_recoding(

@@ -2,12 +2,16 @@
 
 Every quasi-identifier is generalized to one level of its hierarchy for all records
 (``age`` -> ``30-39`` everywhere), which is what downstream code that needs a
-consistent encoding per column wants. The search walks the lattice of level vectors
-from the bottom, in order of total height. A node is evaluated only if none of its
-direct predecessors already satisfies the policy: k-anonymity with suppression (and
-distinct/entropy l-diversity) is monotone in generalization, so such a node satisfies
-it too but cannot be minimal. Among the minimal satisfying nodes the one with the
-lowest loss wins (NCP of released records, suppressed records counted as fully lost).
+consistent encoding per column wants.
+
+The lattice of level vectors is searched by bisection over heights (middle layer first,
+then the middles of each half). Every evaluated node tags a whole cone: k-anonymity
+with suppression (and distinct/entropy l-diversity) is monotone in generalization, so
+below a failing node everything fails and above a satisfying node everything
+satisfies without being minimal. Every minimal satisfying node is therefore evaluated,
+and the one with the lowest loss wins (NCP of released records, suppressed records
+counted as fully lost). Evaluations run on the table aggregated once to its distinct
+(quasi-identifier, sensitive) rows, with record counts as weights.
 Records in classes that miss k, l or t are suppressed when they fit in the budget.
 
 A guard refuses lattices larger than ``max_nodes`` (coarser hierarchies or Mondrian).
@@ -20,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from privdl.anonymize.hierarchy import EncodedQI
 from privdl.anonymize.metrics import SensitiveCodes, diversity, emd
@@ -68,8 +73,9 @@ def _class_ids(columns: Sequence[np.ndarray], radices: Sequence[int], n: int) ->
         counts = np.bincount(key, minlength=space)
         remap = np.cumsum(counts > 0) - 1
         return remap[key]
-    _, ids = np.unique(key, return_inverse=True)
-    return ids.reshape(-1)
+    # hashing beats sorting here; class numbers need not be in key order
+    ids, _ = pd.factorize(key)
+    return np.asarray(ids, dtype=np.int64)
 
 
 def global_recoding(
@@ -111,75 +117,184 @@ def global_recoding(
             "hierarchies, fewer quasi-identifiers or --algorithm mondrian"
         )
     budget = math.floor(max_suppression * n + 1e-9)
-    node_codes = [
-        [tree.node_of[lv][q.codes] for lv in range(tree.height + 1)]
-        for q, tree in zip(qis, trees, strict=True)
-    ]
-    radices = [[len(tree.labels[lv]) for lv in range(tree.height + 1)] for tree in trees]
-    record_loss = [
-        [tree.loss(np.full(n, lv), q.codes) for lv in range(tree.height + 1)]
-        for q, tree in zip(qis, trees, strict=True)
-    ]
     dims = len(qis)
-    strides = [math.prod(h + 1 for h in heights[d + 1 :]) for d in range(dims)]
-    satisfied = np.zeros(size, dtype=bool)
-    results: list[tuple[float, int, tuple[int, ...], np.ndarray]] = []
+    # sensitive values only matter for l and t; without them the table is smaller
+    sens = list(sensitive) if (l is not None or t is not None) else []
+    radices = [[len(tree.labels[lv]) for lv in range(tree.height + 1)] for tree in trees]
+    node_loss = [
+        [tree.loss(np.full(radices[d][lv], lv),
+                   np.searchsorted(tree.node_of[lv], np.arange(radices[d][lv])))
+         for lv in range(tree.height + 1)]
+        for d, tree in enumerate(trees)
+    ]
+    base = _Table.from_records([q.codes for q in qis], [s_.codes for s_ in sens],
+                               [q.tree().n_leaves for q in qis], [s_.n_values for s_ in sens])
+    # every node's level vector, to tag whole cones of the lattice at once
+    grid = np.array(list(np.ndindex(*(h + 1 for h in heights))), dtype=np.int64).reshape(
+        size, dims
+    )
+    height = grid.sum(axis=1)
+    status = np.zeros(size, dtype=np.int8)  # 0 unknown, 1 satisfies, -1 fails
+    best: tuple[float, int, tuple[int, ...]] | None = None
     evaluated = 0
-
-    def evaluate(levels: tuple[int, ...]) -> np.ndarray | None:
-        ids = _class_ids(
-            [node_codes[d][lv] for d, lv in enumerate(levels)],
-            [radices[d][lv] for d, lv in enumerate(levels)],
-            n,
-        )
-        n_classes = int(ids.max()) + 1
-        sizes = np.bincount(ids, minlength=n_classes)
-        bad_class = sizes < k
-        for sens in sensitive:
-            if l is not None:
-                distinct, entropy = diversity(ids, n_classes, sens)
-                bad_class |= (
-                    entropy < np.log(l) - 1e-12 if l_kind == "entropy" else distinct < l
-                )
-            if t is not None:
-                bad_class |= emd(ids, n_classes, sens) > t + 1e-12
-        if int(sizes[bad_class].sum()) > budget:
-            return None
-        kept = ~bad_class[ids]
-        if t is not None and sensitive and not kept.all():
-            # the released table's own distribution is the reference once rows are
-            # suppressed: re-check t against it so the report's recomputed t holds
-            rows = np.flatnonzero(kept)
-            _, sub_ids = np.unique(ids[rows], return_inverse=True)
-            sub_ids = sub_ids.reshape(-1)
-            for sens in sensitive:
-                codes = sens.codes[rows]
-                overall = np.bincount(codes, minlength=sens.n_values) / len(rows)
-                ref = SensitiveCodes(sens.column, codes, sens.n_values, sens.ordered, overall)
-                if (emd(sub_ids, int(sub_ids.max()) + 1, ref) > t + 1e-12).any():
-                    return None
-        return kept
-
-    levels_all = list(np.ndindex(*(h + 1 for h in heights)))
-    levels_all.sort(key=sum)
-    for levels in levels_all:
-        index = sum(lv * s for lv, s in zip(levels, strides, strict=True))
-        if any(levels[d] > 0 and satisfied[index - strides[d]] for d in range(dims)):
-            satisfied[index] = True  # above a satisfying node: satisfies, not minimal
-            continue
-        evaluated += 1
-        kept = evaluate(tuple(int(v) for v in levels))
-        if kept is None:
-            continue
-        satisfied[index] = True
-        n_kept = int(kept.sum())
-        lost = sum(float(record_loss[d][lv][kept].sum()) for d, lv in enumerate(levels))
-        loss = (lost + (n - n_kept) * dims) / (n * dims)
-        results.append((loss, int(sum(levels)), tuple(int(v) for v in levels), kept))
-    if not results:
+    for h in _bisection_order(int(height.max())):
+        for index in np.flatnonzero(height == h).tolist():
+            if status[index] != 0:
+                continue
+            levels = tuple(int(v) for v in grid[index])
+            evaluated += 1
+            loss = base.evaluate(
+                [trees[d].node_of[lv] for d, lv in enumerate(levels)],
+                k=k, sens=sens, l=l, l_kind=l_kind, t=t, budget=budget,
+                node_loss=[node_loss[d][lv] for d, lv in enumerate(levels)],
+                radices=[radices[d][lv] for d, lv in enumerate(levels)], n=n,
+            )
+            if loss is None:
+                # monotone: everything below a failing node fails too
+                status[np.all(grid <= grid[index], axis=1)] = -1
+                continue
+            # ...and everything above a satisfying node satisfies (but is not minimal)
+            status[np.all(grid >= grid[index], axis=1)] = 1
+            candidate = (loss, h, levels)
+            if best is None or candidate < best:
+                best = candidate
+    if best is None:
         raise PolicyNotMetError(
             f"no generalization meets the policy (k={k}, l={l}, t={t}) within the "
             f"suppression budget of {budget} rows"
         )
-    loss, _, best, kept = min(results, key=lambda r: (r[0], r[1], r[2]))
-    return Recoding(best, kept, loss, size, evaluated)
+    loss, _, chosen = best
+    kept = _kept_records(qis, chosen, radices, sens, k=k, l=l, l_kind=l_kind, t=t)
+    return Recoding(chosen, kept, loss, size, evaluated)
+
+
+def _bad_classes(
+    ids: np.ndarray,
+    n_classes: int,
+    weights: np.ndarray | None,
+    sens: Sequence[SensitiveCodes],
+    *,
+    k: int,
+    l: int | None,  # noqa: E741 - the standard name of the l-diversity target
+    l_kind: str,
+    t: float | None,
+) -> np.ndarray:
+    sizes = np.bincount(ids, weights=weights, minlength=n_classes)
+    bad = sizes < k
+    for s_ in sens:
+        if l is not None:
+            distinct, entropy = diversity(ids, n_classes, s_, weights)
+            bad |= entropy < np.log(l) - 1e-12 if l_kind == "entropy" else distinct < l
+        if t is not None:
+            bad |= emd(ids, n_classes, s_, weights) > t + 1e-12
+    return bad
+
+
+def _t_holds_on_kept(
+    ids: np.ndarray, weights: np.ndarray | None, kept: np.ndarray,
+    sens: Sequence[SensitiveCodes], t: float,
+) -> bool:
+    """With rows suppressed, the released table's own distribution is the reference."""
+    rows = np.flatnonzero(kept)
+    _, sub_ids = np.unique(ids[rows], return_inverse=True)
+    sub_ids = sub_ids.reshape(-1)
+    w = None if weights is None else weights[rows]
+    for s_ in sens:
+        codes = s_.codes[rows]
+        overall = np.bincount(codes, weights=w, minlength=s_.n_values)
+        ref = SensitiveCodes(s_.column, codes, s_.n_values, s_.ordered, overall / overall.sum())
+        if (emd(sub_ids, int(sub_ids.max()) + 1, ref, w) > t + 1e-12).any():
+            return False
+    return True
+
+
+def _kept_records(
+    qis: Sequence[EncodedQI],
+    levels: tuple[int, ...],
+    radices: list[list[int]],
+    sens: Sequence[SensitiveCodes],
+    *,
+    k: int,
+    l: int | None,  # noqa: E741 - the standard name of the l-diversity target
+    l_kind: str,
+    t: float | None,
+) -> np.ndarray:
+    n = len(qis[0].codes)
+    ids = _class_ids(
+        [q.tree().node_of[lv][q.codes] for q, lv in zip(qis, levels, strict=True)],
+        [radices[d][lv] for d, lv in enumerate(levels)],
+        n,
+    )
+    n_classes = int(ids.max()) + 1
+    bad = _bad_classes(ids, n_classes, None, sens, k=k, l=l, l_kind=l_kind, t=t)
+    return ~bad[ids]
+
+
+@dataclass(frozen=True, eq=False)
+class _Table:
+    """Distinct (quasi-identifier leaves, sensitive values) rows with record counts.
+
+    Built once; every lattice node is evaluated on these rows (weighted by their
+    counts) instead of on every record.
+    """
+
+    qi: np.ndarray  # (m, dims) leaf codes
+    sens: np.ndarray  # (m, n_sensitive) value codes
+    counts: np.ndarray  # (m,) records per row
+
+    @classmethod
+    def from_records(cls, qi_codes: list[np.ndarray], sens_codes: list[np.ndarray],
+                     qi_radices: list[int], sens_radices: list[int]) -> _Table:
+        n = len(qi_codes[0])
+        cols = np.stack([*qi_codes, *sens_codes], axis=1) if n else np.zeros((0, 0))
+        return cls._aggregate(cols, np.ones(n), len(qi_codes), [*qi_radices, *sens_radices])
+
+    @classmethod
+    def _aggregate(cls, cols: np.ndarray, counts: np.ndarray, dims: int,
+                   radices: list[int]) -> _Table:
+        ids = _class_ids([cols[:, j] for j in range(cols.shape[1])], radices, len(cols))
+        n_rows = int(ids.max()) + 1
+        first = np.zeros(n_rows, dtype=np.int64)
+        first[ids[::-1]] = np.arange(len(ids))[::-1]
+        summed = np.bincount(ids, weights=counts, minlength=n_rows)
+        rows = cols[first]
+        return cls(rows[:, :dims], rows[:, dims:], summed)
+
+    def evaluate(self, node_of: list[np.ndarray], *, k: int, sens: Sequence[SensitiveCodes],
+                 l: int | None, l_kind: str, t: float | None,  # noqa: E741
+                 budget: int, node_loss: list[np.ndarray], radices: list[int],
+                 n: int) -> float | None:
+        """Loss of the node mapping leaves through ``node_of`` (one array per column), or
+        None when it needs more than ``budget`` suppressed rows."""
+        qi = [mapping[self.qi[:, d]] for d, mapping in enumerate(node_of)]
+        ids = _class_ids(qi, radices, len(self.qi))
+        n_classes = int(ids.max()) + 1
+        local = [SensitiveCodes(s_.column, self.sens[:, j], s_.n_values, s_.ordered,
+                                s_.overall) for j, s_ in enumerate(sens)]
+        bad = _bad_classes(ids, n_classes, self.counts, local, k=k, l=l, l_kind=l_kind, t=t)
+        suppressed = float(self.counts[bad[ids]].sum())
+        if suppressed > budget + 1e-9:
+            return None
+        kept = ~bad[ids]
+        if (t is not None and local and suppressed > 0 and kept.any()
+                and not _t_holds_on_kept(ids, self.counts, kept, local, t)):
+            return None
+        lost = sum(float((node_loss[d][codes[kept]] * self.counts[kept]).sum())
+                   for d, codes in enumerate(qi))
+        return (lost + suppressed * len(qi)) / (n * len(qi))
+
+
+def _bisection_order(top: int) -> list[int]:
+    """Heights 0..top, middle first then the middles of each half: tags spread fastest."""
+    order: list[int] = []
+    spans = [(0, top)]
+    while spans:
+        nxt = []
+        for lo, hi in spans:
+            if lo > hi:
+                continue
+            mid = (lo + hi) // 2
+            order.append(mid)
+            nxt += [(lo, mid - 1), (mid + 1, hi)]
+        spans = nxt
+    return order

@@ -103,45 +103,61 @@ def class_ids(frame: pd.DataFrame, columns: Sequence[str]) -> tuple[np.ndarray, 
 
 
 def _pairs(
-    ids: np.ndarray, n_classes: int, codes: np.ndarray, n_values: int
+    ids: np.ndarray,
+    n_classes: int,
+    codes: np.ndarray,
+    n_values: int,
+    weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct (class, value) pairs sorted by class then value, with their counts."""
+    """Distinct (class, value) pairs sorted by class then value, with their counts.
+
+    ``weights`` (optional) is the number of records each entry stands for.
+    """
     width = max(n_values, 1)
     pair = ids.astype(np.int64) * width + codes
     if n_classes * width <= max(4 * len(ids), 1 << 16):
-        counts = np.bincount(pair, minlength=n_classes * width)
+        counts = np.bincount(pair, weights=weights, minlength=n_classes * width)
         uniq = np.flatnonzero(counts)
         cnt = counts[uniq]
-    else:
+    elif weights is None:
         uniq, cnt = np.unique(pair, return_counts=True)
+    else:
+        uniq, inverse = np.unique(pair, return_inverse=True)
+        cnt = np.bincount(inverse.reshape(-1), weights=weights)
     cls, val = np.divmod(uniq, width)
     return cls, val, cnt
 
 
 def diversity(
-    ids: np.ndarray, n_classes: int, sens: SensitiveCodes
+    ids: np.ndarray, n_classes: int, sens: SensitiveCodes, weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per class: number of distinct sensitive values, and entropy (nats) of their shares."""
-    cls, _, cnt = _pairs(ids, n_classes, sens.codes, sens.n_values)
+    """Per class: number of distinct sensitive values, and entropy (nats) of their shares.
+
+    ``weights`` (optional): records per entry, when entries are aggregated rows.
+    """
+    cls, _, cnt = _pairs(ids, n_classes, sens.codes, sens.n_values, weights)
     distinct = np.bincount(cls, minlength=n_classes)
-    size = np.bincount(ids, minlength=n_classes)
+    size = np.bincount(ids, weights=weights, minlength=n_classes)
     p = cnt / size[cls]
     entropy = -np.bincount(cls, weights=p * np.log(p), minlength=n_classes)
     return distinct, np.maximum(entropy, 0.0)
 
 
-def emd(ids: np.ndarray, n_classes: int, sens: SensitiveCodes) -> np.ndarray:
+def emd(
+    ids: np.ndarray, n_classes: int, sens: SensitiveCodes, weights: np.ndarray | None = None
+) -> np.ndarray:
     """Per class: Earth Mover's Distance between its sensitive values and the table's.
 
     Numeric attributes use the ordered distance (Li et al. 2007):
     ``1/(m-1) * sum_i |sum_{j<=i} (p_j - q_j)|``; categorical ones the equal distance
     ``1/2 * sum_i |p_i - q_i|``. Computed segment by segment over each class's own
     values, so the cost grows with distinct (class, value) pairs, not classes x values.
+    ``weights`` (optional): records per entry, when entries are aggregated rows.
     """
     m = sens.n_values
     q = sens.overall
-    cls, val, cnt = _pairs(ids, n_classes, sens.codes, m)
-    size = np.bincount(ids, minlength=n_classes)
+    cls, val, cnt = _pairs(ids, n_classes, sens.codes, m, weights)
+    size = np.bincount(ids, weights=weights, minlength=n_classes)
     p = cnt / size[cls]
     if not sens.ordered:
         diff = np.bincount(cls, weights=np.abs(p - q[val]), minlength=n_classes)

@@ -29,11 +29,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from privdl.keys import Secret
+
 __all__ = ["canonical_json", "jsonable"]
 
-_ENCODER = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-)
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -58,9 +58,18 @@ def jsonable(value: Any) -> Any:
     * NaN and infinities become ``"NaN"`` / ``"Infinity"`` / ``"-Infinity"``;
     * anything else becomes its type name in angle brackets (never its ``repr``,
       which might quote data).
-    """
-    from privdl.keys import Secret
 
+    A value that is already plain JSON is returned as it is (a tuple stays a tuple: it
+    encodes as the same list).
+    """
+    try:  # the common case: already plain JSON (the C encoder checks it fast)
+        _ENCODER.encode(value)
+    except (TypeError, ValueError):
+        return _convert(value)
+    return value
+
+
+def _convert(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
@@ -70,33 +79,33 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, Secret):
         return {"key_id": value.key_id}
     if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return {str(k): _convert(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
+        return [_convert(v) for v in value]
     if isinstance(value, set | frozenset):
-        items = [jsonable(v) for v in value]
+        items = [_convert(v) for v in value]
         return sorted(items, key=lambda v: canonical_json(v))
     if isinstance(value, bytes | bytearray | memoryview):
         return f"<{len(bytes(value))} bytes>"
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if isinstance(value, enum.Enum):
-        return jsonable(value.value)
+        return _convert(value.value)
     if isinstance(value, _dt.datetime | _dt.date | _dt.time):
         return value.isoformat()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return jsonable(dataclasses.asdict(value))
+        return _convert(dataclasses.asdict(value))
     for method in ("get_params", "to_dict"):
         fn = getattr(value, method, None)
         if callable(fn):
             try:
-                return jsonable(fn())
+                return _convert(fn())
             except Exception:  # noqa: S112 - fall through to the next representation
                 continue
     item = getattr(value, "item", None)  # numpy scalar
     if callable(item) and getattr(value, "shape", None) == ():
-        return jsonable(item())
+        return _convert(item())
     tolist = getattr(value, "tolist", None)  # numpy array
     if callable(tolist):
-        return jsonable(tolist())
+        return _convert(tolist())
     return f"<{type(value).__name__}>"

@@ -214,9 +214,7 @@ def sign_checkpoint(
 
 
 # -- keys ------------------------------------------------------------------------------
-def generate_signing_key(
-    out_dir: str | os.PathLike[str], *, name: str = "audit"
-) -> tuple[Path, Path]:
+def generate_signing_key(out_dir: str | os.PathLike[str], *, name: str = "audit") -> tuple[Path, Path]:
     """Write a new Ed25519 key pair: ``<name>.key`` (PKCS#8 PEM, mode 0600) and ``<name>.pub``.
 
     Raises:
@@ -265,9 +263,7 @@ def load_signing_key(spec: Any) -> Any:
     except FileNotFoundError:
         raise KeyMissingError(f"no signing key: {p} does not exist") from None
     if os.name == "posix" and st.st_mode & 0o077:
-        raise SecurityError(
-            f"signing key {p} is accessible by group or others; run `chmod 600` on it"
-        )
+        raise SecurityError(f"signing key {p} is accessible by group or others; run `chmod 600` on it")
     try:
         key = serialization.load_pem_private_key(p.read_bytes(), password=None)
     except (ValueError, TypeError):
@@ -290,12 +286,7 @@ def load_public_key(spec: Any) -> Any:
         return spec
     if isinstance(spec, Ed25519PrivateKey):
         return spec.public_key()
-    if (
-        isinstance(spec, str)
-        and spec.count("+") >= 2
-        and "\n" not in spec
-        and not Path(spec).exists()
-    ):
+    if isinstance(spec, str) and spec.count("+") >= 2 and "\n" not in spec and not Path(spec).exists():
         return _from_verifier_key(spec)
     data = spec if isinstance(spec, bytes) else None
     if data is None:
@@ -320,9 +311,7 @@ def verifier_key(public_key: Any, *, name: str = KEY_NAME) -> str:
     """The note verifier key text ``<name>+<hex key hash>+<base64(0x01 || key)>``."""
     from cryptography.hazmat.primitives import serialization
 
-    raw = load_public_key(public_key).public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
+    raw = load_public_key(public_key).public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return f"{name}+{_key_hash(name, raw).hex()}+{base64.b64encode(_ALG_ED25519 + raw).decode()}"
 
 

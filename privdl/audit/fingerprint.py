@@ -67,9 +67,7 @@ def fingerprint_path(path: str | os.PathLike[str]) -> dict[str, Any]:
         for sub in sorted(q for q in p.rglob("*") if q.is_file()):
             with sub.open("rb") as fh:
                 inner = hashlib.file_digest(fh, "sha256").hexdigest()
-            outer.update(
-                sub.relative_to(p).as_posix().encode("utf-8") + b"\0" + inner.encode() + b"\n"
-            )
+            outer.update(sub.relative_to(p).as_posix().encode("utf-8") + b"\0" + inner.encode() + b"\n")
             total += sub.stat().st_size
             files += 1
         return {

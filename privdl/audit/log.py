@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from privdl.audit.canonical import canonical_json, jsonable
-from privdl.audit.chain import GENESIS, initial_key, line_for, ratchet, subjects_key
+from privdl.audit.chain import initial_key, subjects_key
 from privdl.audit.config import audit_defaults, load_config
 from privdl.audit.fingerprint import fingerprint
 from privdl.audit.subjects import make_filter
@@ -138,10 +138,9 @@ class _Writer:
         entry["prev"] = st.head
         if subjects is not None:
             entry["subjects"] = make_filter(st.subjects_key, subjects)
-        line = line_for(st.key, canonical_json(entry))
+        line, st.key = seal(st.key, canonical_json(entry))
         st.n += 1
         st.head = hashlib.sha256(line).hexdigest()
-        st.key = ratchet(st.key)
         st.size += len(line) + 1
         self.pending.append(line + b"\n")
         self.pending_bytes += len(line) + 1
@@ -322,9 +321,7 @@ class AuditLog:
         from privdl import __version__
 
         if not isinstance(event, str) or not _EVENT.match(event):
-            raise UsageError(
-                "audit event must be a short lowercase name like 'anonymize' or 'budget.set'"
-            )
+            raise UsageError("audit event must be a short lowercase name like 'anonymize' or 'budget.set'")
         if outcome not in OUTCOMES:
             raise UsageError(f"audit outcome must be one of {', '.join(OUTCOMES)}")
         fields: dict[str, Any] = {
@@ -397,30 +394,19 @@ class AuditLog:
                     f"audit log {self.path}: its state file {self.state_path.name} is missing"
                     " and no audit key was given to rebuild it"
                 )
-            if size == 0:
-                log_id = secrets.token_hex(8)
-                state = _State(
-                    log_id=log_id,
-                    kid=master.key_id,
-                    n=0,
-                    size=0,
-                    head=GENESIS,
-                    key=initial_key(master, log_id),
-                    subjects_key=subjects_key(master, log_id),
-                )
-                self._master = None
-                return state, True
-            with open(self.path, "rb") as fh:
-                scan = _scan(fh, master)
-            assert scan.log_id is not None and scan.next_key is not None
+            scan = _Scan()
+            if size:
+                with open(self.path, "rb") as fh:
+                    scan = _scan(fh, master)
+            log_id = scan.log_id or secrets.token_hex(8)  # no whole entry yet: a new log
             state = _State(
-                log_id=scan.log_id,
+                log_id=log_id,
                 kid=master.key_id,
                 n=scan.entries,
                 size=scan.size,
                 head=scan.head,
-                key=scan.next_key,
-                subjects_key=subjects_key(master, scan.log_id),
+                key=scan.next_key or initial_key(master, log_id),
+                subjects_key=subjects_key(master, log_id),
             )
             dirty = True
             tail = scan.tail
@@ -439,10 +425,7 @@ class AuditLog:
                     entry=state.n,
                     kind="truncated",
                 )
-            if (
-                state.n
-                and hashlib.sha256(_line_ending_at(fd, state.size)).hexdigest() != state.head
-            ):
+            if state.n and hashlib.sha256(_line_ending_at(fd, state.size)).hexdigest() != state.head:
                 raise TamperDetectedError(
                     f"audit log {self.path}: entry {state.n} is not the one last written",
                     entry=state.n,

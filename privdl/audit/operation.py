@@ -91,9 +91,7 @@ class Operation:
 
 def _seen(item: Any, items: list[Any]) -> bool:
     if isinstance(item, str | os.PathLike):
-        return any(
-            isinstance(i, str | os.PathLike) and os.fspath(i) == os.fspath(item) for i in items
-        )
+        return any(isinstance(i, str | os.PathLike) and os.fspath(i) == os.fspath(item) for i in items)
     return False
 
 

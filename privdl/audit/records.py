@@ -102,9 +102,7 @@ class _Measures:
     def describe(self) -> list[str]:
         out = []
         if self.key_ids:
-            out.append(
-                "pseudonymization with keyed HMAC-SHA256, keys " + ", ".join(sorted(self.key_ids))
-            )
+            out.append("pseudonymization with keyed HMAC-SHA256, keys " + ", ".join(sorted(self.key_ids)))
         if self.values["k"]:
             out.append("k-anonymity, k = " + ", ".join(sorted(self.values["k"], key=float)))
         if self.values["l"]:
@@ -112,9 +110,7 @@ class _Measures:
         if self.values["t"]:
             out.append("t-closeness, t = " + ", ".join(sorted(self.values["t"], key=float)))
         if self.values["epsilon"]:
-            text = "differential privacy, epsilon = " + ", ".join(
-                sorted(self.values["epsilon"], key=float)
-            )
+            text = "differential privacy, epsilon = " + ", ".join(sorted(self.values["epsilon"], key=float))
             if self.values["delta"]:
                 text += "; delta = " + ", ".join(sorted(self.values["delta"], key=float))
             out.append(text)
@@ -216,9 +212,7 @@ def build_records(
         basis = pc.get("legal_basis")
         bases = sorted(g["bases"] | ({basis} if basis else set()))
         transfers = _as_list(pc.get("transfers")) if "transfers" in pc else _as_list(transfers_cfg)
-        recipients = (
-            _as_list(pc.get("recipients")) if "recipients" in pc else _as_list(recipients_cfg)
-        )
+        recipients = _as_list(pc.get("recipients")) if "recipients" in pc else _as_list(recipients_cfg)
         m: _Measures = g["measures"]
         activities.append(
             {

@@ -1,8 +1,9 @@
 """Which data subjects a dataset held, without writing their pseudonyms into the log.
 
-An entry's ``subjects`` field is a keyed Bloom filter: bit positions come from
-HMAC-SHA256 under the log's subjects key (derived from the audit key) over a random
-per-entry salt and the pseudonym. Without the key the bits say nothing about who is
+An entry's ``subjects`` field is a keyed Bloom filter: the k bit positions of a
+pseudonym come from SHAKE-256 keyed with the log's subjects key (derived from the audit
+key) and a random per-entry salt, so filters of the same people in two entries share
+no bit pattern. Without the key the bits say nothing about who is
 in the dataset; with it, :func:`might_contain` answers "possibly" (false-positive
 rate :data:`FP_RATE`) or "certainly not". False positives only make an erasure request
 list one dataset too many for the controller to check; there are no false negatives.
@@ -11,7 +12,7 @@ list one dataset too many for the controller to check; there are no false negati
 from __future__ import annotations
 
 import base64
-import hmac
+import hashlib
 import math
 import secrets
 from collections.abc import Iterable, Mapping
@@ -35,20 +36,22 @@ def _clean(pseudonyms: Iterable[Any]) -> list[bytes]:
 
 
 def _positions(key: bytes, salt: bytes, items: list[bytes], m: int, k: int) -> Any:
+    """k independent 64-bit words per item from SHAKE-256 keyed by prefix (key || salt, as
+    in KMAC; a sponge has no length extension), each reduced mod m. (Double hashing's
+    arithmetic progressions would give correlated bit sets in small filters.)"""
     import numpy as np
 
-    digests = b"".join(hmac.digest(key, salt + item, "sha256")[:16] for item in items)
-    pairs = np.frombuffer(digests, dtype="<u8").reshape(-1, 2)
-    h1 = pairs[:, 0] % np.uint64(m)
-    h2 = (pairs[:, 1] % np.uint64(m - 1)) + np.uint64(1)
-    steps = np.arange(k, dtype=np.uint64)
-    # (h1 + j*h2) mod m without overflow: both terms are < m < 2**32
-    return (h1[:, None] + (steps[None, :] * h2[:, None]) % np.uint64(m)) % np.uint64(m)
+    keyed = hashlib.shake_256(key + salt)
+    width = 8 * k
+    words = []
+    for item in items:
+        h = keyed.copy()
+        h.update(item)
+        words.append(h.digest(width))
+    return np.frombuffer(b"".join(words), dtype="<u8").reshape(-1, k) % np.uint64(m)
 
 
-def make_filter(
-    key: bytes, pseudonyms: Iterable[Any], *, fp_rate: float = FP_RATE
-) -> dict[str, Any]:
+def make_filter(key: bytes, pseudonyms: Iterable[Any], *, fp_rate: float = FP_RATE) -> dict[str, Any]:
     """A keyed Bloom filter of the distinct pseudonyms (None, NaN and "" are skipped)."""
     import numpy as np
 
@@ -82,7 +85,7 @@ def might_contain(key: bytes, filt: Mapping[str, Any], pseudonym: str) -> bool:
         bits = base64.b64decode(filt["bloom"], validate=True)
     except (KeyError, TypeError, ValueError):
         return False
-    if m <= 1 or len(bits) * 8 < m:
+    if m < 8 or len(bits) * 8 < m or not 1 <= k <= 64:
         return False
     for p in _positions(key, salt, [pseudonym.encode("utf-8")], m, k)[0]:
         p = int(p)

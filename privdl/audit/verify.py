@@ -57,12 +57,12 @@ from privdl.audit.chain import (
     LINE_PREFIX,
     MAC_LEN,
     MAC_SEP,
-    RATCHET_INFO,
     TAIL_LEN,
     initial_key,
     key_at,
     mac_of,
     split_line,
+    step,
 )
 from privdl.errors import InputError, TamperDetectedError
 from privdl.keys import Secret
@@ -79,6 +79,8 @@ DEFAULT_KEY_ENV = "PRIVDL_AUDIT_KEY"
 _PREV_TAG = b',"prev":"'
 _SEQ_TAG = b',"seq":'
 _MAX_SEQ_JUMP = 10_000_000
+_TAIL_LEN = TAIL_LEN  # ,"mac":" + 64 hex + "}
+_MAC_AT = MAC_LEN + 2  # the MAC's start, counted from the end
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,12 +296,9 @@ def _scan(
     n = scan.entries
     size = scan.size
     watch_set = set(watch)
-    digest = hmac.digest
     compare = hmac.compare_digest
-    lineno = start_lineno
-    tail_len = TAIL_LEN
-    mac_end = -len(b'"}')
     sha256 = hashlib.sha256
+    lineno = start_lineno
     body = last_body = b""
     for raw in fh:
         lineno += 1
@@ -318,15 +317,14 @@ def _scan(
             k, scan.log_id, scan.kid = _first_key(line, audit_key)
         ok = False
         if (
-            line.startswith(LINE_PREFIX)
+            line[-_TAIL_LEN:-_MAC_AT] == MAC_SEP
+            and line.startswith(LINE_PREFIX)
             and line.endswith(b'"}')
-            and line[-tail_len : -tail_len + 8] == MAC_SEP
-            and len(line) > tail_len + 9
+            and len(line) > _TAIL_LEN + 9
         ):
-            body = line[9:-tail_len]
-            if compare(
-                digest(k, body, "sha256").hex().encode(), line[-MAC_LEN + mac_end : mac_end]
-            ):
+            body = line[9:-_TAIL_LEN]
+            mac, k_next = step(k, body)
+            if compare(mac.hex().encode(), line[-_MAC_AT:-2]):
                 at = body.rfind(_PREV_TAG)
                 if at >= 0 and body[at + 9 : at + 73] == prev:
                     at = body.rfind(_SEQ_TAG)
@@ -342,7 +340,7 @@ def _scan(
         if n in watch_set:
             scan.hash_at[n] = prev.decode("ascii")
         size += len(raw)
-        k = digest(k, RATCHET_INFO, "sha256")
+        k = k_next
         last_body = body
     if n > scan.entries:
         scan.last_time = _time_of(last_body)
@@ -469,9 +467,7 @@ def _diagnose(
     if genuine_follows:
         return err("inserted", "an entry that does not authenticate was inserted here")
     if seq == expected and entry.get("prev") == prev:
-        return err(
-            "modified", "the entry does not authenticate: altered, or added without the audit key"
-        )
+        return err("modified", "the entry does not authenticate: altered, or added without the audit key")
     return err("modified", "the entry does not authenticate (altered)")
 
 

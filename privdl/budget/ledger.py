@@ -698,14 +698,17 @@ class BudgetLedger:
         with _operation(audit_log, "budget.reserve", params=params) as op:
             run_eps = epsilon_of(hist, delta=delta, accountant=accountant)
             requested = float(epsilon) if epsilon is not None else run_eps
+            # Composition under PRV can take seconds for many distinct runs, so it is
+            # computed on a snapshot outside the write lock; under the lock the snapshot
+            # is compared with the ledger and only recomputed if another run got in.
+            with self._store.transaction(write=False) as tx:
+                snapshot = self._snapshot(tx, dataset_id)
+            figures = self._compose(snapshot, hist, accountant)
             with self._store.transaction(write=True) as tx:
-                rows = tx.rows(self._store.lock_dataset_sql(), {"d": dataset_id})
-                if not rows:
-                    raise PolicyError(f"dataset {dataset_id!r} has no budget in {self.location}")
-                total, ds_delta, _ = float(rows[0][0]), float(rows[0][1]), rows[0][2]
-                prior = _concat(self._runs(tx, dataset_id))
-                before = epsilon_of(prior, delta=ds_delta, accountant=accountant)
-                after = epsilon_of([*prior, *hist], delta=ds_delta, accountant=accountant)
+                current = self._snapshot(tx, dataset_id, lock=True)
+                if current != snapshot:
+                    figures = self._compose(current, hist, accountant)
+                total, ds_delta, before, after = figures
                 if after > total * (1 + _REL_TOL):
                     raise BudgetExceededError(
                         f"run refused: dataset {dataset_id!r} would spend epsilon={after:.4g} "
@@ -764,15 +767,19 @@ class BudgetLedger:
                 run = _run_from_row(rows[0])
                 if run.status != "reserved":
                     raise UsageError(f"run {run_id!r} is already settled")
-                total, ds_delta, _ = self._lock(tx, run.dataset_id)
-                others = [r for r in self._runs(tx, run.dataset_id) if r.run_id != run_id]
-                after = epsilon_of([*_concat(others), *hist], delta=ds_delta, accountant=run.accountant)
+                self._lock(tx, run.dataset_id)
                 run_eps = epsilon_of(hist, delta=run.delta, accountant=run.accountant)
                 tx.rows(
                     "UPDATE privdl_runs SET status = 'settled', settled_at = :t, history = :h, "
                     "epsilon = :e WHERE run_id = :r",
                     {"t": _now(), "h": json.dumps(hist), "e": run_eps, "r": run_id},
                 )
+            # The over-budget check needs the whole composition: done after the commit,
+            # outside the write lock (the record is written truthfully either way).
+            with self._store.transaction(write=False) as tx:
+                total, ds_delta, _ = self._dataset(tx, run.dataset_id)
+                all_runs = self._runs(tx, run.dataset_id)
+            after = epsilon_of(_concat(all_runs), delta=ds_delta, accountant=run.accountant)
             op.update(params={"dataset_id": run.dataset_id, "spent_after": after, "total": total})
             if after > total * (1 + _REL_TOL):
                 raise BudgetExceededError(
@@ -823,6 +830,22 @@ class BudgetLedger:
         )
 
     # -- internals ------------------------------------------------------------
+
+    def _snapshot(self, tx: _Tx, dataset_id: str, *, lock: bool = False) -> tuple[Any, ...]:
+        """(total, delta, every run's history) of a dataset; with ``lock``, under the row lock."""
+        total, delta, _ = self._lock(tx, dataset_id) if lock else self._dataset(tx, dataset_id)
+        runs = self._runs(tx, dataset_id)
+        return total, delta, tuple((r.run_id, tuple(r.history)) for r in runs)
+
+    @staticmethod
+    def _compose(
+        snapshot: tuple[Any, ...], hist: History, accountant: str
+    ) -> tuple[float, float, float, float]:
+        total, delta, runs = snapshot
+        prior = [seg for _, h in runs for seg in h]
+        before = epsilon_of(prior, delta=delta, accountant=accountant)
+        after = epsilon_of([*prior, *hist], delta=delta, accountant=accountant)
+        return total, delta, before, after
 
     def _dataset(self, tx: _Tx, dataset_id: str) -> tuple[float, float, str]:
         rows = tx.rows(

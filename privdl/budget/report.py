@@ -673,7 +673,11 @@ def _agree(a: float, b: float) -> bool:
 
 
 def _float(value: Any) -> float | None:
-    return None if value is None else float(value)
+    # NaN / inf (a diverged loss) cannot go into strict JSON: recorded as unknown
+    if value is None:
+        return None
+    x = float(value)
+    return x if math.isfinite(x) else None
 
 
 def _int(value: Any) -> int | None:
@@ -720,15 +724,18 @@ def _epoch_rows(
 ) -> list[dict[str, Any]]:
     """Per-epoch rows with epsilon recomputed from the history prefix of each epoch.
 
-    Epoch ``e`` of ``E`` ends after ``round(e / E * steps)`` steps: Poisson sampling
-    runs ``1/q`` expected steps per epoch, so the trainer's steps split evenly.
+    An epoch ends at the cumulative ``steps`` the trainer recorded for it; without
+    that, epoch ``e`` of ``E`` ends after ``round(e / E * steps)`` steps (Poisson
+    sampling runs ``1/q`` steps per epoch, so the steps split evenly).
     """
     rows: list[dict[str, Any]] = []
     total_steps = int(sum(int(s[2]) for s in hist))
     n = len(per_epoch)
     for i, entry in enumerate(per_epoch):
         epoch = int(entry.get("epoch", i + 1))
-        steps = round((i + 1) / n * total_steps)
+        # the trainer's cumulative step count when it gives one, else an even split
+        given = entry.get("steps")
+        steps = int(given) if given is not None else round((i + 1) / n * total_steps)
         eps = epsilon_of(_prefix(hist, steps), delta=delta, accountant=accountant)
         rep = entry.get("epsilon")
         rows.append(
@@ -738,6 +745,8 @@ def _epoch_rows(
                 "metric": _float(entry.get("metric")),
                 "epsilon": eps,
                 "epsilon_reported": _float(rep),
+                "steps": steps,
+                "metric_name": entry.get("metric_name"),
             }
         )
     return rows
@@ -749,7 +758,8 @@ def _utility(epochs: list[dict[str, Any]], baseline: Any) -> dict[str, Any] | No
     if isinstance(baseline, Mapping):
         name, value = str(baseline.get("metric", "validation metric")), float(baseline["value"])
     else:
-        name, value = "validation metric", float(baseline)
+        named = [e.get("metric_name") for e in epochs if e.get("metric_name")]
+        name, value = (str(named[-1]) if named else "validation metric"), float(baseline)
     private = next((e["metric"] for e in reversed(epochs) if e.get("metric") is not None), None)
     return {
         "metric": name,

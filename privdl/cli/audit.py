@@ -130,9 +130,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(report.to_dict(), indent=2))
             return
-        print(
-            f"erasure request recorded as entry {report.entry} (subject ref {report.subject_ref})"
-        )
+        print(f"erasure request recorded as entry {report.entry} (subject ref {report.subject_ref})")
         if not report.direct:
             print("no logged dataset holds this pseudonym")
         for label, items in (("holds the subject", report.direct), ("derived", report.derived)):

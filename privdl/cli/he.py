@@ -97,7 +97,7 @@ def encrypt(
     frame = io.read_table(input, sep=sep, columns=source_columns(features))
     header = keys.encrypt_to_file(
         frame, output, columns=features, workers=workers, audit_log=log,
-        inputs=[io.file_fingerprint(input)] if Path(input).exists() else [],
+        inputs=[input] if Path(input).exists() else [],
     )  # fmt: skip
     size = output.stat().st_size
     typer.echo(

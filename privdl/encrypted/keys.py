@@ -22,7 +22,7 @@ import contextlib
 import os
 import secrets
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PUBLIC_FILE", "SECRET_FILE", "HEKeys", "PublicKeys"]
 
-SECRET_FILE = "secret.he"
+SECRET_FILE = "secret.he"  # noqa: S105 (a file name, not a password)
 PUBLIC_FILE = "public.he"
 
 
@@ -126,6 +126,32 @@ class PublicKeys:
 
     def header(self) -> BatchHeader:
         return BatchHeader(kind="public-context", params=self.params, key_id=self.key_id)
+
+    def encrypt(
+        self, data: pd.DataFrame | np.ndarray | Any, *, columns: Sequence[str] | None = None
+    ) -> EncryptedBatch:
+        """Encrypt with the public key (key sets made with ``encryption="public-key"``).
+
+        Raises:
+            UsageError: a symmetric key set: only the secret-key holder can encrypt.
+        """
+        from privdl.encrypted.packing import as_matrix, chunk_bounds
+
+        if self.params.encryption != "public-key":
+            raise UsageError(
+                "this key set uses symmetric encryption: only the data owner can encrypt; "
+                "generate keys with encryption='public-key' to let others encrypt"
+            )
+        matrix, names = as_matrix(data, columns)
+        header = BatchHeader(
+            kind="features",
+            params=self.params,
+            key_id=self.key_id,
+            columns=tuple(names),
+            rows=int(matrix.shape[0]),
+        )
+        bounds = chunk_bounds(matrix.shape[0], self.params.slots)
+        return EncryptedBatch(header, tuple(encrypt_block(self._ctx, matrix[a:b]) for a, b in bounds))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the public context file (atomic; safe to share)."""
@@ -391,19 +417,51 @@ class HEKeys:
         from privdl.encrypted.packing import chunk_bounds
 
         bounds = chunk_bounds(matrix.shape[0], self.params.slots)
-        if workers > 1 and len(bounds) > 1 and _can_fork():
+        if len(bounds) < 2:
+            workers = 1
+        yield from self.encrypt_blocks((matrix[a:b] for a, b in bounds), workers=workers)
+
+    def encrypt_blocks(self, blocks: Iterable[np.ndarray], *, workers: int = 1) -> Iterator[Chunk]:
+        """Encrypt a stream of row blocks (each at most N/2 rows) in order, in flat memory.
+
+        Args:
+            blocks: float arrays of shape (rows, columns), rows <= ``params.slots``.
+            workers: processes; the secret context reaches them by ``fork`` only.
+        """
+        if workers > 1 and _can_fork():
             from privdl.encrypted import pool
 
             yield from pool.map_forked(
                 pool.encrypt_task,
-                (matrix[a:b] for a, b in bounds),
+                (self._check_block(b) for b in blocks),
                 blob=self._secret_blob(),
                 scale_bits=self.params.scale_bits,
                 workers=workers,
             )
             return
-        for a, b in bounds:
-            yield encrypt_block(self._ctx, matrix[a:b])
+        for block in blocks:
+            yield encrypt_block(self._ctx, self._check_block(block))
+
+    def _check_block(self, block: np.ndarray) -> np.ndarray:
+        if block.ndim != 2 or block.shape[0] > self.params.slots:
+            raise UsageError(f"a block holds at most {self.params.slots} rows (rows x columns)")
+        return block
+
+    def decrypt_chunks(self, chunks: Iterable[Chunk], *, workers: int = 1) -> Iterator[np.ndarray]:
+        """Decrypt a stream of score chunks in order (raw values, shape rows x outputs)."""
+        if workers > 1 and _can_fork():
+            from privdl.encrypted import pool
+
+            yield from pool.map_forked(
+                pool.decrypt_task,
+                chunks,
+                blob=self._secret_blob(),
+                scale_bits=self.params.scale_bits,
+                workers=workers,
+            )
+            return
+        for chunk in chunks:
+            yield decrypt_block(self._ctx, chunk)
 
     def _secret_blob(self) -> bytes:
         return bytes(
@@ -422,6 +480,7 @@ class HEKeys:
         *,
         raw: bool = False,
         decimals: int | None = None,
+        workers: int = 1,
         audit_log: Any = None,
     ) -> np.ndarray:
         """Decrypt encrypted scores.
@@ -432,6 +491,7 @@ class HEKeys:
                 applying the exact link (sigmoid) on this side.
             decimals: round the released scores (limits what decrypted values reveal
                 if they ever travel back; CKKS is not IND-CPA-D secure).
+            workers: processes (the secret context reaches them by ``fork`` only).
             audit_log: an AuditLog, a path, or None; one ``he.decrypt`` entry.
 
         Returns:
@@ -457,9 +517,11 @@ class HEKeys:
                 "rows": batch.rows,
                 "raw": raw,
                 "decimals": decimals,
+                "model_id": batch.header.info.get("model_id"),
             },
+            inputs=[] if isinstance(scores, EncryptedBatch) else [os.fspath(scores)],
         ):
-            parts = [decrypt_block(self._ctx, chunk) for chunk in batch.chunks]
+            parts = list(self.decrypt_chunks(batch.chunks, workers=workers))
             values = np.concatenate(parts, axis=0) if parts else np.zeros((0, len(batch.columns)))
             values = finish_scores(values, batch.header.info, raw=raw, decimals=decimals)
         return values

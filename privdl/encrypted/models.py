@@ -300,8 +300,10 @@ class ModelSpec:
         else:
             body = {
                 "format": MLP_FORMAT,
-                "layers": [{"weight": [list(r) for r in l.weight], "bias": list(l.bias)}
-                           for l in self.layers],  # fmt: skip
+                "layers": [
+                    {"weight": [list(row) for row in layer.weight], "bias": list(layer.bias)}
+                    for layer in self.layers
+                ],
                 "activations": [a.to_dict() for a in self.activations],
                 **common,
             }
@@ -519,11 +521,9 @@ def _from_sklearn(model: Any) -> ModelSpec:
     intercept = np.atleast_1d(np.asarray(estimator.intercept_, dtype=np.float64))
     if intercept.shape[0] == 1 and coef.shape[0] > 1:
         intercept = np.repeat(intercept, coef.shape[0])
-    is_classifier = hasattr(estimator, "classes_")
-    if is_classifier:
-        link = "logit" if coef.shape[0] == 1 else "softmax"
-    else:
-        link = "identity"
+    # a classifier outputs logits (one, or one per class); a regressor the value itself
+    multi = "logit" if coef.shape[0] == 1 else "softmax"
+    link = multi if hasattr(estimator, "classes_") else "identity"
     names = getattr(model, "feature_names_in_", None)
     if names is None:
         names = getattr(estimator, "feature_names_in_", None)

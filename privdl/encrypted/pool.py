@@ -50,9 +50,18 @@ def decrypt_task(chunk: Any) -> Any:
     return decrypt_block(_STATE["ctx"], chunk)
 
 
-def _mp_context() -> Any:
+def _mp_context(secret: bool) -> Any:
     methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    if secret:
+        return multiprocessing.get_context("fork")
+    # public work (scoring) starts from a clean interpreter, so a scoring worker never
+    # inherits the memory of a process that holds a secret key
+    if "forkserver" not in methods:
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    # workers fork from a server that has already imported TenSEAL: pools start fast
+    ctx.set_forkserver_preload(["tenseal", "privdl.encrypted.scorer"])
+    return ctx
 
 
 def map_ordered(
@@ -62,6 +71,7 @@ def map_ordered(
     init: tuple[str, Any],
     workers: int,
     window: int | None = None,
+    secret: bool = False,
 ) -> Iterator[Any]:
     """``map(task, items)`` over ``workers`` processes, in order, with bounded memory.
 
@@ -70,7 +80,7 @@ def map_ordered(
     """
     limit = window or 2 * workers
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=_mp_context(), initializer=_init, initargs=init
+        max_workers=workers, mp_context=_mp_context(secret), initializer=_init, initargs=init
     ) as executor:
         pending: deque[Future[Any]] = deque()
         for item in items:
@@ -93,4 +103,6 @@ def map_forked(
     if "fork" not in multiprocessing.get_all_start_methods():
         raise RuntimeError("secret contexts are only shared with forked workers")
     # fork: initargs are inherited by the child, never pickled
-    yield from map_ordered(task, items, init=("context", (blob, scale_bits)), workers=workers)
+    yield from map_ordered(
+        task, items, init=("context", (blob, scale_bits)), workers=workers, secret=True
+    )

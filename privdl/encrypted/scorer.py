@@ -286,10 +286,12 @@ class EncryptedScorer:
         plain_columns: Sequence[str] | None = None,
         workers: int = 1,
         audit_log: Any = None,
+        inputs: Sequence[Any] = (),
     ) -> BatchHeader:
-        """Score an encrypted file into a scores file, one chunk at a time (flat memory)."""
-        from privdl.io import file_fingerprint
+        """Score an encrypted file into a scores file, one chunk at a time (flat memory).
 
+        ``inputs`` names further files read (e.g. the plaintext table) for the audit entry.
+        """
         header = read_batch_header(source)
         name = Path(source).name
         header.check_compatible(
@@ -306,7 +308,7 @@ class EncryptedScorer:
             audit_log,
             "he.score",
             params=self._audit_params(plan, header.rows),
-            inputs=[file_fingerprint(source)],
+            inputs=[os.fspath(source), *inputs],
         ) as op:
             with BatchWriter(target, out_header) as writer:
                 for chunk in self._score_stream(iter_chunks(source), plan, pmatrix, workers=workers):
@@ -314,8 +316,41 @@ class EncryptedScorer:
             if writer.rows != header.rows:
                 raise InputError(f"{name}: holds {writer.rows} rows, its header says {header.rows}")
             if op is not None:
-                op.update(outputs=[file_fingerprint(target)])
+                op.update(outputs=[os.fspath(target)])
         return out_header
+
+    def score_chunks(
+        self,
+        chunks: Iterable[Chunk],
+        *,
+        columns: Sequence[str],
+        plain: Iterable[np.ndarray] | None = None,
+        plain_columns: Sequence[str] = (),
+        workers: int = 1,
+    ) -> Iterator[Chunk]:
+        """Score a stream of feature chunks in order, in flat memory.
+
+        Args:
+            chunks: encrypted chunks whose blobs follow ``columns``.
+            columns: the encrypted feature names (a batch header's ``columns``).
+            plain: per chunk, the plaintext features (rows x ``plain_columns``).
+            plain_columns: names of the plaintext features.
+            workers: scoring processes (started from a clean interpreter).
+        """
+        import numpy as np
+
+        plan = self.plan(columns, plain_columns)
+        keep = [list(plain_columns).index(c) for c in plan.plain_columns]
+        plain_iter = iter(plain) if plain is not None else None
+
+        def items() -> Iterator[tuple[Chunk, np.ndarray]]:
+            for chunk in chunks:
+                block = None
+                if plain_iter is not None:
+                    block = np.asarray(next(plain_iter), dtype=np.float64)[:, keep]
+                yield chunk, self._partial(plan, block, 0, chunk.rows)
+
+        yield from self._run(items(), plan, workers)
 
     def _prepare(
         self,
@@ -369,14 +404,19 @@ class EncryptedScorer:
                 start += chunk.rows
                 yield chunk, partial
 
+        yield from self._run(items(), plan, workers)
+
+    def _run(
+        self, items: Iterator[tuple[Chunk, np.ndarray]], plan: _Plan, workers: int
+    ) -> Iterator[Chunk]:
         if workers > 1:
             from privdl.encrypted import pool
 
             yield from pool.map_ordered(
-                pool.score_task, items(), init=("score", self.recipe(plan)), workers=workers
+                pool.score_task, items, init=("score", self.recipe(plan)), workers=workers
             )
             return
-        for chunk, partial in items():
+        for chunk, partial in items:
             yield self.score_chunk(chunk, plan, partial)
 
     @staticmethod
@@ -390,8 +430,6 @@ class EncryptedScorer:
 
     def score_chunk(self, chunk: Chunk, plan: _Plan, partial: np.ndarray) -> Chunk:
         """Score one chunk; ``partial`` (rows x outputs) is the plaintext part with bias."""
-        import numpy as np
-
         ts: Any = require("tenseal", "he")
         ctx = self.public_keys.context()
         if partial.shape[0] != chunk.rows:
@@ -402,6 +440,23 @@ class EncryptedScorer:
             raise InputError("a chunk holds fewer ciphertexts than the header's columns") from None
         except Exception:
             raise InputError("a ciphertext in the batch cannot be read with this context") from None
+        outs = self.evaluate(vecs, plan, partial)
+        return Chunk(rows=chunk.rows, blobs=tuple(v.serialize() for v in outs))
+
+    def evaluate(self, vecs: list[Any], plan: _Plan, partial: np.ndarray) -> list[Any]:
+        """The homomorphic evaluation on deserialized ``CKKSVector`` s (one per input).
+
+        Args:
+            vecs: one vector per encrypted model input, in ``plan.enc_index`` order.
+            plan: from :meth:`plan`.
+            partial: plaintext part (bias + plain columns), rows x outputs.
+
+        Returns:
+            One encrypted vector per output.
+        """
+        import numpy as np
+
+        ctx = self.public_keys.context()
         enc_w = np.asarray(plan.enc_weight)
         if self._fast:
             ctx.auto_rescale = False
@@ -412,7 +467,7 @@ class EncryptedScorer:
         else:
             ctx.auto_rescale = True
             outs = self._deep(vecs, enc_w, partial)
-        return Chunk(rows=chunk.rows, blobs=tuple(v.serialize() for v in outs))
+        return outs
 
     def _deep(self, vecs: list[Any], enc_w: np.ndarray, partial: np.ndarray) -> list[Any]:
         hidden = [_affine(vecs, enc_w[o], partial[:, o].tolist()) for o in range(enc_w.shape[0])]

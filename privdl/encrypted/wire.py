@@ -39,8 +39,8 @@ __all__ = [
     "BatchWriter",
     "Chunk",
     "EncryptedBatch",
-    "read_batch_header",
     "iter_chunks",
+    "read_batch_header",
 ]
 
 MAGIC = b"PRIVDLHE"
@@ -131,15 +131,15 @@ class BatchHeader:
         """
         if self.kind != kind:
             raise InputError(f"{source} holds {self.kind}, expected {kind}")
-        if self.key_id != key_id:
-            raise KeyMissingError(
-                f"{source} was made with key set {self.key_id}, not {key_id}; "
-                "use the keys it was encrypted with"
-            )
         if self.params != params:
             raise InputError(
                 f"{source} was made with other CKKS parameters "
                 f"(N={self.params.poly_modulus_degree}, moduli {list(self.params.coeff_mod_bit_sizes)})"
+            )
+        if self.key_id != key_id:
+            raise KeyMissingError(
+                f"{source} was made with key set {self.key_id}, not {key_id}; "
+                "use the keys it was encrypted with"
             )
 
 

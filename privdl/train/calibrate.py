@@ -85,9 +85,7 @@ def normalize_history(history: Iterable[Sequence[Any]]) -> tuple[tuple[float, fl
             sigma_f, q_f = float(sigma), float(q)
             steps_f = float(steps)
         except (TypeError, ValueError):
-            raise InputError(
-                f"history segment {pos} is not (noise_multiplier, sample_rate, steps)"
-            ) from None
+            raise InputError(f"history segment {pos} is not (noise_multiplier, sample_rate, steps)") from None
         if not steps_f.is_integer() or steps_f < 0:
             raise InputError(f"history segment {pos}: steps must be a non-negative integer")
         if not (math.isfinite(sigma_f) and sigma_f >= 0):
@@ -397,11 +395,7 @@ def _rdp_epsilon(hist: Sequence[tuple[float, float, int]], delta: float) -> floa
     for sigma, q, steps in hist:
         rdp = rdp + _rdp_one_step(q, sigma) * steps
     with np.errstate(invalid="ignore"):
-        eps = (
-            rdp
-            - (math.log(delta) + np.log(_ORDERS)) / (_ORDERS - 1)
-            + np.log((_ORDERS - 1) / _ORDERS)
-        )
+        eps = rdp - (math.log(delta) + np.log(_ORDERS)) / (_ORDERS - 1) + np.log((_ORDERS - 1) / _ORDERS)
     if np.isnan(eps).all():
         return math.inf
     return float(np.nanmin(eps))
@@ -493,9 +487,7 @@ def _prv_epsilon(hist: Sequence[tuple[float, float, int]], delta: float) -> floa
         if not mass > 0:
             raise _PRVNumericsError("no probability mass in the PRV domain")
         inside = (edges >= t_min) & (edges < t_max)
-        cdf_e = np.where(
-            inside, (_prv_cdf(edges, q, sigma) - c_lo[0]) / mass, np.where(edges < t_min, 0, 1)
-        )
+        cdf_e = np.where(inside, (_prv_cdf(edges, q, sigma) - c_lo[0]) / mass, np.where(edges < t_min, 0, 1))
         pmf = np.diff(cdf_e)
         mean_d = float(np.dot(ts, pmf))
         mean_c = _truncated_mean(q, sigma, t_min, t_max, mass)

@@ -163,9 +163,7 @@ def _ed25519() -> Any:
 def _public_raw(public_key: Any) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
-    return bytes(
-        public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    )
+    return bytes(public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
 
 
 def _sign(folder: Path, kind: str, key: Any) -> dict[str, Any]:
@@ -214,9 +212,7 @@ def _verify(folder: Path, key: Any, *, kind: str) -> dict[str, Any]:
         raise InputError(f"{folder}: a saved model, not a training checkpoint")
     present = {name for name in _FILES if (folder / name).exists()}
     if set(files) != present or "model.safetensors" not in files or "meta.json" not in files:
-        raise TamperDetectedError(
-            f"{folder}: the files present differ from the signed list", kind="files"
-        )
+        raise TamperDetectedError(f"{folder}: the files present differ from the signed list", kind="files")
     for name, digest in files.items():
         if not hmac.compare_digest(_sha256(folder / name), str(digest)):
             raise TamperDetectedError(f"{folder}: {name} was modified", kind="modified")
@@ -508,7 +504,9 @@ def _trainer_from(
         epochs=int(params.get("epochs") or 1),
         batch_size=int(params.get("batch_size") or 1),
         lr=params.get("lr"),
-        optimizer=opt if isinstance(opt, str) and opt.lower() in ("adam", "adamw", "sgd", "rmsprop") else "adam",
+        optimizer=opt
+        if isinstance(opt, str) and opt.lower() in ("adam", "adamw", "sgd", "rmsprop")
+        else "adam",
         loss=params.get("loss") if params.get("loss") in ("cross_entropy", "bce", "mse") else None,
         accountant=meta["privacy"]["accountant"],
         dataset_id=meta.get("dataset_id"),
@@ -522,9 +520,7 @@ def _trainer_from(
     trainer.task_ = meta.get("task")
     trainer.n_outputs_ = meta.get("n_outputs")
     trainer.feature_names_ = meta.get("feature_names")
-    trainer.accountant_history_ = [
-        (float(s), float(q), int(n)) for s, q, n in privacy["accountant_history"]
-    ]
+    trainer.accountant_history_ = [(float(s), float(q), int(n)) for s, q, n in privacy["accountant_history"]]
     trainer.noise_multiplier_ = privacy.get("noise_multiplier")
     trainer.sample_rate_ = privacy.get("sample_rate")
     trainer.steps_ = int(privacy.get("steps") or 0)

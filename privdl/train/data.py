@@ -29,7 +29,15 @@ from privdl.errors import InputError, UsageError, require
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ChaChaRandom", "IndexedData", "PoissonSampler", "TensorData", "as_data"]
+__all__ = [
+    "ChaChaRandom",
+    "IndexedData",
+    "PoissonSampler",
+    "TensorData",
+    "as_data",
+    "steps_per_epoch",
+    "to_tensor",
+]
 
 
 class ChaChaRandom:
@@ -169,7 +177,7 @@ class IndexedData:
         return out, None
 
 
-def _to_tensor(value: Any, *, what: str) -> Any:
+def to_tensor(value: Any, *, what: str) -> Any:
     import torch
 
     if isinstance(value, torch.Tensor):
@@ -202,12 +210,12 @@ def as_data(data: Any, *, what: str = "data") -> TensorData | IndexedData:
     Raises:
         InputError: unsupported type, mismatched lengths, non-numeric arrays.
     """
-    torch = require("torch", "train")
+    torch: Any = require("torch", "train")
     from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
     if isinstance(data, tuple | list) and len(data) == 2:
-        X = _to_tensor(data[0], what=f"{what} features")
-        y = None if data[1] is None else _to_tensor(data[1], what=f"{what} target")
+        X = to_tensor(data[0], what=f"{what} features")
+        y = None if data[1] is None else to_tensor(data[1], what=f"{what} target")
         if X.ndim == 0 or len(X) == 0:
             raise InputError(f"{what} has no rows")
         if y is not None and len(y) != len(X):

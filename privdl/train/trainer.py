@@ -18,7 +18,6 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -32,9 +31,11 @@ from privdl.train.data import (
     TensorData,
     as_data,
     steps_per_epoch,
+    to_tensor,
 )
+from privdl.train.engine import LinearDPEngine, forward_calls, linear_engine_supports
 
-torch = require("torch", "train")
+torch: Any = require("torch", "train")
 require("opacus", "train")
 from torch import nn  # noqa: E402
 
@@ -58,7 +59,7 @@ _OPTIMIZERS = {
 }
 
 _LOSSES = ("cross_entropy", "bce", "mse")
-_GRAD_SAMPLE_MODES = ("auto", "ghost", "hooks", "functorch", "ew")
+_GRAD_SAMPLE_MODES = ("auto", "bk", "ghost", "hooks", "functorch", "ew")
 
 
 class PrivateTrainer:
@@ -94,10 +95,16 @@ class PrivateTrainer:
             ``os.urandom``) and use Opacus' defence against floating-point attacks.
         max_physical_batch_size: split each sampled batch into chunks of at most this
             many records (same privacy, less memory).
-        grad_sample_mode: ``"auto"`` (ghost clipping when every trainable layer
-            supports it, else hooks) or an Opacus mode.
+        grad_sample_mode: ``"auto"``: ``"bk"`` (privdl's one-backward engine, see
+            :mod:`privdl.train.engine`) when every trainable layer is an ``nn.Linear``,
+            else Opacus' ghost clipping when every trainable layer supports it, else
+            Opacus' hooks; or name a mode (``"bk"``, ``"ghost"``, ``"hooks"``,
+            ``"functorch"``, ``"ew"``).
         encoder: a TableEncoder for DataFrame input; by default one is fitted.
         progress: print one line per epoch (``"auto"``: when stderr is a terminal).
+        checkpoint_dir: write a signed training checkpoint there after every epoch
+            (see :func:`PrivateTrainer.resume`).
+        checkpoint_key: the Secret (HMAC) or Ed25519 key that signs checkpoints.
     """
 
     def __init__(
@@ -123,6 +130,8 @@ class PrivateTrainer:
         grad_sample_mode: str = "auto",
         encoder: Any = None,
         progress: bool | str = "auto",
+        checkpoint_dir: Any = None,
+        checkpoint_key: Any = None,
     ) -> None:
         self.model = model
         self.target_epsilon = epsilon
@@ -144,6 +153,8 @@ class PrivateTrainer:
         self.grad_sample_mode = grad_sample_mode
         self.encoder = encoder
         self.progress = progress
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_key = checkpoint_key
         # learned state, set by fit()
         self.model_: nn.Module | None = None
         self.history_: list[dict[str, Any]] = []
@@ -165,6 +176,7 @@ class PrivateTrainer:
         self.device_: str | None = None
         self.fit_seconds_: float | None = None
         self._state: dict[str, Any] = {}
+        self._resume: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ parameters
     def get_params(self) -> dict[str, Any]:
@@ -328,11 +340,17 @@ class PrivateTrainer:
         n = len(train)
         if n < 2:
             raise InputError("training data needs at least 2 rows")
+        resume = self._resume
+        if resume is not None and n != self.n_samples_:
+            raise InputError(
+                f"the checkpoint was trained on {self.n_samples_} records, not {n}: "
+                "a resumed run must see the same data"
+            )
         self.n_samples_ = n
 
         # delta: the ledger's when there is one, else 1/(10 n); never >= 1/n
         ledger = self._open_ledger()
-        delta = self.delta
+        delta = self.delta_ if resume is not None else self.delta
         if delta is None:
             delta = ledger.budget(self.dataset_id)[1] if ledger is not None else 1.0 / (10 * n)
         if not 0 < delta < 1.0 / n:
@@ -343,6 +361,8 @@ class PrivateTrainer:
         self.delta_ = float(delta)
 
         per_epoch = steps_per_epoch(n, self.batch_size)
+        if resume is not None:
+            per_epoch = resume["per_epoch"]
         q = 1.0 / per_epoch
         planned = per_epoch * self.epochs
         self.sample_rate_ = q
@@ -365,10 +385,9 @@ class PrivateTrainer:
             left = ModuleValidator.validate(model, strict=False)
             if left:
                 kinds = sorted({type(e).__name__ for e in left})
-                raise InputError(
-                    f"model has layers Opacus cannot train privately ({', '.join(kinds)})"
-                )
-        self.replaced_modules_ = replaced
+                raise InputError(f"model has layers Opacus cannot train privately ({', '.join(kinds)})")
+        if resume is None:
+            self.replaced_modules_ = replaced
         model = model.to(device)
         trainable = [p for p in model.parameters() if p.requires_grad]
         if not trainable:
@@ -386,7 +405,10 @@ class PrivateTrainer:
         criterion = self._make_loss()
 
         # noise: calibrated for the whole planned run (prior runs are the ledger's job)
-        if self.target_epsilon == "remaining":
+        if resume is not None:
+            # the same run goes on: same noise, same ledger reservation
+            sigma = float(self.noise_multiplier_ or 0.0)
+        elif self.target_epsilon == "remaining":
             assert ledger is not None
             sigma = ledger.calibrate_remaining(
                 self.dataset_id, sample_rate=q, steps=planned, accountant=self.accountant
@@ -401,7 +423,7 @@ class PrivateTrainer:
             )
         self.noise_multiplier_ = float(sigma)
         run_eps = epsilon_of([(sigma, q, planned)], delta=self.delta_, accountant=self.accountant)
-        if ledger is not None:
+        if ledger is not None and resume is None:
             self.run_id_ = ledger.reserve(
                 self.dataset_id,
                 history=[(sigma, q, planned)],
@@ -412,7 +434,7 @@ class PrivateTrainer:
             )
         self.ledger_ = ledger
 
-        mode = self._choose_mode(model)
+        mode = self._choose_mode(model, _to(x0, device))
         self.grad_sample_mode_ = mode
         gsm, opt, dp_loss = self._make_private(model, criterion, sigma, q, n, device)
         sampler = PoissonSampler(
@@ -428,6 +450,13 @@ class PrivateTrainer:
         self.history_ = []
         self.accountant_history_ = []
         self.steps_ = 0
+        epoch = 0
+        if resume is not None:
+            opt.original_optimizer.load_state_dict(resume["optimizer"])
+            epoch, self.steps_ = resume["epoch"], resume["steps"]
+            self.history_ = list(resume["history"])
+            self.accountant_history_ = [(float(sigma), q, self.steps_)] if self.steps_ else []
+            self._resume = None
         self._state = {
             "device": device,
             "train": train,
@@ -438,7 +467,7 @@ class PrivateTrainer:
             "criterion": criterion,
             "sampler": sampler,
             "per_epoch": per_epoch,
-            "epoch": 0,
+            "epoch": epoch,
         }
 
     def _open_ledger(self) -> Any:
@@ -468,7 +497,7 @@ class PrivateTrainer:
             loss = self.loss
             if not hasattr(loss, "reduction"):
                 raise UsageError("a loss module needs a 'reduction' attribute (e.g. nn.*Loss)")
-            loss.reduction = "mean"
+            loss.reduction = "mean"  # type: ignore[assignment]
             return loss
         if self.task_ == "regression":
             return nn.MSELoss(reduction="mean")
@@ -476,11 +505,24 @@ class PrivateTrainer:
             return nn.BCEWithLogitsLoss(reduction="mean")
         return nn.CrossEntropyLoss(reduction="mean")
 
-    def _choose_mode(self, model: nn.Module) -> str:
+    def _choose_mode(self, model: nn.Module, example: Any = None) -> str:
+        if self.grad_sample_mode == "bk":
+            if example is not None and not linear_engine_supports(model, example):
+                raise UsageError(
+                    'grad_sample_mode="bk" needs every trainable layer to be an nn.Linear '
+                    "used once per forward pass"
+                )
+            return "bk"
         if self.grad_sample_mode != "auto":
             return str(self.grad_sample_mode)
         from opacus.grad_sample import GradSampleModuleFastGradientClipping as Ghost
 
+        # A layer run twice per forward pass (weight reuse) needs Opacus' hooks, which
+        # accumulate per-sample gradients over calls; ghost norms and "bk" do not.
+        if example is not None and any(c > 1 for c in forward_calls(model, example).values()):
+            return "hooks"
+        if example is not None and linear_engine_supports(model, example):
+            return "bk"
         # Ghost clipping needs a norm sampler for every layer that owns trainable
         # parameters and no parameter shared between layers.
         owners: dict[int, int] = {}
@@ -520,6 +562,18 @@ class PrivateTrainer:
         expected = max(1, round(n * q))
         noise_gen = self._generator(device, 1)
         dp_loss = None
+        if self.grad_sample_mode_ == "bk":
+            engine = LinearDPEngine(
+                model,
+                base,
+                criterion,
+                noise_multiplier=sigma,
+                max_grad_norm=self.max_grad_norm,
+                expected_batch_size=expected,
+                generator=noise_gen,
+                secure=self.secure_mode,
+            )
+            return engine, engine, None
         if self.grad_sample_mode_ == "ghost":
             gsm = GradSampleModuleFastGradientClipping(
                 model,
@@ -562,16 +616,19 @@ class PrivateTrainer:
         st = self._state
         t0 = time.perf_counter()
         try:
-            while st["epoch"] < self.epochs:
-                self._run_epoch()
+            with warnings.catch_warnings():
+                # Opacus' ghost clipping triggers this torch notice on every step when
+                # the input does not require grad, which is the normal case
+                warnings.filterwarnings("ignore", message="Full backward hook", category=UserWarning)
+                while st["epoch"] < self.epochs:
+                    self._run_epoch()
         finally:
             self.fit_seconds_ = time.perf_counter() - t0
         self._finish()
 
     def _run_epoch(self) -> None:
         st = self._state
-        gsm, opt, train = st["gsm"], st["opt"], st["train"]
-        device = st["device"]
+        gsm, device = st["gsm"], st["device"]
         gsm.train()
         loss_sum = torch.zeros((), device=device)
         count = 0
@@ -598,6 +655,10 @@ class PrivateTrainer:
         }
         self.history_.append(row)
         self._report_progress(row)
+        if self.checkpoint_dir is not None:
+            from privdl.train.checkpoint import save_checkpoint
+
+            save_checkpoint(self, self.checkpoint_dir, key=self.checkpoint_key)
 
     def _step(self, idx: Any) -> Any:
         """One DP-SGD step on the Poisson batch ``idx``; returns the summed loss."""
@@ -608,6 +669,15 @@ class PrivateTrainer:
         parts = [idx] if chunk is None or len(idx) <= chunk else list(idx.split(chunk))
         total = torch.zeros((), device=device)
         opt.zero_grad(set_to_none=True)
+        if self.grad_sample_mode_ == "bk":
+            for part in [] if len(idx) == 0 else parts:
+                xb, yb = train.batch(part)
+                out, yb = self._shape_for_loss(gsm(_to(xb, device)), _to(yb, device))
+                losses = opt.per_sample_loss(out, yb)
+                opt.accumulate(losses)
+                total = total + losses.detach().sum()
+            opt.step()  # an empty batch is a noise-only step, and it is accounted
+            return total
         if len(idx) == 0:
             # An empty Poisson batch is still a step: noise only, and it is accounted.
             for p in opt.params:
@@ -725,16 +795,18 @@ class PrivateTrainer:
         return out.argmax(dim=1).numpy()
 
     def loss_per_sample(self, X: Any, y: Any) -> np.ndarray:
-        """Per-record loss of the trained model (for membership-inference audits)."""
-        import pandas as pd
+        """Per-record loss of the trained model (for membership-inference audits).
 
-        if isinstance(X, pd.DataFrame) and isinstance(y, str):
-            assert self.encoder_ is not None
-            y = _encode_target(self.encoder_, X[y])
+        Args:
+            X: features (array, tensor, or DataFrame when trained on one).
+            y: targets, or the target column name when ``X`` is a DataFrame.
+        """
         out = self._forward(X)
-        yt = as_data((np.zeros((len(out), 1), np.float32), y), what="y").y
+        yt = self._target(X, y)
+        if len(yt) != len(out):
+            raise InputError(f"{len(out)} feature rows but {len(yt)} targets")
         out, yt = self._shape_for_loss(out, yt)
-        crit = self._make_loss()
+        crit: Any = self._make_loss()
         old = crit.reduction
         crit.reduction = "none"
         try:
@@ -748,7 +820,16 @@ class PrivateTrainer:
 
     def score(self, X: Any, y: Any) -> float:
         """Accuracy (classification) or negative mean squared error (regression)."""
-        return self._metric(self._forward(X), as_data((np.zeros((1, 1)), y), what="y").y)[1]
+        return self._metric(self._forward(X), self._target(X, y))[1]
+
+    def _target(self, X: Any, y: Any) -> Any:
+        import pandas as pd
+
+        if isinstance(X, pd.DataFrame) and isinstance(y, str):
+            if self.encoder_ is None:
+                raise UsageError("a DataFrame target needs the encoder the model was trained with")
+            y = _encode_target(self.encoder_, X[y])
+        return to_tensor(y, what="target")
 
     def _evaluate(self, val: TensorData | IndexedData) -> tuple[str, float]:
         if isinstance(val, IndexedData):
@@ -758,6 +839,7 @@ class PrivateTrainer:
                 outs.append(self._forward((xb, None)))
                 ys.append(yb)
             return self._metric(torch.cat(outs), torch.cat(ys))
+        assert val.y is not None
         return self._metric(self._forward((val.X, None)), val.y)
 
     def _metric(self, out: Any, y: Any) -> tuple[str, float]:
@@ -765,10 +847,7 @@ class PrivateTrainer:
         if self.task_ == "regression":
             out = out.reshape(y.shape) if out.numel() == y.numel() else out
             return "neg_mse", -float(((out - y.float()) ** 2).mean())
-        if self.task_ == "binary":
-            pred = (out.reshape(-1) > 0).long()
-        else:
-            pred = out.argmax(dim=1)
+        pred = (out.reshape(-1) > 0).long() if self.task_ == "binary" else out.argmax(dim=1)
         return "accuracy", float((pred == y.long().reshape(-1)).float().mean())
 
     # ------------------------------------------------------------------ reports, saving
@@ -783,6 +862,24 @@ class PrivateTrainer:
         from privdl.train.checkpoint import save_model
 
         return save_model(self, path, key=key)
+
+    @classmethod
+    def resume(
+        cls,
+        path: Any,
+        *,
+        model: nn.Module | None = None,
+        key: Any = None,
+        ledger: Any = None,
+        audit_log: Any = None,
+    ) -> PrivateTrainer:
+        """A trainer that continues the checkpointed run at ``path`` on its next ``fit``.
+
+        The run keeps its noise, sample rate, planned steps and ledger reservation.
+        """
+        from privdl.train.checkpoint import resume
+
+        return resume(path, model=model, key=key, ledger=ledger, audit_log=audit_log)
 
     @classmethod
     def load(cls, path: Any, *, model: nn.Module | None = None, key: Any = None) -> PrivateTrainer:
@@ -837,7 +934,7 @@ def _ghost_optimizer(base: type) -> type:
     value at a fraction of the cost (it was 8 % of a small model's DP step).
     """
 
-    class GhostOptimizer(base):  # type: ignore[misc, valid-type]
+    class GhostOptimizer(base):
         def accumulate(self) -> None:
             for p in self.params:
                 if p.summed_grad is not None:
@@ -862,7 +959,7 @@ def _secure_noise(base: type) -> type:
         return _SECURE_CLASSES[base]
     from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
-    class SecureNoise(base):  # type: ignore[misc, valid-type]
+    class SecureNoise(base):
         def add_noise(self) -> None:
             rng = self.__dict__.setdefault("_privdl_rng", ChaChaRandom())
             std = self.noise_multiplier * self.max_grad_norm
@@ -877,10 +974,3 @@ def _secure_noise(base: type) -> type:
     SecureNoise.__name__ = f"Secure{base.__name__}"
     _SECURE_CLASSES[base] = SecureNoise
     return SecureNoise
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield

@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from privdl.anonymize.engine import generalize
 from privdl.anonymize.global_recoding import global_recoding
@@ -104,3 +106,39 @@ def test_numeric_column_without_hierarchy_uses_interval_bins() -> None:
                                        hierarchies={}, k=10, max_suppression=0.0))
     assert measure(result.released, quasi_identifiers=["age", "sex"]).k >= 10
     assert result.info["levels"]["age"] > 0
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ages=st.lists(st.integers(18, 80), min_size=1, max_size=80),
+    k=st.integers(1, 10),
+    budget=st.sampled_from([0.0, 0.1, 0.3]),
+    use_l=st.booleans(),
+)
+def test_property_every_released_class_meets_k_and_rows_add_up(
+    ages: list[int], k: int, budget: float, use_l: bool
+) -> None:
+    n = len(ages)
+    frame = pd.DataFrame({
+        "age": ages,
+        "zip": [f"{10000 + 37 * a + i % 3:05d}" for i, a in enumerate(ages)],
+        "sick": [("flu", "cold", "none")[(a * 7 + i) % 3] for i, a in enumerate(ages)],
+    })
+    pol = _policy(quasi_identifiers=("age", "zip"), sensitive=("sick",), k=k,
+                  l=2 if use_l else None, max_suppression=budget,
+                  hierarchies={"age": "interval:5", "zip": "prefix"})
+    try:
+        result = generalize(frame, pol)
+    except PolicyNotMetError:
+        return
+    released = result.released
+    assert len(released) + result.suppressed == n
+    assert result.suppressed <= budget * n + 1e-9
+    if len(released):
+        got = measure(released, quasi_identifiers=["age", "zip"], sensitive=["sick"])
+        assert got.k >= k
+        if use_l:
+            assert got.l_distinct["sick"] >= 2
+    kept = frame.loc[released.index]
+    for value, label in zip(kept["zip"], released["zip"].astype(str), strict=True):
+        assert label == "*" or value.startswith(label.rstrip("*"))

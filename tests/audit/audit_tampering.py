@@ -48,7 +48,7 @@ def swap(lines: list[bytes], j: int) -> tuple[bytes, int, set[str]]:
 
 
 def duplicate(lines: list[bytes], j: int) -> tuple[bytes, int, set[str]]:
-    out = lines[:j] + [lines[j - 1]] + lines[j:]
+    out = [*lines[:j], lines[j - 1], *lines[j:]]
     return join(out), j + 1, {"duplicated"}
 
 
@@ -59,7 +59,7 @@ def insert_forged(lines: list[bytes], j: int) -> tuple[bytes, int, set[str]]:
     entry = dict(template, seq=j, prev=prev, event="anonymize", outcome="ok")
     entry.pop("subjects", None)
     forged = canonical_json({"entry": entry, "mac": hashlib.sha256(b"guess").hexdigest()})
-    out = lines[: j - 1] + [forged] + lines[j - 1 :]
+    out = [*lines[: j - 1], forged, *lines[j - 1 :]]
     return join(out), j, {"inserted"} if j <= len(lines) else {"modified"}
 
 
@@ -68,7 +68,7 @@ def truncate(lines: list[bytes], keep: int) -> tuple[bytes, int, set[str]]:
 
 
 def garbage_line(lines: list[bytes], j: int) -> tuple[bytes, int, set[str]]:
-    out = lines[: j - 1] + [b"this is not an entry"] + lines[j - 1 :]
+    out = [*lines[: j - 1], b"this is not an entry", *lines[j - 1 :]]
     return join(out), j, {"garbage"}
 
 

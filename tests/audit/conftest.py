@@ -58,8 +58,15 @@ def log_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def log(log_path: Path, audit_key: Secret, signing_key: Ed25519PrivateKey) -> AuditLog:
-    return AuditLog(log_path, key=audit_key, signing_key=signing_key, actor="tester",
-                    purpose="testing", legal_basis="Art. 6(1)(f)", config=None)
+    return AuditLog(
+        log_path,
+        key=audit_key,
+        signing_key=signing_key,
+        actor="tester",
+        purpose="testing",
+        legal_basis="Art. 6(1)(f)",
+        config=None,
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -78,9 +78,7 @@ def test_checkpoint_mismatch_when_covered_entry_differs(
 ) -> None:
     _fill(log, 3)
     good = log.checkpoint()
-    fake = sign_checkpoint(
-        origin=good.origin, size=2, root_hash=b"\x01" * 32, signing_key=signing_key
-    )
+    fake = sign_checkpoint(origin=good.origin, size=2, root_hash=b"\x01" * 32, signing_key=signing_key)
     with pytest.raises(TamperDetectedError) as info:
         verify_audit_log(log.path, key=audit_key, checkpoint=fake, public_key=signing_key)
     assert (info.value.entry, info.value.kind) == (2, "checkpoint_mismatch")
@@ -101,9 +99,7 @@ def test_altered_checkpoint_is_forged(
     _fill(log, 3)
     text = edit(log.checkpoint().text)  # type: ignore[operator]
     with pytest.raises(TamperDetectedError) as info:
-        verify_audit_log(
-            log.path, key=audit_key, checkpoint=Checkpoint.parse(text), public_key=signing_key
-        )
+        verify_audit_log(log.path, key=audit_key, checkpoint=Checkpoint.parse(text), public_key=signing_key)
     assert info.value.kind == "checkpoint_forged"
 
 
@@ -113,7 +109,9 @@ def test_checkpoint_signed_by_another_key_is_forged(
     _fill(log, 2)
     cp = log.checkpoint()
     forged = sign_checkpoint(
-        origin=cp.origin, size=cp.size, root_hash=cp.root_hash,
+        origin=cp.origin,
+        size=cp.size,
+        root_hash=cp.root_hash,
         signing_key=Ed25519PrivateKey.generate(),
     )
     with pytest.raises(TamperDetectedError) as info:
@@ -128,9 +126,7 @@ def test_checkpoint_of_another_log_is_replayed(
     other = AuditLog(tmp_path / "other.jsonl", key=audit_key, signing_key=signing_key)
     _fill(other, 2)
     with pytest.raises(TamperDetectedError) as info:
-        verify_audit_log(
-            log.path, key=audit_key, checkpoint=other.checkpoint(), public_key=signing_key
-        )
+        verify_audit_log(log.path, key=audit_key, checkpoint=other.checkpoint(), public_key=signing_key)
     assert info.value.kind == "checkpoint_replayed"
 
 

@@ -203,8 +203,7 @@ def test_concurrent_writers_are_serialized(log_path: Path, audit_key: Secret) ->
     AuditLog(log_path, key=audit_key).append("risk")  # create the log and its state
     ctx = multiprocessing.get_context("fork")
     procs = [
-        ctx.Process(target=_worker, args=(str(log_path), audit_key.reveal().hex(), 25))
-        for _ in range(4)
+        ctx.Process(target=_worker, args=(str(log_path), audit_key.reveal().hex(), 25)) for _ in range(4)
     ]
     for p in procs:
         p.start()
@@ -247,7 +246,9 @@ def test_actor_from_environment_and_config(
     log = AuditLog(tmp_path / "a.jsonl", key=audit_key)
     entry = log.append("risk")
     assert (entry["actor"], entry["purpose"], entry["legal_basis"]) == (
-        "config-actor", "churn", "Art. 6(1)(b)",
+        "config-actor",
+        "churn",
+        "Art. 6(1)(b)",
     )
     monkeypatch.setenv("PRIVDL_ACTOR", "env-actor")
     assert AuditLog(tmp_path / "a.jsonl").append("risk")["actor"] == "env-actor"

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from audit_tampering import OPERATORS, join, truncate
+from tests.audit.audit_tampering import OPERATORS, join, truncate
 
 from privdl.audit import AuditLog, verify_audit_log
 from privdl.errors import InputError, KeyMissingError, TamperDetectedError
@@ -75,9 +75,7 @@ def test_wrong_key(log: AuditLog) -> None:
     assert (info.value.entry, info.value.kind) == (1, "wrong_key")
 
 
-def test_key_from_environment(
-    log: AuditLog, audit_key: Secret, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_key_from_environment(log: AuditLog, audit_key: Secret, monkeypatch: pytest.MonkeyPatch) -> None:
     _fill(log, 1)
     with pytest.raises(KeyMissingError):
         verify_audit_log(log.path)
@@ -124,9 +122,7 @@ def test_crlf_line_endings_are_garbage(log: AuditLog, audit_key: Secret) -> None
     assert info.value.entry == 1 and info.value.kind in {"garbage", "noncanonical"}
 
 
-def test_entry_of_another_log_is_foreign(
-    tmp_path: Path, audit_key: Secret, log: AuditLog
-) -> None:
+def test_entry_of_another_log_is_foreign(tmp_path: Path, audit_key: Secret, log: AuditLog) -> None:
     lines = _fill(log, 3)
     other = AuditLog(tmp_path / "other.jsonl", key=audit_key, actor="tester")
     other_lines = _fill(other, 3)
@@ -152,9 +148,7 @@ def test_key_holder_breaking_the_chain_is_caught(log: AuditLog, audit_key: Secre
     assert (info.value.entry, info.value.kind) == (2, "modified")
 
 
-def test_thorough_catches_noncanonical_entry_with_valid_mac(
-    log: AuditLog, audit_key: Secret
-) -> None:
+def test_thorough_catches_noncanonical_entry_with_valid_mac(log: AuditLog, audit_key: Secret) -> None:
     """A key holder could MAC a non-canonical body; only thorough mode re-encodes."""
     from privdl.audit.chain import initial_key, key_at, mac_of
 

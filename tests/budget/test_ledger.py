@@ -384,3 +384,42 @@ def test_killed_run_keeps_its_reservation_and_ledger_stays_usable(tmp_path: Path
         # the ledger accepts new charges (no stale lock) and still counts the crashed run
         led.reserve("d", history=[(2.0, 0.01, 100)], delta=DELTA, accountant="prv")
         assert led.status("d").runs == 2
+
+
+# -- audit and imports -----------------------------------------------------------------
+
+
+def test_budget_changes_write_audit_entries(tmp_path: Path) -> None:
+    from privdl.audit.log import AuditLog
+    from privdl.audit.verify import verify_audit_log
+    from privdl.keys import Secret
+
+    key = Secret.generate()
+    log = AuditLog(tmp_path / "audit.jsonl", key=key)
+    with BudgetLedger(tmp_path / "b.db") as led:
+        led.set_budget("d", epsilon=1.0, delta=DELTA, audit_log=log)
+        run = led.reserve("d", history=[(2.0, 0.01, 100)], delta=DELTA, audit_log=log)
+        led.settle(run, history=[(2.0, 0.01, 50)], audit_log=log)
+        with pytest.raises(BudgetExceededError):
+            led.reserve("d", history=[(0.5, 0.1, 5000)], delta=DELTA, audit_log=log)
+    lines = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines() if x]
+    events = [(e.get("event"), e.get("outcome")) for e in lines]
+    assert events == [
+        ("budget.set", "ok"),
+        ("budget.reserve", "ok"),
+        ("budget.settle", "ok"),
+        ("budget.reserve", "refused"),
+    ]
+    verify_audit_log(tmp_path / "audit.jsonl", key=key)
+
+
+def test_reading_a_ledger_does_not_import_torch(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    with BudgetLedger(path) as led:
+        led.set_budget("d", epsilon=1.0, delta=DELTA)
+    code = (
+        "import sys; from privdl.budget.ledger import BudgetLedger; "
+        f"print(BudgetLedger({str(path)!r}).spent('d'), 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0.0", "False"]

@@ -39,6 +39,11 @@ ADULT_FEATURES = [
 
 
 @pytest.fixture(scope="session")
+def features() -> list[str]:
+    return list(ADULT_FEATURES)
+
+
+@pytest.fixture(scope="session")
 def adult() -> pd.DataFrame:
     """The Adult table (full when the shared copy exists, else the small fixture)."""
     path = ADULT if ADULT.exists() else FIXTURE

@@ -117,8 +117,8 @@ def test_encrypt_names_column_and_row_not_value():
 
 
 def test_decrypt_refuses_other_keys_and_features(keys):
+    from privdl.encrypted.models import Layer, ModelSpec
     from privdl.encrypted.scorer import EncryptedScorer
-    from privdl.encrypted.models import ModelSpec, Layer
     from privdl.errors import InputError
 
     spec = ModelSpec(columns=("x0",), layers=(Layer.from_arrays([[2.0]], [1.0]),))
@@ -130,3 +130,19 @@ def test_decrypt_refuses_other_keys_and_features(keys):
         other.decrypt(scores)
     with pytest.raises(InputError, match="holds features"):
         keys.decrypt(batch)
+
+
+def test_public_key_encryption_lets_others_encrypt():
+    from privdl.encrypted.models import Layer, ModelSpec
+    from privdl.encrypted.scorer import EncryptedScorer
+
+    keys = HEKeys.generate(encryption="public-key")
+    public = keys.public()
+    assert not public.is_private() and public.context().has_public_key()
+    batch = public.encrypt(np.array([[1.0, 2.0], [3.0, 4.0]]), columns=["a", "b"])
+    spec = ModelSpec(columns=("a", "b"), layers=(Layer.from_arrays([[1.0, -1.0]], [0.5]),))
+    out = keys.decrypt(EncryptedScorer(spec, public).score(batch))
+    assert np.allclose(out, [-0.5, -0.5], atol=1e-6)
+    symmetric = HEKeys.generate().public()
+    with pytest.raises(UsageError, match="symmetric"):
+        symmetric.encrypt(np.ones((1, 1)))

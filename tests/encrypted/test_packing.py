@@ -44,7 +44,7 @@ def test_missing_and_non_numeric_columns_are_named_without_values():
 
 
 def test_arrays_need_names_per_column():
-    m, names = as_matrix(np.zeros((2, 3)), None)
+    _, names = as_matrix(np.zeros((2, 3)), None)
     assert names == ["x0", "x1", "x2"]
     with pytest.raises(UsageError):
         as_matrix(np.zeros((2, 3)), ["a"])

@@ -1,0 +1,367 @@
+"""PrivateTrainer: training, accounting, ledger and audit integration."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+opacus_acc = pytest.importorskip("opacus.accountants")
+
+from torch import nn  # noqa: E402
+
+from privdl.errors import BudgetExceededError, SecurityError, UsageError  # noqa: E402
+from privdl.keys import Secret  # noqa: E402
+from privdl.train.trainer import PrivateTrainer  # noqa: E402
+
+
+def blobs(n=600, d=6, classes=2, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=2.5, size=(classes, d))
+    y = rng.integers(0, classes, size=n)
+    X = (centers[y] + rng.normal(size=(n, d))).astype(np.float32)
+    return X, y
+
+
+def mlp(d=6, out=2, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d, 16), nn.ReLU(), nn.Linear(16, out))
+
+
+def opacus_eps(history, delta, accountant):
+    acc = opacus_acc.create_accountant(mechanism=accountant)
+    acc.history = list(history)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return acc.get_epsilon(delta=delta)
+
+
+def params_of(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+def test_fit_learns_and_epsilon_equals_opacus_recomputation(accountant):
+    X, y = blobs()
+    tr = PrivateTrainer(mlp(), epsilon=4.0, epochs=4, batch_size=64, seed=0, accountant=accountant)
+    tr.fit((X, y), val=(X, y))
+    assert tr.score(X, y) > 0.8
+    assert tr.epsilon <= 4.0
+    assert tr.accountant_history_ == [(tr.noise_multiplier_, tr.sample_rate_, tr.steps_)]
+    assert tr.steps_ == 4 * 10  # ceil(600 / 64) steps per epoch
+    indep = opacus_eps(tr.accountant_history_, tr.delta_, accountant)
+    assert tr.epsilon == pytest.approx(indep, rel=0.01)
+    # the per-epoch record is the accountant's too
+    assert [r["epoch"] for r in tr.history_] == [1, 2, 3, 4]
+    assert tr.history_[-1]["epsilon"] == pytest.approx(tr.epsilon)
+    assert tr.history_[0]["epsilon"] < tr.history_[-1]["epsilon"]
+    assert tr.history_[-1]["metric_name"] == "accuracy"
+
+
+def test_delta_default_and_limit():
+    X, y = blobs(n=200)
+    tr = PrivateTrainer(mlp(), epsilon=2.0, epochs=1, batch_size=50).fit((X, y))
+    assert tr.delta_ == pytest.approx(1 / (10 * 200))
+    with pytest.raises(UsageError, match="delta"):
+        PrivateTrainer(mlp(), epsilon=2.0, delta=1 / 200, epochs=1).fit((X, y))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"epsilon": -1.0},
+        {"epsilon": "all"},
+        {"epsilon": "remaining"},
+        {"ledger": "x.db"},
+        {"epochs": 0},
+        {"batch_size": 0},
+        {"optimizer": "lbfgs"},
+        {"grad_sample_mode": "magic"},
+        {"accountant": "gdp"},
+    ],
+)
+def test_bad_configuration_is_refused_before_training(kwargs):
+    X, y = blobs(n=100)
+    with pytest.raises(UsageError):
+        PrivateTrainer(mlp(), **kwargs).fit((X, y))
+
+
+def test_model_is_required():
+    with pytest.raises(UsageError):
+        PrivateTrainer(None, epsilon=1.0).fit(blobs(n=50))
+
+
+def test_batchnorm_is_replaced_and_reported():
+    X, y = blobs()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    tr = PrivateTrainer(model, epsilon=4.0, epochs=2, batch_size=64, seed=0).fit((X, y))
+    assert tr.replaced_modules_ == ["1: BatchNorm1d -> GroupNorm"]
+    assert isinstance(tr.model_[1], nn.GroupNorm)
+    assert tr.predict(X).shape == (600,)
+
+
+def test_frozen_layers_stay_frozen():
+    X, y = blobs()
+    model = mlp()
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+    before = params_of(model)
+    PrivateTrainer(model, epsilon=4.0, epochs=2, batch_size=64, seed=0).fit((X, y))
+    after = params_of(model)
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+    assert not torch.equal(before[2], after[2])
+
+
+@pytest.mark.parametrize("mode", ["bk", "ghost", "hooks"])
+def test_empty_poisson_batch_is_a_noise_only_step(mode):
+    X, y = blobs(n=40)
+    tr = PrivateTrainer(mlp(), epsilon=2.0, epochs=1, batch_size=8, grad_sample_mode=mode)
+    tr._check_params()
+    tr._setup((X, y), None, None)
+    before = params_of(tr.model_)
+    tr._step(torch.zeros(0, dtype=torch.int64))
+    after = params_of(tr.model_)
+    assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert all(torch.isfinite(a).all() for a in after)
+
+
+def test_tiny_data_with_many_empty_batches_trains_and_accounts_every_step():
+    X, y = blobs(n=20)
+    tr = PrivateTrainer(mlp(), epsilon=8.0, delta=1e-3, epochs=3, batch_size=1, seed=1)
+    tr.fit((X, y))
+    assert tr.steps_ == 3 * 20
+    assert tr.accountant_history_ == [(tr.noise_multiplier_, 1 / 20, 60)]
+
+
+@pytest.mark.parametrize("mode", ["bk", "ghost", "hooks"])
+def test_physical_batch_splitting_gives_the_same_update(mode):
+    X, y = blobs(n=300)
+    common = {"epsilon": 3.0, "epochs": 2, "batch_size": 100, "seed": 7, "optimizer": "sgd"}
+    whole = PrivateTrainer(mlp(), grad_sample_mode=mode, **common).fit((X, y))
+    split = PrivateTrainer(
+        mlp(), grad_sample_mode=mode, max_physical_batch_size=16, **common
+    ).fit((X, y))
+    for a, b in zip(params_of(whole.model_), params_of(split.model_), strict=True):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_auto_mode_picks_the_fastest_exact_engine():
+    X, y = blobs(n=100)
+    tr = PrivateTrainer(mlp(), epsilon=2.0, epochs=1, batch_size=50).fit((X, y))
+    assert tr.grad_sample_mode_ == "bk"
+    example = torch.tensor(X[:2])
+
+    class Embedded(nn.Module):  # Embedding and Linear both have Opacus norm samplers
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+            self.out = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.out(self.emb(x.abs().long() % 10).mean(dim=1))
+
+    emb = Embedded()
+    assert PrivateTrainer(emb, epsilon=2.0)._choose_mode(emb, example) == "ghost"
+    normed = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    assert PrivateTrainer(normed, epsilon=2.0)._choose_mode(normed, example) == "hooks"
+
+    class Reused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(6, 6)
+            self.out = nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.out(self.a(self.a(x)))
+
+    reused = Reused()
+    assert PrivateTrainer(reused, epsilon=2.0)._choose_mode(reused, example) == "hooks"
+    shared = nn.Sequential(nn.Linear(6, 6), nn.Linear(6, 6))
+    shared[1].weight = shared[0].weight
+    assert PrivateTrainer(shared, epsilon=2.0)._choose_mode(shared, example) == "hooks"
+    with pytest.raises(UsageError):
+        PrivateTrainer(normed, epsilon=2.0, grad_sample_mode="bk").fit((X, y))
+    # the reused layer trains with hooks, end to end
+    tr2 = PrivateTrainer(Reused(), epsilon=2.0, epochs=1, batch_size=50).fit((X, y))
+    assert tr2.grad_sample_mode_ == "hooks"
+
+
+def test_multiclass_binary_and_regression_tasks():
+    X, y = blobs(classes=3)
+    tr = PrivateTrainer(mlp(out=3), epsilon=4.0, epochs=3, batch_size=64, seed=0).fit((X, y))
+    proba = tr.predict_proba(X)
+    assert tr.task_ == "multiclass" and proba.shape == (600, 3)
+    assert np.allclose(proba.sum(axis=1), 1, atol=1e-5)
+    losses = tr.loss_per_sample(X, y)
+    assert losses.shape == (600,) and (losses >= 0).all()
+
+    Xb, yb = blobs()
+    trb = PrivateTrainer(mlp(out=1), epsilon=4.0, epochs=3, batch_size=64, seed=0).fit((Xb, yb))
+    assert trb.task_ == "binary" and set(np.unique(trb.predict(Xb))) <= {0, 1}
+    assert trb.predict_proba(Xb).shape == (600, 2)
+
+    rng = np.random.default_rng(0)
+    Xr = rng.normal(size=(400, 3)).astype(np.float32)
+    yr = (Xr @ np.array([0.5, -0.2, 0.1]) + 0.05 * rng.normal(size=400)).astype(np.float32)
+    trr = PrivateTrainer(nn.Linear(3, 1), epsilon=4.0, epochs=5, batch_size=64, seed=0)
+    trr.fit((Xr, yr))
+    assert trr.task_ == "regression" and trr.predict(Xr).shape == (400,)
+    with pytest.raises(UsageError):
+        trr.predict_proba(Xr)
+
+
+def test_seeded_runs_are_reproducible():
+    X, y = blobs(n=200)
+    a = PrivateTrainer(mlp(), epsilon=2.0, epochs=2, batch_size=32, seed=5).fit((X, y))
+    b = PrivateTrainer(mlp(), epsilon=2.0, epochs=2, batch_size=32, seed=5).fit((X, y))
+    for p, q in zip(params_of(a.model_), params_of(b.model_), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_secure_mode_trains_and_refuses_a_seed():
+    X, y = blobs(n=200)
+    tr = PrivateTrainer(mlp(), epsilon=4.0, epochs=3, batch_size=32, secure_mode=True)
+    tr.fit((X, y))
+    assert tr.score(X, y) > 0.7
+    with pytest.raises(SecurityError):
+        PrivateTrainer(mlp(), epsilon=4.0, secure_mode=True, seed=1).fit((X, y))
+
+
+def test_dataloader_and_generic_dataset_inputs():
+    X, y = blobs(n=200)
+    ds = torch.utils.data.TensorDataset(torch.tensor(X), torch.tensor(y))
+    loader = torch.utils.data.DataLoader(ds, batch_size=32)
+    tr = PrivateTrainer(mlp(), epsilon=4.0, epochs=2, batch_size=32, seed=0).fit(loader)
+    assert tr.n_samples_ == 200
+
+    class Plain(torch.utils.data.Dataset):
+        def __len__(self):
+            return 200
+
+        def __getitem__(self, i):
+            return torch.tensor(X[i]), int(y[i])
+
+    tr2 = PrivateTrainer(mlp(), epsilon=4.0, epochs=2, batch_size=32, seed=0).fit(Plain())
+    assert tr2.steps_ == 2 * 7
+    assert tr2.predict(X).shape == (200,)
+
+
+def test_dataframe_input_uses_the_table_encoder():
+    pytest.importorskip("privdl.train.encoding")
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "age": rng.integers(18, 80, size=300),
+            "plan": rng.choice(["basic", "plus", "pro"], size=300),
+        }
+    )
+    frame["retained"] = np.where(frame["plan"] == "pro", "yes", "no")
+    width = None
+    from privdl.train.encoding import TableEncoder
+
+    width = TableEncoder().fit(frame, target="retained").transform(frame).shape[1]
+    tr = PrivateTrainer(
+        nn.Linear(width, 2), epsilon=4.0, epochs=4, batch_size=32, seed=0, lr=0.1
+    )
+    tr.fit(frame, target="retained")
+    assert tr.encoder_ is not None and len(tr.feature_names_) == width
+    assert tr.predict(frame).shape == (300,)
+    assert tr.score(frame, "retained") > 0.6
+    assert tr.loss_per_sample(frame, "retained").shape == (300,)
+    with pytest.raises(UsageError):
+        PrivateTrainer(nn.Linear(width, 2), epsilon=1.0).fit(frame)
+
+
+def test_ledger_reserves_before_the_first_step_and_refuses_overspending(tmp_path):
+    from privdl.budget.ledger import BudgetLedger
+
+    X, y = blobs(n=300)
+    ledger = BudgetLedger(tmp_path / "budget.db")
+    ledger.set_budget("ds", epsilon=2.0, delta=1e-5)
+    tr = PrivateTrainer(mlp(), epsilon=1.5, epochs=2, batch_size=50, ledger=ledger, dataset_id="ds")
+    tr.fit((X, y))
+    assert tr.delta_ == 1e-5  # the ledger's delta
+    assert ledger.spent("ds") == pytest.approx(tr.epsilon, rel=1e-6)
+    assert ledger.spent("ds") == pytest.approx(
+        opacus_eps(ledger.history("ds"), 1e-5, "prv"), rel=0.01
+    )
+    assert [r.status for r in ledger.runs("ds")] == ["settled"]
+
+    model = mlp(seed=3)
+    before = params_of(model)
+    refused = PrivateTrainer(model, epsilon=1.5, epochs=2, ledger=ledger, dataset_id="ds")
+    with pytest.raises(BudgetExceededError) as info:
+        refused.fit((X, y))
+    assert info.value.dataset_id == "ds" and info.value.remaining < 0.6
+    assert refused.steps_ == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, params_of(model), strict=True))
+    assert len(ledger.runs("ds")) == 1
+
+    rest = PrivateTrainer(
+        mlp(), epsilon="remaining", epochs=2, batch_size=50, ledger=ledger, dataset_id="ds"
+    ).fit((X, y))
+    assert rest.target_epsilon == "remaining"
+    assert 1.95 < ledger.spent("ds") <= 2.0 * (1 + 1e-6)
+
+
+def test_a_crashed_run_keeps_its_reservation(tmp_path, monkeypatch):
+    from privdl.budget.ledger import BudgetLedger
+
+    X, y = blobs(n=300)
+    ledger = BudgetLedger(tmp_path / "budget.db")
+    ledger.set_budget("ds", epsilon=3.0, delta=1e-5)
+    tr = PrivateTrainer(mlp(), epsilon=1.0, epochs=3, batch_size=50, ledger=ledger, dataset_id="ds")
+    calls = {"n": 0}
+    original = PrivateTrainer._run_epoch
+
+    def crash_after_one(self):
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        original(self)
+
+    monkeypatch.setattr(PrivateTrainer, "_run_epoch", crash_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        tr.fit((X, y))
+    runs = ledger.runs("ds")
+    assert [r.status for r in runs] == ["reserved"]
+    # the whole planned run is counted, not the one epoch that ran
+    assert ledger.spent("ds") == pytest.approx(
+        opacus_eps([(tr.noise_multiplier_, tr.sample_rate_, tr.planned_steps_)], 1e-5, "prv"),
+        rel=0.01,
+    )
+
+
+def test_audit_log_gets_one_entry_per_fit(tmp_path):
+    audit = pytest.importorskip("privdl.audit")
+    log_path = tmp_path / "audit.jsonl"
+    log = audit.AuditLog(log_path, key=Secret.generate())
+    X, y = blobs(n=200)
+    PrivateTrainer(mlp(), epsilon=2.0, epochs=1, batch_size=50, audit_log=log).fit((X, y))
+    with pytest.raises(UsageError):
+        PrivateTrainer(mlp(), epsilon=2.0, delta=0.5, audit_log=log).fit((X, y))
+    entries = [e for e in audit.iter_entries(log_path) if e.get("event") == "train"]
+    assert len(entries) == 2
+    ok, failed = entries
+    assert ok["outcome"] == "ok" and ok["params"]["steps"] == 4
+    assert ok["params"]["epsilon"] <= 2.0
+    assert failed["outcome"] == "failed"
+
+
+def test_unfitted_trainer_refuses_to_predict():
+    with pytest.raises(UsageError):
+        PrivateTrainer(mlp(), epsilon=1.0).predict(np.zeros((2, 6), np.float32))
+    assert PrivateTrainer(mlp(), epsilon=1.0).epsilon == 0.0
+
+
+def test_model_passed_in_is_not_deep_copied_unless_fixed():
+    X, y = blobs(n=100)
+    model = mlp()
+    tr = PrivateTrainer(model, epsilon=2.0, epochs=1, batch_size=50).fit((X, y))
+    assert tr.model_ is model
+    assert copy.deepcopy(tr.model_) is not None
