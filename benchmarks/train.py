@@ -45,9 +45,7 @@ def utility(seeds: int) -> None:
     def run(name, X, y, epsilon, anchor, standardize=True):
         accs = []
         for seed in range(seeds):
-            Xtr, Xte, ytr, yte = train_test_split(
-                X, y, test_size=0.2, random_state=seed, stratify=y
-            )
+            Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.2, random_state=seed, stratify=y)
             if standardize:
                 sc = StandardScaler().fit(Xtr)
                 Xtr, Xte = sc.transform(Xtr), sc.transform(Xte)

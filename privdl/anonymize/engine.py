@@ -3,8 +3,7 @@
 :func:`generalize` is what :class:`~privdl.anonymize.anonymizer.Anonymizer` calls: it
 encodes the quasi-identifiers over their hierarchies, runs Mondrian (default) or
 global recoding, and returns the table with every quasi-identifier replaced by its
-released label (a pandas ``category`` column of strings), suppressed rows removed and
-the original row order kept.
+released label (strings), suppressed rows removed and the original row order kept.
 """
 
 from __future__ import annotations
@@ -49,11 +48,10 @@ def _policy_value(policy: Any, name: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def _categorical(codes_per_record: np.ndarray, labels: np.ndarray) -> pd.Categorical:
-    label_codes, uniques = pd.factorize(labels)
-    return pd.Categorical.from_codes(
-        label_codes[codes_per_record], categories=pd.Index(uniques, dtype=object)
-    )
+def _labels(codes_per_record: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    # plain object strings, not a Categorical: grouping a categorical frame with the
+    # pandas default observed=False reports empty classes of size 0
+    return np.asarray(labels, dtype=object)[codes_per_record]
 
 
 def encode_for(
@@ -105,7 +103,7 @@ def release_ranges(
     """
     released = frame.copy()
     for d, qi in enumerate(encoded):
-        released[qi.column] = _categorical(ids, qi.range_labels(lo[:, d], hi[:, d]))
+        released[qi.column] = _labels(ids, qi.range_labels(lo[:, d], hi[:, d]))
     return released
 
 
@@ -133,7 +131,6 @@ def generalize(frame: pd.DataFrame, policy: Any) -> Generalization:
         return Generalization(frame.copy(), 0, "none", {})
     algorithm, k, l_value, l_kind, t_value = targets(policy)
     encoded, sens = encode_for(frame, policy, algorithm=algorithm)
-    released = frame.copy()
     info: dict[str, Any] = {"hierarchies": {q.column: q.spec for q in encoded}}
     if algorithm == "mondrian":
         part = mondrian(encoded, k=k, sensitive=sens, l=l_value, l_kind=l_kind, t=t_value)
@@ -153,10 +150,11 @@ def generalize(frame: pd.DataFrame, policy: Any) -> Generalization:
         t=t_value,
         max_suppression=float(_policy_value(policy, "max_suppression", 0.0)),
     )
+    released = frame.copy()
     for qi, level in zip(encoded, recoding.levels, strict=True):
         tax = qi.tree()
         labels = np.asarray(tax.labels[level], dtype=object)
-        released[qi.column] = _categorical(tax.node_of[level][qi.codes], labels)
+        released[qi.column] = _labels(tax.node_of[level][qi.codes], labels)
     released = released.loc[recoding.kept]
     info.update(
         levels={q.column: lv for q, lv in zip(encoded, recoding.levels, strict=True)},

@@ -12,6 +12,9 @@ Relaxed cuts: when no cut at a value (or subtree) boundary leaves >= k on both s
 for instance because many records tie at the median, the partition is cut at the
 median *rank* and the tied records are shared between the halves (LeFevre's relaxed
 Mondrian). Both halves keep a range that covers every one of their original values.
+When l or t rejects every cut near the median on every column, a second pass tries
+off-centre cuts (at 1/3, 2/3, 1/4, ... of the partition's records), which often keep
+both halves diverse enough.
 
 Speed: the recursion runs level by level over all partitions at once. Records are
 kept in an order where every partition is one contiguous block, so per-partition
@@ -32,6 +35,9 @@ from privdl.anonymize.metrics import SensitiveCodes, diversity, emd
 from privdl.errors import PolicyNotMetError
 
 __all__ = ["Partitioning", "mondrian"]
+
+# rank shares tried, in order, when l or t rejects the cuts near the median
+_OFF_CENTRE = (1 / 3, 2 / 3, 1 / 4, 3 / 4, 1 / 8, 7 / 8)
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,6 +119,7 @@ def _try_cuts(
     hi: np.ndarray,
     req: _Requirements,
     relaxed: bool,
+    off_centre: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cut every block (records ``perm[pos]``, block sizes ``sizes``) on one column.
 
@@ -148,10 +155,17 @@ def _try_cuts(
     prefer_a = ok_a & (~ok_b | (np.abs(a - sizes / 2) <= np.abs(b - sizes / 2)))
     first = np.where(prefer_a, a, np.where(ok_b, b, -1))
     second = np.where(prefer_a & ok_b, b, np.where(ok_a & ~prefer_a, a, -1))
-    candidates = [first, second]
-    if relaxed:
-        ok_m = (half >= k) & (sizes - half >= k)
-        candidates.append(np.where(ok_m, half, -1))
+    if off_centre:
+        # second pass, once l or t rejected the cuts near the median on every column
+        candidates = []
+        for share in _OFF_CENTRE:
+            at = (sizes * share).astype(np.int64)
+            candidates.append(np.where((at >= k) & (sizes - at >= k), at, -1))
+    else:
+        candidates = [first, second]
+        if relaxed:
+            ok_m = (half >= k) & (sizes - half >= k)
+            candidates.append(np.where(ok_m, half, -1))
     cut = np.full(nb, -1, dtype=np.int64)
     was_relaxed = np.zeros(nb, dtype=bool)
     rank = np.arange(total) - offset[local]
@@ -167,7 +181,7 @@ def _try_cuts(
         else:
             good = todo
         cut[good] = cand[good]
-        was_relaxed[good] = i == 2
+        was_relaxed[good] = off_centre or i == 2
     return cut, was_relaxed
 
 
@@ -208,6 +222,8 @@ def mondrian(
             f"l={l} ({l_kind} l-diversity) cannot be met: even the whole table as one "
             "class is not that diverse in its sensitive column(s)"
         )
+    # off-centre cuts only help when l or t can reject a balanced cut
+    passes = (False, True) if relaxed and req.checks_sensitive else (False,)
     perm = np.arange(n, dtype=np.int64)
     sizes = np.array([n], dtype=np.int64)
     done_chunks: list[np.ndarray] = []
@@ -220,24 +236,23 @@ def mondrian(
         lo, hi, width = _widths(qis, perm, starts)
         by_width = np.argsort(-width, axis=1, kind="stable")
         cut = np.full(len(sizes), -1, dtype=np.int64)
-        pending = sizes >= 2 * k
-        for attempt in range(len(qis)):
-            dim = by_width[:, attempt]
-            pending &= width[np.arange(len(sizes)), dim] > 0
-            if not pending.any():
-                break
-            for d in np.unique(dim[pending]).tolist():
-                blocks = pending & (dim == d)
-                rec_mask = np.repeat(blocks, sizes)
-                pos = np.flatnonzero(rec_mask)
-                c, was_relaxed = _try_cuts(
-                    qis[d], perm, pos, sizes[blocks], lo[blocks, d], hi[blocks, d], req,
-                    relaxed,
-                )
-                idx = np.flatnonzero(blocks)
-                cut[idx] = c
-                relaxed_count += int(was_relaxed.sum())
-            pending &= cut < 0
+        for off_centre in passes:
+            pending = (sizes >= 2 * k) & (cut < 0)
+            for attempt in range(len(qis)):
+                dim = by_width[:, attempt]
+                pending &= width[np.arange(len(sizes)), dim] > 0
+                if not pending.any():
+                    break
+                for d in np.unique(dim[pending]).tolist():
+                    blocks = pending & (dim == d)
+                    pos = np.flatnonzero(np.repeat(blocks, sizes))
+                    c, was_relaxed = _try_cuts(
+                        qis[d], perm, pos, sizes[blocks], lo[blocks, d], hi[blocks, d], req,
+                        relaxed, off_centre,
+                    )
+                    cut[np.flatnonzero(blocks)] = c
+                    relaxed_count += int(was_relaxed.sum())
+                pending &= cut < 0
         split = cut >= 0
         final = ~split
         if final.any():

@@ -44,6 +44,7 @@ def _session(spark: Any) -> Any:
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.log.level", "ERROR")  # keep the CLI's stderr to privdl's own lines
         .getOrCreate()
     )
 

@@ -20,7 +20,6 @@ One entry is one line::
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from hashlib import sha256
 
@@ -41,7 +40,6 @@ __all__ = [
     "subjects_key",
 ]
 
-FORMAT_VERSION = 1
 GENESIS = "0" * 64
 LINE_PREFIX = b'{"entry":'
 MAC_SEP = b',"mac":"'
@@ -122,8 +120,3 @@ def split_line(line: bytes) -> tuple[bytes, bytes] | None:
     ):
         return line[len(LINE_PREFIX) : -TAIL_LEN], line[-MAC_LEN - len(LINE_SUFFIX) : -len(LINE_SUFFIX)]
     return None
-
-
-def line_hash(line: bytes) -> str:
-    """Hex SHA-256 of a line without its newline (the next entry's ``prev``)."""
-    return hashlib.sha256(line).hexdigest()

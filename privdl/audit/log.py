@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from privdl.audit.canonical import canonical_json, jsonable
-from privdl.audit.chain import initial_key, subjects_key
+from privdl.audit.chain import initial_key, seal, subjects_key
 from privdl.audit.config import audit_defaults, load_config
 from privdl.audit.fingerprint import fingerprint
 from privdl.audit.subjects import make_filter

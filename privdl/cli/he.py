@@ -23,6 +23,21 @@ def _split(values: list[str] | None) -> list[str]:
     return list(out)
 
 
+def _expand(spec: object, requested: list[str]) -> tuple[list[str], list[str]]:
+    """The model's features that ``requested`` names (features or table columns), in
+    model order, and the table columns they are made from."""
+    from privdl.encrypted.packing import encoder_groups, parse_feature
+
+    encoder = spec.info.get("encoder")  # type: ignore[attr-defined]
+    if encoder is not None:
+        source = {n: col for col, names in encoder_groups(encoder) for n in names}
+    else:
+        source = {c: parse_feature(c)[0] for c in spec.columns}  # type: ignore[attr-defined]
+    wanted = set(requested)
+    features = [c for c in spec.columns if c in wanted or source.get(c) in wanted]  # type: ignore[attr-defined]
+    return features, list(dict.fromkeys(source[c] for c in features))
+
+
 def _audit(path: Path | None, key_env: str) -> object:
     if path is None:
         return None
@@ -40,6 +55,9 @@ def keygen(
     encryption: str = typer.Option(
         "symmetric", "--encryption", help="symmetric (data owner encrypts) or public-key."
     ),
+    galois_keys: bool = typer.Option(
+        False, "--galois-keys", help="Add rotation keys (~17 MB) for --packing row queries."
+    ),
 ) -> None:
     """Generate a CKKS key set for a model; print its key id and file sizes."""
     from privdl.encrypted.keys import PUBLIC_FILE, SECRET_FILE, HEKeys
@@ -48,9 +66,14 @@ def keygen(
     if model is not None and depth is not None:
         raise UsageError("give --depth or --model, not both")
     if model is not None:
-        keys = HEKeys.for_model(model, output=output, security=security, encryption=encryption)
+        keys = HEKeys.for_model(
+            model, output=output, security=security, encryption=encryption,
+            galois_keys=galois_keys,
+        )  # fmt: skip
     else:
-        keys = HEKeys.generate(depth=depth or 1, security=security, encryption=encryption)
+        keys = HEKeys.generate(
+            depth=depth or 1, security=security, encryption=encryption, galois_keys=galois_keys
+        )
     keys.save(out)
     p = keys.params
     typer.echo(
@@ -71,6 +94,9 @@ def encrypt(
     model: str | None = typer.Option(
         None, "--model", help="Expand each column to the model's features (e.g. city -> city=Berlin...)."
     ),
+    packing: str = typer.Option(
+        "feature-major", "--packing", help="feature-major (default) or row (single queries)."
+    ),
     workers: int = typer.Option(1, "--workers", help="Encryption processes."),
     sep: str | None = typer.Option(None, "--sep", help="Delimiter for text tables."),
     audit_log: Path | None = typer.Option(None, "--audit-log", help=AUDIT_HELP),
@@ -80,25 +106,33 @@ def encrypt(
     from privdl import io
     from privdl.encrypted.keys import HEKeys
     from privdl.encrypted.models import load_model
-    from privdl.encrypted.packing import parse_feature, source_columns
+    from privdl.encrypted.packing import source_columns
 
     io.check_distinct_paths(input, output)
     keys = HEKeys.load(keys_dir)
     log = _audit(audit_log, audit_key_env)
     features = _split(columns)
+    sources = source_columns(features)
+    encoder = None
     if model is not None:
         spec = load_model(model)
-        wanted = {parse_feature(f)[0] for f in features} | set(features)
-        features = [c for c in spec.columns if c in wanted or parse_feature(c)[0] in wanted]
+        encoder = spec.info.get("encoder")
+        features, sources = _expand(spec, features)
         if not features:
             from privdl.errors import InputError
 
             raise InputError(f"{model}: the model reads none of the given columns")
-    frame = io.read_table(input, sep=sep, columns=source_columns(features))
-    header = keys.encrypt_to_file(
-        frame, output, columns=features, workers=workers, audit_log=log,
-        inputs=[input] if Path(input).exists() else [],
-    )  # fmt: skip
+    frame = io.read_table(input, sep=sep, columns=sources)
+    if packing == "row":
+        batch = keys.encrypt(frame, columns=features, encoder=encoder, packing="row",
+                             audit_log=log)  # fmt: skip
+        batch.save(output)
+        header = batch.header
+    else:
+        header = keys.encrypt_to_file(
+            frame, output, columns=features, encoder=encoder, workers=workers, audit_log=log,
+            inputs=[input] if Path(input).exists() else [],
+        )  # fmt: skip
     size = output.stat().st_size
     typer.echo(
         f"encrypted {header.rows} rows x {len(header.columns)} columns with {keys.key_id} "
@@ -108,7 +142,9 @@ def encrypt(
 
 def score(
     encrypted: Path = typer.Argument(..., help="Encrypted batch from `privdl he encrypt`."),
-    model: str = typer.Option(..., "--model", help="Exported .json model or .safetensors + sidecar."),
+    model: str = typer.Option(
+        ..., "--model", help="PrivateTrainer model folder, exported .json, or .safetensors."
+    ),
     public: Path = typer.Option(..., "--public", help="public.he, or the folder holding it."),
     output: Path = typer.Option(..., "-o", "--output", help="Encrypted scores file to write."),
     plain: str | None = typer.Option(None, "--plain", help="Table with the non-sensitive columns."),
@@ -124,9 +160,8 @@ def score(
     """Score ENCRYPTED with MODEL using public material only."""
     from privdl import io
     from privdl.encrypted.keys import PublicKeys
-    from privdl.encrypted.packing import source_columns
     from privdl.encrypted.scorer import EncryptedScorer
-    from privdl.errors import UsageError
+    from privdl.errors import InputError, UsageError
 
     io.check_distinct_paths(encrypted, output)
     pcols = _split(plain_columns)
@@ -138,7 +173,11 @@ def score(
     if plain is not None:
         if not pcols:
             raise UsageError("--plain needs --plain-columns")
-        frame = io.read_table(plain, sep=sep, columns=source_columns(pcols))
+        requested = pcols
+        pcols, sources = _expand(scorer.model_, requested)
+        if not pcols:
+            raise InputError(f"{model}: the model reads none of the --plain-columns")
+        frame = io.read_table(plain, sep=sep, columns=sources)
     header = scorer.score_file(
         encrypted, output, plain=frame, plain_columns=pcols or None, workers=workers,
         audit_log=_audit(audit_log, audit_key_env),

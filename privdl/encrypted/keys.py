@@ -39,6 +39,8 @@ __all__ = ["PUBLIC_FILE", "SECRET_FILE", "HEKeys", "PublicKeys"]
 
 SECRET_FILE = "secret.he"  # noqa: S105 (a file name, not a password)
 PUBLIC_FILE = "public.he"
+#: per-row packing is for single queries; beyond this many rows feature-major wins
+MAX_ROW_PACKED = 64
 
 
 def _ts() -> Any:
@@ -67,6 +69,8 @@ def _new_context(params: ParameterSet) -> Any:
             f"{params.total_bits} coefficient bits"
         ) from None
     ctx.global_scale = float(2**params.scale_bits)
+    if params.galois_keys:
+        ctx.generate_galois_keys()
     return ctx
 
 
@@ -221,6 +225,7 @@ class HEKeys:
         coeff_mod_bit_sizes: Sequence[int] | None = None,
         encryption: str = "symmetric",
         relin_keys: bool | None = None,
+        galois_keys: bool = False,
     ) -> HEKeys:
         """Generate a fresh key set for a model of multiplicative ``depth``.
 
@@ -236,6 +241,8 @@ class HEKeys:
                 about twice as fast) or ``"public-key"``.
             relin_keys: include relinearization keys in the public context (default:
                 when ``depth > 1``).
+            galois_keys: include rotation keys (~17 MB) so single, latency-bound queries
+                can use per-row packing (``encrypt(..., packing="row")``).
 
         Raises:
             SecurityError: a request below 128-bit security.
@@ -248,6 +255,7 @@ class HEKeys:
             coeff_mod_bit_sizes=None if coeff_mod_bit_sizes is None else tuple(coeff_mod_bit_sizes),
             encryption=encryption,
             relin_keys=relin_keys,
+            galois_keys=galois_keys,
         )
         return cls(_new_context(params), params=params, key_id="he_" + secrets.token_hex(8))
 
@@ -262,15 +270,16 @@ class HEKeys:
         return cls.generate(depth=depth, **options)
 
     def public(self) -> PublicKeys:
-        """The public context for the scoring service: no secret key, no Galois keys.
+        """The public context for the scoring service: no secret key.
 
         Relinearization keys are included only when the parameter set asks for them
-        (polynomial activations); the public key only for ``encryption="public-key"``.
+        (polynomial activations), Galois keys only for per-row packing, the public key
+        only for ``encryption="public-key"``.
         """
         blob = self._ctx.serialize(
             save_public_key=self.params.encryption == "public-key",
             save_secret_key=False,
-            save_galois_keys=False,
+            save_galois_keys=self.params.galois_keys,
             save_relin_keys=self.params.relin_keys,
         )
         return PublicKeys.from_bytes(blob, params=self.params, key_id=self.key_id)
@@ -332,6 +341,8 @@ class HEKeys:
         data: pd.DataFrame | np.ndarray | Any,
         *,
         columns: Sequence[str] | None = None,
+        encoder: Any = None,
+        packing: str = "feature-major",
         workers: int = 1,
         audit_log: Any = None,
     ) -> EncryptedBatch:
@@ -341,6 +352,11 @@ class HEKeys:
             data: a DataFrame (``columns`` are feature specs: ``"age"`` numeric, or
                 ``"sex=Female"`` an indicator) or a 2-D array (``columns`` name its columns).
             columns: the features to encrypt, in order.
+            encoder: a TableEncoder (or its JSON) that makes ``columns`` from the table,
+                e.g. ``load_model(path).info["encoder"]`` of a saved PrivateTrainer model.
+            packing: ``"feature-major"`` (default) or ``"row"``: one ciphertext per row,
+                for single, latency-bound queries only (one ~230 KB ciphertext instead of
+                one per column; the public context then needs Galois keys).
             workers: processes to encrypt with (the context reaches them by ``fork``,
                 never through a pipe; 1 where ``fork`` is unavailable).
             audit_log: an AuditLog, a path, or None; one ``he.encrypt`` entry.
@@ -351,20 +367,35 @@ class HEKeys:
         """
         from privdl.encrypted.packing import as_matrix
 
-        matrix, names = as_matrix(data, columns)
+        if packing not in ("feature-major", "row"):
+            raise UsageError(f"packing must be 'feature-major' or 'row', not {packing!r}")
+        matrix, names = as_matrix(data, columns, encoder=encoder)
+        if packing == "row" and matrix.shape[0] > MAX_ROW_PACKED:
+            raise UsageError(
+                f"per-row packing is for single, latency-bound queries (at most "
+                f"{MAX_ROW_PACKED} rows); use the default feature-major packing"
+            )
         header = BatchHeader(
             kind="features",
             params=self.params,
             key_id=self.key_id,
             columns=tuple(names),
             rows=int(matrix.shape[0]),
+            packing=packing,
         )
         with _audited(
             audit_log,
             "he.encrypt",
-            params={"he_params": self.params.to_dict(), "key_id": self.key_id},
+            params={
+                "he_params": self.params.to_dict(),
+                "key_id": self.key_id,
+                "packing": packing,
+            },
         ) as op:
-            chunks = tuple(self.encrypt_chunks(matrix, workers=workers))
+            if packing == "row":
+                chunks: tuple[Chunk, ...] = tuple(encrypt_row(self._ctx, row) for row in matrix)
+            else:
+                chunks = tuple(self.encrypt_chunks(matrix, workers=workers))
             if op is not None:
                 op.update(params={"rows": int(matrix.shape[0]), "columns": list(names)})
         return EncryptedBatch(header, chunks)
@@ -375,6 +406,7 @@ class HEKeys:
         path: str | os.PathLike[str],
         *,
         columns: Sequence[str] | None = None,
+        encoder: Any = None,
         workers: int = 1,
         audit_log: Any = None,
         inputs: Sequence[Any] = (),
@@ -386,7 +418,7 @@ class HEKeys:
         from privdl.encrypted.packing import as_matrix
         from privdl.encrypted.wire import BatchWriter
 
-        matrix, names = as_matrix(data, columns)
+        matrix, names = as_matrix(data, columns, encoder=encoder)
         header = BatchHeader(
             kind="features",
             params=self.params,
@@ -468,7 +500,7 @@ class HEKeys:
             self._ctx.serialize(
                 save_public_key=self.params.encryption == "public-key",
                 save_secret_key=True,
-                save_galois_keys=False,
+                save_galois_keys=self.params.galois_keys,
                 save_relin_keys=self.params.relin_keys,
             )
         )
@@ -550,6 +582,12 @@ def encrypt_block(ctx: Any, block: np.ndarray) -> Chunk:
         rows=int(block.shape[0]),
         blobs=tuple(ts.ckks_vector(ctx, col.tolist()).serialize() for col in cols),
     )
+
+
+def encrypt_row(ctx: Any, row: np.ndarray) -> Chunk:
+    """Per-row packing: one ciphertext holding one row's features (in column order)."""
+    ts = _ts()
+    return Chunk(rows=1, blobs=(ts.ckks_vector(ctx, row.tolist()).serialize(),))
 
 
 def decrypt_block(ctx: Any, chunk: Chunk) -> np.ndarray:

@@ -444,48 +444,68 @@ def _from_torch(module: Any, degree: int, rng: tuple[float, float]) -> ModelSpec
     torch = __import__("torch")
     nn = torch.nn
     modules = list(module) if isinstance(module, nn.Sequential) else [module]
+    items: list[tuple[str, Any, Any]] = []
+    for m in modules:
+        if isinstance(m, nn.Linear):
+            items.append(("linear", m.weight.detach().cpu().double().numpy(), _bias(m)))
+        else:
+            items.append((type(m).__name__.lower(), None, None))
+    return _from_layers(items, degree, rng, link="identity")
+
+
+_SKIP = ("dropout", "identity", "flatten")
+_APPROXIMABLE = ("relu", "tanh", "sigmoid", "gelu", "silu")
+
+
+def _from_layers(
+    items: Sequence[tuple[str, Any, Any]],
+    degree: int,
+    rng: tuple[float, float],
+    *,
+    link: str,
+    columns: Sequence[str] | None = None,
+) -> ModelSpec:
+    """Build a spec from ``(kind, weight, bias)`` items: ``"linear"`` or an activation name."""
     layers: list[Layer] = []
     activations: list[PolyActivation] = []
     pending: PolyActivation | None = None
-    link = "identity"
-    for i, m in enumerate(modules):
-        last = i == len(modules) - 1
-        if isinstance(m, nn.Linear):
+    for i, (kind, weight, bias) in enumerate(items):
+        last = i == len(items) - 1
+        if kind == "linear":
+            w = weight
+            b = bias if bias is not None else None
             if layers and pending is None:
                 # two affine layers in a row compose into one
                 prev = layers.pop()
-                w = m.weight.detach().cpu().double().numpy() @ prev.w
-                b = m.weight.detach().cpu().double().numpy() @ prev.b + _bias(m)
-                layers.append(Layer.from_arrays(w, b))
-                continue
+                b = w @ prev.b + (0.0 if b is None else b)
+                w = w @ prev.w
             if pending is not None:
                 activations.append(pending)
                 pending = None
-            layers.append(Layer.from_arrays(m.weight.detach().cpu().double().numpy(), _bias(m)))
-        elif isinstance(m, nn.Dropout | nn.Identity | nn.Flatten):
+            layers.append(Layer.from_arrays(w, b))
+        elif kind in _SKIP:
             continue
-        elif last and isinstance(m, nn.Sigmoid):
+        elif last and kind == "sigmoid":
             link = "logit"
-        elif last and isinstance(m, nn.Softmax | nn.LogSoftmax):
+        elif last and kind in ("softmax", "logsoftmax"):
             link = "softmax"
-        elif type(m).__name__.lower() == "square":
+        elif kind == "square":
             pending = approximate("square", range=rng)
         else:
-            name = type(m).__name__.lower()
-            if name not in ("relu", "tanh", "sigmoid", "gelu", "silu"):
-                raise UsageError(f"layer {i} ({type(m).__name__}) cannot be evaluated encrypted")
+            if kind not in _APPROXIMABLE:
+                raise UsageError(f"layer {i} ({kind}) cannot be evaluated encrypted")
             if not layers:
                 raise UsageError("an activation before the first Linear layer is not supported")
-            pending = approximate(name, degree=degree, range=rng)
+            pending = approximate(kind, degree=degree, range=rng)
     if not layers:
-        raise UsageError("the torch model has no Linear layer")
+        raise UsageError("the model has no Linear layer")
     if pending is not None:
         raise UsageError("a hidden activation after the last Linear layer is not supported")
     if link == "softmax" and layers[-1].shape[0] == 2:
         layers[-1] = _reduce_two_class(layers[-1])
         link = "logit"
     return ModelSpec(
-        columns=_default_columns(layers[0].shape[1]),
+        columns=tuple(columns) if columns is not None else _default_columns(layers[0].shape[1]),
         layers=tuple(layers),
         activations=tuple(activations),
         link=link,
@@ -574,8 +594,20 @@ def export_linear_model(
     return Path(path)
 
 
-def load_model(path: str | os.PathLike[str]) -> ModelSpec:
-    """Read an exported JSON model or a ``.safetensors`` file with its JSON sidecar.
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    key: Any = None,
+    activation_degree: int = 2,
+    activation_range: tuple[float, float] = DEFAULT_RANGE,
+) -> ModelSpec:
+    """Read a saved PrivateTrainer model, an exported JSON model, or safetensors + sidecar.
+
+    A folder holding ``meta.json`` (format ``privdl-model/1``) is a model saved by
+    :meth:`PrivateTrainer.save`: its signature is verified (``key``: the signing Secret
+    or Ed25519 public key, for signed models), layers are rebuilt from ``meta.json``,
+    weights read from ``model.safetensors``, columns are its ``feature_names`` and its
+    ``encoder.json`` (the TableEncoder) is kept so both sides encode tables the same way.
 
     The sidecar (``model.json`` beside ``model.safetensors``, or ``model.safetensors.json``,
     or ``metadata.json`` in the same folder) must give ``columns`` (or
@@ -590,6 +622,8 @@ def load_model(path: str | os.PathLike[str]) -> ModelSpec:
         FormatError: unreadable or inconsistent file.
     """
     p = Path(path)
+    if p.is_dir() and (p / "meta.json").exists():
+        return _from_privdl_model(p, key=key, degree=activation_degree, rng=activation_range)
     if p.is_dir():
         candidates = sorted(p.glob("*.safetensors")) or sorted(p.glob("*.json"))
         if not candidates:
@@ -602,6 +636,36 @@ def load_model(path: str | os.PathLike[str]) -> ModelSpec:
     if p.suffix.lower() == ".safetensors":
         return _from_safetensors(p)
     raise FormatError(f"{p.name}: unknown model format; use an exported .json or .safetensors")
+
+
+def _from_privdl_model(
+    folder: Path, *, key: Any, degree: int, rng: tuple[float, float]
+) -> ModelSpec:
+    from privdl.train.checkpoint import read_model_files
+
+    meta, state, encoder_json = read_model_files(folder, key=key)
+    arrays = {k: v.detach().cpu().double().numpy() for k, v in state.items()}
+    container = meta.get("container")
+    described = meta.get("layers") or []
+    if container not in ("sequential", "single") or not described:
+        raise UsageError(f"{folder.name}: the model's architecture is not described in meta.json")
+    items: list[tuple[str, Any, Any]] = []
+    for i, layer in enumerate(described):
+        kind = str(layer.get("type", "")).lower()
+        prefix = f"{i}." if container == "sequential" else ""
+        if kind == "linear":
+            if prefix + "weight" not in arrays:
+                raise FormatError(f"{folder.name}: tensor {prefix}weight is missing")
+            items.append(("linear", arrays[prefix + "weight"], arrays.get(prefix + "bias")))
+        else:
+            items.append((kind, None, None))
+    task = meta.get("task")
+    link = {"binary": "logit", "multiclass": "softmax"}.get(str(task), "identity")
+    columns = meta.get("feature_names")
+    spec = _from_layers(items, degree, rng, link=link, columns=columns)
+    if encoder_json:
+        spec = replace(spec, info={**spec.info, "encoder": json.loads(encoder_json)})
+    return spec
 
 
 def _sidecar(p: Path) -> dict[str, Any]:

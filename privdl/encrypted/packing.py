@@ -24,7 +24,15 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-__all__ = ["Standardizer", "as_matrix", "chunk_bounds", "feature_matrix", "parse_feature"]
+__all__ = [
+    "Standardizer",
+    "as_matrix",
+    "chunk_bounds",
+    "encoder_groups",
+    "encoder_matrix",
+    "feature_matrix",
+    "parse_feature",
+]
 
 
 def parse_feature(spec: str) -> tuple[str, str | None]:
@@ -59,13 +67,16 @@ def feature_matrix(
     if not features:
         raise UsageError("no feature columns given")
     out = np.empty((len(frame), len(features)), dtype=np.float64)
+    as_text: dict[str, np.ndarray] = {}  # one string conversion per column, not per value
     for j, spec in enumerate(features):
         column, value = parse_feature(spec)
         if column not in frame.columns:
             raise InputError(f"{source}: column {column!r} is missing")
         series = frame[column]
         if value is not None:
-            out[:, j] = (series.astype(str).to_numpy() == value).astype(np.float64)
+            if column not in as_text:
+                as_text[column] = series.astype(str).to_numpy()
+            out[:, j] = as_text[column] == value
             continue
         numeric = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
         bad = ~np.isfinite(numeric)
@@ -80,13 +91,24 @@ def feature_matrix(
 
 
 def as_matrix(
-    data: pd.DataFrame | np.ndarray | Any, columns: Sequence[str] | None
+    data: pd.DataFrame | np.ndarray | Any,
+    columns: Sequence[str] | None,
+    *,
+    encoder: Any = None,
 ) -> tuple[np.ndarray, list[str]]:
-    """A float64 matrix and its column names from a DataFrame or a 2-D array."""
+    """A float64 matrix and its column names from a DataFrame or a 2-D array.
+
+    With ``encoder`` (a TableEncoder, e.g. from a saved PrivateTrainer model) a
+    DataFrame is encoded by it and ``columns`` are its feature names.
+    """
     import numpy as np
     import pandas as pd
 
     if isinstance(data, pd.DataFrame):
+        if encoder is not None:
+            if columns is None:
+                raise UsageError("name the encoder features to encrypt with columns=")
+            return encoder_matrix(data, columns, encoder), list(columns)
         names = list(columns) if columns is not None else [str(c) for c in data.columns]
         return feature_matrix(data, names), names
     matrix = np.asarray(data, dtype=np.float64)
@@ -153,3 +175,64 @@ class Standardizer:
             )
         except (KeyError, TypeError, ValueError):
             raise InputError("scaler needs 'mean' and 'scale' lists of numbers") from None
+
+
+# ----------------------------------------------------------------------------- TableEncoder
+def _encoder_data(encoder: Any) -> dict[str, Any]:
+    import json
+
+    if isinstance(encoder, dict):
+        return dict(encoder)
+    if isinstance(encoder, str):
+        return dict(json.loads(encoder))
+    if hasattr(encoder, "to_json"):
+        return dict(json.loads(encoder.to_json()))
+    raise UsageError(f"unsupported encoder {type(encoder).__name__}; pass a TableEncoder")
+
+
+def encoder_groups(encoder: Any) -> list[tuple[str, list[str]]]:
+    """``(table column, its feature names)`` for each column a TableEncoder encodes."""
+    data = _encoder_data(encoder)
+    names = list(data.get("feature_names", []))
+    groups = []
+    pos = 0
+    for spec in data.get("columns", []):
+        # numeric: mid, width, missing; categorical: one per value, missing, other
+        n = 3 if spec.get("kind") == "numeric" else len(spec.get("values", [])) + 2
+        groups.append((str(spec["name"]), names[pos : pos + n]))
+        pos += n
+    if pos != len(names):
+        raise UsageError("the TableEncoder's columns do not add up to its feature names")
+    return groups
+
+
+def encoder_matrix(
+    frame: pd.DataFrame, features: Sequence[str], encoder: Any, *, source: str = "input"
+) -> np.ndarray:
+    """Encode ``frame`` with the model's TableEncoder and keep ``features`` (in order).
+
+    Only the table columns that ``features`` come from are needed, so the scoring
+    service can encode the plaintext columns without ever seeing the sensitive ones.
+
+    Raises:
+        InputError: a feature the encoder does not make, or a missing table column.
+    """
+    import numpy as np
+
+    from privdl.train.encoding import TableEncoder
+
+    data = _encoder_data(encoder)
+    wanted = list(features)
+    keep = [(col, names) for col, names in encoder_groups(data) if set(names) & set(wanted)]
+    made = [n for _, names in keep for n in names]
+    unknown = [f for f in wanted if f not in made]
+    if unknown:
+        raise InputError(f"{source}: the model's encoder makes no feature(s) {unknown}")
+    absent = [col for col, _ in keep if col not in frame.columns]
+    if absent:
+        raise InputError(f"{source}: column(s) {absent} are missing")
+    data["columns"] = [s for s in data["columns"] if s["name"] in {c for c, _ in keep}]
+    data["feature_names"] = made
+    sub = TableEncoder.from_json(data)
+    matrix = np.asarray(sub.transform(frame[[c for c, _ in keep]]), dtype=np.float64)
+    return matrix[:, [made.index(f) for f in wanted]]

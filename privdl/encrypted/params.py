@@ -52,6 +52,8 @@ class ParameterSet:
             or ``"public-key"`` (anyone holding the public context can encrypt).
         relin_keys: whether the public context carries relinearization keys (needed for
             polynomial activations only).
+        galois_keys: whether it carries Galois (rotation) keys: only for per-row packing
+            of single, latency-bound queries (~17 MB; feature-major needs none).
     """
 
     poly_modulus_degree: int = 8192
@@ -60,6 +62,7 @@ class ParameterSet:
     security: str = "128"
     encryption: str = "symmetric"
     relin_keys: bool = False
+    galois_keys: bool = False
 
     @property
     def slots(self) -> int:
@@ -130,6 +133,7 @@ class ParameterSet:
                 security=str(data["security"]),
                 encryption=str(data.get("encryption", "symmetric")),
                 relin_keys=bool(data.get("relin_keys", False)),
+                galois_keys=bool(data.get("galois_keys", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"malformed CKKS parameter set ({type(exc).__name__})") from None
@@ -183,6 +187,7 @@ def choose_parameters(
     coeff_mod_bit_sizes: tuple[int, ...] | list[int] | None = None,
     encryption: str = "symmetric",
     relin_keys: bool | None = None,
+    galois_keys: bool = False,
 ) -> ParameterSet:
     """The smallest parameter set with ``depth`` levels at ``security`` bits.
 
@@ -194,6 +199,7 @@ def choose_parameters(
         coeff_mod_bit_sizes: force the prime sizes (checked against the bound).
         encryption: ``"symmetric"`` or ``"public-key"``.
         relin_keys: force relinearization keys on or off (default: when depth > 1).
+        galois_keys: add rotation keys for per-row packing (single queries only).
 
     Raises:
         SecurityError: the request is below the security level.
@@ -223,6 +229,7 @@ def choose_parameters(
         security=level,
         encryption=encryption,
         relin_keys=relin,
+        galois_keys=bool(galois_keys),
     )
     params.check()
     if len(bits) - 2 < depth:

@@ -64,6 +64,8 @@ class _Plan:
     bias: Any  # outputs
     plain_columns: tuple[str, ...]
     encrypted_columns: tuple[str, ...]
+    packing: str = "feature-major"
+    row_weight: Any = None  # per-row packing: outputs x batch columns (zeros elsewhere)
 
 
 class EncryptedScorer:
@@ -201,7 +203,13 @@ class EncryptedScorer:
         )
 
     # -- planning ---------------------------------------------------------------------
-    def plan(self, encrypted_columns: Sequence[str], plain_columns: Sequence[str] = ()) -> _Plan:
+    def plan(
+        self,
+        encrypted_columns: Sequence[str],
+        plain_columns: Sequence[str] = (),
+        *,
+        packing: str = "feature-major",
+    ) -> _Plan:
         """Map batch columns onto the model's inputs.
 
         Raises:
@@ -232,6 +240,18 @@ class EncryptedScorer:
         enc_w = w[:, enc_cols]
         if self.model_.is_linear and np.any(np.all(np.abs(enc_w) < _NEGLIGIBLE, axis=1)):
             raise UsageError("the model puts no weight on any encrypted column")
+        row_weight = None
+        if packing == "row":
+            if not self._fast:
+                raise UsageError("per-row packing supports linear models returning the logit")
+            if not self.public_keys.params.galois_keys:
+                raise UsageError(
+                    "per-row packed batches need Galois keys: HEKeys.generate(galois_keys=True)"
+                )
+            row_weight = np.zeros((enc_w.shape[0], len(encrypted_columns)))
+            row_weight[:, enc_idx] = enc_w
+        elif packing != "feature-major":
+            raise InputError(f"unknown packing {packing!r}")
         return _Plan(
             enc_index=tuple(enc_idx),
             enc_weight=enc_w,
@@ -239,6 +259,8 @@ class EncryptedScorer:
             bias=b,
             plain_columns=tuple(plain_names),
             encrypted_columns=tuple(self.model_.columns[j] for j in enc_cols),
+            packing=packing,
+            row_weight=row_weight,
         )
 
     # -- scoring ----------------------------------------------------------------------
@@ -272,7 +294,9 @@ class EncryptedScorer:
             key_id=self.public_keys.key_id,
             source="batch",
         )
-        plan, pmatrix = self._prepare(header.columns, batch.rows, plain, plain_columns)
+        plan, pmatrix = self._prepare(
+            header.columns, batch.rows, plain, plain_columns, packing=header.packing
+        )
         with _audited(audit_log, "he.score", params=self._audit_params(plan, batch.rows)):
             chunks = tuple(self._score_stream(batch.chunks, plan, pmatrix, workers=workers))
         return EncryptedBatch(self._scores_header(plan, batch.rows), chunks)
@@ -302,7 +326,9 @@ class EncryptedScorer:
         )
         if header.rows is None:
             raise InputError(f"{name}: the header does not give the row count")
-        plan, pmatrix = self._prepare(header.columns, header.rows, plain, plain_columns)
+        plan, pmatrix = self._prepare(
+            header.columns, header.rows, plain, plain_columns, packing=header.packing
+        )
         out_header = self._scores_header(plan, header.rows)
         with _audited(
             audit_log,
@@ -358,6 +384,8 @@ class EncryptedScorer:
         rows: int,
         plain: pd.DataFrame | np.ndarray | None,
         plain_columns: Sequence[str] | None,
+        *,
+        packing: str = "feature-major",
     ) -> tuple[_Plan, np.ndarray | None]:
         import numpy as np
         import pandas as pd
@@ -367,8 +395,21 @@ class EncryptedScorer:
         if plain is None:
             if plain_columns:
                 raise UsageError("plain_columns given without plain data")
-            return self.plan(encrypted_columns), None
-        if isinstance(plain, pd.DataFrame):
+            return self.plan(encrypted_columns, packing=packing), None
+        encoder = self.model_.info.get("encoder")
+        if isinstance(plain, pd.DataFrame) and encoder is not None:
+            # a PrivateTrainer model: its TableEncoder makes the plaintext features
+            from privdl.encrypted.packing import encoder_groups, encoder_matrix
+
+            if plain_columns is not None:
+                names = list(plain_columns)
+            else:
+                made = {n for col, ns in encoder_groups(encoder) if col in plain.columns
+                        for n in ns}  # fmt: skip
+                names = [c for c in self.model_.columns
+                         if c not in encrypted_columns and c in made]  # fmt: skip
+            matrix = encoder_matrix(plain, names, encoder, source="plain input")
+        elif isinstance(plain, pd.DataFrame):
             names = list(plain_columns) if plain_columns is not None else [
                 c for c in self.model_.columns if c not in encrypted_columns
                 and (c.split("=", 1)[0] in plain.columns)
@@ -385,7 +426,7 @@ class EncryptedScorer:
             raise InputError(
                 f"plain input has {matrix.shape[0]} rows, the encrypted batch {rows}"
             )
-        plan = self.plan(encrypted_columns, names)
+        plan = self.plan(encrypted_columns, names, packing=packing)
         keep = [names.index(c) for c in plan.plain_columns]
         return plan, np.ascontiguousarray(matrix[:, keep])
 
@@ -434,6 +475,8 @@ class EncryptedScorer:
         ctx = self.public_keys.context()
         if partial.shape[0] != chunk.rows:
             raise InputError("plain partial scores do not match the chunk's rows")
+        if plan.packing == "row":
+            return self._score_row(chunk, plan, partial)
         try:
             vecs = [ts.ckks_vector_from(ctx, chunk.blobs[i]) for i in plan.enc_index]
         except IndexError:
@@ -442,6 +485,21 @@ class EncryptedScorer:
             raise InputError("a ciphertext in the batch cannot be read with this context") from None
         outs = self.evaluate(vecs, plan, partial)
         return Chunk(rows=chunk.rows, blobs=tuple(v.serialize() for v in outs))
+
+    def _score_row(self, chunk: Chunk, plan: _Plan, partial: np.ndarray) -> Chunk:
+        """Per-row packing: ``dot`` (rotations with the Galois keys) plus the plain part."""
+        ts: Any = require("tenseal", "he")
+        ctx = self.public_keys.context()
+        try:
+            vec = ts.ckks_vector_from(ctx, chunk.blobs[0])
+        except Exception:
+            raise InputError("a ciphertext in the batch cannot be read with this context") from None
+        ctx.auto_rescale = True
+        outs = [
+            vec.dot(plan.row_weight[o].tolist()) + float(partial[0, o])
+            for o in range(plan.row_weight.shape[0])
+        ]
+        return Chunk(rows=1, blobs=tuple(v.serialize() for v in outs))
 
     def evaluate(self, vecs: list[Any], plan: _Plan, partial: np.ndarray) -> list[Any]:
         """The homomorphic evaluation on deserialized ``CKKSVector`` s (one per input).
@@ -488,6 +546,7 @@ class EncryptedScorer:
             key_id=self.public_keys.key_id,
             columns=tuple(self.model_.output_names()),
             rows=rows,
+            packing=plan.packing,
             info={
                 "model_id": self.model_.model_id(),
                 "link": self.model_.link,

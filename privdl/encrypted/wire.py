@@ -273,10 +273,7 @@ class BatchWriter:
     def write(self, chunk: Chunk) -> None:
         if self._fh is None:
             raise UsageError("BatchWriter is not open; use it in a with-block")
-        if len(chunk.blobs) != len(self.header.columns):
-            raise UsageError(
-                f"chunk has {len(chunk.blobs)} ciphertexts for {len(self.header.columns)} columns"
-            )
+        _check_chunk(self.header, chunk)
         _write_frame(self._fh, chunk, self._digest)
         self.rows += chunk.rows
         self.chunks += 1
@@ -296,14 +293,20 @@ def write_container(fh: IO[bytes], header: BatchHeader, chunks: Iterable[Chunk])
     _write_header(fh, header, digest)
     rows = count = 0
     for chunk in chunks:
-        if len(chunk.blobs) != len(header.columns) and header.kind in ("features", "scores"):
-            raise UsageError(
-                f"chunk has {len(chunk.blobs)} ciphertexts for {len(header.columns)} columns"
-            )
+        _check_chunk(header, chunk)
         _write_frame(fh, chunk, digest)
         rows += chunk.rows
         count += 1
     _write_trailer(fh, rows, count, digest)
+
+
+def _check_chunk(header: BatchHeader, chunk: Chunk) -> None:
+    if header.kind not in ("features", "scores"):
+        return
+    # per-row packed features: one ciphertext holds all columns of one row
+    expected = 1 if header.kind == "features" and header.packing == "row" else len(header.columns)
+    if len(chunk.blobs) != expected:
+        raise UsageError(f"chunk has {len(chunk.blobs)} ciphertexts, expected {expected}")
 
 
 def _write_header(fh: IO[bytes], header: BatchHeader, digest: Any) -> None:

@@ -269,7 +269,7 @@ class PrivateTrainer:
             UsageError / InputError: bad configuration or data.
         """
         self._check_params()
-        with self._audit("train") as op:
+        with self._audit("train", data) as op:
             self._setup(data, target, val)
             op.update(
                 params={
@@ -287,12 +287,20 @@ class PrivateTrainer:
             op.update(params={"epsilon": self.epsilon, "steps": self.steps_})
         return self
 
-    def _audit(self, name: str) -> Any:
+    def _audit(self, name: str, data: Any) -> Any:
         if self.audit_log is None:
             return _NoOp()
         from privdl.audit import operation
 
-        return operation(self.audit_log, name, params=self.get_params())
+        # fingerprints (hashes, shapes) of in-memory training data, never its values
+        if isinstance(data, tuple | list) and len(data) == 2:
+            inputs = [part for part in data if part is not None]
+        elif hasattr(data, "columns") or hasattr(data, "shape"):
+            inputs = [data]
+        else:
+            inputs = [{"kind": type(data).__name__, "sha256": None}]
+        outputs = [self.checkpoint_dir] if self.checkpoint_dir is not None else []
+        return operation(self.audit_log, name, params=self.get_params(), inputs=inputs, outputs=outputs)
 
     def _resolve_device(self) -> Any:
         if self.device == "auto":

@@ -4,7 +4,6 @@ identifiers that no log, report or record may contain (checked by test_audit_zz_
 from __future__ import annotations
 
 import base64
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +11,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from privdl.audit import AuditLog
 from privdl.keys import Secret
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 # raw identifiers of the fixture people: none may appear in any output
 PEOPLE = [

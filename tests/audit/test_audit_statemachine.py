@@ -11,7 +11,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from audit_tampering import OPERATORS, join
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -21,6 +20,7 @@ from privdl.audit import AuditLog, verify_audit_log
 from privdl.audit.checkpoint import Checkpoint, sign_checkpoint
 from privdl.errors import TamperDetectedError
 from privdl.keys import Secret
+from tests.audit.audit_tampering import OPERATORS, join
 
 
 class AuditLogMachine(RuleBasedStateMachine):

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.audit.audit_tampering import OPERATORS, join, truncate
 
 from privdl.audit import AuditLog, verify_audit_log
 from privdl.errors import InputError, KeyMissingError, TamperDetectedError
 from privdl.keys import Secret
+from tests.audit.audit_tampering import OPERATORS, join, truncate
 
 
 def _fill(log: AuditLog, n: int) -> list[bytes]:

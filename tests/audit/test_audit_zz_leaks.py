@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import PEOPLE, identifier_patterns, remember, secret_patterns
 
 from privdl.audit import AuditLog, operation, verify_audit_log
 from privdl.audit.erasure import erase_request
@@ -23,6 +22,7 @@ from privdl.audit.records import build_records, write_records
 from privdl.cli import main
 from privdl.errors import PolicyNotMetError
 from privdl.keys import Secret
+from tests.audit.conftest import PEOPLE, identifier_patterns, remember, secret_patterns
 
 _HEX = re.compile(rb"[0-9a-fA-F]{64,}")
 _B64 = re.compile(rb"[A-Za-z0-9+/_-]{43,}={0,2}")

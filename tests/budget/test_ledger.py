@@ -403,7 +403,7 @@ def test_budget_changes_write_audit_entries(tmp_path: Path) -> None:
         with pytest.raises(BudgetExceededError):
             led.reserve("d", history=[(0.5, 0.1, 5000)], delta=DELTA, audit_log=log)
     lines = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines() if x]
-    events = [(e.get("event"), e.get("outcome")) for e in lines]
+    events = [(e["entry"]["event"], e["entry"]["outcome"]) for e in lines]
     assert events == [
         ("budget.set", "ok"),
         ("budget.reserve", "ok"),

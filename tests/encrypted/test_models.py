@@ -100,7 +100,7 @@ def test_square_is_exact_and_shallow():
 
 
 def test_unsupported_layers_are_refused():
-    with pytest.raises(UsageError, match="BatchNorm1d"):
+    with pytest.raises(UsageError, match="batchnorm1d"):
         as_model(nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2), nn.Linear(2, 1)))
     with pytest.raises(UsageError):
         as_model(nn.Sequential(nn.ReLU(), nn.Linear(2, 1)))

@@ -49,22 +49,28 @@ def test_adult_features_torch_linear_within_1e4_across_chunks(keys, adult_xy, fe
     assert np.max(np.abs(got - expected)) < 1e-4  # also proves row order survives chunking
 
 
-def test_adult_logistic_from_dataframe_specs(keys, adult, adult_xy, features):
+@pytest.fixture(scope="module")
+def adult_clf(adult_xy):
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     x, y = adult_xy
-    clf = LogisticRegression(max_iter=500).fit(x, y)
+    return make_pipeline(StandardScaler(), LogisticRegression()).fit(x, y)
+
+
+def test_adult_logistic_from_dataframe_specs(keys, adult, adult_xy, adult_clf, features):
+    x, _ = adult_xy
+    clf = adult_clf
     spec = as_model(clf, columns=features)
     batch = keys.encrypt(adult, columns=features)
     probs = keys.decrypt(EncryptedScorer.from_model(spec, keys.public()).score(batch))
     assert np.max(np.abs(probs - clf.predict_proba(x)[:, 1])) < 1e-4
 
 
-def test_hybrid_equals_all_encrypted(keys, adult, adult_xy, features):
-    from sklearn.linear_model import LogisticRegression
-
-    x, y = adult_xy
-    clf = LogisticRegression(max_iter=500).fit(x, y)
+def test_hybrid_equals_all_encrypted(keys, adult, adult_xy, adult_clf, features):
+    x, _ = adult_xy
+    clf = adult_clf
     scorer = EncryptedScorer.from_model(clf, keys.public(), columns=features)
     sensitive = ["age", "sex=Male", "race=White", "race=Black"]
     plain = [c for c in features if c not in sensitive]
@@ -203,3 +209,36 @@ def test_score_file_streams(tmp_path, keys, adult_xy, features):
     got = keys.decrypt(tmp_path / "out.he", raw=True)
     expected = x @ lin.weight.detach().double().numpy()[0] + float(lin.bias.detach())
     assert np.max(np.abs(got - expected)) < 1e-4
+
+
+def test_per_row_packing_for_single_queries(breast_cancer):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = breast_cancer
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x, y)
+    keys = HEKeys.generate(galois_keys=True)
+    public = keys.public()
+    assert public.context().has_galois_keys() and not public.is_private()
+    scorer = EncryptedScorer.from_model(clf, public)
+    one = keys.encrypt(x[:1], packing="row")
+    many = keys.encrypt(x[:1])
+    assert one.header.packing == "row" and len(one.chunks[0].blobs) == 1
+    assert one.nbytes * 10 < many.nbytes  # one ciphertext instead of one per column
+    got = keys.decrypt(scorer.score(keys.encrypt(x[:5], packing="row")), raw=True)
+    assert np.max(np.abs(got - clf.decision_function(x[:5]))) < 1e-4
+    # hybrid works per row too
+    cols = [f"x{i}" for i in range(x.shape[1])]
+    batch = keys.encrypt(x[:3, :10], columns=cols[:10], packing="row")
+    hybrid = scorer.score(batch, plain=x[:3, 10:], plain_columns=cols[10:])
+    assert np.max(np.abs(keys.decrypt(hybrid, raw=True) - clf.decision_function(x[:3]))) < 1e-4
+    with pytest.raises(UsageError, match="latency-bound"):
+        keys.encrypt(x[:100], packing="row")
+
+
+def test_per_row_batches_need_galois_keys(keys):
+    lin = nn.Linear(3, 1)
+    scorer = EncryptedScorer.from_model(lin, keys.public())
+    with pytest.raises(UsageError, match="Galois"):
+        scorer.score(keys.encrypt(np.ones((1, 3)), packing="row"))

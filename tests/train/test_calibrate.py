@@ -93,9 +93,7 @@ def test_calibration_is_tight_and_never_above_target(epsilon, q, steps, accounta
 def test_calibration_composes_with_prior_runs():
     prior = [(1.2, 0.01, 300)]
     spent = epsilon_of(prior, delta=1e-5)
-    sigma = noise_multiplier_for(
-        epsilon=spent + 1.0, delta=1e-5, sample_rate=0.02, steps=100, prior=prior
-    )
+    sigma = noise_multiplier_for(epsilon=spent + 1.0, delta=1e-5, sample_rate=0.02, steps=100, prior=prior)
     total = epsilon_of([*prior, (sigma, 0.02, 100)], delta=1e-5)
     assert total <= spent + 1.0
     assert epsilon_of([*prior, (sigma * 0.99, 0.02, 100)], delta=1e-5) > spent + 1.0
@@ -108,9 +106,7 @@ def test_calibration_refuses_when_prior_spends_everything():
     prior = [(0.8, 0.05, 500)]
     spent = epsilon_of(prior, delta=1e-5)
     with pytest.raises(BudgetExceededError) as info:
-        noise_multiplier_for(
-            epsilon=spent * 0.9, delta=1e-5, sample_rate=0.01, steps=10, prior=prior
-        )
+        noise_multiplier_for(epsilon=spent * 0.9, delta=1e-5, sample_rate=0.01, steps=10, prior=prior)
     assert info.value.remaining == 0.0
 
 
@@ -139,9 +135,7 @@ def test_calibration_argument_checks(kwargs):
     steps=st.integers(1, 2000),
 )
 def test_rdp_calibration_property(epsilon, q, steps):
-    sigma = noise_multiplier_for(
-        epsilon=epsilon, delta=1e-5, sample_rate=q, steps=steps, accountant="rdp"
-    )
+    sigma = noise_multiplier_for(epsilon=epsilon, delta=1e-5, sample_rate=q, steps=steps, accountant="rdp")
     assert epsilon_of([(sigma, q, steps)], delta=1e-5, accountant="rdp") <= epsilon
     assert epsilon_of([(sigma / 1.01, q, steps)], delta=1e-5, accountant="rdp") > epsilon
 

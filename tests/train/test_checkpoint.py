@@ -100,9 +100,7 @@ def test_wrong_or_missing_hmac_key(fitted, tmp_path):
         PrivateTrainer.load(folder)
 
 
-@settings(
-    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(["model.safetensors", "meta.json"]), offset=st.integers(0, 10**6))
 def test_any_flipped_byte_is_detected(fitted, tmp_path_factory, name, offset):
     tr, _ = fitted

@@ -95,7 +95,7 @@ def test_as_data_accepts_arrays_tensors_and_frames():
         out = as_data(data)
         assert isinstance(out, TensorData)
         assert out.X.dtype in (torch.float32, torch.float64) and len(out) == 6
-        xb, yb = out.batch(torch.tensor([1, 3]))
+        _, yb = out.batch(torch.tensor([1, 3]))
         assert yb.tolist() == [1, 1]
 
 

@@ -143,9 +143,7 @@ def test_physical_batch_splitting_gives_the_same_update(mode):
     X, y = blobs(n=300)
     common = {"epsilon": 3.0, "epochs": 2, "batch_size": 100, "seed": 7, "optimizer": "sgd"}
     whole = PrivateTrainer(mlp(), grad_sample_mode=mode, **common).fit((X, y))
-    split = PrivateTrainer(
-        mlp(), grad_sample_mode=mode, max_physical_batch_size=16, **common
-    ).fit((X, y))
+    split = PrivateTrainer(mlp(), grad_sample_mode=mode, max_physical_batch_size=16, **common).fit((X, y))
     for a, b in zip(params_of(whole.model_), params_of(split.model_), strict=True):
         assert torch.allclose(a, b, atol=1e-4)
 
@@ -265,9 +263,7 @@ def test_dataframe_input_uses_the_table_encoder():
     from privdl.train.encoding import TableEncoder
 
     width = TableEncoder().fit(frame, target="retained").transform(frame).shape[1]
-    tr = PrivateTrainer(
-        nn.Linear(width, 2), epsilon=4.0, epochs=4, batch_size=32, seed=0, lr=0.1
-    )
+    tr = PrivateTrainer(nn.Linear(width, 2), epsilon=4.0, epochs=4, batch_size=32, seed=0, lr=0.1)
     tr.fit(frame, target="retained")
     assert tr.encoder_ is not None and len(tr.feature_names_) == width
     assert tr.predict(frame).shape == (300,)
@@ -287,9 +283,7 @@ def test_ledger_reserves_before_the_first_step_and_refuses_overspending(tmp_path
     tr.fit((X, y))
     assert tr.delta_ == 1e-5  # the ledger's delta
     assert ledger.spent("ds") == pytest.approx(tr.epsilon, rel=1e-6)
-    assert ledger.spent("ds") == pytest.approx(
-        opacus_eps(ledger.history("ds"), 1e-5, "prv"), rel=0.01
-    )
+    assert ledger.spent("ds") == pytest.approx(opacus_eps(ledger.history("ds"), 1e-5, "prv"), rel=0.01)
     assert [r.status for r in ledger.runs("ds")] == ["settled"]
 
     model = mlp(seed=3)
@@ -349,6 +343,7 @@ def test_audit_log_gets_one_entry_per_fit(tmp_path):
     assert len(entries) == 2
     ok, failed = entries
     assert ok["outcome"] == "ok" and ok["params"]["steps"] == 4
+    assert len(ok["inputs"]) == 2 and all(len(i["sha256"]) == 64 for i in ok["inputs"])
     assert ok["params"]["epsilon"] <= 2.0
     assert failed["outcome"] == "failed"
 

@@ -23,9 +23,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parents[2]))  # the repository root
 
-from audit_tampering import OPERATORS, join, truncate  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
@@ -33,6 +32,7 @@ from privdl.audit.canonical import canonical_json  # noqa: E402
 from privdl.audit.chain import GENESIS, initial_key, key_at, line_for, mac_of, ratchet  # noqa: E402
 from privdl.audit.checkpoint import origin_for, sign_checkpoint  # noqa: E402
 from privdl.keys import Secret  # noqa: E402
+from tests.audit.audit_tampering import OPERATORS, join, truncate  # noqa: E402
 
 AUDIT_KEY = Secret(hashlib.sha256(b"privdl test vector audit key").digest())
 SIGNER = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"privdl test vector checkpoint key").digest())
