@@ -30,7 +30,7 @@ from typing import NoReturn
 
 from privdl.errors import InputError, KeyMissingError, SecurityError
 
-__all__ = ["MIN_KEY_BYTES", "Secret", "key_id"]
+__all__ = ["MIN_KEY_BYTES", "Secret", "hmac_sha256", "key_id"]
 
 MIN_KEY_BYTES = 32
 _HEX = re.compile(r"^[0-9a-fA-F]{32,}$")
@@ -179,8 +179,16 @@ def key_id(key: Secret | bytes) -> str:
     It is an HMAC of a fixed label under the key, so it identifies the key without
     revealing anything usable about it. Record it wherever a key was used.
     """
-    raw = key.reveal() if isinstance(key, Secret) else bytes(key)
-    return "kid_" + hmac.new(raw, _KEY_ID_LABEL, "sha256").hexdigest()[:16]
+    return "kid_" + hmac_sha256(key, _KEY_ID_LABEL).hex()[:16]
+
+
+def hmac_sha256(key: Secret | bytes, message: bytes) -> bytes:
+    """HMAC-SHA256 from ``cryptography`` (the one HMAC every privdl module uses)."""
+    from cryptography.hazmat.primitives import hashes, hmac
+
+    mac = hmac.HMAC(key.reveal() if isinstance(key, Secret) else bytes(key), hashes.SHA256())
+    mac.update(message)
+    return mac.finalize()
 
 
 def _decode_key_text(text: str, *, source: str) -> bytes:

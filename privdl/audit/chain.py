@@ -20,10 +20,8 @@ One entry is one line::
 
 from __future__ import annotations
 
-import hmac
-from hashlib import sha256
-
 from privdl.keys import Secret
+from privdl.keys import hmac_sha256 as _hmac_sha256
 
 __all__ = [
     "GENESIS",
@@ -60,43 +58,27 @@ def subjects_key(audit_key: Secret, log_id: str) -> bytes:
     return audit_key.derive(f"audit/subjects/{log_id}").reveal()
 
 
-_PAD = bytes(32)  # K_i is 32 bytes; HMAC zero-pads keys to SHA-256's 64-byte block
-_IPAD = bytes.maketrans(bytes(range(256)), bytes(b ^ 0x36 for b in range(256)))
-_OPAD = bytes.maketrans(bytes(range(256)), bytes(b ^ 0x5C for b in range(256)))
-
-
 def step(key: bytes, body: bytes) -> tuple[bytes, bytes]:
-    """``(HMAC-SHA256(K_i, body), K_{i+1})`` for a 32-byte K_i.
-
-    RFC 2104 HMAC written with :mod:`hashlib`: the same bytes as :func:`hmac.digest`
-    (tested), computed once per key for both uses; about 40% less CPU than two calls to
-    OpenSSL 3's HMAC, whose per-call set-up dominates for short messages.
-    """
-    block = key + _PAD
-    inner = block.translate(_IPAD)
-    outer = block.translate(_OPAD)
-    return (
-        sha256(outer + sha256(inner + body).digest()).digest(),
-        sha256(outer + sha256(inner + RATCHET_INFO).digest()).digest(),
-    )
+    """``(HMAC-SHA256(K_i, body), K_{i+1})`` for K_i."""
+    return _hmac_sha256(key, body), _hmac_sha256(key, RATCHET_INFO)
 
 
 def ratchet(key: bytes) -> bytes:
     """K_{i+1} from K_i (one-way)."""
-    return hmac.digest(key, RATCHET_INFO, "sha256")
+    return _hmac_sha256(key, RATCHET_INFO)
 
 
 def key_at(k1: bytes, seq: int) -> bytes:
     """K_seq, ratcheting forward from K_1 (seq is 1-based)."""
     key = k1
     for _ in range(seq - 1):
-        key = hmac.digest(key, RATCHET_INFO, "sha256")
+        key = _hmac_sha256(key, RATCHET_INFO)
     return key
 
 
 def mac_of(key: bytes, body: bytes) -> bytes:
     """The hex MAC (as ASCII bytes) of an entry body."""
-    return hmac.digest(key, body, "sha256").hex().encode("ascii")
+    return _hmac_sha256(key, body).hex().encode("ascii")
 
 
 def seal(key: bytes, body: bytes) -> tuple[bytes, bytes]:

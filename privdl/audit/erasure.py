@@ -19,7 +19,6 @@ about 1e-6 per entry), never the reverse.
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import os
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from privdl.audit.log import AuditLog
 from privdl.audit.subjects import might_contain
 from privdl.audit.verify import DEFAULT_KEY_ENV, iter_entries, resolve_audit_key, verify_audit_log
 from privdl.errors import InputError
-from privdl.keys import Secret
+from privdl.keys import Secret, hmac_sha256
 
 __all__ = ["ErasureReport", "erase_request", "find_subject", "subject_ref"]
 
@@ -67,7 +66,7 @@ class ErasureReport:
 def subject_ref(audit_key: Secret, pseudonym: str) -> str:
     """The keyed reference an erasure request records instead of the pseudonym."""
     key = audit_key.derive("audit/erasure-ref").reveal()
-    return hmac.new(key, pseudonym.encode("utf-8"), "sha256").hexdigest()[:32]
+    return hmac_sha256(key, pseudonym.encode("utf-8")).hex()[:32]
 
 
 def _summary(entry: dict[str, Any]) -> dict[str, Any]:

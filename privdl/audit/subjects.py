@@ -1,9 +1,9 @@
 """Which data subjects a dataset held, without writing their pseudonyms into the log.
 
 An entry's ``subjects`` field is a keyed Bloom filter: the k bit positions of a
-pseudonym come from SHAKE-256 keyed with the log's subjects key (derived from the audit
-key) and a random per-entry salt, so filters of the same people in two entries share
-no bit pattern. Without the key the bits say nothing about who is
+pseudonym come from HMAC-SHA256 under the log's subjects key (derived from the audit
+key) over a random per-entry salt and the pseudonym, expanded to k words by SplitMix64,
+so filters of the same people in two entries share no bit pattern. Without the key the bits say nothing about who is
 in the dataset; with it, :func:`might_contain` answers "possibly" (false-positive
 rate :data:`FP_RATE`) or "certainly not". False positives only make an erasure request
 list one dataset too many for the controller to check; there are no false negatives.
@@ -12,7 +12,6 @@ list one dataset too many for the controller to check; there are no false negati
 from __future__ import annotations
 
 import base64
-import hashlib
 import math
 import secrets
 from collections.abc import Iterable, Mapping
@@ -35,20 +34,36 @@ def _clean(pseudonyms: Iterable[Any]) -> list[bytes]:
     return sorted(out)
 
 
-def _positions(key: bytes, salt: bytes, items: list[bytes], m: int, k: int) -> Any:
-    """k independent 64-bit words per item from SHAKE-256 keyed by prefix (key || salt, as
-    in KMAC; a sponge has no length extension), each reduced mod m. (Double hashing's
-    arithmetic progressions would give correlated bit sets in small filters.)"""
-    import numpy as np
+_GOLDEN = 0x9E3779B97F4A7C15
+_M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 
-    keyed = hashlib.shake_256(key + salt)
-    width = 8 * k
-    words = []
+
+def _positions(key: bytes, salt: bytes, items: list[bytes], m: int, k: int) -> Any:
+    """k bit positions per item, each reduced mod m.
+
+    The secret part is one HMAC-SHA256 (``cryptography``) per item over salt || item;
+    its first 64 bits seed SplitMix64, whose k outputs are the positions. Without the
+    key the seeds are unpredictable; SplitMix64 only stretches them (double hashing's
+    arithmetic progressions would give correlated bit sets in small filters).
+    """
+    import numpy as np
+    from cryptography.hazmat.primitives import hashes, hmac
+
+    base = hmac.HMAC(key, hashes.SHA256())
+    base.update(salt)
+    seeds = bytearray()
     for item in items:
-        h = keyed.copy()
+        h = base.copy()
         h.update(item)
-        words.append(h.digest(width))
-    return np.frombuffer(b"".join(words), dtype="<u8").reshape(-1, k) % np.uint64(m)
+        seeds += h.finalize()[:8]
+    state = np.frombuffer(bytes(seeds), dtype="<u8").reshape(-1, 1)
+    steps = (np.arange(1, k + 1, dtype=np.uint64) * np.uint64(_GOLDEN)).reshape(1, -1)
+    with np.errstate(over="ignore"):
+        z = state + steps
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(_M1)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(_M2)
+        z = z ^ (z >> np.uint64(31))
+    return z % np.uint64(m)
 
 
 def make_filter(key: bytes, pseudonyms: Iterable[Any], *, fp_rate: float = FP_RATE) -> dict[str, Any]:

@@ -177,6 +177,7 @@ class PrivateTrainer:
         self.fit_seconds_: float | None = None
         self._state: dict[str, Any] = {}
         self._resume: dict[str, Any] | None = None
+        self._prior_history: list[tuple[float, float, int]] = []
 
     # ------------------------------------------------------------------ parameters
     def get_params(self) -> dict[str, Any]:
@@ -254,6 +255,9 @@ class PrivateTrainer:
     def fit(self, data: Any, target: str | None = None, val: Any = None) -> PrivateTrainer:
         """Train the model with DP-SGD.
 
+        Calling ``fit`` again continues training the fitted model as a new run (new
+        noise calibration and ledger reservation); ``epsilon`` then composes all runs.
+
         Args:
             data: ``(X, y)`` arrays/tensors, a ``TensorDataset``, a ``DataLoader``, any
                 map-style ``Dataset``, or a pandas DataFrame with ``target=``.
@@ -324,7 +328,8 @@ class PrivateTrainer:
                 raise InputError(f"{what} has no column {target!r}")
             enc = self.encoder_
             if fit:
-                enc = self.encoder if self.encoder is not None else _new_encoder()
+                # a model trained before keeps its input layout: reuse its encoder
+                enc = self.encoder_ or (self.encoder if self.encoder is not None else _new_encoder())
                 if not hasattr(enc, "columns_"):  # not fitted yet: fit on this frame
                     enc.fit(data, target=target)
                 self.encoder_ = enc
@@ -376,9 +381,20 @@ class PrivateTrainer:
         self.sample_rate_ = q
         self.planned_steps_ = planned
 
+        # A second fit continues training the fitted model: its earlier runs stay in
+        # the accountant history, so the reported epsilon covers all of them.
+        if resume is not None:
+            prior = list(self.accountant_history_[:-1])
+        elif self.model_ is not None and self.steps_ > 0:
+            prior = list(self.accountant_history_)
+        else:
+            prior = []
+        self._prior_history = prior
+
         # model: make it trainable with per-sample gradients
-        model = self.model
+        model = self.model_ if prior and self.model_ is not None else self.model
         assert model is not None
+        model.train()  # validation and per-sample gradients need training mode
         errors = ModuleValidator.validate(model, strict=False)
         replaced: list[str] = []
         if errors:
@@ -431,6 +447,8 @@ class PrivateTrainer:
             )
         self.noise_multiplier_ = float(sigma)
         run_eps = epsilon_of([(sigma, q, planned)], delta=self.delta_, accountant=self.accountant)
+        if resume is None:
+            self.run_id_ = None
         if ledger is not None and resume is None:
             self.run_id_ = ledger.reserve(
                 self.dataset_id,
@@ -456,14 +474,15 @@ class PrivateTrainer:
             train = TensorData(_to(train.X, device), _to(train.y, device))
         self.model_ = model
         self.history_ = []
-        self.accountant_history_ = []
+        self.accountant_history_ = list(prior)
         self.steps_ = 0
         epoch = 0
         if resume is not None:
             opt.original_optimizer.load_state_dict(resume["optimizer"])
             epoch, self.steps_ = resume["epoch"], resume["steps"]
             self.history_ = list(resume["history"])
-            self.accountant_history_ = [(float(sigma), q, self.steps_)] if self.steps_ else []
+            if self.steps_:
+                self.accountant_history_.append((float(sigma), q, self.steps_))
             self._resume = None
         self._state = {
             "device": device,
@@ -646,9 +665,11 @@ class PrivateTrainer:
             count += len(idx)
             self.steps_ += 1
         st["epoch"] += 1
-        # the accountant's exact record: one segment, every step taken so far
+        # the accountant's exact record: earlier runs of this model, then this run's
+        # single segment with every step taken so far
         self.accountant_history_ = [
-            (float(self.noise_multiplier_ or 0.0), float(self.sample_rate_ or 0.0), self.steps_)
+            *self._prior_history,
+            (float(self.noise_multiplier_ or 0.0), float(self.sample_rate_ or 0.0), self.steps_),
         ]
         metric_name, metric = (None, None)
         if st["val"] is not None:
@@ -732,7 +753,8 @@ class PrivateTrainer:
             self.model_ = gsm.to_standard_module()
             st["gsm"] = None
         if self.ledger_ is not None and self.run_id_ is not None:
-            self.ledger_.settle(self.run_id_, history=self.accountant_history_)
+            # the ledger holds each run's own history; earlier runs settled already
+            self.ledger_.settle(self.run_id_, history=self.accountant_history_[-1:])
         if self.model_ is not None:
             self.model_.eval()
 

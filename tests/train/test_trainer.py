@@ -62,6 +62,18 @@ def test_fit_learns_and_epsilon_equals_opacus_recomputation(accountant):
     assert tr.history_[-1]["metric_name"] == "accuracy"
 
 
+def test_a_second_fit_continues_and_composes_both_runs():
+    X, y = blobs(n=300)
+    tr = PrivateTrainer(mlp(), epsilon=1.0, epochs=2, batch_size=50, seed=0).fit((X, y))
+    first = tr.epsilon
+    model = tr.model_
+    tr.fit((X, y))
+    assert tr.model_ is model
+    assert len(tr.accountant_history_) == 2 and tr.accountant_history_[0] == tr.accountant_history_[1]
+    assert tr.epsilon > first
+    assert tr.epsilon == pytest.approx(opacus_eps(tr.accountant_history_, tr.delta_, "prv"), rel=0.01)
+
+
 def test_delta_default_and_limit():
     X, y = blobs(n=200)
     tr = PrivateTrainer(mlp(), epsilon=2.0, epochs=1, batch_size=50).fit((X, y))
