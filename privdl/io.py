@@ -40,6 +40,8 @@ __all__ = [
     "file_fingerprint",
     "parse_source",
     "read_table",
+    "sniff_delimiter",
+    "text_delimiter",
     "write_table",
 ]
 
@@ -142,7 +144,7 @@ def read_table(
     if src.fmt in (".jsonl", ".ndjson"):
         frame = _read_jsonl(path)
         return _select(frame, columns, path)
-    delimiter = sep if sep is not None else _sniff_delimiter(path, TEXT_FORMATS[src.fmt])
+    delimiter = sep if sep is not None else sniff_delimiter(path, TEXT_FORMATS[src.fmt])
     return _read_csv(path, delimiter, columns=columns, dtype=dtype, progress=progress)
 
 
@@ -213,6 +215,8 @@ def _read_csv(
 
 
 _LEADING_ZERO = r"^[+0][0-9]"
+_INTEGER = r"^-?[0-9]{1,18}$"
+_FLOAT = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 
 
 def _infer_types(table: Any, keep_text: set[str]) -> Any:
@@ -230,15 +234,24 @@ def _infer_types(table: Any, keep_text: set[str]) -> Any:
             arrays.append(column)
             continue
         stripped = pc.utf8_trim_whitespace(column)
-        if pc.any(pc.match_substring_regex(stripped, _LEADING_ZERO)).as_py():
+        head = stripped.slice(0, 512)
+        # a regex pass first (a failed cast is far slower than a match), on a sample
+        # before the whole column so that text columns are rejected cheaply
+        candidates = [
+            (pattern, target)
+            for pattern, target in ((_INTEGER, pa.int64()), (_FLOAT, pa.float64()))
+            if pc.all(pc.match_substring_regex(head, pattern)).as_py() is not False
+        ]
+        if not candidates or pc.any(pc.match_substring_regex(stripped, _LEADING_ZERO)).as_py():
             arrays.append(column)
             continue
-        for target in (pa.int64(), pa.float64()):
-            try:
-                arrays.append(pc.cast(stripped, target))
-                break
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                continue
+        for pattern, target in candidates:
+            if pc.all(pc.match_substring_regex(stripped, pattern)).as_py():
+                try:
+                    arrays.append(pc.cast(stripped, target))
+                    break
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    continue
         else:
             arrays.append(column)
     return pa.table(arrays, names=table.column_names)
@@ -270,7 +283,15 @@ def _read_csv_with_progress(path: Path, read_opts: Any, parse_opts: Any, convert
         return pa.Table.from_batches(batches, schema=reader.schema)
 
 
-def _sniff_delimiter(path: Path, default: str) -> str:
+def text_delimiter(location: str | os.PathLike[str]) -> str | None:
+    """The delimiter a text table is read with (None for other formats or missing files)."""
+    src = parse_source(location)
+    if src.kind != "file" or src.fmt not in TEXT_FORMATS or not src.path.is_file():
+        return None
+    return sniff_delimiter(src.path, TEXT_FORMATS[src.fmt])
+
+
+def sniff_delimiter(path: Path, default: str) -> str:
     """Keep the extension's delimiter unless the header clearly uses another one.
 
     A ``.csv`` whose header has no comma but semicolons (European exports, ARX files) is

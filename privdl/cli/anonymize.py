@@ -86,7 +86,11 @@ def anonymize(
         released = anonymizer.fit_transform(frame)
         for line in anonymizer.warnings_:
             print(f"privdl: warning: {line}", file=sys.stderr)
-        written = io.write_table(released, output, sep=sep)
+        # a text output of the same format keeps the input's delimiter (`;` stays `;`)
+        out_sep = sep
+        if out_sep is None and io.parse_source(output).fmt == io.parse_source(input).fmt:
+            out_sep = io.text_delimiter(input)
+        written = io.write_table(released, output, sep=out_sep)
         try:
             if report is not None:
                 anonymizer.report_.save(report)

@@ -229,16 +229,23 @@ def _calibrate_cached(
 
     # The RDP answer is a cheap, slightly conservative starting point for PRV: PRV's
     # epsilon is (almost always) a little below RDP's at the same sigma.
-    start = 1.0
+    start, slope = 1.0, -2.0
     if acc == "prv":
         try:
             start = _calibrate_cached(eps, delta, q, steps, "rdp", prior)
         except (BudgetExceededError, UsageError):
             start = 1.0
-    return _search(f, eps, start)
+        else:
+            # the RDP curve's local slope predicts PRV's well: the first secant step
+            # then lands within a fraction of a percent of the root
+            e0 = _epsilon_cached((*prior, (start, q, steps)), delta, "rdp")
+            e1 = _epsilon_cached((*prior, (start * 1.01, q, steps)), delta, "rdp")
+            if 0 < e1 < e0 < math.inf:
+                slope = (math.log(e1) - math.log(e0)) / math.log(1.01)
+    return _search(f, eps, start, slope0=slope)
 
 
-def _search(f: Any, eps: float, start: float) -> float:
+def _search(f: Any, eps: float, start: float, *, slope0: float = -2.0) -> float:
     """Smallest sigma (within _SIGMA_RTOL) with f(sigma) <= eps, f decreasing.
 
     log(epsilon) is close to linear in log(sigma), so each round predicts the root by a
@@ -281,9 +288,9 @@ def _search(f: Any, eps: float, start: float) -> float:
         else:
             a = b = finite[-1] if finite else pts[-1]
         # epsilon ~ 1/sigma^2 for large sigma: -2 is a safe first guess for the slope
-        slope = (b[1] - a[1]) / (b[0] - a[0]) if a[0] != b[0] and a[1] != b[1] else -2.0
+        slope = (b[1] - a[1]) / (b[0] - a[0]) if a[0] != b[0] and a[1] != b[1] else slope0
         if not (math.isfinite(slope) and slope < 0):
-            slope = -2.0
+            slope = slope0 if slope0 < 0 else -2.0
         ref = b if math.isfinite(b[1]) else (hi if hi is not None else pts[-1])
         x = ref[0] + (log_t - ref[1]) / slope if math.isfinite(ref[1]) else ref[0] + 1.0
         x = min(max(x, ref[0] - 1.4), ref[0] + 1.4)  # at most a factor 4 per round

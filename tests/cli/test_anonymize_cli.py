@@ -247,3 +247,12 @@ def test_sqlite_query_input_and_jsonl_output(run_cli, users, tmp_path, env_key):
         "email",
         "age",
     ]
+
+
+def test_semicolon_export_stays_semicolon(run_cli, tmp_path, env_key):
+    src = tmp_path / "eu.csv"
+    src.write_text("email;age\nana@x.org;31\nbo@y.org;45\n")
+    out = tmp_path / "out.csv"
+    code, _, err = run_cli("anonymize", src, "-o", out, "--id", "email", "--key-env", "PRIVDL_KEY")
+    assert code == 0, err
+    assert out.read_text().splitlines()[0] == "email;age"

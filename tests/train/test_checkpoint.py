@@ -255,3 +255,29 @@ def test_a_saved_model_is_not_a_checkpoint(fitted, tmp_path):
     folder = tr.save(tmp_path / "m")
     with pytest.raises(InputError):
         PrivateTrainer.resume(folder)
+
+
+def test_table_model_round_trip_keeps_the_encoder(tmp_path):
+    pytest.importorskip("privdl.train.encoding")
+    import pandas as pd
+
+    from privdl.train.encoding import TableEncoder
+
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(
+        {"age": rng.integers(18, 80, size=200), "plan": rng.choice(["a", "b", "c"], size=200)}
+    )
+    frame["retained"] = np.where(frame["plan"] == "c", "yes", "no")
+    width = TableEncoder().fit(frame, target="retained").transform(frame).shape[1]
+    torch.manual_seed(0)
+    tr = PrivateTrainer(nn.Linear(width, 2), epsilon=3.0, epochs=2, batch_size=40)
+    tr.fit(frame, target="retained")
+    key = Secret.generate()
+    folder = tr.save(tmp_path / "table", key=key)
+    assert (folder / "encoder.json").exists()
+    back = PrivateTrainer.load(folder, key=key)
+    assert back.feature_names_ == tr.feature_names_
+    assert np.array_equal(back.predict(frame), tr.predict(frame))
+    flip(folder / "encoder.json")
+    with pytest.raises(TamperDetectedError):
+        PrivateTrainer.load(folder, key=key)

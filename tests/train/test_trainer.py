@@ -372,3 +372,16 @@ def test_model_passed_in_is_not_deep_copied_unless_fixed():
     tr = PrivateTrainer(model, epsilon=2.0, epochs=1, batch_size=50).fit((X, y))
     assert tr.model_ is model
     assert copy.deepcopy(tr.model_) is not None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_device_trains_on_the_gpu():
+    X, y = blobs(n=400)
+    tr = PrivateTrainer(mlp(), epsilon=4.0, epochs=2, batch_size=64, seed=0).fit((X, y))
+    assert tr.device_.startswith("cuda")
+    assert next(tr.model_.parameters()).is_cuda
+    assert tr.score(X, y) > 0.8
+    conv = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    tr2 = PrivateTrainer(conv, epsilon=4.0, epochs=1, batch_size=64, secure_mode=True).fit((X, y))
+    assert tr2.grad_sample_mode_ == "hooks" and next(tr2.model_.parameters()).is_cuda
