@@ -711,7 +711,7 @@ class BudgetLedger:
                 total, ds_delta, before, after = figures
                 if after > total * (1 + _REL_TOL):
                     raise BudgetExceededError(
-                        f"run refused: dataset {dataset_id!r} would spend epsilon={after:.4g} "
+                        f"run refused: dataset {dataset_id!r} would spend epsilon>={after:.4g} "
                         f"of {total:g} at delta={ds_delta:g} (requested {requested:.4g}, "
                         f"remaining {max(0.0, total - before):.4g})",
                         requested=requested,
@@ -844,6 +844,11 @@ class BudgetLedger:
         total, delta, runs = snapshot
         prior = [seg for _, h in runs for seg in h]
         before = epsilon_of(prior, delta=delta, accountant=accountant)
+        # Composition never spends less than its parts: a run that alone exceeds the
+        # total is refused without composing (composition at huge epsilon is slow).
+        alone = epsilon_of(hist, delta=delta, accountant=accountant)
+        if alone > total * (1 + _REL_TOL):
+            return total, delta, before, alone
         after = epsilon_of([*prior, *hist], delta=delta, accountant=accountant)
         return total, delta, before, after
 

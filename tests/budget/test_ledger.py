@@ -397,11 +397,11 @@ def test_budget_changes_write_audit_entries(tmp_path: Path) -> None:
     key = Secret.generate()
     log = AuditLog(tmp_path / "audit.jsonl", key=key)
     with BudgetLedger(tmp_path / "b.db") as led:
-        led.set_budget("d", epsilon=1.0, delta=DELTA, audit_log=log)
-        run = led.reserve("d", history=[(2.0, 0.01, 100)], delta=DELTA, audit_log=log)
+        led.set_budget("d", epsilon=1.0, delta=DELTA, accountant="rdp", audit_log=log)
+        run = led.reserve("d", history=[(2.0, 0.01, 100)], delta=DELTA, accountant="rdp", audit_log=log)
         led.settle(run, history=[(2.0, 0.01, 50)], audit_log=log)
         with pytest.raises(BudgetExceededError):
-            led.reserve("d", history=[(0.5, 0.1, 5000)], delta=DELTA, audit_log=log)
+            led.reserve("d", history=[(0.8, 0.05, 2000)], delta=DELTA, accountant="rdp", audit_log=log)
     lines = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines() if x]
     events = [(e["entry"]["event"], e["entry"]["outcome"]) for e in lines]
     assert events == [

@@ -48,6 +48,7 @@ class StandInTrainer:
     dataset_id: str | None = None
     ledger_: Any = None
     run_id_: str | None = None
+    encoder_: Any = None
 
     def loss_per_sample(self, X, y):
         proba = self.model_.predict_proba(X)
@@ -292,3 +293,19 @@ def test_unfitted_trainer_is_refused() -> None:
 
     with pytest.raises(UsageError, match="not been fitted"):
         PrivacyReport.from_trainer(Unfitted())
+
+
+def test_data_dependent_preprocessing_is_reported(data, tmp_path: Path) -> None:
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    from privdl.train.encoding import TableEncoder
+
+    X, y, _, _ = data
+    frame = pd.DataFrame({"city": ["a", "b", "a"], "age": ["30-39", "40", "*"]})
+    encoder = TableEncoder(numeric_bounds={"age": (0, 100)}).fit(frame)
+    trainer = _stand_in(LogisticRegression(max_iter=200).fit(X, y), n=len(y), encoder_=encoder)
+    report = PrivacyReport.from_trainer(trainer)
+    assert report.preprocessing == ["city: category vocabulary (2 values) taken from the training data"]
+    md = report.save(tmp_path / "r.md").read_text()
+    assert "Preprocessing not covered by DP" in md and "city: category vocabulary" in md
