@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import sys
 import time
 import warnings
@@ -222,9 +223,9 @@ class PrivateTrainer:
             raise UsageError("a ledger needs a dataset_id= to charge")
         if self.accountant not in ACCOUNTANTS:
             raise UsageError(f"accountant must be one of {', '.join(ACCOUNTANTS)}")
-        if not (isinstance(self.epochs, int) and self.epochs >= 1):
+        if not (isinstance(self.epochs, numbers.Integral) and self.epochs >= 1):
             raise UsageError("epochs must be a positive integer")
-        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+        if not (isinstance(self.batch_size, numbers.Integral) and self.batch_size >= 1):
             raise UsageError("batch_size must be a positive integer")
         if not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
             raise UsageError("max_grad_norm must be positive")
@@ -373,11 +374,11 @@ class PrivateTrainer:
             )
         self.delta_ = float(delta)
 
-        per_epoch = steps_per_epoch(n, self.batch_size)
+        per_epoch = steps_per_epoch(n, int(self.batch_size))
         if resume is not None:
             per_epoch = resume["per_epoch"]
         q = 1.0 / per_epoch
-        planned = per_epoch * self.epochs
+        planned = per_epoch * int(self.epochs)
         self.sample_rate_ = q
         self.planned_steps_ = planned
 

@@ -240,6 +240,12 @@ def test_secure_mode_trains_and_refuses_a_seed():
     assert tr.score(X, y) > 0.7
     with pytest.raises(SecurityError):
         PrivateTrainer(mlp(), epsilon=4.0, secure_mode=True, seed=1).fit((X, y))
+    # Opacus' optimizers get the same CSPRNG noise
+    ghost = PrivateTrainer(
+        mlp(), epsilon=4.0, epochs=3, batch_size=32, secure_mode=True, grad_sample_mode="ghost"
+    ).fit((X, y))
+    assert type(ghost._state["opt"]).__name__.startswith("Secure")
+    assert ghost.score(X, y) > 0.7
 
 
 def test_dataloader_and_generic_dataset_inputs():
