@@ -289,7 +289,7 @@ class PrivateTrainer:
                 }
             )
             self._train()
-            op.update(params={"epsilon": self.epsilon, "steps": self.steps_})
+            op.update(params={"epsilon_spent": self.epsilon, "steps": self.steps_})
         return self
 
     def _audit(self, name: str, data: Any) -> Any:
@@ -457,7 +457,8 @@ class PrivateTrainer:
                 delta=self.delta_,
                 accountant=self.accountant,
                 model_name=type(model).__name__,
-                epsilon=run_eps,
+                # what the run asked for (its calibrated own epsilon for "remaining")
+                epsilon=run_eps if self.target_epsilon == "remaining" else float(self.target_epsilon),
             )
         self.ledger_ = ledger
 

@@ -362,7 +362,7 @@ def test_audit_log_gets_one_entry_per_fit(tmp_path):
     ok, failed = entries
     assert ok["outcome"] == "ok" and ok["params"]["steps"] == 4
     assert len(ok["inputs"]) == 2 and all(len(i["sha256"]) == 64 for i in ok["inputs"])
-    assert ok["params"]["epsilon"] <= 2.0
+    assert ok["params"]["epsilon"] == 2.0 and ok["params"]["epsilon_spent"] <= 2.0
     assert failed["outcome"] == "failed"
 
 
