@@ -44,7 +44,7 @@ from privdl.errors import (
     UsageError,
     require,
 )
-from privdl.keys import Secret
+from privdl.keys import Secret, hmac_sha256
 
 if TYPE_CHECKING:
     from privdl.train.trainer import PrivateTrainer
@@ -178,7 +178,7 @@ def _sign(folder: Path, kind: str, key: Any) -> dict[str, Any]:
         sig.update(
             alg="hmac-sha256",
             key_id=mac_key.key_id,
-            mac=hmac.new(mac_key.reveal(), body, "sha256").hexdigest(),
+            mac=hmac_sha256(mac_key, body).hex(),
         )
     elif isinstance(key, ed.Ed25519PrivateKey):
         pub = _public_raw(key.public_key())
@@ -225,7 +225,7 @@ def _verify(folder: Path, key: Any, *, kind: str) -> dict[str, Any]:
         if not isinstance(key, Secret):
             raise KeyMissingError(f"{folder} is HMAC-signed: pass key= (the signing Secret)")
         mac_key = key.derive(_SIG_PURPOSE)
-        expected = hmac.new(mac_key.reveal(), body, "sha256").hexdigest()
+        expected = hmac_sha256(mac_key, body).hex()
         if not hmac.compare_digest(expected, str(sig.get("mac", ""))):
             raise TamperDetectedError(
                 f"{folder}: signature does not verify (wrong key or modified)", kind="signature"
