@@ -181,5 +181,16 @@ def main() -> None:
     print(f"reports: {out / 'anonymization.html'}, {out / 'privacy.html'}")
 
 
+def run() -> int:
+    from privdl.errors import PrivdlError
+
+    try:
+        main()
+    except PrivdlError as exc:  # e.g. the dataset's privacy budget is spent: one line, exit 1
+        print(f"retention: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())
