@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ADULT = Path(os.environ.get("PRIVDL_ADULT",
-                            Path(__file__).resolve().parents[2] / "shared" / "data" / "adult"))
-QIS = ["sex", "age", "race", "marital-status", "education", "native-country", "workclass",
-       "occupation"]
+ADULT = Path(
+    os.environ.get("PRIVDL_ADULT", Path(__file__).resolve().parents[2] / "shared" / "data" / "adult")
+)
+QIS = ["sex", "age", "race", "marital-status", "education", "native-country", "workclass", "occupation"]
 HIER = {c: str(ADULT / f"adult_hierarchy_{c}.csv") for c in QIS if c != "age"}
 ANONYPY_FULL_S = 59.8  # ANCHORS.md: anonypy 0.2.1, k=10, full Adult, this machine
 ANONYPY_ROWS = 10_000
@@ -57,8 +57,7 @@ def median_time(fn, repeat: int) -> tuple[float, object]:
 
 
 def line(measure: str, value: str, anchor: str, ratio: str = "") -> None:
-    print(f"{measure:<58} {value:>12}   anchor: {anchor}{'   ' + ratio if ratio else ''}",
-          flush=True)
+    print(f"{measure:<58} {value:>12}   anchor: {anchor}{'   ' + ratio if ratio else ''}", flush=True)
 
 
 def ncp_of(frame, released, pol, suppressed: int) -> float:
@@ -92,8 +91,7 @@ def million() -> None:
     elapsed = time.perf_counter() - start
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     ncp = ncp_of(big, result.released, pol, result.suppressed)
-    print(json.dumps({"seconds": elapsed, "rss_gb": rss_gb, "ncp": ncp,
-                      "classes": result.info["classes"]}))
+    print(json.dumps({"seconds": elapsed, "rss_gb": rss_gb, "ncp": ncp, "classes": result.info["classes"]}))
 
 
 def main() -> None:
@@ -104,11 +102,18 @@ def main() -> None:
     pol = policy()
     generalize(frame, pol)  # warm caches and imports
     seconds, result = median_time(lambda: generalize(frame, pol), 7)
-    line("Adult 30,162 x 8 QIs, k=10, Mondrian in-process (median of 7)", f"{seconds:.3f} s",
-         f"anonypy 0.2.1 {ANONYPY_FULL_S} s (ANCHORS.md)", f"{ANONYPY_FULL_S / seconds:.0f}x")
+    line(
+        "Adult 30,162 x 8 QIs, k=10, Mondrian in-process (median of 7)",
+        f"{seconds:.3f} s",
+        f"anonypy 0.2.1 {ANONYPY_FULL_S} s (ANCHORS.md)",
+        f"{ANONYPY_FULL_S / seconds:.0f}x",
+    )
     ncp = ncp_of(frame, result.released, pol, result.suppressed)
-    line("  information loss NCP at k=10, rows suppressed", f"{ncp:.2%}, {result.suppressed}",
-         "strict Mondrian 12-17%; ARX-style global 34% (5% suppressed)")
+    line(
+        "  information loss NCP at k=10, rows suppressed",
+        f"{ncp:.2%}, {result.suppressed}",
+        "strict Mondrian 12-17%; ARX-style global 34% (5% suppressed)",
+    )
 
     from privdl import Anonymizer
 
@@ -129,25 +134,42 @@ def main() -> None:
         theirs, _ = median_time(
             lambda: anonypy.Preserver(cat, QIS, "salary-class").anonymize_k_anonymity(k=10), 1
         )
-        line(f"  same on the first {ANONYPY_ROWS} rows: privdl vs anonypy (run here)",
-             f"{ours:.3f} s", f"anonypy {theirs:.1f} s", f"{theirs / ours:.0f}x")
+        line(
+            f"  same on the first {ANONYPY_ROWS} rows: privdl vs anonypy (run here)",
+            f"{ours:.3f} s",
+            f"anonypy {theirs:.1f} s",
+            f"{theirs / ours:.0f}x",
+        )
 
     for supp in (0.0, 0.05):
-        gpol = policy(algorithm="global", max_suppression=supp,
-                      hierarchies={**HIER, "age": str(ADULT / "adult_hierarchy_age.csv")})
+        gpol = policy(
+            algorithm="global",
+            max_suppression=supp,
+            hierarchies={**HIER, "age": str(ADULT / "adult_hierarchy_age.csv")},
+        )
         gsec, gres = median_time(lambda gpol=gpol: generalize(frame, gpol), 1)
         gncp = ncp_of(frame, gres.released, gpol, gres.suppressed)
-        line(f"  global recoding k=10, max suppression {supp:.0%}: NCP, suppressed",
-             f"{gncp:.2%}, {gres.suppressed}",
-             "ARX-style optimal global " + ("66% (0%)" if supp == 0 else "34% (5%)"),
-             f"{gsec:.1f} s, {gres.info['nodes_evaluated']} of "
-             f"{gres.info['lattice_size']} nodes")
+        line(
+            f"  global recoding k=10, max suppression {supp:.0%}: NCP, suppressed",
+            f"{gncp:.2%}, {gres.suppressed}",
+            "ARX-style optimal global " + ("66% (0%)" if supp == 0 else "34% (5%)"),
+            f"{gsec:.1f} s, {gres.info['nodes_evaluated']} of {gres.info['lattice_size']} nodes",
+        )
 
     with tempfile.TemporaryDirectory() as tmp:
         exe = shutil.which("privdl")
         launcher = [exe] if exe else [sys.executable, "-c", "from privdl.cli import main; main()"]
-        cmd = [*launcher, "anonymize", str(ADULT / "adult.csv"), "-o", str(Path(tmp) / "o.csv"),
-               "-k", "10", "--sensitive", "salary-class"]
+        cmd = [
+            *launcher,
+            "anonymize",
+            str(ADULT / "adult.csv"),
+            "-o",
+            str(Path(tmp) / "o.csv"),
+            "-k",
+            "10",
+            "--sensitive",
+            "salary-class",
+        ]
         for col in QIS:
             cmd += ["--qi", col]
         for col, path in HIER.items():
@@ -157,15 +179,20 @@ def main() -> None:
             start = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True)
             times.append(time.perf_counter() - start)
-        line("the same as a whole `privdl anonymize` process (median of 3)",
-             f"{statistics.median(times):.2f} s", "goal <= 1.5 s (import pandas ~0.7 s)")
+        line(
+            "the same as a whole `privdl anonymize` process (median of 3)",
+            f"{statistics.median(times):.2f} s",
+            "goal <= 1.5 s (import pandas ~0.7 s)",
+        )
 
-    out = subprocess.run([sys.executable, __file__, "--million"], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run([sys.executable, __file__, "--million"], check=True, capture_output=True, text=True)
     big = json.loads(out.stdout.strip().splitlines()[-1])
-    line("1,000,000 rows x 8 QIs, k=10 (Adult resampled, jittered)",
-         f"{big['seconds']:.1f} s", "anonypy: hours; goal <= 30 s, < 4 GB",
-         f"peak RSS {big['rss_gb']:.2f} GB, NCP {big['ncp']:.2%}")
+    line(
+        "1,000,000 rows x 8 QIs, k=10 (Adult resampled, jittered)",
+        f"{big['seconds']:.1f} s",
+        "anonypy: hours; goal <= 30 s, < 4 GB",
+        f"peak RSS {big['rss_gb']:.2f} GB, NCP {big['ncp']:.2%}",
+    )
 
 
 if __name__ == "__main__":

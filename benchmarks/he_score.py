@@ -224,8 +224,10 @@ def main() -> None:
     line("  client RSS at last checkpoint", e2e["rss_last_mb"], "MB",
          f"first checkpoint {e2e['rss_first_mb']:.0f} MB (flat = same)",
          f"largest worker {e2e['child_max_rss_mb']:.0f} MB")  # fmt: skip
-    print(f"(load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs: wall figures "
-          "share the machine; CPU-second figures do not)")
+    print(
+        f"(load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs: wall figures "
+        "share the machine; CPU-second figures do not)"
+    )
 
 
 if __name__ == "__main__":

@@ -94,7 +94,10 @@ def targets(policy: Any) -> tuple[str, int, int | None, str, float | None]:
 
 
 def release_ranges(
-    frame: pd.DataFrame, encoded: list[EncodedQI], ids: np.ndarray, lo: np.ndarray,
+    frame: pd.DataFrame,
+    encoded: list[EncodedQI],
+    ids: np.ndarray,
+    lo: np.ndarray,
     hi: np.ndarray,
 ) -> pd.DataFrame:
     """Copy of ``frame`` with each quasi-identifier replaced by its class's label.
@@ -136,7 +139,10 @@ def generalize(frame: pd.DataFrame, policy: Any) -> Generalization:
         part = mondrian(encoded, k=k, sensitive=sens, l=l_value, l_kind=l_kind, t=t_value)
         bounds = [part.bounds(qi) for qi in encoded]
         released = release_ranges(
-            frame, encoded, part.ids_, np.stack([b[0] for b in bounds], axis=1),
+            frame,
+            encoded,
+            part.ids_,
+            np.stack([b[0] for b in bounds], axis=1),
             np.stack([b[1] for b in bounds], axis=1),
         )
         info.update(classes=part.n_classes, rounds=part.rounds, relaxed_cuts=part.relaxed_cuts)
@@ -162,4 +168,3 @@ def generalize(frame: pd.DataFrame, policy: Any) -> Generalization:
         nodes_evaluated=recoding.evaluated,
     )
     return Generalization(released, recoding.suppressed, algorithm, info)
-

@@ -122,17 +122,22 @@ def global_recoding(
     sens = list(sensitive) if (l is not None or t is not None) else []
     radices = [[len(tree.labels[lv]) for lv in range(tree.height + 1)] for tree in trees]
     node_loss = [
-        [tree.loss(np.full(radices[d][lv], lv),
-                   np.searchsorted(tree.node_of[lv], np.arange(radices[d][lv])))
-         for lv in range(tree.height + 1)]
+        [
+            tree.loss(
+                np.full(radices[d][lv], lv), np.searchsorted(tree.node_of[lv], np.arange(radices[d][lv]))
+            )
+            for lv in range(tree.height + 1)
+        ]
         for d, tree in enumerate(trees)
     ]
-    base = _Table.from_records([q.codes for q in qis], [s_.codes for s_ in sens],
-                               [q.tree().n_leaves for q in qis], [s_.n_values for s_ in sens])
-    # every node's level vector, to tag whole cones of the lattice at once
-    grid = np.array(list(np.ndindex(*(h + 1 for h in heights))), dtype=np.int64).reshape(
-        size, dims
+    base = _Table.from_records(
+        [q.codes for q in qis],
+        [s_.codes for s_ in sens],
+        [q.tree().n_leaves for q in qis],
+        [s_.n_values for s_ in sens],
     )
+    # every node's level vector, to tag whole cones of the lattice at once
+    grid = np.array(list(np.ndindex(*(h + 1 for h in heights))), dtype=np.int64).reshape(size, dims)
     height = grid.sum(axis=1)
     status = np.zeros(size, dtype=np.int8)  # 0 unknown, 1 satisfies, -1 fails
     best: tuple[float, int, tuple[int, ...]] | None = None
@@ -145,9 +150,15 @@ def global_recoding(
             evaluated += 1
             loss = base.evaluate(
                 [trees[d].node_of[lv] for d, lv in enumerate(levels)],
-                k=k, sens=sens, l=l, l_kind=l_kind, t=t, budget=budget,
+                k=k,
+                sens=sens,
+                l=l,
+                l_kind=l_kind,
+                t=t,
+                budget=budget,
                 node_loss=[node_loss[d][lv] for d, lv in enumerate(levels)],
-                radices=[radices[d][lv] for d, lv in enumerate(levels)], n=n,
+                radices=[radices[d][lv] for d, lv in enumerate(levels)],
+                n=n,
             )
             if loss is None:
                 # monotone: everything below a failing node fails too
@@ -191,8 +202,11 @@ def _bad_classes(
 
 
 def _t_holds_on_kept(
-    ids: np.ndarray, weights: np.ndarray | None, kept: np.ndarray,
-    sens: Sequence[SensitiveCodes], t: float,
+    ids: np.ndarray,
+    weights: np.ndarray | None,
+    kept: np.ndarray,
+    sens: Sequence[SensitiveCodes],
+    t: float,
 ) -> bool:
     """With rows suppressed, the released table's own distribution is the reference."""
     rows = np.flatnonzero(kept)
@@ -243,15 +257,19 @@ class _Table:
     counts: np.ndarray  # (m,) records per row
 
     @classmethod
-    def from_records(cls, qi_codes: list[np.ndarray], sens_codes: list[np.ndarray],
-                     qi_radices: list[int], sens_radices: list[int]) -> _Table:
+    def from_records(
+        cls,
+        qi_codes: list[np.ndarray],
+        sens_codes: list[np.ndarray],
+        qi_radices: list[int],
+        sens_radices: list[int],
+    ) -> _Table:
         n = len(qi_codes[0])
         cols = np.stack([*qi_codes, *sens_codes], axis=1) if n else np.zeros((0, 0))
         return cls._aggregate(cols, np.ones(n), len(qi_codes), [*qi_radices, *sens_radices])
 
     @classmethod
-    def _aggregate(cls, cols: np.ndarray, counts: np.ndarray, dims: int,
-                   radices: list[int]) -> _Table:
+    def _aggregate(cls, cols: np.ndarray, counts: np.ndarray, dims: int, radices: list[int]) -> _Table:
         ids = _class_ids([cols[:, j] for j in range(cols.shape[1])], radices, len(cols))
         n_rows = int(ids.max()) + 1
         first = np.zeros(n_rows, dtype=np.int64)
@@ -260,27 +278,43 @@ class _Table:
         rows = cols[first]
         return cls(rows[:, :dims], rows[:, dims:], summed)
 
-    def evaluate(self, node_of: list[np.ndarray], *, k: int, sens: Sequence[SensitiveCodes],
-                 l: int | None, l_kind: str, t: float | None,  # noqa: E741
-                 budget: int, node_loss: list[np.ndarray], radices: list[int],
-                 n: int) -> float | None:
+    def evaluate(
+        self,
+        node_of: list[np.ndarray],
+        *,
+        k: int,
+        sens: Sequence[SensitiveCodes],
+        l: int | None,  # noqa: E741 - the literature's name
+        l_kind: str,
+        t: float | None,
+        budget: int,
+        node_loss: list[np.ndarray],
+        radices: list[int],
+        n: int,
+    ) -> float | None:
         """Loss of the node mapping leaves through ``node_of`` (one array per column), or
         None when it needs more than ``budget`` suppressed rows."""
         qi = [mapping[self.qi[:, d]] for d, mapping in enumerate(node_of)]
         ids = _class_ids(qi, radices, len(self.qi))
         n_classes = int(ids.max()) + 1
-        local = [SensitiveCodes(s_.column, self.sens[:, j], s_.n_values, s_.ordered,
-                                s_.overall) for j, s_ in enumerate(sens)]
+        local = [
+            SensitiveCodes(s_.column, self.sens[:, j], s_.n_values, s_.ordered, s_.overall)
+            for j, s_ in enumerate(sens)
+        ]
         bad = _bad_classes(ids, n_classes, self.counts, local, k=k, l=l, l_kind=l_kind, t=t)
         suppressed = float(self.counts[bad[ids]].sum())
         if suppressed > budget + 1e-9:
             return None
         kept = ~bad[ids]
-        if (t is not None and local and suppressed > 0 and kept.any()
-                and not _t_holds_on_kept(ids, self.counts, kept, local, t)):
+        if (
+            t is not None
+            and local
+            and suppressed > 0
+            and kept.any()
+            and not _t_holds_on_kept(ids, self.counts, kept, local, t)
+        ):
             return None
-        lost = sum(float((node_loss[d][codes[kept]] * self.counts[kept]).sum())
-                   for d, codes in enumerate(qi))
+        lost = sum(float((node_loss[d][codes[kept]] * self.counts[kept]).sum()) for d, codes in enumerate(qi))
         return (lost + suppressed * len(qi)) / (n * len(qi))
 
 

@@ -149,9 +149,7 @@ class Taxonomy:
         for path in paths:
             for lv in range(height, -1, -1):
                 rank.setdefault(tuple(path[lv:]), len(rank))
-        keys = [
-            tuple(rank[tuple(path[lv:])] for lv in range(height, -1, -1)) for path in paths
-        ]
+        keys = [tuple(rank[tuple(path[lv:])] for lv in range(height, -1, -1)) for path in paths]
         order = sorted(range(len(paths)), key=keys.__getitem__)
         ordered = [paths[i] for i in order]
         node_of = np.zeros((height + 1, len(ordered)), dtype=np.int64)
@@ -303,9 +301,7 @@ def load_arx_csv(path: str | Path, *, column: str) -> list[list[str]]:
 
 
 def _text(value: object) -> str:
-    if isinstance(value, float | int | np.integer | np.floating) and not isinstance(
-        value, bool | np.bool_
-    ):
+    if isinstance(value, float | int | np.integer | np.floating) and not isinstance(value, bool | np.bool_):
         return format_number(float(value))
     return str(value).strip()
 
@@ -474,9 +470,7 @@ def encode_qi(
         PolicyError: unknown spec, unreadable file, values missing from a taxonomy.
     """
     spec_text = (spec or "").strip()
-    is_numeric = pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(
-        series.dtype
-    )
+    is_numeric = pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype)
     if not spec_text and pd.api.types.is_datetime64_any_dtype(series.dtype):
         spec_text = "date"
     if not spec_text and is_numeric:
@@ -493,8 +487,7 @@ def encode_qi(
             if bad.any():
                 n_bad = int(np.isin(fact.codes, np.flatnonzero(bad)).sum())
                 raise PolicyError(
-                    f"column {column!r}: {n_bad} value(s) are not numbers "
-                    f"(hierarchy {spec_text!r})"
+                    f"column {column!r}: {n_bad} value(s) are not numbers (hierarchy {spec_text!r})"
                 )
             arr = np.append(numbers.to_numpy(dtype=np.float64), np.nan)[fact.codes]
         values, inverse = np.unique(arr[~missing], return_inverse=True)
@@ -528,7 +521,11 @@ def encode_qi(
     else:
         tax, codes = _taxonomy_codes(fact, paths, column)
     return EncodedQI(
-        column, "taxonomy", codes, has_missing=bool(fact.missing.any()), taxonomy=tax,
+        column,
+        "taxonomy",
+        codes,
+        has_missing=bool(fact.missing.any()),
+        taxonomy=tax,
         spec=spec_text,
     )
 
@@ -547,8 +544,6 @@ def encode_qis(
     if missing_cols:
         raise PolicyError(f"quasi-identifier column(s) not in the table: {missing_cols}")
     return [
-        encode_qi(
-            frame[c], specs.get(c), column=c, base_dir=base_dir, numeric_ranges=numeric_ranges
-        )
+        encode_qi(frame[c], specs.get(c), column=c, base_dir=base_dir, numeric_ranges=numeric_ranges)
         for c in columns
     ]

@@ -60,15 +60,12 @@ class SensitiveCodes:
 
     def subset(self, rows: np.ndarray) -> SensitiveCodes:
         """The same attribute restricted to ``rows``; the reference distribution is kept."""
-        return SensitiveCodes(self.column, self.codes[rows], self.n_values, self.ordered,
-                              self.overall)
+        return SensitiveCodes(self.column, self.codes[rows], self.n_values, self.ordered, self.overall)
 
 
 def encode_sensitive(series: pd.Series, *, column: str) -> SensitiveCodes:
     """Encode a sensitive column: numeric columns are ordered by value, others by text."""
-    ordered = pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(
-        series.dtype
-    )
+    ordered = pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype)
     codes, _ = pd.factorize(series, sort=True, use_na_sentinel=False)
     codes = np.asarray(codes, dtype=np.int64)
     n_values = int(codes.max()) + 1 if len(codes) else 0
@@ -296,8 +293,7 @@ def measure(
                 series = numbers
         sens = encode_sensitive(series, column=col)
         if ordered and col in ordered:
-            sens = SensitiveCodes(col, sens.codes, sens.n_values, bool(ordered[col]),
-                                  sens.overall)
+            sens = SensitiveCodes(col, sens.codes, sens.n_values, bool(ordered[col]), sens.overall)
         if n:
             distinct, entropy = diversity(ids, n_classes, sens)
             l_distinct[col] = int(distinct.min())
@@ -325,8 +321,7 @@ def measure(
         l_entropy=l_entropy,
         t=t_value,
         class_sizes=buckets,
-        discernibility=float(np.sum(sizes.astype(np.float64) ** 2) + float(n + suppressed)
-                             * suppressed),
+        discernibility=float(np.sum(sizes.astype(np.float64) ** 2) + float(n + suppressed) * suppressed),
         avg_class_size=avg / k_target if k_target else avg,
     )
 
@@ -401,8 +396,7 @@ def information_loss(
     """
     n = len(released)
     per_column = {
-        qi.column: float(column_loss(released[qi.column], qi).mean()) if n else 0.0
-        for qi in encoded
+        qi.column: float(column_loss(released[qi.column], qi).mean()) if n else 0.0 for qi in encoded
     }
     ncp = float(np.mean(list(per_column.values()))) if per_column else 0.0
     total = n + suppressed

@@ -215,9 +215,7 @@ def mondrian(
     if n < k:
         raise PolicyNotMetError(f"k={k} cannot be met: the table has {n} rows")
     req = _Requirements(int(k), tuple(sensitive), l, l_kind, t)
-    if req.checks_sensitive and not req.satisfied(
-        np.zeros(n, dtype=np.int64), 1, np.arange(n)
-    )[0]:
+    if req.checks_sensitive and not req.satisfied(np.zeros(n, dtype=np.int64), 1, np.arange(n))[0]:
         raise PolicyNotMetError(
             f"l={l} ({l_kind} l-diversity) cannot be met: even the whole table as one "
             "class is not that diverse in its sensitive column(s)"
@@ -247,8 +245,15 @@ def mondrian(
                     blocks = pending & (dim == d)
                     pos = np.flatnonzero(np.repeat(blocks, sizes))
                     c, was_relaxed = _try_cuts(
-                        qis[d], perm, pos, sizes[blocks], lo[blocks, d], hi[blocks, d], req,
-                        relaxed, off_centre,
+                        qis[d],
+                        perm,
+                        pos,
+                        sizes[blocks],
+                        lo[blocks, d],
+                        hi[blocks, d],
+                        req,
+                        relaxed,
+                        off_centre,
                     )
                     cut[np.flatnonzero(blocks)] = c
                     relaxed_count += int(was_relaxed.sum())

@@ -45,15 +45,29 @@ def _policy_params(policy: Any) -> dict[str, Any]:
         return dict(policy.get_params())
     return {
         name: getattr(policy, name)
-        for name in ("quasi_identifiers", "sensitive", "k", "l", "l_kind", "t",
-                     "max_suppression", "algorithm")
+        for name in (
+            "quasi_identifiers",
+            "sensitive",
+            "k",
+            "l",
+            "l_kind",
+            "t",
+            "max_suppression",
+            "algorithm",
+        )
         if hasattr(policy, name)
     }
 
 
 def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item")
-                                 else list(o) if isinstance(o, tuple | set) else str(o)))
+    return json.loads(
+        json.dumps(
+            value,
+            default=lambda o: (
+                o.item() if hasattr(o, "item") else list(o) if isinstance(o, tuple | set) else str(o)
+            ),
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -135,10 +149,17 @@ class AnonymizationReport:
             from privdl.anonymize.engine import encode_for
 
             ordered = {c: _is_numeric(original[c]) for c in sensitive}
-            before_m = measure(original, quasi_identifiers=qis, sensitive=sensitive,
-                               k_target=k, ordered=ordered)
-            after_m = measure(released, quasi_identifiers=qis, sensitive=sensitive,
-                              k_target=k, suppressed=suppressed, ordered=ordered)
+            before_m = measure(
+                original, quasi_identifiers=qis, sensitive=sensitive, k_target=k, ordered=ordered
+            )
+            after_m = measure(
+                released,
+                quasi_identifiers=qis,
+                sensitive=sensitive,
+                k_target=k,
+                suppressed=suppressed,
+                ordered=ordered,
+            )
             encoded, _ = encode_for(original, policy, algorithm=generalization.algorithm)
             loss = information_loss(released, encoded, suppressed=suppressed)
             before, after = before_m.to_json(), after_m.to_json()
@@ -214,10 +235,12 @@ class AnonymizationReport:
         if self.after is not None:
             summary.append(("k (target / achieved)", f"{targets.get('k')} / {self.after['k']}"))
             for col in self.after["l_distinct"]:
-                summary.append((
-                    f"l on {col} (distinct / entropy)",
-                    f"{self.after['l_distinct'][col]} / {self.after['l_entropy'][col]:.3f}",
-                ))
+                summary.append(
+                    (
+                        f"l on {col} (distinct / entropy)",
+                        f"{self.after['l_distinct'][col]} / {self.after['l_entropy'][col]:.3f}",
+                    )
+                )
                 summary.append((f"t on {col} (EMD)", f"{self.after['t'][col]:.4f}"))
         if self.information_loss is not None:
             summary.append(("information loss (NCP)", f"{self.information_loss['ncp']:.2%}"))
@@ -226,17 +249,25 @@ class AnonymizationReport:
         head: list[Any] = [render.KeyValues(summary), render.Note(self.notice, "warning")]
         head += [render.Note(w, "warning") for w in self.warnings]
         sections = [render.Section("Summary", head)]
-        sections.append(render.Section("Columns", [render.Table(
-            ["column", "role", "treatment"], self._column_rows())]))
+        sections.append(
+            render.Section("Columns", [render.Table(["column", "role", "treatment"], self._column_rows())])
+        )
         if self.before is not None and self.after is not None:
             sections.append(self._risk_section(render, figures))
         if self.information_loss is not None:
             sections.append(self._loss_section(render, figures))
         if self.algorithm_info:
-            sections.append(render.Section("Algorithm", [render.KeyValues(
-                [(k, _text(v)) for k, v in sorted(self.algorithm_info.items())])]))
-        sections.append(render.Section("Policy", [render.KeyValues(
-            [(k, _text(v)) for k, v in sorted(self.policy.items())])]))
+            sections.append(
+                render.Section(
+                    "Algorithm",
+                    [render.KeyValues([(k, _text(v)) for k, v in sorted(self.algorithm_info.items())])],
+                )
+            )
+        sections.append(
+            render.Section(
+                "Policy", [render.KeyValues([(k, _text(v)) for k, v in sorted(self.policy.items())])]
+            )
+        )
         subtitle = f"{self.rows_in} rows in, {self.rows_out} released ({self.algorithm})"
         return render.Document("Anonymization report", sections, subtitle=subtitle)
 
@@ -271,8 +302,7 @@ class AnonymizationReport:
         rows = [[label, fmt.format(b[key]), fmt.format(a[key])] for label, key, fmt in names]
         for col in a["l_distinct"]:
             rows.append([f"l distinct ({col})", b["l_distinct"][col], a["l_distinct"][col]])
-            rows.append([f"l entropy ({col})", f"{b['l_entropy'][col]:.3f}",
-                         f"{a['l_entropy'][col]:.3f}"])
+            rows.append([f"l entropy ({col})", f"{b['l_entropy'][col]:.3f}", f"{a['l_entropy'][col]:.3f}"])
             rows.append([f"t, EMD ({col})", f"{b['t'][col]:.4f}", f"{a['t'][col]:.4f}"])
         blocks: list[Any] = [
             render.Paragraph(
@@ -282,10 +312,11 @@ class AnonymizationReport:
             ),
             render.Table(["measure", "before", "after"], rows),
             render.Table(
-                ["class size", "classes before", "records before", "classes after",
-                 "records after"],
-                [[bb[0], bb[1], bb[2], aa[1], aa[2]]
-                 for bb, aa in zip(b["class_sizes"], a["class_sizes"], strict=True)],
+                ["class size", "classes before", "records before", "classes after", "records after"],
+                [
+                    [bb[0], bb[1], bb[2], aa[1], aa[2]]
+                    for bb, aa in zip(b["class_sizes"], a["class_sizes"], strict=True)
+                ],
             ),
         ]
         if figures:
@@ -297,10 +328,14 @@ class AnonymizationReport:
         per_col = loss.get("per_column", {})
         blocks: list[Any] = [
             render.Paragraph(_NCP_DEFINITION),
-            render.Table(["column", "NCP"], [[c, f"{v:.2%}"] for c, v in per_col.items()]
-                         + [["all quasi-identifiers", f"{loss.get('ncp', 0.0):.2%}"],
-                            ["counting suppressed rows as lost",
-                             f"{loss.get('ncp_with_suppressed', 0.0):.2%}"]]),
+            render.Table(
+                ["column", "NCP"],
+                [[c, f"{v:.2%}"] for c, v in per_col.items()]
+                + [
+                    ["all quasi-identifiers", f"{loss.get('ncp', 0.0):.2%}"],
+                    ["counting suppressed rows as lost", f"{loss.get('ncp_with_suppressed', 0.0):.2%}"],
+                ],
+            ),
         ]
         if figures and per_col:
             blocks.append(render.Figure(_loss_png(per_col), "Information loss per column"))
@@ -322,8 +357,7 @@ class AnonymizationReport:
 def _is_numeric(series: pd.Series) -> bool:
     import pandas as pd
 
-    return bool(pd.api.types.is_numeric_dtype(series.dtype)
-                and not pd.api.types.is_bool_dtype(series.dtype))
+    return bool(pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype))
 
 
 def _text(value: Any) -> str:

@@ -84,11 +84,13 @@ class RiskReport(TableMetrics):
         from privdl import render
 
         blocks: list[Any] = [
-            render.KeyValues([
-                ("source", self.source or "—"),
-                ("quasi-identifiers", ", ".join(self.quasi_identifiers)),
-                ("sensitive", ", ".join(self.sensitive) or "—"),
-            ]),
+            render.KeyValues(
+                [
+                    ("source", self.source or "—"),
+                    ("quasi-identifiers", ", ".join(self.quasi_identifiers)),
+                    ("sensitive", ", ".join(self.sensitive) or "—"),
+                ]
+            ),
             render.Table(["measure", "value"], [list(r) for r in self.rows_for_display()]),
             render.Table(["class size", "classes", "records"], self.class_sizes),
             render.Paragraph(

@@ -81,8 +81,9 @@ def generalize_spark(
     # chunks: Mondrian's top levels on the driver (a few cheap rounds); with a table
     # smaller than two chunks this is one chunk, and still checks l and t up front
     chunk_min = max(int(chunk_rows), k)
-    top = mondrian(encoded, k=chunk_min if n >= 2 * chunk_min else n, sensitive=sens,
-                   l=l_value, l_kind=l_kind, t=t_value)
+    top = mondrian(
+        encoded, k=chunk_min if n >= 2 * chunk_min else n, sensitive=sens, l=l_value, l_kind=l_kind, t=t_value
+    )
     chunk = top.ids_
     columns: dict[str, np.ndarray] = {"row": np.arange(n, dtype=np.int64), "chunk": chunk}
     for d, qi in enumerate(encoded):
@@ -94,10 +95,11 @@ def generalize_spark(
     sens_meta = [dataclasses.replace(s, codes=np.zeros(0, dtype=np.int64)) for s in sens]
 
     def refine(pdf: pd.DataFrame) -> pd.DataFrame:
-        local = [dataclasses.replace(m, codes=pdf[f"q{d}"].to_numpy(np.int64))
-                 for d, m in enumerate(meta)]
-        local_sens = [SensitiveCodes(m.column, pdf[f"s{j}"].to_numpy(np.int64), m.n_values,
-                                     m.ordered, m.overall) for j, m in enumerate(sens_meta)]
+        local = [dataclasses.replace(m, codes=pdf[f"q{d}"].to_numpy(np.int64)) for d, m in enumerate(meta)]
+        local_sens = [
+            SensitiveCodes(m.column, pdf[f"s{j}"].to_numpy(np.int64), m.n_values, m.ordered, m.overall)
+            for j, m in enumerate(sens_meta)
+        ]
         part = mondrian(local, k=k, sensitive=local_sens, l=l_value, l_kind=l_kind, t=t_value)
         out = {"row": pdf["row"].to_numpy(np.int64)}
         for d, qi in enumerate(local):

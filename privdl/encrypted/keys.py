@@ -49,11 +49,7 @@ def _ts() -> Any:
 
 def _new_context(params: ParameterSet) -> Any:
     ts = _ts()
-    enc = (
-        ts.ENCRYPTION_TYPE.SYMMETRIC
-        if params.encryption == "symmetric"
-        else ts.ENCRYPTION_TYPE.ASYMMETRIC
-    )
+    enc = ts.ENCRYPTION_TYPE.SYMMETRIC if params.encryption == "symmetric" else ts.ENCRYPTION_TYPE.ASYMMETRIC
     try:
         ctx = ts.context(
             ts.SCHEME_TYPE.CKKS,
@@ -180,9 +176,7 @@ class PublicKeys:
                 f"{p.name} is a {batch.header.kind} file, not a public context; "
                 "the scoring service must only receive public.he"
             )
-        return cls.from_bytes(
-            _container_blob(batch, p.name), params=batch.header.params, key_id=batch.key_id
-        )
+        return cls.from_bytes(_container_blob(batch, p.name), params=batch.header.params, key_id=batch.key_id)
 
     def __repr__(self) -> str:
         return (
@@ -537,9 +531,7 @@ class HEKeys:
 
         batch = scores if isinstance(scores, EncryptedBatch) else EncryptedBatch.load(scores)
         source = "scores" if isinstance(scores, EncryptedBatch) else Path(scores).name
-        batch.header.check_compatible(
-            kind="scores", params=self.params, key_id=self.key_id, source=source
-        )
+        batch.header.check_compatible(kind="scores", params=self.params, key_id=self.key_id, source=source)
         with _audited(
             audit_log,
             "he.decrypt",
@@ -608,9 +600,7 @@ def decrypt_block(ctx: Any, chunk: Chunk) -> np.ndarray:
     return out
 
 
-def finish_scores(
-    values: np.ndarray, info: dict[str, Any], *, raw: bool, decimals: int | None
-) -> np.ndarray:
+def finish_scores(values: np.ndarray, info: dict[str, Any], *, raw: bool, decimals: int | None) -> np.ndarray:
     """Apply the exact link on the client (sigmoid for a logit) and optional rounding."""
     import numpy as np
 
@@ -668,9 +658,7 @@ def _audited(
         from privdl.audit import operation
     except ImportError:
         raise UsageError("audit logging is not available in this privdl build") from None
-    with operation(
-        audit_log, name, params=params, inputs=list(inputs), outputs=list(outputs)
-    ) as op:
+    with operation(audit_log, name, params=params, inputs=list(inputs), outputs=list(outputs)) as op:
         yield op
 
 

@@ -128,9 +128,7 @@ class PolyActivation:
             raise FormatError("activation needs name, coefficients, range and max_error") from None
 
 
-def approximate(
-    name: str, *, degree: int = 2, range: tuple[float, float] = DEFAULT_RANGE
-) -> PolyActivation:
+def approximate(name: str, *, degree: int = 2, range: tuple[float, float] = DEFAULT_RANGE) -> PolyActivation:
     """Least-squares polynomial of ``degree`` for activation ``name`` on ``range``.
 
     The fit uses Chebyshev nodes; ``max_error`` is measured on 4001 evenly spaced
@@ -230,9 +228,7 @@ class ModelSpec:
         if self.link not in LINKS:
             raise InputError(f"link must be one of {LINKS}, not {self.link!r}")
         if self.layers[0].shape[1] != len(self.columns):
-            raise InputError(
-                f"model has {len(self.columns)} columns for {self.layers[0].shape[1]} inputs"
-            )
+            raise InputError(f"model has {len(self.columns)} columns for {self.layers[0].shape[1]} inputs")
         for a, b in zip(self.layers, self.layers[1:], strict=False):
             if b.shape[1] != a.shape[0]:
                 raise InputError("consecutive layers do not fit together")
@@ -331,14 +327,11 @@ class ModelSpec:
                 "info": dict(data.get("info") or {}),
             }
             if fmt == LINEAR_FORMAT:
-                layers: tuple[Layer, ...] = (
-                    Layer.from_arrays([data["weights"]], [data.get("bias", 0.0)]),
-                )
+                layers: tuple[Layer, ...] = (Layer.from_arrays([data["weights"]], [data.get("bias", 0.0)]),)
                 return cls(layers=layers, **common)  # type: ignore[arg-type]
             else:
                 layers = tuple(
-                    Layer.from_arrays(layer["weight"], layer.get("bias"))
-                    for layer in data["layers"]
+                    Layer.from_arrays(layer["weight"], layer.get("bias")) for layer in data["layers"]
                 )
                 acts = tuple(PolyActivation.from_dict(a) for a in data.get("activations", []))
                 return cls(layers=layers, activations=acts, **common)  # type: ignore[arg-type]
@@ -547,9 +540,7 @@ def _from_sklearn(model: Any) -> ModelSpec:
     names = getattr(model, "feature_names_in_", None)
     if names is None:
         names = getattr(estimator, "feature_names_in_", None)
-    columns = (
-        tuple(str(c) for c in names) if names is not None else _default_columns(coef.shape[1])
-    )
+    columns = tuple(str(c) for c in names) if names is not None else _default_columns(coef.shape[1])
     spec = ModelSpec(columns=columns, layers=(Layer.from_arrays(coef, intercept),), link=link)
     if scaler is not None:
         spec = replace(spec, scaler=_as_standardizer(scaler, coef.shape[1]))
@@ -638,9 +629,7 @@ def load_model(
     raise FormatError(f"{p.name}: unknown model format; use an exported .json or .safetensors")
 
 
-def _from_privdl_model(
-    folder: Path, *, key: Any, degree: int, rng: tuple[float, float]
-) -> ModelSpec:
+def _from_privdl_model(folder: Path, *, key: Any, degree: int, rng: tuple[float, float]) -> ModelSpec:
     from privdl.train.checkpoint import read_model_files
 
     meta, state, encoder_json = read_model_files(folder, key=key)

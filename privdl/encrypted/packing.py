@@ -51,9 +51,7 @@ def source_columns(features: Sequence[str]) -> list[str]:
     return list(seen)
 
 
-def feature_matrix(
-    frame: pd.DataFrame, features: Sequence[str], *, source: str = "input"
-) -> np.ndarray:
+def feature_matrix(frame: pd.DataFrame, features: Sequence[str], *, source: str = "input") -> np.ndarray:
     """Build the float64 matrix (rows x features) for ``features`` from ``frame``.
 
     Raises:

@@ -92,17 +92,13 @@ class ParameterSet:
         """
         n = self.poly_modulus_degree
         if n not in MAX_COEFF_BITS:
-            raise UsageError(
-                f"poly_modulus_degree {n} is not supported; use one of {sorted(MAX_COEFF_BITS)}"
-            )
+            raise UsageError(f"poly_modulus_degree {n} is not supported; use one of {sorted(MAX_COEFF_BITS)}")
         if len(self.coeff_mod_bit_sizes) < 3:
             raise UsageError("coeff_mod_bit_sizes needs at least 3 primes (data, level, special)")
         if any(not 20 <= b <= 60 for b in self.coeff_mod_bit_sizes):
             raise UsageError("every coefficient prime must have 20 to 60 bits")
         if self.encryption not in ("symmetric", "public-key"):
-            raise UsageError(
-                f"encryption must be 'symmetric' or 'public-key', not {self.encryption!r}"
-            )
+            raise UsageError(f"encryption must be 'symmetric' or 'public-key', not {self.encryption!r}")
         if self.insecure:
             return
         level = int(self.security)

@@ -103,6 +103,4 @@ def map_forked(
     if "fork" not in multiprocessing.get_all_start_methods():
         raise RuntimeError("secret contexts are only shared with forked workers")
     # fork: initargs are inherited by the child, never pickled
-    yield from map_ordered(
-        task, items, init=("context", (blob, scale_bits)), workers=workers, secret=True
-    )
+    yield from map_ordered(task, items, init=("context", (blob, scale_bits)), workers=workers, secret=True)

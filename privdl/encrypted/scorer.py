@@ -86,9 +86,7 @@ class EncryptedScorer:
         sigmoid: PolyActivation | None = None,
     ) -> None:
         if isinstance(public_keys, HEKeys) or not isinstance(public_keys, PublicKeys):
-            raise SecurityError(
-                "EncryptedScorer takes public keys only: pass keys.public(), never HEKeys"
-            )
+            raise SecurityError("EncryptedScorer takes public keys only: pass keys.public(), never HEKeys")
         if public_keys.is_private():
             raise SecurityError("refusing a context that holds a secret key")
         if output not in OUTPUTS:
@@ -245,9 +243,7 @@ class EncryptedScorer:
             if not self._fast:
                 raise UsageError("per-row packing supports linear models returning the logit")
             if not self.public_keys.params.galois_keys:
-                raise UsageError(
-                    "per-row packed batches need Galois keys: HEKeys.generate(galois_keys=True)"
-                )
+                raise UsageError("per-row packed batches need Galois keys: HEKeys.generate(galois_keys=True)")
             row_weight = np.zeros((enc_w.shape[0], len(encrypted_columns)))
             row_weight[:, enc_idx] = enc_w
         elif packing != "feature-major":
@@ -423,9 +419,7 @@ class EncryptedScorer:
                 raise UsageError("name the columns of a plain array with plain_columns")
             names = list(plain_columns)
         if matrix.shape[0] != rows:
-            raise InputError(
-                f"plain input has {matrix.shape[0]} rows, the encrypted batch {rows}"
-            )
+            raise InputError(f"plain input has {matrix.shape[0]} rows, the encrypted batch {rows}")
         plan = self.plan(encrypted_columns, names, packing=packing)
         keep = [names.index(c) for c in plan.plain_columns]
         return plan, np.ascontiguousarray(matrix[:, keep])
@@ -447,9 +441,7 @@ class EncryptedScorer:
 
         yield from self._run(items(), plan, workers)
 
-    def _run(
-        self, items: Iterator[tuple[Chunk, np.ndarray]], plan: _Plan, workers: int
-    ) -> Iterator[Chunk]:
+    def _run(self, items: Iterator[tuple[Chunk, np.ndarray]], plan: _Plan, workers: int) -> Iterator[Chunk]:
         if workers > 1:
             from privdl.encrypted import pool
 
@@ -531,9 +523,7 @@ class EncryptedScorer:
         hidden = [_affine(vecs, enc_w[o], partial[:, o].tolist()) for o in range(enc_w.shape[0])]
         for act, layer in zip(self.model_.activations, self.model_.layers[1:], strict=True):
             activated = [_polyval(h, act.coefficients) for h in hidden]
-            hidden = [
-                _affine(activated, layer.w[o], float(layer.b[o])) for o in range(layer.shape[0])
-            ]
+            hidden = [_affine(activated, layer.w[o], float(layer.b[o])) for o in range(layer.shape[0])]
         if self.sigmoid_ is not None:
             hidden = [_polyval(h, self.sigmoid_.coefficients) for h in hidden]
         return hidden
@@ -588,9 +578,7 @@ class EncryptedScorer:
             key_id=recipe["key_id"],
         )
         sigmoid = PolyActivation.from_dict(recipe["sigmoid"]) if recipe["sigmoid"] else None
-        scorer = cls(
-            ModelSpec.from_json(recipe["model"]), public, output=recipe["output"], sigmoid=sigmoid
-        )
+        scorer = cls(ModelSpec.from_json(recipe["model"]), public, output=recipe["output"], sigmoid=sigmoid)
         return scorer, recipe["plan"]
 
 

@@ -404,9 +404,7 @@ def _read_frames(fh: IO[bytes], source: str, head: bytes) -> Iterator[Chunk]:
     try:
         trailer = json.loads(_exact(fh, trailer_size, source).decode("utf-8"))
         ok = (
-            trailer["rows"] == rows
-            and trailer["chunks"] == count
-            and trailer["sha256"] == digest.hexdigest()
+            trailer["rows"] == rows and trailer["chunks"] == count and trailer["sha256"] == digest.hexdigest()
         )
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
         ok = False

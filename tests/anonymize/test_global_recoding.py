@@ -27,9 +27,18 @@ def _frame() -> pd.DataFrame:
 
 
 def _policy(**kw: object) -> SimpleNamespace:
-    base = dict(quasi_identifiers=tuple(QIS), sensitive=("salary-class",), k=5, l=None,
-                l_kind="distinct", t=None, max_suppression=0.02, hierarchies=HIER,
-                algorithm="global", base_dir=None)
+    base = dict(
+        quasi_identifiers=tuple(QIS),
+        sensitive=("salary-class",),
+        k=5,
+        l=None,
+        l_kind="distinct",
+        t=None,
+        max_suppression=0.02,
+        hierarchies=HIER,
+        algorithm="global",
+        base_dir=None,
+    )
     base.update(kw)
     return SimpleNamespace(**base)
 
@@ -102,8 +111,10 @@ def test_lattice_guard_and_unmeetable_policy() -> None:
 
 def test_numeric_column_without_hierarchy_uses_interval_bins() -> None:
     frame = pd.DataFrame({"age": np.arange(100) % 50 + 20, "sex": ["M", "F"] * 50})
-    result = generalize(frame, _policy(quasi_identifiers=("age", "sex"), sensitive=(),
-                                       hierarchies={}, k=10, max_suppression=0.0))
+    result = generalize(
+        frame,
+        _policy(quasi_identifiers=("age", "sex"), sensitive=(), hierarchies={}, k=10, max_suppression=0.0),
+    )
     assert measure(result.released, quasi_identifiers=["age", "sex"]).k >= 10
     assert result.info["levels"]["age"] > 0
 
@@ -119,14 +130,21 @@ def test_property_every_released_class_meets_k_and_rows_add_up(
     ages: list[int], k: int, budget: float, use_l: bool
 ) -> None:
     n = len(ages)
-    frame = pd.DataFrame({
-        "age": ages,
-        "zip": [f"{10000 + 37 * a + i % 3:05d}" for i, a in enumerate(ages)],
-        "sick": [("flu", "cold", "none")[(a * 7 + i) % 3] for i, a in enumerate(ages)],
-    })
-    pol = _policy(quasi_identifiers=("age", "zip"), sensitive=("sick",), k=k,
-                  l=2 if use_l else None, max_suppression=budget,
-                  hierarchies={"age": "interval:5", "zip": "prefix"})
+    frame = pd.DataFrame(
+        {
+            "age": ages,
+            "zip": [f"{10000 + 37 * a + i % 3:05d}" for i, a in enumerate(ages)],
+            "sick": [("flu", "cold", "none")[(a * 7 + i) % 3] for i, a in enumerate(ages)],
+        }
+    )
+    pol = _policy(
+        quasi_identifiers=("age", "zip"),
+        sensitive=("sick",),
+        k=k,
+        l=2 if use_l else None,
+        max_suppression=budget,
+        hierarchies={"age": "interval:5", "zip": "prefix"},
+    )
     try:
         result = generalize(frame, pol)
     except PolicyNotMetError:

@@ -19,8 +19,7 @@ from privdl.anonymize.hierarchy import (
 from privdl.errors import PolicyError
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-ADULT_QIS = ["sex", "age", "race", "marital-status", "education", "native-country",
-             "workclass", "occupation"]
+ADULT_QIS = ["sex", "age", "race", "marital-status", "education", "native-country", "workclass", "occupation"]
 
 
 def _adult() -> pd.DataFrame:
@@ -48,8 +47,7 @@ def test_adult_arx_hierarchies_are_trees_in_dfs_order(column: str) -> None:
 
 
 def test_common_ancestor_and_loss_from_an_arx_file() -> None:
-    qi = encode_qi(_adult()["education"], str(DATA / "adult_hierarchy_education.csv"),
-                   column="education")
+    qi = encode_qi(_adult()["education"], str(DATA / "adult_hierarchy_education.csv"), column="education")
     tax = qi.tree()
     code = {leaf: i for i, leaf in enumerate(tax.leaves)}
     lo = np.array([code["Bachelors"], code["Bachelors"], code["Masters"]])
@@ -96,14 +94,14 @@ def test_prefix_hierarchy_generalizes_from_the_right() -> None:
 
 
 def test_date_hierarchy_day_month_quarter_year() -> None:
-    qi = encode_qi(pd.Series(["2024-02-03", "2024-02-20", "2024-05-01", "2023-12-31"]),
-                   "date", column="d")
+    qi = encode_qi(pd.Series(["2024-02-03", "2024-02-20", "2024-05-01", "2023-12-31"]), "date", column="d")
     tax = qi.tree()
     _assert_tree(tax)
     code = {leaf: i for i, leaf in enumerate(tax.leaves)}
     a, b, c = code["2024-02-03"], code["2024-02-20"], code["2024-05-01"]
-    labels = qi.range_labels(np.array([a, a, min(a, code["2023-12-31"])]),
-                             np.array([b, c, max(c, code["2023-12-31"])]))
+    labels = qi.range_labels(
+        np.array([a, a, min(a, code["2023-12-31"])]), np.array([b, c, max(c, code["2023-12-31"])])
+    )
     assert labels.tolist() == ["2024-02", "2024", "*"]
     with pytest.raises(PolicyError, match="not dates"):
         encode_qi(pd.Series(["2024-01-01", "soon"]), "date", column="d")

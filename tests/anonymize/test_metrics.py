@@ -24,9 +24,7 @@ from privdl.anonymize.metrics import (
     data=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 6)), min_size=1, max_size=80),
     ordered=st.booleans(),
 )
-def test_emd_and_diversity_match_their_definitions(
-    data: list[tuple[int, int]], ordered: bool
-) -> None:
+def test_emd_and_diversity_match_their_definitions(data: list[tuple[int, int]], ordered: bool) -> None:
     groups = np.array([g for g, _ in data])
     values = [v * 1.5 for _, v in data]
     _, ids = np.unique(groups, return_inverse=True)
@@ -50,11 +48,13 @@ def test_emd_and_diversity_match_their_definitions(
 
 
 def test_measure_small_table_by_hand() -> None:
-    frame = pd.DataFrame({
-        "zip": ["a", "a", "a", "b", "b", "c"],
-        "sex": ["F", "F", "F", "M", "M", "M"],
-        "sick": ["x", "y", "y", "x", "x", "z"],
-    })
+    frame = pd.DataFrame(
+        {
+            "zip": ["a", "a", "a", "b", "b", "c"],
+            "sex": ["F", "F", "F", "M", "M", "M"],
+            "sick": ["x", "y", "y", "x", "x", "z"],
+        }
+    )
     got = measure(frame, quasi_identifiers=["zip", "sex"], sensitive=["sick"], k_target=2)
     assert (got.rows, got.classes, got.k) == (6, 3, 1)
     assert got.prosecutor_max == 1.0 == got.journalist_max

@@ -18,14 +18,23 @@ from privdl.anonymize.mondrian import mondrian
 from privdl.errors import PolicyError, PolicyNotMetError
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-ADULT_QIS = ["sex", "age", "race", "marital-status", "education", "native-country",
-             "workclass", "occupation"]
+ADULT_QIS = ["sex", "age", "race", "marital-status", "education", "native-country", "workclass", "occupation"]
 TAXONOMIES = {c: str(DATA / f"adult_hierarchy_{c}.csv") for c in ADULT_QIS if c != "age"}
 
 
 def policy(**kw: object) -> SimpleNamespace:
-    base = dict(quasi_identifiers=(), sensitive=(), k=2, l=None, l_kind="distinct", t=None,
-                max_suppression=0.0, hierarchies={}, algorithm="mondrian", base_dir=None)
+    base = dict(
+        quasi_identifiers=(),
+        sensitive=(),
+        k=2,
+        l=None,
+        l_kind="distinct",
+        t=None,
+        max_suppression=0.0,
+        hierarchies={},
+        algorithm="mondrian",
+        base_dir=None,
+    )
     base.update(kw)
     return SimpleNamespace(**base)
 
@@ -35,19 +44,22 @@ def tables(draw: st.DrawFn) -> pd.DataFrame:
     n = draw(st.integers(min_value=1, max_value=120))
     ages = draw(st.lists(st.one_of(st.integers(0, 60), st.none()), min_size=n, max_size=n))
     towns = draw(st.lists(st.sampled_from(["a", "b", "c", "d", "", "?"]), min_size=n, max_size=n))
-    zips = draw(st.lists(st.sampled_from(["10115", "10117", "10243", "20095", "20099"]),
-                         min_size=n, max_size=n))
+    zips = draw(
+        st.lists(st.sampled_from(["10115", "10117", "10243", "20095", "20099"]), min_size=n, max_size=n)
+    )
     score = draw(st.lists(st.integers(0, 4), min_size=n, max_size=n))
     sick = draw(st.lists(st.sampled_from(["flu", "cold", "none"]), min_size=n, max_size=n))
     pay = draw(st.lists(st.integers(0, 9), min_size=n, max_size=n))
-    return pd.DataFrame({
-        "age": pd.array(ages, dtype="Float64").astype("float64"),
-        "town": towns,
-        "zip": zips,
-        "score": score,
-        "sick": sick,
-        "pay": pay,
-    })
+    return pd.DataFrame(
+        {
+            "age": pd.array(ages, dtype="Float64").astype("float64"),
+            "town": towns,
+            "zip": zips,
+            "score": score,
+            "sick": sick,
+            "pay": pay,
+        }
+    )
 
 
 def _covers(original: pd.Series, released: pd.Series, numeric: bool) -> bool:
@@ -75,8 +87,14 @@ def _covers(original: pd.Series, released: pd.Series, numeric: bool) -> bool:
 def test_property_k_l_t_hold_and_values_stay_in_range(
     frame: pd.DataFrame, k: int, use_l: bool, use_t: bool
 ) -> None:
-    pol = policy(quasi_identifiers=("age", "town", "zip", "score"), sensitive=("sick", "pay"), k=k,
-                 l=2 if use_l else None, t=0.4 if use_t else None, hierarchies={"zip": "prefix"})
+    pol = policy(
+        quasi_identifiers=("age", "town", "zip", "score"),
+        sensitive=("sick", "pay"),
+        k=k,
+        l=2 if use_l else None,
+        t=0.4 if use_t else None,
+        hierarchies={"zip": "prefix"},
+    )
     try:
         result = generalize(frame, pol)
     except PolicyNotMetError:
@@ -87,8 +105,7 @@ def test_property_k_l_t_hold_and_values_stay_in_range(
     assert len(released) + result.suppressed == len(frame)
     assert list(released.columns) == list(frame.columns)
     assert released.index.equals(frame.index)
-    got = measure(released, quasi_identifiers=list(pol.quasi_identifiers),
-                  sensitive=["sick", "pay"])
+    got = measure(released, quasi_identifiers=list(pol.quasi_identifiers), sensitive=["sick", "pay"])
     assert got.k >= k
     if use_l:
         assert min(got.l_distinct.values()) >= 2
@@ -103,8 +120,7 @@ def test_property_k_l_t_hold_and_values_stay_in_range(
 
 def test_adult_k10_meets_k_with_low_loss() -> None:
     frame = pd.read_csv(DATA / "adult_2000.csv", sep=";")
-    result = generalize(frame, policy(quasi_identifiers=tuple(ADULT_QIS), k=10,
-                                      hierarchies=TAXONOMIES))
+    result = generalize(frame, policy(quasi_identifiers=tuple(ADULT_QIS), k=10, hierarchies=TAXONOMIES))
     assert result.suppressed == 0 and len(result.released) == len(frame)
     got = measure(result.released, quasi_identifiers=ADULT_QIS)
     assert got.k >= 10

@@ -14,8 +14,7 @@ from privdl.anonymize.metrics import measure
 pycanon = pytest.importorskip("pycanon.anonymity")
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-QIS = ["sex", "age", "race", "marital-status", "education", "native-country",
-       "workclass", "occupation"]
+QIS = ["sex", "age", "race", "marital-status", "education", "native-country", "workclass", "occupation"]
 HIER = {c: str(DATA / f"adult_hierarchy_{c}.csv") for c in QIS if c != "age"}
 
 
@@ -24,9 +23,16 @@ def _released(algorithm: str, **targets: object) -> pd.DataFrame:
     hierarchies = dict(HIER)
     if algorithm == "global":
         hierarchies["age"] = str(DATA / "adult_hierarchy_age.csv")
-    policy = SimpleNamespace(quasi_identifiers=tuple(QIS), sensitive=("salary-class",),
-                             l_kind="distinct", max_suppression=0.05, hierarchies=hierarchies,
-                             algorithm=algorithm, base_dir=None, **targets)
+    policy = SimpleNamespace(
+        quasi_identifiers=tuple(QIS),
+        sensitive=("salary-class",),
+        l_kind="distinct",
+        max_suppression=0.05,
+        hierarchies=hierarchies,
+        algorithm=algorithm,
+        base_dir=None,
+        **targets,
+    )
     released = generalize(frame, policy).released
     # pycanon groups with pandas and wants plain text columns
     return released.astype({c: str for c in QIS}).reset_index(drop=True)
@@ -46,9 +52,7 @@ def test_k_l_t_equal_pycanon(algorithm: str, targets: dict[str, object]) -> None
     sa = ["salary-class"]
     assert ours.k == pycanon.k_anonymity(released, QIS)
     assert ours.l_distinct["salary-class"] == pycanon.l_diversity(released, QIS, sa)
-    assert int(ours.l_entropy["salary-class"] + 1e-9) == pycanon.entropy_l_diversity(
-        released, QIS, sa
-    )
+    assert int(ours.l_entropy["salary-class"] + 1e-9) == pycanon.entropy_l_diversity(released, QIS, sa)
     assert ours.t["salary-class"] == pytest.approx(pycanon.t_closeness(released, QIS, sa))
     if targets["k"]:
         assert ours.k >= targets["k"]

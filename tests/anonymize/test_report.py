@@ -13,8 +13,7 @@ from privdl.anonymize.report import RECITAL_26, AnonymizationReport
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 ADULT = DATA / "adult_2000.csv"
-QIS = ["sex", "age", "race", "marital-status", "education", "native-country",
-       "workclass", "occupation"]
+QIS = ["sex", "age", "race", "marital-status", "education", "native-country", "workclass", "occupation"]
 HIER = {c: f"adult_hierarchy_{c}.csv" for c in QIS if c != "age"}
 
 
@@ -26,16 +25,23 @@ def _frame() -> pd.DataFrame:
 
 @pytest.fixture
 def report(key: privdl.Secret) -> AnonymizationReport:
-    policy = privdl.Policy(identifiers=["email"], quasi_identifiers=QIS,
-                           sensitive=["salary-class"], k=5, l=2, hierarchies=HIER,
-                           base_dir=DATA)
+    policy = privdl.Policy(
+        identifiers=["email"],
+        quasi_identifiers=QIS,
+        sensitive=["salary-class"],
+        k=5,
+        l=2,
+        hierarchies=HIER,
+        base_dir=DATA,
+    )
     anonymizer = privdl.Anonymizer(policy, key=key)
     anonymizer.fit_transform(_frame())
     return anonymizer.report_
 
 
-def test_figures_are_recomputed_from_the_released_table(report: AnonymizationReport,
-                                                        key: privdl.Secret) -> None:
+def test_figures_are_recomputed_from_the_released_table(
+    report: AnonymizationReport, key: privdl.Secret
+) -> None:
     assert report.algorithm == "mondrian" and report.key_id == key.key_id
     assert report.before is not None and report.after is not None
     assert report.before["k"] == 1 and report.after["k"] >= 5
@@ -49,8 +55,9 @@ def test_figures_are_recomputed_from_the_released_table(report: AnonymizationRep
     assert report.summary()["k"] == report.after["k"]
 
 
-def test_json_round_trip_and_renderings(report: AnonymizationReport, tmp_path: Path,
-                                        key: privdl.Secret) -> None:
+def test_json_round_trip_and_renderings(
+    report: AnonymizationReport, tmp_path: Path, key: privdl.Secret
+) -> None:
     again = AnonymizationReport.from_json(json.loads(json.dumps(report.to_json())))
     assert again == report
     for ext in ("json", "md", "html"):
@@ -64,9 +71,7 @@ def test_json_round_trip_and_renderings(report: AnonymizationReport, tmp_path: P
     assert json.loads((tmp_path / "r.json").read_text())["notice"] == RECITAL_26
 
 
-def test_identifier_only_run_has_no_metrics_but_lists_passthrough(
-    key: privdl.Secret, tmp_path: Path
-) -> None:
+def test_identifier_only_run_has_no_metrics_but_lists_passthrough(key: privdl.Secret, tmp_path: Path) -> None:
     frame = _frame()[["email", "age", "salary-class"]]
     anonymizer = privdl.Anonymizer(privdl.Policy(identifiers=["email"]), key=key)
     anonymizer.fit_transform(frame)
@@ -82,8 +87,18 @@ def test_identifier_only_run_has_no_metrics_but_lists_passthrough(
 def test_cli_anonymize_end_to_end(run_cli, tmp_path: Path) -> None:
     out = tmp_path / "out.csv"
     report_path = tmp_path / "report.json"
-    args = ["anonymize", str(ADULT), "-o", str(out), "-k", "5", "--sensitive", "salary-class",
-            "--report", str(report_path)]
+    args = [
+        "anonymize",
+        str(ADULT),
+        "-o",
+        str(out),
+        "-k",
+        "5",
+        "--sensitive",
+        "salary-class",
+        "--report",
+        str(report_path),
+    ]
     args += [a for q in QIS for a in ("--qi", q)]
     args += [a for c, f in HIER.items() for a in ("--hierarchy", f"{c}={DATA / f}")]
     code, _, err = run_cli(*args)
@@ -93,6 +108,5 @@ def test_cli_anonymize_end_to_end(run_cli, tmp_path: Path) -> None:
     assert released.groupby(QIS).size().min() >= 5
     assert json.loads(report_path.read_text())["after"]["k"] >= 5
     too_big = tmp_path / "never.csv"
-    code, _, err = run_cli("anonymize", str(ADULT), "-o", str(too_big), "--qi", "age",
-                           "-k", "5000")
+    code, _, err = run_cli("anonymize", str(ADULT), "-o", str(too_big), "--qi", "age", "-k", "5000")
     assert code == 1 and "5000" in err and not too_big.exists()

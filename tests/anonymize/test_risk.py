@@ -13,8 +13,7 @@ from privdl.errors import InputError, RiskExceededError
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 ADULT = DATA / "adult_2000.csv"
-QIS = ["sex", "age", "race", "marital-status", "education", "native-country",
-       "workclass", "occupation"]
+QIS = ["sex", "age", "race", "marital-status", "education", "native-country", "workclass", "occupation"]
 
 
 def _frame() -> pd.DataFrame:
@@ -43,8 +42,7 @@ def test_check_raises_over_the_limit_without_values() -> None:
 
 def test_hierarchies_make_text_numbers_ordered() -> None:
     frame = pd.DataFrame({"g": ["a"] * 3 + ["b"] * 3, "v": ["9", "10", "11", "9", "9", "9"]})
-    ordered = assess_risk(frame, quasi_identifiers=["g"], sensitive=["v"],
-                          hierarchies={"v": "interval"})
+    ordered = assess_risk(frame, quasi_identifiers=["g"], sensitive=["v"], hierarchies={"v": "interval"})
     plain = assess_risk(frame, quasi_identifiers=["g"], sensitive=["v"])
     # ordered EMD over 9 < 10 < 11 differs from the equal-distance one
     assert ordered.t["v"] != pytest.approx(plain.t["v"])

@@ -14,8 +14,7 @@ from privdl.errors import PolicyNotMetError
 pytest.importorskip("pyspark")
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-QIS = ["sex", "age", "race", "marital-status", "education", "native-country",
-       "workclass", "occupation"]
+QIS = ["sex", "age", "race", "marital-status", "education", "native-country", "workclass", "occupation"]
 HIER = {c: str(DATA / f"adult_hierarchy_{c}.csv") for c in QIS if c != "age"}
 
 
@@ -23,19 +22,32 @@ HIER = {c: str(DATA / f"adult_hierarchy_{c}.csv") for c in QIS if c != "age"}
 def spark():
     from pyspark.sql import SparkSession
 
-    session = (SparkSession.builder.master("local[2]").appName("privdl-test")
-               .config("spark.ui.enabled", "false")
-               .config("spark.ui.showConsoleProgress", "false")
-               .config("spark.sql.shuffle.partitions", "4").getOrCreate())
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("privdl-test")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", "4")
+        .getOrCreate()
+    )
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
 
 
 def _policy(**kw: object) -> SimpleNamespace:
-    base = dict(quasi_identifiers=tuple(QIS), sensitive=("salary-class",), k=5, l=2,
-                l_kind="distinct", t=0.4, max_suppression=0.0, hierarchies=HIER,
-                algorithm="mondrian", base_dir=None)
+    base = dict(
+        quasi_identifiers=tuple(QIS),
+        sensitive=("salary-class",),
+        k=5,
+        l=2,
+        l_kind="distinct",
+        t=0.4,
+        max_suppression=0.0,
+        hierarchies=HIER,
+        algorithm="mondrian",
+        base_dir=None,
+    )
     base.update(kw)
     return SimpleNamespace(**base)
 

@@ -32,14 +32,16 @@ def workdir(tmp_path_factory):
     d = tmp_path_factory.mktemp("he")
     rng = np.random.default_rng(7)
     n = 700
-    users = pd.DataFrame({
-        "user_id": [f"u{i:04d}" for i in range(n)],
-        "age": rng.integers(16, 70, n),
-        "sex": rng.choice(["F", "M"], n),
-        "city": rng.choice(["Berlin", "Paris", "Rome"], n),
-        "plays_week1": rng.poisson(5, n),
-        "plays_week2": rng.poisson(4, n),
-    })
+    users = pd.DataFrame(
+        {
+            "user_id": [f"u{i:04d}" for i in range(n)],
+            "age": rng.integers(16, 70, n),
+            "sex": rng.choice(["F", "M"], n),
+            "city": rng.choice(["Berlin", "Paris", "Rome"], n),
+            "plays_week1": rng.poisson(5, n),
+            "plays_week2": rng.poisson(4, n),
+        }
+    )
     x = feature_matrix(users, FEATURES)
     y = (x[:, 4] + x[:, 5] - 0.05 * x[:, 0] + rng.normal(size=n) > 7).astype(int)
     clf = make_pipeline(StandardScaler(), LogisticRegression()).fit(x, y)
@@ -58,8 +60,24 @@ def test_full_round_trip_with_hybrid_scoring_and_audit(workdir, monkeypatch, cap
     keys, log = d / "keys", d / "audit.jsonl"
     assert _run("he", "keygen", "--out", keys) == 0
     assert stat.S_IMODE((keys / "secret.he").stat().st_mode) == 0o600
-    assert _run("he", "encrypt", d / "users.csv", "--keys", keys, "--columns", ",".join(SENSITIVE),
-                "--model", d / "model.json", "-o", d / "users.he", "--audit-log", log) == 0
+    assert (
+        _run(
+            "he",
+            "encrypt",
+            d / "users.csv",
+            "--keys",
+            keys,
+            "--columns",
+            ",".join(SENSITIVE),
+            "--model",
+            d / "model.json",
+            "-o",
+            d / "users.he",
+            "--audit-log",
+            log,
+        )
+        == 0
+    )
 
     # the scoring service: only public material is opened (secret.he would raise)
     real_open = builtins.open
@@ -71,15 +89,34 @@ def test_full_round_trip_with_hybrid_scoring_and_audit(workdir, monkeypatch, cap
 
     monkeypatch.setattr(builtins, "open", guarded)
     monkeypatch.setattr(io, "open", guarded)
-    assert _run("he", "score", d / "users.he", "--model", d / "model.json", "--public", keys,
-                "-o", d / "scores.he", "--plain", d / "users.csv",
-                "--plain-columns", "plays_week1", "--plain-columns", "plays_week2",
-                "--audit-log", log) == 0
+    assert (
+        _run(
+            "he",
+            "score",
+            d / "users.he",
+            "--model",
+            d / "model.json",
+            "--public",
+            keys,
+            "-o",
+            d / "scores.he",
+            "--plain",
+            d / "users.csv",
+            "--plain-columns",
+            "plays_week1",
+            "--plain-columns",
+            "plays_week2",
+            "--audit-log",
+            log,
+        )
+        == 0
+    )
     monkeypatch.setattr(builtins, "open", real_open)
     monkeypatch.setattr(io, "open", real_open)
 
-    assert _run("he", "decrypt", d / "scores.he", "--keys", keys, "-o", d / "out.csv",
-                "--audit-log", log) == 0
+    assert (
+        _run("he", "decrypt", d / "scores.he", "--keys", keys, "-o", d / "out.csv", "--audit-log", log) == 0
+    )
     got = pd.read_csv(d / "out.csv")["score"].to_numpy()
     assert np.max(np.abs(got - expected)) < 1e-4
 
@@ -117,16 +154,38 @@ def test_score_refuses_the_secret_file_and_leaves_nothing(workdir, capsys):
     d, _ = workdir
     keys = d / "keys2"
     assert _run("he", "keygen", "--out", keys) == 0
-    assert _run("he", "encrypt", d / "users.csv", "--keys", keys, "--columns", "age,sex,city",
-                "--model", d / "model.json", "-o", d / "u2.he") == 0
+    assert (
+        _run(
+            "he",
+            "encrypt",
+            d / "users.csv",
+            "--keys",
+            keys,
+            "--columns",
+            "age,sex,city",
+            "--model",
+            d / "model.json",
+            "-o",
+            d / "u2.he",
+        )
+        == 0
+    )
     capsys.readouterr()
-    code = _run("he", "score", d / "u2.he", "--model", d / "model.json",
-                "--public", keys / "secret.he", "-o", d / "s2.he")
+    code = _run(
+        "he",
+        "score",
+        d / "u2.he",
+        "--model",
+        d / "model.json",
+        "--public",
+        keys / "secret.he",
+        "-o",
+        d / "s2.he",
+    )
     assert code == 2 and not (d / "s2.he").exists()
     assert "public" in capsys.readouterr().err
     # a model column with no input is named, and no output is left behind
-    code = _run("he", "score", d / "u2.he", "--model", d / "model.json", "--public", keys,
-                "-o", d / "s2.he")
+    code = _run("he", "score", d / "u2.he", "--model", d / "model.json", "--public", keys, "-o", d / "s2.he")
     assert code == 2 and not (d / "s2.he").exists()
     assert "plays_week1" in capsys.readouterr().err
 
@@ -135,11 +194,34 @@ def test_other_keys_cannot_decrypt(workdir, capsys):
     d, _ = workdir
     for name in ("ka", "kb"):
         assert _run("he", "keygen", "--out", d / name) == 0
-    assert _run("he", "encrypt", d / "users.csv", "--keys", d / "ka", "--columns",
-                "age,sex=F,city=Berlin,city=Paris,plays_week1,plays_week2",
-                "-o", d / "a.he") == 0
-    assert _run("he", "score", d / "a.he", "--model", d / "model.json", "--public", d / "ka",
-                "-o", d / "a_scores.he") == 0
+    assert (
+        _run(
+            "he",
+            "encrypt",
+            d / "users.csv",
+            "--keys",
+            d / "ka",
+            "--columns",
+            "age,sex=F,city=Berlin,city=Paris,plays_week1,plays_week2",
+            "-o",
+            d / "a.he",
+        )
+        == 0
+    )
+    assert (
+        _run(
+            "he",
+            "score",
+            d / "a.he",
+            "--model",
+            d / "model.json",
+            "--public",
+            d / "ka",
+            "-o",
+            d / "a_scores.he",
+        )
+        == 0
+    )
     capsys.readouterr()
     assert _run("he", "decrypt", d / "a_scores.he", "--keys", d / "kb", "-o", d / "x.csv") == 2
     assert "key set" in capsys.readouterr().err and not (d / "x.csv").exists()
@@ -149,8 +231,17 @@ def test_bad_values_are_named_by_column_and_row_not_value(tmp_path, capsys):
     pd.DataFrame({"age": ["31", "Jane Doe", "40"]}).to_csv(tmp_path / "bad.csv", index=False)
     assert _run("he", "keygen", "--out", tmp_path / "k") == 0
     capsys.readouterr()
-    code = _run("he", "encrypt", tmp_path / "bad.csv", "--keys", tmp_path / "k",
-                "--columns", "age", "-o", tmp_path / "bad.he")
+    code = _run(
+        "he",
+        "encrypt",
+        tmp_path / "bad.csv",
+        "--keys",
+        tmp_path / "k",
+        "--columns",
+        "age",
+        "-o",
+        tmp_path / "bad.he",
+    )
     err = capsys.readouterr().err
     assert code == 2 and "'age'" in err and "row 2" in err and "Jane" not in err
     assert not (tmp_path / "bad.he").exists()
@@ -162,5 +253,7 @@ def test_keygen_refuses_weak_security_and_existing_keys(tmp_path, capsys):
     assert _run("he", "keygen", "--out", tmp_path / "k") == 0
     assert _run("he", "keygen", "--out", tmp_path / "k") == 2
     os.chmod(tmp_path / "k" / "secret.he", 0o644)
-    assert _run("he", "decrypt", tmp_path / "nothing.he", "--keys", tmp_path / "k",
-                "-o", tmp_path / "o.csv") == 2
+    assert (
+        _run("he", "decrypt", tmp_path / "nothing.he", "--keys", tmp_path / "k", "-o", tmp_path / "o.csv")
+        == 2
+    )

@@ -161,10 +161,16 @@ def test_safetensors_with_sidecar(tmp_path):
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp_path / "model.safetensors")
     with pytest.raises(InputError, match="sidecar"):
         load_model(tmp_path / "model.safetensors")
-    (tmp_path / "model.json").write_text(json.dumps(
-        {"columns": ["a", "b", "c"], "activation": "relu", "link": "logit",
-         "scaler": {"mean": [0, 1, 2], "scale": [1, 2, 3]}}
-    ))
+    (tmp_path / "model.json").write_text(
+        json.dumps(
+            {
+                "columns": ["a", "b", "c"],
+                "activation": "relu",
+                "link": "logit",
+                "scaler": {"mean": [0, 1, 2], "scale": [1, 2, 3]},
+            }
+        )
+    )
     spec = load_model(tmp_path / "model.safetensors")
     assert spec.columns == ("a", "b", "c") and len(spec.layers) == 2 and spec.link == "logit"
     x = _x(30, 3)
@@ -180,8 +186,9 @@ def test_malformed_model_files(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps({"format": "other/9"}))
     with pytest.raises(FormatError, match="unknown model format"):
         load_model(tmp_path / "b.json")
-    (tmp_path / "c.json").write_text(json.dumps(
-        {"format": LINEAR_FORMAT, "columns": ["a"], "weights": [1, 2], "bias": 0}))
+    (tmp_path / "c.json").write_text(
+        json.dumps({"format": LINEAR_FORMAT, "columns": ["a"], "weights": [1, 2], "bias": 0})
+    )
     with pytest.raises(InputError):
         load_model(tmp_path / "c.json")
     (tmp_path / "d.pt").write_bytes(b"\x80\x04pickle")

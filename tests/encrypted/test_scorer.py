@@ -81,9 +81,7 @@ def test_hybrid_equals_all_encrypted(keys, adult, adult_xy, adult_clf, features)
     got = keys.decrypt(scores, raw=True)
     assert np.max(np.abs(got - clf.decision_function(x))) < 1e-4
     # a plain array works too, and a missing column is named
-    got2 = keys.decrypt(
-        scorer.score(batch, plain=x[:, len(sensitive):], plain_columns=plain), raw=True
-    )
+    got2 = keys.decrypt(scorer.score(batch, plain=x[:, len(sensitive) :], plain_columns=plain), raw=True)
     assert np.max(np.abs(got2 - got)) < 1e-6
     with pytest.raises(InputError, match="neither encrypted nor"):
         scorer.score(batch)

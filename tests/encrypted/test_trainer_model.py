@@ -56,10 +56,40 @@ def test_cli_hybrid_scoring_of_a_trainer_model(saved, capsys):
     d, _, expected = saved
     run = lambda *a: main([str(x) for x in a])  # noqa: E731
     assert run("he", "keygen", "--out", d / "keys") == 0
-    assert run("he", "encrypt", d / "users.csv", "--keys", d / "keys", "--columns", "age,sex",
-               "--model", d / "model", "-o", d / "users.he") == 0
-    assert run("he", "score", d / "users.he", "--model", d / "model", "--public", d / "keys",
-               "--plain", d / "users.csv", "--plain-columns", "race", "-o", d / "s.he") == 0
+    assert (
+        run(
+            "he",
+            "encrypt",
+            d / "users.csv",
+            "--keys",
+            d / "keys",
+            "--columns",
+            "age,sex",
+            "--model",
+            d / "model",
+            "-o",
+            d / "users.he",
+        )
+        == 0
+    )
+    assert (
+        run(
+            "he",
+            "score",
+            d / "users.he",
+            "--model",
+            d / "model",
+            "--public",
+            d / "keys",
+            "--plain",
+            d / "users.csv",
+            "--plain-columns",
+            "race",
+            "-o",
+            d / "s.he",
+        )
+        == 0
+    )
     assert run("he", "decrypt", d / "s.he", "--keys", d / "keys", "-o", d / "out.csv") == 0
     got = pd.read_csv(d / "out.csv")["score"].to_numpy()
     assert np.max(np.abs(got - expected)) < 1e-4

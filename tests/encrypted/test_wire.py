@@ -19,8 +19,7 @@ PARAMS = ParameterSet()
 
 
 def _batch(rows=(3, 2)) -> EncryptedBatch:
-    header = BatchHeader(kind="features", params=PARAMS, key_id="he_0011223344556677",
-                         columns=("a", "b"))
+    header = BatchHeader(kind="features", params=PARAMS, key_id="he_0011223344556677", columns=("a", "b"))
     chunks = tuple(Chunk(r, (bytes([i]) * (10 + i), bytes([i + 1]) * 7)) for i, r in enumerate(rows))
     return EncryptedBatch(header, chunks)
 
