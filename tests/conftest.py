@@ -15,9 +15,16 @@ DATA = Path(__file__).parent / "data"
 ADULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "adult"
 
 
+# Every key a test makes through these fixtures; tests/zz/test_leaks.py greps the
+# session's files for them at the end.
+SESSION_KEYS: list[bytes] = []
+
+
 @pytest.fixture
 def key_hex() -> str:
-    return secrets.token_hex(32)
+    value = secrets.token_hex(32)
+    SESSION_KEYS.append(bytes.fromhex(value))
+    return value
 
 
 @pytest.fixture
