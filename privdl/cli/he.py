@@ -7,6 +7,7 @@ The data owner runs ``keygen``, ``encrypt`` and ``decrypt``; the scoring service
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -38,12 +39,10 @@ def _expand(spec: object, requested: list[str]) -> tuple[list[str], list[str]]:
     return features, list(dict.fromkeys(source[c] for c in features))
 
 
-def _audit(path: Path | None, key_env: str) -> object:
-    if path is None:
-        return None
-    from privdl.audit import resolve_audit_log
+def _audit(path: Path | None, key_env: str) -> Any:
+    from privdl.cli.options import cli_audit_log
 
-    return resolve_audit_log(path, key_env=key_env)
+    return cli_audit_log(path, key_env)
 
 
 def keygen(
@@ -58,23 +57,22 @@ def keygen(
     galois_keys: bool = typer.Option(
         False, "--galois-keys", help="Add rotation keys (~17 MB) for --packing row queries."
     ),
+    audit_log: Path | None = typer.Option(None, "--audit-log", help=AUDIT_HELP),
+    audit_key_env: str = typer.Option("PRIVDL_AUDIT_KEY", "--audit-key-env"),
 ) -> None:
     """Generate a CKKS key set for a model; print its key id and file sizes."""
-    from privdl.encrypted.keys import PUBLIC_FILE, SECRET_FILE, HEKeys
+    from privdl.encrypted.keys import PUBLIC_FILE, SECRET_FILE
     from privdl.errors import UsageError
 
     if model is not None and depth is not None:
         raise UsageError("give --depth or --model, not both")
-    if model is not None:
-        keys = HEKeys.for_model(
-            model, output=output, security=security, encryption=encryption,
-            galois_keys=galois_keys,
-        )  # fmt: skip
-    else:
-        keys = HEKeys.generate(
-            depth=depth or 1, security=security, encryption=encryption, galois_keys=galois_keys
-        )
-    keys.save(out)
+    from privdl.audit import operation
+
+    with operation(_audit(audit_log, audit_key_env), "he.keygen") as op:
+        keys = _generate(model, depth, output, security, encryption, galois_keys)
+        keys.save(out)
+        # a new key set is a key rotation for the data owner: recorded by key_id only
+        op.update(params={"key_id": keys.key_id, "he_params": keys.params.to_dict()})
     p = keys.params
     typer.echo(
         f"key set {keys.key_id}: N={p.poly_modulus_degree}, moduli {list(p.coeff_mod_bit_sizes)}, "
@@ -82,6 +80,21 @@ def keygen(
     )
     typer.echo(f"  {out / SECRET_FILE} ({(out / SECRET_FILE).stat().st_size} bytes, keep private)")
     typer.echo(f"  {out / PUBLIC_FILE} ({(out / PUBLIC_FILE).stat().st_size} bytes, for the scorer)")
+
+
+def _generate(
+    model: str | None, depth: int | None, output: str, security: str, encryption: str, galois_keys: bool
+) -> Any:
+    from privdl.encrypted.keys import HEKeys
+
+    if model is not None:
+        return HEKeys.for_model(
+            model, output=output, security=security, encryption=encryption,
+            galois_keys=galois_keys,
+        )  # fmt: skip
+    return HEKeys.generate(
+        depth=depth or 1, security=security, encryption=encryption, galois_keys=galois_keys
+    )
 
 
 def encrypt(

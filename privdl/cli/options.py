@@ -44,6 +44,25 @@ def report_target(path: Path) -> Path:
     return path
 
 
+def cli_audit_log(log_path: Path | None, key_env: str) -> Any:
+    """The AuditLog a command writes to: ``--audit-log``, else ``[audit] log`` of
+    ``privdl.toml`` (or ``$PRIVDL_CONFIG``), else None.
+
+    Raises:
+        KeyMissingError: a log is named but the audit key variable is unset (exit 2,
+            before any work is done).
+    """
+    if log_path is None:
+        from privdl.audit.config import default_audit_log
+
+        log_path = default_audit_log()
+        if log_path is None:
+            return None
+    from privdl.audit import resolve_audit_log
+
+    return resolve_audit_log(log_path, key_env=key_env)
+
+
 class _NoAudit:
     def update(self, **_: Any) -> None:
         return None
@@ -63,11 +82,11 @@ def audit_context(
     The audit key is read before the operation starts, so a missing key is a usage
     error (exit 2) and not a half-logged run.
     """
-    if log_path is None:
+    log = cli_audit_log(log_path, key_env)
+    if log is None:
         yield _NoAudit()
         return
-    from privdl.audit import AuditLog, operation
+    from privdl.audit import operation
 
-    log = AuditLog(log_path, key=Secret.from_env(key_env))
     with operation(log, event, params=params or {}, inputs=list(inputs)) as op:
         yield op

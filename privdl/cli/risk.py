@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
+
+from privdl.cli.options import audit_context, report_target
 
 
 def risk(
@@ -21,6 +24,10 @@ def risk(
     ),
     report: str | None = typer.Option(None, "--report", help="Also write .json, .md or .html."),
     sep: str | None = typer.Option(None, "--sep", help="Delimiter for text tables."),
+    audit_log: Path | None = typer.Option(None, "--audit-log", help="Append one entry to this audit log."),
+    audit_key_env: str = typer.Option(
+        "PRIVDL_AUDIT_KEY", "--audit-key-env", help="Variable holding the audit key."
+    ),
 ) -> None:
     """Print re-identification risk, k, l and t of INPUT on its quasi-identifiers."""
     from privdl import io
@@ -29,18 +36,25 @@ def risk(
 
     if max_risk is not None and not 0 <= max_risk <= 1:
         raise UsageError("--max-risk must be between 0 and 1")
-    columns = list(dict.fromkeys([*qi, *sensitive]))
-    # read only the columns assessed: the rest is never parsed or held in memory
-    frame = io.read_table(input, sep=sep, columns=columns)
-    result = assess_risk(frame, quasi_identifiers=qi, sensitive=sensitive, source=input)
     if report:
-        result.save(report)
-    if as_json:
-        typer.echo(json.dumps(result.to_json(), sort_keys=True, indent=2))
-    else:
-        _print_table(result)
-    if max_risk is not None:
-        result.check(max_risk=max_risk)
+        report_target(Path(report))
+    columns = list(dict.fromkeys([*qi, *sensitive]))
+    params = {"quasi_identifiers": list(qi), "sensitive": list(sensitive), "max_risk": max_risk}
+    # one entry: ok, or refused when the risk is above --max-risk
+    with audit_context(audit_log, audit_key_env, "risk", params=params, inputs=[input]) as op:
+        # read only the columns assessed: the rest is never parsed or held in memory
+        frame = io.read_table(input, sep=sep, columns=columns)
+        result = assess_risk(frame, quasi_identifiers=qi, sensitive=sensitive, source=input)
+        figures = result.to_json()
+        op.update(params={**params, "k": figures["k"], "prosecutor_max": figures["prosecutor_max"]})
+        if report:
+            result.save(report)
+        if as_json:
+            typer.echo(json.dumps(figures, sort_keys=True, indent=2))
+        else:
+            _print_table(result)
+        if max_risk is not None:
+            result.check(max_risk=max_risk)
 
 
 def _print_table(result: object) -> None:

@@ -256,3 +256,52 @@ def test_semicolon_export_stays_semicolon(run_cli, tmp_path, env_key):
     code, _, err = run_cli("anonymize", src, "-o", out, "--id", "email", "--key-env", "PRIVDL_KEY")
     assert code == 0, err
     assert out.read_text().splitlines()[0] == "email;age"
+
+
+def _events(log):
+    import json
+
+    return [(json.loads(line)["entry"]["event"], json.loads(line)["entry"]["outcome"]) for line in log.open()]
+
+
+def test_audit_log_gets_one_entry_per_command(run_cli, users_csv, tmp_path, env_key, monkeypatch):
+    monkeypatch.setenv("PRIVDL_AUDIT_KEY", secrets.token_hex(32))
+    log = tmp_path / "audit.jsonl"
+    out = tmp_path / "o.csv"
+    assert run_cli("anonymize", users_csv, "-o", out, *ARGS, "--audit-log", log)[0] == 0
+    assert (
+        run_cli(
+            "anonymize", users_csv, "-o", out, "--id", "nope", "--key-env", "PRIVDL_KEY", "--audit-log", log
+        )[0]
+        == 2
+    )
+    assert run_cli("risk", out, "--qi", "age", "--qi", "zip", "--audit-log", log, "--json")[0] == 0
+    assert (
+        run_cli("risk", out, "--qi", "age", "--qi", "zip", "--max-risk", "0.01", "--audit-log", log)[0] == 1
+    )
+    assert run_cli("he", "keygen", "--out", tmp_path / "keys", "--audit-log", log)[0] == 0
+    # the unknown column is found once the data is read: a failed run, logged as such
+    assert _events(log) == [
+        ("anonymize", "ok"),
+        ("anonymize", "failed"),
+        ("risk", "ok"),
+        ("risk", "refused"),
+        ("he.keygen", "ok"),
+    ]
+    assert run_cli("audit", "verify", log)[0] == 0
+
+
+def test_audit_log_default_from_privdl_toml(run_cli, users_csv, tmp_path, env_key, monkeypatch):
+    monkeypatch.setenv("PRIVDL_AUDIT_KEY", secrets.token_hex(32))
+    config = tmp_path / "privdl.toml"
+    config.write_text(f'[audit]\nlog = "{tmp_path / "default.jsonl"}"\n')
+    monkeypatch.setenv("PRIVDL_CONFIG", str(config))
+    assert run_cli("anonymize", users_csv, "-o", tmp_path / "o.csv", *ARGS)[0] == 0
+    assert _events(tmp_path / "default.jsonl") == [("anonymize", "ok")]
+
+
+def test_missing_audit_key_is_exit_2_before_any_work(run_cli, users_csv, tmp_path, env_key, monkeypatch):
+    monkeypatch.delenv("PRIVDL_AUDIT_KEY", raising=False)
+    out = tmp_path / "o.csv"
+    code, _, err = run_cli("anonymize", users_csv, "-o", out, *ARGS, "--audit-log", tmp_path / "a.jsonl")
+    assert code == 2 and "PRIVDL_AUDIT_KEY" in err and not out.exists()
