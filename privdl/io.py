@@ -403,10 +403,16 @@ def _read_database(src: TableSource) -> pd.DataFrame:
         from privdl.errors import require
 
         duckdb: Any = require("duckdb", "duckdb")
-        con = duckdb.connect(str(src.path), read_only=True)
+        try:
+            con = duckdb.connect(str(src.path), read_only=True)
+        except duckdb.Error:
+            raise InputError(f"{src.path} cannot be opened as a DuckDB database") from None
         try:
             if src.query is not None:
-                return con.execute(src.query).df()
+                try:
+                    return con.execute(src.query).df()
+                except duckdb.Error:
+                    raise InputError(f"{src.path}: the query failed") from None
             names = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
             if src.table not in names:
                 raise InputError(f"{src.path}: table {src.table!r} not found")

@@ -194,3 +194,19 @@ def test_columns_selection_and_dtype(tmp_path, frame):
     assert io.read_table(path, dtype={"age": str})["age"].tolist() == ["31", "45", "27"]
     with pytest.raises(InputError, match="column 'nope' not found"):
         io.read_table(path, columns=["nope"])
+
+
+def test_duckdb_table_and_query(tmp_path, frame):
+    duckdb = pytest.importorskip("duckdb")
+    db = tmp_path / "users.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE users AS SELECT * FROM frame")
+    con.close()
+    back = io.read_table(f"duckdb:///{db}?table=users")
+    assert back["zip"].tolist() == ["01067", "10115", "80331"]
+    q = io.read_table(f"duckdb:///{db}", query="SELECT user_id FROM users WHERE age > 30")
+    assert sorted(q["user_id"]) == ["u1", "u2"]
+    with pytest.raises(InputError, match="table 'nope' not found"):
+        io.read_table(f"duckdb:///{db}?table=nope")
+    with pytest.raises(InputError, match="the query failed"):
+        io.read_table(f"duckdb:///{db}", query="SELECT nope FROM users")
