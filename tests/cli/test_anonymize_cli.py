@@ -305,3 +305,19 @@ def test_missing_audit_key_is_exit_2_before_any_work(run_cli, users_csv, tmp_pat
     out = tmp_path / "o.csv"
     code, _, err = run_cli("anonymize", users_csv, "-o", out, *ARGS, "--audit-log", tmp_path / "a.jsonl")
     assert code == 2 and "PRIVDL_AUDIT_KEY" in err and not out.exists()
+
+
+def test_anonymize_never_imports_heavy_extras(users_csv, tmp_path, key_hex):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from privdl.cli import main; "
+        f"rc = main(['anonymize', {str(users_csv)!r}, '-o', {str(tmp_path / 'o.csv')!r}, '--id', 'email', "
+        "'--qi', 'age', '-k', '5', '--key-env', 'PRIVDL_KEY']); "
+        "heavy = [m for m in ('torch', 'opacus', 'tenseal', 'pyspark', 'sqlalchemy') if m in sys.modules]; "
+        "print(rc, heavy)"
+    )
+    env = {**os.environ, "PRIVDL_KEY": key_hex}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip().endswith("0 []"), out.stdout + out.stderr
