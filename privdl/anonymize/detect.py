@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from pandas.api.types import is_object_dtype, is_string_dtype
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -106,7 +108,7 @@ def looks_like_identifiers(frame: pd.DataFrame, columns: Iterable[str]) -> dict[
     found: dict[str, str] = {}
     for column in columns:
         series = frame[column]
-        if series.dtype == object or str(series.dtype).startswith("string"):
+        if is_object_dtype(series) or is_string_dtype(series):
             sample = series.dropna().astype(str).str.strip()
             sample = sample[sample != ""]
             if len(sample) > SAMPLE:

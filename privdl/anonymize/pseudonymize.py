@@ -141,7 +141,7 @@ def _factorize(series: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     codes: np.ndarray
     try:
-        if series.dtype != object and not str(series.dtype).startswith("string"):
+        if not (pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)):
             raise TypeError("not text")
         encoded = pa.array(
             series.to_numpy(dtype=object), type=pa.string(), from_pandas=True

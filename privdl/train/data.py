@@ -196,7 +196,10 @@ def to_tensor(value: Any, *, what: str) -> Any:
         arr = arr.astype(np.float32, copy=False)
     elif arr.dtype.kind == "b":
         arr = arr.astype(np.int64)
-    return torch.from_numpy(np.ascontiguousarray(arr))
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # pandas copy-on-write hands out read-only views
+        arr = arr.copy()
+    return torch.from_numpy(arr)
 
 
 def as_data(data: Any, *, what: str = "data") -> TensorData | IndexedData:
