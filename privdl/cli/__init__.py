@@ -56,12 +56,17 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _is(exc: BaseException, name: str) -> bool:
+    # Exit / Abort come from click, or from the copy of click that newer typer vendors
+    return any(cls.__name__ == name for cls in type(exc).__mro__)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the exit code."""
-    import click
-
     _register_all()
     command = typer.main.get_command(app)
+    # click's UsageError, or typer's vendored one (typer >= 0.24 no longer needs click)
+    usage_error: type[Exception] = typer.BadParameter.__mro__[1]
     args = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("PRIVDL_DEBUG") == "1"
     try:
@@ -72,28 +77,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"privdl: error: {exc}", file=sys.stderr)
         code = exc.exit_code
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.exceptions.UsageError as exc:
-        message = exc.format_message().replace("\n", " ")
-        ctx = exc.ctx.command_path if exc.ctx is not None else "privdl"
-        print(f"{ctx}: error: {message} (see --help)", file=sys.stderr)
+    except usage_error as exc:
+        message = exc.format_message().replace("\n", " ")  # type: ignore[attr-defined]
+        ctx = getattr(exc, "ctx", None)
+        path = ctx.command_path if ctx is not None else "privdl"
+        print(f"{path}: error: {message} (see --help)", file=sys.stderr)
         code = 2
-    except click.exceptions.Abort:
-        print("privdl: aborted", file=sys.stderr)
-        code = 130
     except KeyboardInterrupt:
         print("privdl: interrupted", file=sys.stderr)
         code = 130
     except Exception as exc:
-        if debug:
+        if _is(exc, "Exit"):
+            code = int(getattr(exc, "exit_code", 0) or 0)
+        elif _is(exc, "Abort"):
+            print("privdl: aborted", file=sys.stderr)
+            code = 130
+        elif debug:
             raise
-        # The message of an unexpected exception may quote data: print its class only.
-        print(
-            f"privdl: internal error ({type(exc).__name__}); rerun with PRIVDL_DEBUG=1 for details",
-            file=sys.stderr,
-        )
-        code = 3
+        else:
+            # The message of an unexpected exception may quote data: print its class only.
+            print(
+                f"privdl: internal error ({type(exc).__name__}); rerun with PRIVDL_DEBUG=1 for details",
+                file=sys.stderr,
+            )
+            code = 3
     if argv is None:
         sys.exit(code)
     return code
