@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from privdl.anonymize.detect import looks_like_identifiers
 from privdl.anonymize.policy import Policy
-from privdl.anonymize.pseudonymize import apply_rule
+from privdl.anonymize.pseudonymize import KEYED, apply_rule
 from privdl.errors import KeyMissingError, PolicyError, UsageError
 from privdl.keys import Secret
 
@@ -90,18 +90,12 @@ class Anonymizer:
         from privdl.audit import operation
 
         params = self.get_params()
-        with operation(
-            self.audit_log,
-            "anonymize",
-            params=params,
-            inputs=[{"rows": len(frame), "columns": frame.shape[1]}],
-        ) as op:
+        # DataFrames are fingerprinted in memory (SHA-256 of the values, rows, columns)
+        with operation(self.audit_log, "anonymize", params=params, inputs=[frame]) as op:
             released = self._run(frame)
             op.update(
-                params={**params, "achieved": self.report_.summary()}
-                if hasattr(self.report_, "summary")
-                else params,
-                outputs=[{"rows": len(released), "columns": released.shape[1]}],
+                params={**params, "achieved": self.report_.summary()},
+                outputs=[released],
                 subjects=self.subjects_,
             )
         return released
@@ -114,11 +108,7 @@ class Anonymizer:
             raise UsageError(f"unknown engine {self.engine!r}; choose pandas or spark")
         policy.validate(frame.columns)
         if policy.needs_key and self.key is None:
-            first = next(
-                r.column
-                for r in policy.identifiers
-                if r.transform in ("pseudonymize", "encrypt", "shift_dates")
-            )
+            first = next(r.column for r in policy.identifiers if r.transform in KEYED)
             raise KeyMissingError(
                 f"column {first!r} needs a key: pass key= (CLI: --key-env VAR or --key-file PATH)"
             )

@@ -97,7 +97,11 @@ def anonymize(
         except BaseException:
             written.unlink(missing_ok=True)  # all or nothing: no table without its report
             raise
-        op.update(outputs=[str(written)], subjects=anonymizer.subjects_, params=_achieved(anonymizer))
+        op.update(
+            outputs=[str(written)],
+            subjects=anonymizer.subjects_,
+            params={**anonymizer.get_params(), "achieved": anonymizer.report_.summary()},
+        )
     print(_summary(frame, released, the_policy, output, key))
 
 
@@ -121,14 +125,6 @@ def _split_hierarchy(spec: str) -> tuple[str, str]:
     if not sep or not column.strip() or not value.strip():
         raise UsageError(f"--hierarchy {spec!r}: expected COL=SPEC")
     return column.strip(), value.strip()
-
-
-def _achieved(anonymizer: Any) -> dict[str, Any]:
-    params = anonymizer.get_params()
-    summary = getattr(anonymizer.report_, "summary", None)
-    if callable(summary):
-        params["achieved"] = summary()
-    return params
 
 
 def _summary(frame: Any, released: Any, policy: Any, output: str, key: Any) -> str:
