@@ -60,6 +60,7 @@ def main() -> None:
 
     import privdl
     from privdl.audit.checkpoint import generate_signing_key
+    from privdl.audit.erasure import find_subject
     from privdl.audit.records import build_records, write_records
     from privdl.encrypted.models import load_model
 
@@ -129,7 +130,10 @@ def main() -> None:
         nn.Linear(n_features, 1), epsilon=args.epsilon, ledger=ledger, dataset_id=DATASET_ID,
         audit_log=log, encoder=encoder, seed=0, progress=False,
     )  # fmt: skip
-    trainer.fit(train[[*features, "retained"]], target="retained", val=test[[*features, "retained"]])
+    trainer.fit(
+        train[[*features, "retained"]], target="retained", val=test[[*features, "retained"]],
+        subjects=train["user_id"],  # pseudonyms: lets an erasure request find this run
+    )  # fmt: skip
     accuracy = trainer.score(test[[*features, "retained"]], test["retained"])
     x_train, x_test = encoder.transform(train), encoder.transform(test)
     baseline = LogisticRegression(max_iter=2000).fit(x_train, train["retained"])
@@ -178,6 +182,11 @@ def main() -> None:
         build_records(out / "audit.jsonl", config=args.config, verified=result), out / "records.csv"
     )
     print(f"4. {result.summary()}; Art. 30 records -> {out / 'records.csv'}")
+    # what an Art. 17 request for one trained-on user would concern (read-only lookup;
+    # `privdl audit erase-request` also records the request in the log)
+    lineage = find_subject(out / "audit.jsonl", str(train["user_id"].iloc[0]), key=audit_key)
+    concerned = ", ".join(f"{d['event']} #{d['seq']}" for d in lineage.direct + lineage.derived)
+    print(f"   erasure lookup for one user's pseudonym: {concerned}")
     print(f"reports: {out / 'anonymization.html'}, {out / 'privacy.html'}")
 
 

@@ -253,7 +253,9 @@ class PrivateTrainer:
         return self.model_ is not None and self.steps_ > 0
 
     # ------------------------------------------------------------------ fit
-    def fit(self, data: Any, target: str | None = None, val: Any = None) -> PrivateTrainer:
+    def fit(
+        self, data: Any, target: str | None = None, val: Any = None, *, subjects: Any = None
+    ) -> PrivateTrainer:
         """Train the model with DP-SGD.
 
         Calling ``fit`` again continues training the fitted model as a new run (new
@@ -265,6 +267,9 @@ class PrivateTrainer:
             target: the label column when ``data`` is a DataFrame.
             val: validation data in the same forms (not charged: it must not be the
                 training data); its metric is reported per epoch.
+            subjects: the pseudonyms of the people in ``data`` (e.g. the released
+                table's ``user_id`` column); with ``audit_log`` they are recorded as a
+                keyed filter, so an erasure request finds this training run.
 
         Returns:
             ``self``.
@@ -275,6 +280,8 @@ class PrivateTrainer:
         """
         self._check_params()
         with self._audit("train", data) as op:
+            if subjects is not None:
+                op.update(subjects=subjects)
             self._setup(data, target, val)
             op.update(
                 params={
