@@ -37,6 +37,7 @@ __all__ = [
     "TableSource",
     "atomic_write",
     "check_distinct_paths",
+    "check_output",
     "file_fingerprint",
     "parse_source",
     "read_table",
@@ -493,6 +494,25 @@ def _replace(tmp: Path, target: Path) -> None:
             os.close(dfd)
 
 
+def check_output(location: str | os.PathLike[str]) -> TableSource:
+    """Check an output location before any work: known format, existing folder.
+
+    Raises:
+        FormatError: unknown extension.
+        InputError: the output folder does not exist.
+    """
+    src = parse_source(location)
+    if src.kind not in ("file", "sqlite") or (src.kind == "file" and src.fmt not in FORMATS):
+        raise FormatError(
+            f"{src.path}: unknown output format {src.fmt or '(no extension)'!r};"
+            " use .csv, .tsv, .parquet, .jsonl or a sqlite:/// URL"
+        )
+    folder = src.path.parent if str(src.path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"output folder {folder} does not exist")
+    return src
+
+
 def write_table(frame: pd.DataFrame, location: str | os.PathLike[str], *, sep: str | None = None) -> Path:
     """Write ``frame`` atomically; the format follows the extension of ``location``.
 
@@ -500,14 +520,9 @@ def write_table(frame: pd.DataFrame, location: str | os.PathLike[str], *, sep: s
         InputError: the output folder does not exist.
         FormatError: unknown extension.
     """
-    src = parse_source(location)
+    src = check_output(location)
     if src.kind == "sqlite":
         return _write_sqlite(frame, src)
-    if src.kind != "file" or src.fmt not in FORMATS:
-        raise FormatError(
-            f"{src.path}: unknown output format {src.fmt or '(no extension)'!r};"
-            " use .csv, .tsv, .parquet, .jsonl or a sqlite:/// URL"
-        )
     path = src.path
     if src.fmt in (".parquet", ".pq"):
         import pyarrow as pa
@@ -538,9 +553,7 @@ def _write_sqlite(frame: pd.DataFrame, src: TableSource) -> Path:
 
     if not src.table:
         raise UsageError(f"{src.path}: name the output table with ?table=NAME")
-    folder = src.path.parent if str(src.path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"output folder {folder} does not exist")
+    folder = src.path.parent if str(src.path.parent) else Path(".")  # checked by check_output
     fd, tmp_name = tempfile.mkstemp(prefix=f".{src.path.name}.", suffix=".privdl-tmp", dir=folder)
     os.close(fd)
     tmp = Path(tmp_name)

@@ -55,7 +55,7 @@ def anonymize(
 
     # Cheap checks first: no input is read and no key is asked for when usage is wrong.
     io.check_distinct_paths(input, output)
-    _check_output(output)
+    io.check_output(output)
     if report is not None:
         report_target(report)
     hierarchies = dict(_split_hierarchy(h) for h in hierarchy)
@@ -103,21 +103,6 @@ def anonymize(
             params={**anonymizer.get_params(), "achieved": anonymizer.report_.summary()},
         )
     print(_summary(frame, released, the_policy, output, key))
-
-
-def _check_output(output: str) -> None:
-    from privdl import io
-    from privdl.errors import FormatError, InputError
-
-    src = io.parse_source(output)
-    folder = src.path.parent if str(src.path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"output folder {folder} does not exist")
-    if src.kind == "file" and src.fmt not in io.FORMATS:
-        raise FormatError(
-            f"{src.path}: unknown output format {src.fmt or '(no extension)'!r};"
-            " use .csv, .tsv, .parquet, .jsonl or a sqlite:/// URL"
-        )
 
 
 def _split_hierarchy(spec: str) -> tuple[str, str]:
