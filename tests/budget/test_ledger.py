@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from privdl.budget.ledger import BudgetLedger, BudgetStatus, RunRecord
 from privdl.errors import BudgetExceededError, InputError, PolicyError, UsageError
 from privdl.train.calibrate import epsilon_of
+from tests.budget.race import capacity, race
 
 DELTA = 1e-5
 
@@ -286,57 +287,14 @@ def test_spent_never_exceeds_total_and_refusals_are_exact(
 
 # -- concurrency and crashes -----------------------------------------------------------
 
-_CHARGER = textwrap.dedent(
-    """
-    import json, os, sys, time
-    from privdl.budget.ledger import BudgetLedger
-    from privdl.errors import BudgetExceededError
-    path, go, n, ready = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    led = BudgetLedger(path)
-    open(ready, "w").close()
-    while not os.path.exists(go):
-        time.sleep(0.01)
-    ok = refused = 0
-    for _ in range(n):
-        try:
-            led.reserve("d", history=[(1.0, 0.01, 20)], delta=1e-5, accountant="rdp")
-            ok += 1
-        except BudgetExceededError:
-            refused += 1
-    print(json.dumps({"ok": ok, "refused": refused}))
-    """
-)
-
 
 def test_two_processes_fifty_charges_each_never_overspend(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
-    go = tmp_path / "go"
-    per_charge = [(1.0, 0.01, 20)]
-    n_max = 0
-    while epsilon_of(per_charge * (n_max + 1), delta=DELTA, accountant="rdp") <= 2.0:
-        n_max += 1
+    n_max = capacity(2.0)
     assert 10 < n_max < 90  # the budget runs out in the middle of the race
     with BudgetLedger(path) as led:
         led.set_budget("d", epsilon=2.0, delta=DELTA, accountant="rdp")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _CHARGER, str(path), str(go), "50", str(tmp_path / f"r{i}")],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    deadline = time.monotonic() + 120
-    while not all((tmp_path / f"r{i}").exists() for i in range(2)):
-        assert time.monotonic() < deadline, "charger processes did not start"
-        time.sleep(0.02)
-    go.touch()
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
-        results.append(json.loads(out))
+    results = race(str(path), "d", tmp_path, timeout=120)
     assert sum(r["ok"] for r in results) == n_max
     assert sum(r["refused"] for r in results) == 100 - n_max
     with BudgetLedger(path) as led:

@@ -3,12 +3,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import textwrap
-import time
 import uuid
 from pathlib import Path
 
@@ -17,6 +12,7 @@ import pytest
 from privdl.budget.ledger import BudgetLedger
 from privdl.errors import BudgetExceededError, InputError
 from privdl.train.calibrate import epsilon_of
+from tests.budget.race import capacity, race
 
 pytestmark = pytest.mark.postgres
 
@@ -70,55 +66,12 @@ def test_postgres_foreign_tables_are_refused(url: str) -> None:
         engine.dispose()
 
 
-_CHARGER = textwrap.dedent(
-    """
-    import json, os, sys, time
-    from privdl.budget.ledger import BudgetLedger
-    from privdl.errors import BudgetExceededError
-    url, ds, go, ready = sys.argv[1:5]
-    led = BudgetLedger(url)
-    open(ready, "w").close()
-    while not os.path.exists(go):
-        time.sleep(0.01)
-    ok = refused = 0
-    for _ in range(50):
-        try:
-            led.reserve(ds, history=[(1.0, 0.01, 20)], delta=1e-5, accountant="rdp")
-            ok += 1
-        except BudgetExceededError:
-            refused += 1
-    print(json.dumps({"ok": ok, "refused": refused}))
-    """
-)
-
-
 def test_postgres_two_processes_never_overspend(url: str, tmp_path: Path) -> None:
     ds = _dataset()
-    n_max = 0
-    while epsilon_of([(1.0, 0.01, 20)] * (n_max + 1), delta=DELTA, accountant="rdp") <= 2.0:
-        n_max += 1
+    n_max = capacity(2.0)
     with BudgetLedger(url) as led:
         led.set_budget(ds, epsilon=2.0, delta=DELTA, accountant="rdp")
-    go = tmp_path / "go"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _CHARGER, url, ds, str(go), str(tmp_path / f"r{i}")],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    deadline = time.monotonic() + 120
-    while not all((tmp_path / f"r{i}").exists() for i in range(2)):
-        assert time.monotonic() < deadline, "charger processes did not start"
-        time.sleep(0.02)
-    go.touch()
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=180)
-        assert p.returncode == 0, err
-        results.append(json.loads(out))
+    results = race(url, ds, tmp_path, timeout=180)
     assert sum(r["ok"] for r in results) == n_max
     with BudgetLedger(url) as led:
         assert led.status(ds).runs == n_max
