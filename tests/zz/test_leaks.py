@@ -26,7 +26,12 @@ REPORT_SUFFIXES = {".html", ".md", ".json"}
 def _key_patterns() -> list[bytes]:
     out: list[bytes] = []
     for raw in [*SESSION_KEYS, *AUDIT_SECRETS]:
-        out += [raw, raw.hex().encode(), base64.b64encode(raw).rstrip(b"="), base64.urlsafe_b64encode(raw).rstrip(b"=")]
+        out += [
+            raw,
+            raw.hex().encode(),
+            base64.b64encode(raw).rstrip(b"="),
+            base64.urlsafe_b64encode(raw).rstrip(b"="),
+        ]
     return out
 
 
