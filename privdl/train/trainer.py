@@ -34,7 +34,7 @@ from privdl.train.data import (
     steps_per_epoch,
     to_tensor,
 )
-from privdl.train.engine import LinearDPEngine, forward_calls, linear_engine_supports
+from privdl.train.engine import BookKeepingEngine, bk_supports, forward_probe
 
 torch: Any = require("torch", "train")
 require("opacus", "train")
@@ -97,8 +97,9 @@ class PrivateTrainer:
         max_physical_batch_size: split each sampled batch into chunks of at most this
             many records (same privacy, less memory).
         grad_sample_mode: ``"auto"``: ``"bk"`` (privdl's one-backward engine, see
-            :mod:`privdl.train.engine`) when every trainable layer is an ``nn.Linear``,
-            else Opacus' ghost clipping when every trainable layer supports it, else
+            :mod:`privdl.train.engine`) when every trainable layer is a ``Linear``,
+            ``Conv1d``/``Conv2d``, ``LayerNorm``, ``GroupNorm`` or ``Embedding`` run once
+            per forward pass, else Opacus' ghost clipping when every trainable layer supports it, else
             Opacus' hooks; or name a mode (``"bk"``, ``"ghost"``, ``"hooks"``,
             ``"functorch"``, ``"ew"``).
         encoder: a TableEncoder for DataFrame input; by default one is fitted.
@@ -471,6 +472,8 @@ class PrivateTrainer:
 
         mode = self._choose_mode(model, _to(x0, device))
         self.grad_sample_mode_ = mode
+        # "bk" hands a copy of a layer output on when the next operation changes it in place
+        self._copy_outputs = mode == "bk" and bool(forward_probe(model, _to(x0, device)).modified)
         gsm, opt, dp_loss = self._make_private(model, criterion, sigma, q, n, device)
         sampler = PoissonSampler(
             n,
@@ -542,23 +545,44 @@ class PrivateTrainer:
         return nn.CrossEntropyLoss(reduction="mean")
 
     def _choose_mode(self, model: nn.Module, example: Any = None) -> str:
+        probe = forward_probe(model, example) if example is not None else None
         if self.grad_sample_mode == "bk":
-            if example is not None and not linear_engine_supports(model, example):
+            if example is not None and not bk_supports(model, example, probe):
                 raise UsageError(
-                    'grad_sample_mode="bk" needs every trainable layer to be an nn.Linear '
-                    "used once per forward pass"
+                    'grad_sample_mode="bk" needs every trainable layer to be a Linear, Conv1d, '
+                    "Conv2d, LayerNorm, GroupNorm or Embedding that owns its parameters and "
+                    "runs once per forward pass"
                 )
             return "bk"
         if self.grad_sample_mode != "auto":
-            return str(self.grad_sample_mode)
+            mode = str(self.grad_sample_mode)
+        elif probe is not None and bk_supports(model, example, probe):
+            return "bk"
+        else:
+            mode = self._opacus_mode(model, probe)
+        if probe is not None and probe.modified and mode != "ew":
+            # Opacus' per-sample hooks refuse a hooked output that is modified in place:
+            # switch in-place activations off (same outputs), then check again
+            for name in _out_of_place(model):
+                entry = f"{name}: inplace=True -> inplace=False"
+                if entry not in self.replaced_modules_:
+                    self.replaced_modules_.append(entry)
+            left = forward_probe(model, example).modified
+            if left:
+                raise UsageError(
+                    f"the output of layer {sorted(left)[0]!r} is modified in place in the "
+                    f"forward pass, which Opacus' {mode!r} mode cannot train through: use an "
+                    "out-of-place operation there"
+                )
+        return mode
+
+    def _opacus_mode(self, model: nn.Module, probe: Any) -> str:
         from opacus.grad_sample import GradSampleModuleFastGradientClipping as Ghost
 
         # A layer run twice per forward pass (weight reuse) needs Opacus' hooks, which
         # accumulate per-sample gradients over calls; ghost norms and "bk" do not.
-        if example is not None and any(c > 1 for c in forward_calls(model, example).values()):
+        if probe is not None and any(c > 1 for c in probe.calls.values()):
             return "hooks"
-        if example is not None and linear_engine_supports(model, example):
-            return "bk"
         # Ghost clipping needs a norm sampler for every layer that owns trainable
         # parameters and no parameter shared between layers.
         owners: dict[int, int] = {}
@@ -599,7 +623,7 @@ class PrivateTrainer:
         noise_gen = self._generator(device, 1)
         dp_loss = None
         if self.grad_sample_mode_ == "bk":
-            engine = LinearDPEngine(
+            engine = BookKeepingEngine(
                 model,
                 base,
                 criterion,
@@ -608,6 +632,7 @@ class PrivateTrainer:
                 expected_batch_size=expected,
                 generator=noise_gen,
                 secure=self.secure_mode,
+                copy_outputs=self._copy_outputs,
             )
             return engine, engine, None
         if self.grad_sample_mode_ == "ghost":
@@ -933,6 +958,16 @@ class PrivateTrainer:
 
 
 # ---------------------------------------------------------------------------------------
+def _out_of_place(model: nn.Module) -> list[str]:
+    """Set ``inplace=False`` on every module that has ``inplace=True``; their names."""
+    changed = []
+    for name, m in model.named_modules():
+        if getattr(m, "inplace", False) is True:
+            m.inplace = False
+            changed.append(name)
+    return changed
+
+
 def _to(x: Any, device: Any) -> Any:
     if x is None:
         return None

@@ -1,4 +1,4 @@
-"""The one-backward linear engine computes exactly Opacus' clipped gradient sum."""
+"""The one-backward book-keeping engine computes exactly Opacus' clipped gradient sum."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ pytest.importorskip("opacus")
 from opacus import GradSampleModule  # noqa: E402
 from torch import nn  # noqa: E402
 
-from privdl.train.engine import LinearDPEngine, linear_engine_supports  # noqa: E402
+from privdl.errors import UsageError  # noqa: E402
+from privdl.train.engine import BookKeepingEngine, bk_supports, forward_probe  # noqa: E402
 
 
 def opacus_clipped_sum(model, x, y, criterion, clip):
@@ -30,10 +31,16 @@ def opacus_clipped_sum(model, x, y, criterion, clip):
     return out, factor
 
 
-def engine_clipped_sum(model, x, y, criterion, clip):
+def engine_clipped_sum(model, x, y, criterion, clip, copy_outputs=False):
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
-    engine = LinearDPEngine(
-        model, opt, criterion, noise_multiplier=0.0, max_grad_norm=clip, expected_batch_size=1
+    engine = BookKeepingEngine(
+        model,
+        opt,
+        criterion,
+        noise_multiplier=0.0,
+        max_grad_norm=clip,
+        expected_batch_size=1,
+        copy_outputs=copy_outputs,
     )
     engine.zero_grad()
     engine.accumulate(engine.per_sample_loss(engine(x), y))
@@ -91,7 +98,7 @@ def test_noise_has_the_calibrated_scale():
     torch.manual_seed(0)
     model = nn.Linear(50, 40)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    engine = LinearDPEngine(
+    engine = BookKeepingEngine(
         model,
         opt,
         nn.CrossEntropyLoss(),
@@ -107,13 +114,20 @@ def test_noise_has_the_calibrated_scale():
     assert abs(float(noise.mean())) < 0.05
 
 
-def test_supports_only_linear_layers_used_once():
+def test_supports_known_layers_used_once():
     x = torch.randn(2, 4)
-    assert linear_engine_supports(nn.Sequential(nn.Linear(4, 3), nn.ReLU()), x)
-    assert not linear_engine_supports(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), x)
-    frozen_norm = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
-    frozen_norm[1].requires_grad_(False)
-    assert linear_engine_supports(frozen_norm, x)
+    assert bk_supports(nn.Sequential(nn.Linear(4, 3), nn.ReLU()), x)
+    assert bk_supports(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), x)
+    assert not bk_supports(nn.Sequential(nn.Linear(4, 4), nn.PReLU()), x)
+    frozen = nn.Sequential(nn.Linear(4, 4), nn.PReLU())
+    frozen[1].requires_grad_(False)
+    assert bk_supports(frozen, x)
+    image = torch.randn(2, 4, 5, 5)
+    assert bk_supports(nn.Conv2d(4, 4, 3), image)
+    assert not bk_supports(nn.Conv2d(4, 4, 3, groups=2), image)
+    assert not bk_supports(nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), image)
+    assert not bk_supports(nn.Conv3d(4, 4, 1), image.unsqueeze(2))
+    assert not bk_supports(nn.Embedding(5, 3, max_norm=1.0), torch.zeros(2, 3, dtype=torch.long))
 
     class Twice(nn.Module):
         def __init__(self):
@@ -123,4 +137,144 @@ def test_supports_only_linear_layers_used_once():
         def forward(self, x):
             return self.a(self.a(x))
 
-    assert not linear_engine_supports(Twice(), x)
+    assert not bk_supports(Twice(), x)
+
+
+class Channels(nn.Module):
+    """Conv features flattened into a linear head, for any Conv1d/Conv2d stack."""
+
+    def __init__(self, body, width):
+        super().__init__()
+        self.body = body
+        self.head = nn.LazyLinear(3) if width is None else nn.Linear(width, 3)
+
+    def forward(self, x):
+        return self.head(self.body(x).flatten(1))
+
+
+CONV_CASES = [
+    # (factory, input shape)
+    (
+        lambda: nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 3, 3, stride=2), nn.Flatten()),
+        (2, 9, 9),
+    ),
+    (lambda: nn.Sequential(nn.Conv2d(2, 5, (3, 2), padding=(1, 2), dilation=(2, 1), bias=False)), (2, 7, 6)),
+    (
+        lambda: nn.Sequential(
+            nn.Conv2d(2, 4, 4, padding="same"), nn.Tanh(), nn.Conv2d(4, 2, 3, padding="valid")
+        ),
+        (2, 8, 8),
+    ),
+    (
+        lambda: nn.Sequential(
+            nn.Conv1d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv1d(4, 2, 2, dilation=2)
+        ),
+        (3, 12),
+    ),
+    (lambda: nn.Sequential(nn.Conv1d(3, 4, 4, padding="same"), nn.GroupNorm(2, 4)), (3, 10)),
+    (lambda: nn.Sequential(nn.Conv2d(2, 6, 3), nn.GroupNorm(3, 6), nn.ReLU(), nn.Conv2d(6, 2, 1)), (2, 6, 6)),
+    # few output positions, many channels: the ghost-norm branch on the unfolded input
+    (lambda: nn.Sequential(nn.Conv2d(6, 8, 3, stride=2, padding="valid"), nn.Flatten()), (6, 5, 5)),
+    (lambda: nn.Sequential(nn.Conv2d(6, 8, 2, padding="same", dilation=2), nn.Flatten()), (6, 2, 2)),
+    (lambda: nn.Sequential(nn.Conv1d(8, 8, 3), nn.ReLU(), nn.Conv1d(8, 4, 2)), (8, 4)),
+]
+
+
+@pytest.mark.parametrize("clip", [0.05, 1.0, 100.0])
+@pytest.mark.parametrize("case", range(len(CONV_CASES)))
+def test_matches_opacus_on_convolutions_and_group_norm(case, clip):
+    # both branches of the mixed rule, 2 L^2 < Cin k Cout or not, are among the cases
+    factory, shape = CONV_CASES[case]
+    a, b = twin(factory)
+    torch.manual_seed(3)
+    x = torch.randn(6, *shape)
+    with torch.no_grad():
+        out_shape = a(x).shape
+    y = torch.randn(out_shape)
+    theirs, factor = opacus_clipped_sum(a, x, y, nn.MSELoss(), clip)
+    ours = engine_clipped_sum(b, x, y, nn.MSELoss(), clip)
+    assert len(theirs) == len(ours)
+    for t, o in zip(theirs, ours, strict=True):
+        assert t.shape == o.shape
+        assert torch.allclose(t, o, atol=1e-5, rtol=1e-4)
+    if clip == 0.05:
+        assert bool((factor < 1).all())
+
+
+def looped_clipped_sum(model, x, y, criterion, clip):
+    """The clipped sum from one autograd call per record: torch's own gradients."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+    for i in range(len(x)):
+        grads = torch.autograd.grad(criterion(model(x[i : i + 1]), y[i : i + 1]), params)
+        norm = torch.sqrt(sum((g * g).sum() for g in grads))
+        factor = min(1.0, clip / (float(norm) + 1e-6))
+        for t, g in zip(total, grads, strict=True):
+            t += factor * g
+    return total
+
+
+def test_layer_norm_and_embeddings_match_per_record_gradients():
+    # Opacus' embedding sampler gives the padding row a gradient that torch does not
+    # (it ignores padding_idx), so the reference is one torch backward per record
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(7, 4, padding_idx=0)
+            self.norm = nn.LayerNorm(4)
+            self.out = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.out(self.norm(self.emb(x))).mean(dim=1)
+
+    a, b = twin(Tokens)
+    torch.manual_seed(4)
+    x = torch.randint(0, 7, (8, 5))  # repeated tokens and padding in most rows
+    y = torch.randint(0, 2, (8,))
+    assert int((x == 0).sum()) > 0
+    for clip in (0.05, 1.0, 100.0):
+        theirs = looped_clipped_sum(a, x, y, nn.CrossEntropyLoss(), clip)
+        ours = engine_clipped_sum(b, x, y, nn.CrossEntropyLoss(), clip)
+        assert len(ours) == 5
+        assert bool((ours[0][0] == 0).all())  # the padding row gets no gradient
+        for t, o in zip(theirs, ours, strict=True):
+            assert torch.allclose(t, o, atol=1e-6, rtol=1e-4)
+    # without padding the engine also agrees with Opacus
+    a, b = twin(Tokens)
+    for m in (a, b):
+        m.emb.padding_idx = None
+    theirs, _ = opacus_clipped_sum(a, x, y, nn.CrossEntropyLoss(), 0.5)
+    ours = engine_clipped_sum(b, x, y, nn.CrossEntropyLoss(), 0.5)
+    for t, o in zip(theirs, ours, strict=True):
+        assert torch.allclose(t, o, atol=1e-5, rtol=1e-4)
+
+
+def test_long_sequences_use_per_sample_gradients_and_agree():
+    # 40 positions x 3 features: the per-sample gradient (3 x 2) is smaller than the Gram
+    # matrix (40 x 40), so the other branch of the mixed rule runs
+    a, b = twin(lambda: nn.Linear(3, 2))
+    torch.manual_seed(5)
+    x, y = torch.randn(4, 40, 3), torch.randn(4, 40, 2)
+    theirs, _ = opacus_clipped_sum(a, x, y, nn.MSELoss(), 0.1)
+    ours = engine_clipped_sum(b, x, y, nn.MSELoss(), 0.1)
+    for t, o in zip(theirs, ours, strict=True):
+        assert torch.allclose(t, o, atol=1e-5, rtol=1e-4)
+
+
+def test_an_output_modified_in_place_is_copied_first():
+    def factory(inplace):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(inplace=inplace), nn.Flatten(), nn.Linear(27, 2))
+
+    plain, inplace = factory(False), factory(True)
+    torch.manual_seed(6)
+    x, y = torch.randn(5, 1, 5, 5), torch.randint(0, 2, (5,))
+    assert forward_probe(inplace, x).modified == {"0"}
+    assert forward_probe(plain, x).modified == set()
+    expected = engine_clipped_sum(plain, x, y, nn.CrossEntropyLoss(), 0.5)
+    got = engine_clipped_sum(inplace, x, y, nn.CrossEntropyLoss(), 0.5, copy_outputs=True)
+    for e, g in zip(expected, got, strict=True):
+        assert torch.allclose(e, g, atol=1e-6)
+    # without the copy the engine refuses rather than return a wrong gradient
+    with pytest.raises(UsageError, match="in place"):
+        engine_clipped_sum(factory(True), x, y, nn.CrossEntropyLoss(), 0.5)

@@ -166,10 +166,10 @@ def test_auto_mode_picks_the_fastest_exact_engine():
     assert tr.grad_sample_mode_ == "bk"
     example = torch.tensor(X[:2])
 
-    class Embedded(nn.Module):  # Embedding and Linear both have Opacus norm samplers
+    class Embedded(nn.Module):  # bk does not renormalize rows (max_norm); ghost does
         def __init__(self):
             super().__init__()
-            self.emb = nn.Embedding(10, 4)
+            self.emb = nn.Embedding(10, 4, max_norm=1.0)
             self.out = nn.Linear(4, 2)
 
         def forward(self, x):
@@ -178,7 +178,9 @@ def test_auto_mode_picks_the_fastest_exact_engine():
     emb = Embedded()
     assert PrivateTrainer(emb, epsilon=2.0)._choose_mode(emb, example) == "ghost"
     normed = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 2))
-    assert PrivateTrainer(normed, epsilon=2.0)._choose_mode(normed, example) == "hooks"
+    assert PrivateTrainer(normed, epsilon=2.0)._choose_mode(normed, example) == "bk"
+    rms = nn.Sequential(nn.Linear(6, 8), nn.RMSNorm(8), nn.Linear(8, 2))
+    assert PrivateTrainer(rms, epsilon=2.0)._choose_mode(rms, example) == "hooks"
 
     class Reused(nn.Module):
         def __init__(self):
@@ -195,7 +197,7 @@ def test_auto_mode_picks_the_fastest_exact_engine():
     shared[1].weight = shared[0].weight
     assert PrivateTrainer(shared, epsilon=2.0)._choose_mode(shared, example) == "hooks"
     with pytest.raises(UsageError):
-        PrivateTrainer(normed, epsilon=2.0, grad_sample_mode="bk").fit((X, y))
+        PrivateTrainer(rms, epsilon=2.0, grad_sample_mode="bk").fit((X, y))
     # the reused layer trains with hooks, end to end
     tr2 = PrivateTrainer(Reused(), epsilon=2.0, epochs=1, batch_size=50).fit((X, y))
     assert tr2.grad_sample_mode_ == "hooks"
@@ -370,6 +372,51 @@ def test_unfitted_trainer_refuses_to_predict():
     with pytest.raises(UsageError):
         PrivateTrainer(mlp(), epsilon=1.0).predict(np.zeros((2, 6), np.float32))
     assert PrivateTrainer(mlp(), epsilon=1.0).epsilon == 0.0
+
+
+def small_cnn(inplace=True):
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),  # Opacus' ModuleValidator makes it a GroupNorm
+        nn.ReLU(inplace=inplace),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding="same"),
+        nn.ReLU(inplace=inplace),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 10),
+    )
+
+
+def test_a_cnn_with_batch_norm_and_in_place_relu_trains_with_one_backward():
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    tr = PrivateTrainer(small_cnn(), epsilon=4.0, epochs=4, seed=0).fit((X[:1400], y[:1400]))
+    assert tr.grad_sample_mode_ == "bk"
+    assert any("BatchNorm2d -> GroupNorm" in r for r in tr.replaced_modules_)
+    assert tr.score(X[1400:], y[1400:]) > 0.75
+    # the same run in Opacus' hooks mode: in-place activations are switched off and said
+    tr2 = PrivateTrainer(small_cnn(), epsilon=4.0, epochs=1, seed=0, grad_sample_mode="hooks")
+    tr2.fit((X[:600], y[:600]))
+    assert "2: inplace=True -> inplace=False" in tr2.replaced_modules_
+    assert not any(getattr(m, "inplace", False) for m in tr2.model_.modules())
+
+
+def test_an_in_place_functional_op_opacus_cannot_train_is_a_clear_error():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(6, 8)
+            self.norm = nn.RMSNorm(8)  # not in bk: Opacus' hooks train this model
+            self.out = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.out(self.norm(self.a(x).relu_()))
+
+    X, y = blobs(n=100)
+    with pytest.raises(UsageError, match="'a' is modified in place"):
+        PrivateTrainer(Functional(), epsilon=2.0, epochs=1).fit((X, y))
 
 
 def test_model_passed_in_is_not_deep_copied_unless_fixed():
