@@ -6,8 +6,8 @@ Run:  python benchmarks/train_gpu.py            # needs CUDA; prints a skip line
 For a small CNN (MNIST-shaped 1x28x28 inputs) and an MLP, it measures training
 throughput (records per second) of a plain PyTorch loop fed by vectorized indexing and
 of PrivateTrainer's DP step with each gradient engine: privdl's one-backward ``bk``
-engine (Linear-only models), Opacus' ghost clipping, hooks, functorch and expanded
-weights. Model, batches and noise live on the GPU (``device="auto"`` picks CUDA). The
+engine (Linear, Conv1d/2d, LayerNorm, GroupNorm, Embedding), Opacus' ghost clipping,
+hooks, functorch and expanded weights. Model, batches and noise live on the GPU (``device="auto"`` picks CUDA). The
 goal is DP throughput >= 0.5x non-private on an H100. Synthetic data: throughput does
 not depend on the values.
 """
@@ -120,6 +120,8 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true", help="few steps (dry run)")
     parser.add_argument("--n", type=int, default=60_000, help="records in memory")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per figure")
+    parser.add_argument("--only", default=None, help="run the models whose title contains this")
     args = parser.parse_args()
     import torch
 
@@ -129,11 +131,13 @@ def main() -> int:
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(1)
-    steps = 3 if args.quick else 200
+    steps = args.steps or (3 if args.quick else 200)
     n = 1024 if args.quick else args.n
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"privdl GPU benchmark on {name}, torch {torch.__version__}, {steps} steps per figure")
     for title, make, shape, classes, batch in models(torch):
+        if args.only and args.only not in title:
+            continue
         gen = torch.Generator(device=device).manual_seed(0)
         X = torch.randn((n, *shape), device=device, generator=gen)
         y = torch.randint(0, classes, (n,), device=device, generator=gen)

@@ -79,11 +79,15 @@ class PoissonSampler:
     Each call of :meth:`sample` includes every index in ``range(n)`` independently with
     probability ``sample_rate``; the batch size is random and may be zero.
 
+    Indices are drawn on the host and sent to ``device`` asynchronously (from pinned
+    memory): the batch size is known on the host, so a GPU step never waits for a
+    device-to-host copy (a sampler on the GPU would need two per step).
+
     Args:
         n: number of records.
         sample_rate: inclusion probability ``q`` in (0, 1].
-        generator: a ``torch.Generator`` (on ``device``) for reproducible sampling.
-        device: where the indices live (the data's device).
+        generator: a CPU ``torch.Generator`` for reproducible sampling.
+        device: where the indices go (the data's device).
         secure: draw from :class:`ChaChaRandom` instead of torch's generator.
     """
 
@@ -119,6 +123,14 @@ class PoissonSampler:
         n, q = self.n, self.sample_rate
         if q >= 1.0:
             return torch.arange(n, device=self.device)
+        idx = self._sample_on_host(n, q)
+        if torch.device(self.device).type == "cpu":
+            return idx
+        return idx.pin_memory().to(self.device, non_blocking=True)
+
+    def _sample_on_host(self, n: int, q: float) -> torch.Tensor:
+        import torch
+
         mean = n * q
         m = int(mean + 6.0 * math.sqrt(mean) + 16)
         parts: list[torch.Tensor] = []
@@ -139,8 +151,8 @@ class PoissonSampler:
         if self._secure is not None:
             u = 1.0 - self._secure.uniform(m)  # (0, 1]
             g = np.floor(np.log(u) / math.log1p(-self.sample_rate)) + 1
-            return torch.from_numpy(g.astype(np.int64)).to(self.device)
-        out = torch.empty(m, dtype=torch.float64, device=self.device)
+            return torch.from_numpy(g.astype(np.int64))
+        out = torch.empty(m, dtype=torch.float64)
         out.geometric_(self.sample_rate, generator=self.generator)
         return out.to(torch.int64)
 

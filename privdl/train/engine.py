@@ -246,20 +246,15 @@ def _conv_parts(layer: Any, x: Any, g: Any) -> list[_Part]:
         else:
             # per-sample weight gradients as one grouped convolution (a group per
             # sample): no unfolded copy of the input, 3-5x faster than im2col on CPU
-            shape = (batch * c_out, c_in, *kernel)
-            per_sample = torch.ops.aten.convolution_backward(
-                g.reshape(1, batch * c_out, *g.shape[2:]),
+            per_sample = torch.nn.grad.conv2d_weight(
                 x.reshape(1, batch * c_in, *x.shape[2:]),
-                g.new_empty(1).expand(shape),
-                None,
-                stride,
-                padding,
-                dilation,
-                False,
-                (0, 0),
-                batch,
-                (False, True, False),
-            )[1]
+                (batch * c_out, c_in, *kernel),
+                g.reshape(1, batch * c_out, *g.shape[2:]),
+                stride=stride,
+                padding=padding,
+                dilation=dilation,
+                groups=batch,
+            )
             parts += _instantiated_parts(layer.weight, per_sample.reshape(batch, -1))
     if _trainable(layer.bias):
         parts += _instantiated_parts(layer.bias, g.reshape(batch, c_out, -1).sum(dim=2))

@@ -478,7 +478,7 @@ class PrivateTrainer:
         sampler = PoissonSampler(
             n,
             q,
-            generator=self._generator(device, 0),
+            generator=self._generator(torch.device("cpu"), 0),
             device=device if isinstance(train, TensorData) else "cpu",
             secure=self.secure_mode,
         )

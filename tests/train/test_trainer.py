@@ -435,6 +435,13 @@ def test_auto_device_trains_on_the_gpu():
     assert tr.device_.startswith("cuda")
     assert next(tr.model_.parameters()).is_cuda
     assert tr.score(X, y) > 0.8
-    conv = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 2))
-    tr2 = PrivateTrainer(conv, epsilon=4.0, epochs=1, batch_size=64, secure_mode=True).fit((X, y))
+    rms = nn.Sequential(nn.Linear(6, 8), nn.RMSNorm(8), nn.Linear(8, 2))
+    tr2 = PrivateTrainer(rms, epsilon=4.0, epochs=1, batch_size=64, secure_mode=True).fit((X, y))
     assert tr2.grad_sample_mode_ == "hooks" and next(tr2.model_.parameters()).is_cuda
+    from sklearn.datasets import load_digits
+
+    Xd, yd = load_digits(return_X_y=True)
+    Xd = (Xd / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    tr3 = PrivateTrainer(small_cnn(), epsilon=4.0, epochs=4, seed=0).fit((Xd[:1400], yd[:1400]))
+    assert tr3.grad_sample_mode_ == "bk" and next(tr3.model_.parameters()).is_cuda
+    assert tr3.score(Xd[1400:], yd[1400:]) > 0.75
