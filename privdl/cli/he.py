@@ -112,11 +112,21 @@ def encrypt(
     ),
     workers: int = typer.Option(1, "--workers", help="Encryption processes."),
     sep: str | None = typer.Option(None, "--sep", help="Delimiter for text tables."),
+    model_key_env: str | None = typer.Option(
+        None, "--model-key-env", help="Variable holding the HMAC key of a signed model folder."
+    ),
+    model_key_file: Path | None = typer.Option(
+        None, "--model-key-file", help="File holding the HMAC key of a signed model folder."
+    ),
+    model_public_key: str | None = typer.Option(
+        None, "--model-public-key", help="Ed25519 public key (PEM) of a signed model folder."
+    ),
     audit_log: Path | None = typer.Option(None, "--audit-log", help=AUDIT_HELP),
     audit_key_env: str = typer.Option("PRIVDL_AUDIT_KEY", "--audit-key-env"),
 ) -> None:
     """Encrypt COLUMNS of INPUT feature-major with the secret key set."""
     from privdl import io
+    from privdl.cli.options import load_model_key
     from privdl.encrypted.keys import HEKeys
     from privdl.encrypted.models import load_model
     from privdl.encrypted.packing import source_columns
@@ -128,7 +138,7 @@ def encrypt(
     sources = source_columns(features)
     encoder = None
     if model is not None:
-        spec = load_model(model)
+        spec = load_model(model, key=load_model_key(model_key_env, model_key_file, model_public_key))
         encoder = spec.info.get("encoder")
         features, sources = _expand(spec, features)
         if not features:
@@ -167,11 +177,21 @@ def score(
     out_kind: str = typer.Option("logit", "--output-kind", help="logit (default) or probability."),
     workers: int = typer.Option(1, "--workers", help="Scoring processes."),
     sep: str | None = typer.Option(None, "--sep", help="Delimiter for --plain."),
+    model_key_env: str | None = typer.Option(
+        None, "--model-key-env", help="Variable holding the HMAC key of a signed model folder."
+    ),
+    model_key_file: Path | None = typer.Option(
+        None, "--model-key-file", help="File holding the HMAC key of a signed model folder."
+    ),
+    model_public_key: str | None = typer.Option(
+        None, "--model-public-key", help="Ed25519 public key (PEM) of a signed model folder."
+    ),
     audit_log: Path | None = typer.Option(None, "--audit-log", help=AUDIT_HELP),
     audit_key_env: str = typer.Option("PRIVDL_AUDIT_KEY", "--audit-key-env"),
 ) -> None:
     """Score ENCRYPTED with MODEL using public material only."""
     from privdl import io
+    from privdl.cli.options import load_model_key
     from privdl.encrypted.keys import PublicKeys
     from privdl.encrypted.scorer import EncryptedScorer
     from privdl.errors import InputError, UsageError
@@ -181,7 +201,8 @@ def score(
     if pcols and plain is None:
         raise UsageError("--plain-columns needs --plain")
     public_keys = PublicKeys.load(public)
-    scorer = EncryptedScorer.from_model(model, public_keys, output=out_kind)
+    model_key = load_model_key(model_key_env, model_key_file, model_public_key)
+    scorer = EncryptedScorer.from_model(model, public_keys, output=out_kind, model_key=model_key)
     frame = None
     if plain is not None:
         if not pcols:

@@ -34,6 +34,24 @@ def load_key(key_env: str | None, key_file: Path | None, *, required: bool) -> S
     return None
 
 
+def load_model_key(key_env: str | None, key_file: Path | None, public_key: str | None) -> Any:
+    """The key that verifies a signed model folder: an HMAC Secret (``--model-key-env`` /
+    ``--model-key-file``) or an Ed25519 public key (``--model-public-key``: PEM file or
+    verifier key), or None for an unsigned model.
+
+    Raises:
+        UsageError: more than one given.
+    """
+    given = [x for x in (key_env, key_file, public_key) if x]
+    if len(given) > 1:
+        raise UsageError("give one of --model-key-env, --model-key-file, --model-public-key")
+    if public_key:
+        from privdl.audit.checkpoint import load_public_key
+
+        return load_public_key(public_key)
+    return load_key(key_env, key_file, required=False)
+
+
 def report_target(path: Path) -> Path:
     """Check a report path before any work is done (folder exists, known extension)."""
     folder = path.parent if str(path.parent) else Path(".")

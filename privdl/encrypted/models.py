@@ -358,6 +358,7 @@ def as_model(
     link: str | None = None,
     activation_degree: int = 2,
     activation_range: tuple[float, float] = DEFAULT_RANGE,
+    key: Any = None,
 ) -> ModelSpec:
     """Extract a :class:`ModelSpec` from a torch module, a scikit-learn model or a file.
 
@@ -371,6 +372,8 @@ def as_model(
         link: override the link (``"logit"``, ``"identity"``, ``"softmax"``).
         activation_degree: degree of the polynomials replacing non-polynomial activations.
         activation_range: input range those polynomials are fitted on.
+        key: for a signed PrivateTrainer model folder, the HMAC Secret or Ed25519
+            public key its signature is checked with (see :func:`load_model`).
 
     Raises:
         UsageError: a model kind or layer that cannot be evaluated on ciphertexts.
@@ -378,7 +381,9 @@ def as_model(
     if isinstance(model, ModelSpec):
         spec = model
     elif isinstance(model, str | os.PathLike):
-        spec = load_model(model)
+        spec = load_model(
+            model, key=key, activation_degree=activation_degree, activation_range=activation_range
+        )
     elif _is_torch_module(model):
         spec = _from_torch(model, activation_degree, activation_range)
     elif hasattr(model, "predict") or hasattr(model, "steps"):

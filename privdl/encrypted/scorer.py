@@ -124,6 +124,7 @@ class EncryptedScorer:
         activation_range: tuple[float, float] = (-4.0, 4.0),
         sigmoid_degree: int = 3,
         sigmoid_range: tuple[float, float] = SIGMOID_RANGE,
+        model_key: Any = None,
     ) -> EncryptedScorer:
         """Build a scorer from a torch / scikit-learn model or a model file.
 
@@ -141,6 +142,8 @@ class EncryptedScorer:
             activation_range: input range they are fitted on (approximation error is
                 reported in :attr:`approximation`).
             sigmoid_degree, sigmoid_range: the encrypted sigmoid's polynomial.
+            model_key: for a signed PrivateTrainer model folder, the HMAC Secret or
+                Ed25519 public key that verifies its signature.
 
         Raises:
             SecurityError: ``public_keys`` holds a secret key.
@@ -153,6 +156,7 @@ class EncryptedScorer:
             link=link,
             activation_degree=activation_degree,
             activation_range=activation_range,
+            key=model_key,
         )
         sigmoid = (
             approximate("sigmoid", degree=sigmoid_degree, range=sigmoid_range)

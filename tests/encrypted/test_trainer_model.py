@@ -106,3 +106,49 @@ def test_api_with_the_encoder(saved):
     batch = keys.encrypt(frame[["age", "sex"]], columns=sensitive, encoder=spec.info["encoder"])
     scores = EncryptedScorer.from_model(spec, keys.public()).score(batch, plain=frame[["race"]])
     assert np.max(np.abs(keys.decrypt(scores) - expected)) < 1e-4
+
+
+def test_cli_scores_signed_models_with_their_verifying_key(saved, tmp_path, monkeypatch, capsys):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from privdl.audit.checkpoint import verifier_key
+    from privdl.keys import Secret
+    from privdl.train.checkpoint import load_model as load_trainer
+
+    d, _, expected = saved
+    trainer = load_trainer(d / "model")
+    mac_key = "hex:" + "5c" * 32
+    monkeypatch.setenv("MODEL_KEY", mac_key)
+    trainer.save(tmp_path / "hmac", key=Secret.from_env("MODEL_KEY"))
+    signer = Ed25519PrivateKey.generate()
+    trainer.save(tmp_path / "ed", key=signer)
+    run = lambda *a: main([str(x) for x in a])  # noqa: E731
+    assert run("he", "keygen", "--out", tmp_path / "keys") == 0
+    enc = ["he", "encrypt", d / "users.csv", "--keys", tmp_path / "keys", "--columns", "age,sex"]
+    plain = ["--plain", d / "users.csv", "--plain-columns", "race"]
+    # HMAC-signed: the key comes from a variable; without it, a one-line refusal
+    assert run(*enc, "--model", tmp_path / "hmac", "-o", tmp_path / "a.he") == 2
+    assert "HMAC-signed" in capsys.readouterr().err
+    assert not (tmp_path / "a.he").exists()
+    assert (
+        run(*enc, "--model", tmp_path / "hmac", "--model-key-env", "MODEL_KEY", "-o", tmp_path / "a.he") == 0
+    )
+    score = ["he", "score", tmp_path / "a.he", "--public", tmp_path / "keys", *plain]
+    assert run(*score, "--model", tmp_path / "hmac", "-o", tmp_path / "s.he") == 2
+    assert not (tmp_path / "s.he").exists()
+    assert (
+        run(*score, "--model", tmp_path / "hmac", "--model-key-env", "MODEL_KEY", "-o", tmp_path / "s.he")
+        == 0
+    )
+    assert run("he", "decrypt", tmp_path / "s.he", "--keys", tmp_path / "keys", "-o", tmp_path / "a.csv") == 0
+    assert np.max(np.abs(pd.read_csv(tmp_path / "a.csv")["score"].to_numpy() - expected)) < 1e-4
+    # Ed25519-signed: the public key as a verifier key; a wrong key is refused
+    other = verifier_key(Ed25519PrivateKey.generate().public_key())
+    args = [*score, "--model", tmp_path / "ed", "-o", tmp_path / "e.he"]
+    assert run(*args, "--model-public-key", other) == 1
+    assert "does not verify" in capsys.readouterr().err
+    assert run(*args, "--model-public-key", verifier_key(signer.public_key())) == 0
+    assert run(*args[:-2], "-o", tmp_path / "e2.he", "--model-key-env", "MODEL_KEY",
+               "--model-public-key", other) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "give one of" in err and "5c5c" not in err
