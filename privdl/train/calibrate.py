@@ -500,7 +500,15 @@ def _prv_epsilon(hist: Sequence[tuple[float, float, int]], delta: float) -> floa
     edges[:-1] = ts - dt / 2
     edges[-1] = ts[-1] + dt / 2
 
-    composed: list[tuple[np.ndarray, float]] = []  # (pmf, accumulated shift)
+    # Every segment's discretized PRV is composed with itself ``steps`` times and with
+    # the others in one product of spectra: circular convolution on a domain that
+    # _prv_domain sized for the whole history (Opacus self-composes the same way, then
+    # joins segments pairwise with linear convolutions cut back to the domain; the
+    # mass either way differs only beyond the domain, and one product needs one inverse
+    # FFT instead of three transforms per pair).
+    spectrum = None
+    shift = 0.0
+    total = 0
     for sigma, q, steps in hist:
         c_lo = _prv_cdf(np.array([t_min, t_max]), q, sigma)
         mass = float(c_lo[1] - c_lo[0])
@@ -511,26 +519,18 @@ def _prv_epsilon(hist: Sequence[tuple[float, float, int]], delta: float) -> floa
         pmf = np.diff(cdf_e)
         mean_d = float(np.dot(ts, pmf))
         mean_c = _truncated_mean(q, sigma, t_min, t_max, mass)
-        shift = mean_c - mean_d
-        if not abs(shift) < dt / 2:
+        seg_shift = mean_c - mean_d
+        if not abs(seg_shift) < dt / 2:
             raise _PRVNumericsError("discrete mean differs from the continuous mean")
-        # self-composition by FFT, as opacus.accountants.analysis.prv.compose
-        out = irfft(rfft(pmf) ** steps, n=size)
-        m = steps - 1
-        if steps % 2 == 0:
-            m += size // 2
-        composed.append((np.roll(out, m), shift * steps))
-
-    while len(composed) > 1:
-        import scipy.signal
-
-        nxt: list[tuple[np.ndarray, float]] = []
-        if len(composed) % 2 == 1:
-            nxt.append(composed.pop())
-        for (pl, sl), (pr, sr) in zip(composed[:-1:2], composed[1::2], strict=True):
-            nxt.append((scipy.signal.convolve(pl, pr, mode="same"), sl + sr))
-        composed = nxt
-    pmf, shift = composed[0]
+        power = rfft(pmf) ** steps
+        spectrum = power if spectrum is None else spectrum * power
+        shift += seg_shift * steps
+        total += steps
+    assert spectrum is not None
+    # the sum of ``total`` variables on the grid t_min + i dt lies on total * t_min + k dt:
+    # index k is index k - (total - 1) K of the grid, K = -t_min / dt (modulo size)
+    cells = round(-t_min / dt)
+    pmf = np.roll(irfft(spectrum, n=size), -((total - 1) * cells) % size)
 
     if np.finfo(np.longdouble).eps * size > delta - delta_error:
         raise InputError("delta is too small for the PRV accountant's floating-point precision")
