@@ -23,6 +23,7 @@ HISTORIES = [
     [(5.0, 0.5, 10)],  # large q: the fractional-order series decays slowly
     [(0.5, 0.1, 100)],  # large epsilon
     [(1.1, 0.01, 100), (0.9, 0.02, 50), (2.0, 0.05, 20)],  # heterogeneous
+    [(1.0 + i / 10, 0.02, 60 + i) for i in range(6)],  # six runs, odd and even steps
     [(3.0, 1.0, 10)],  # full batch
 ]
 
