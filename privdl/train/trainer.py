@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-import sys
 import time
 import warnings
 from typing import Any
@@ -103,7 +102,8 @@ class PrivateTrainer:
             Opacus' hooks; or name a mode (``"bk"``, ``"ghost"``, ``"hooks"``,
             ``"functorch"``, ``"ew"``).
         encoder: a TableEncoder for DataFrame input; by default one is fitted.
-        progress: print one line per epoch (``"auto"``: when stderr is a terminal).
+        progress: a progress bar per epoch on stderr with the loss, the validation
+            metric and epsilon so far (``"auto"``: in a terminal or a notebook).
         checkpoint_dir: write a signed training checkpoint there after every epoch
             (see :func:`PrivateTrainer.resume`).
         checkpoint_key: the Secret (HMAC) or Ed25519 key that signs checkpoints.
@@ -681,8 +681,13 @@ class PrivateTrainer:
                 # Opacus' ghost clipping triggers this torch notice on every step when
                 # the input does not require grad, which is the normal case
                 warnings.filterwarnings("ignore", message="Full backward hook", category=UserWarning)
-                while st["epoch"] < self.epochs:
-                    self._run_epoch()
+                with self._progress_bar() as bar:
+                    st["bar"] = bar
+                    try:
+                        while st["epoch"] < self.epochs:
+                            self._run_epoch()
+                    finally:
+                        st.pop("bar", None)
         finally:
             self.fit_seconds_ = time.perf_counter() - t0
         self._finish()
@@ -690,14 +695,20 @@ class PrivateTrainer:
     def _run_epoch(self) -> None:
         st = self._state
         gsm, device = st["gsm"], st["device"]
+        bar: Any = st.get("bar")
         gsm.train()
         loss_sum = torch.zeros((), device=device)
         count = 0
+        task = None
+        if bar is not None:
+            task = bar.add_task(f"epoch {st['epoch'] + 1}/{self.epochs}", total=st["per_epoch"], stats="")
         for _ in range(st["per_epoch"]):
             idx = st["sampler"].sample()
             loss_sum += self._step(idx)
             count += len(idx)
             self.steps_ += 1
+            if task is not None:
+                bar.advance(task)
         st["epoch"] += 1
         # the accountant's exact record: earlier runs of this model, then this run's
         # single segment with every step taken so far
@@ -717,7 +728,8 @@ class PrivateTrainer:
             "steps": self.steps_,
         }
         self.history_.append(row)
-        self._report_progress(row)
+        if task is not None:
+            bar.update(task, stats=_progress_stats(row))
         if self.checkpoint_dir is not None:
             from privdl.train.checkpoint import save_checkpoint
 
@@ -792,17 +804,26 @@ class PrivateTrainer:
         if self.model_ is not None:
             self.model_.eval()
 
-    def _report_progress(self, row: dict[str, Any]) -> None:
+    def _progress_bar(self) -> Any:
+        """A rich progress bar on stderr (one line per epoch), or a null context."""
+        import contextlib
+
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        console = Console(stderr=True)
         show = self.progress
         if show == "auto":
-            show = sys.stderr.isatty()
+            show = console.is_terminal or console.is_jupyter
         if not show:
-            return
-        metric = "" if row["metric"] is None else f"  val {row['metric_name']} {row['metric']:.4f}"
-        print(
-            f"epoch {row['epoch']}/{self.epochs}  loss {row['loss']:.4f}{metric}"
-            f"  epsilon {row['epsilon']:.3f}",
-            file=sys.stderr,
+            return contextlib.nullcontext()
+        return Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[stats]}"),
+            console=console,
         )
 
     # ------------------------------------------------------------------ inference
@@ -958,6 +979,12 @@ class PrivateTrainer:
 
 
 # ---------------------------------------------------------------------------------------
+def _progress_stats(row: dict[str, Any]) -> str:
+    """One epoch's figures for the progress bar: loss, validation metric, epsilon so far."""
+    metric = "" if row["metric"] is None else f"  val {row['metric_name']} {row['metric']:.4f}"
+    return f"loss {row['loss']:.4f}{metric}  epsilon {row['epsilon']:.3f}"
+
+
 def _out_of_place(model: nn.Module) -> list[str]:
     """Set ``inplace=False`` on every module that has ``inplace=True``; their names."""
     changed = []

@@ -445,3 +445,16 @@ def test_auto_device_trains_on_the_gpu():
     tr3 = PrivateTrainer(small_cnn(), epsilon=4.0, epochs=4, seed=0).fit((Xd[:1400], yd[:1400]))
     assert tr3.grad_sample_mode_ == "bk" and next(tr3.model_.parameters()).is_cuda
     assert tr3.score(Xd[1400:], yd[1400:]) > 0.75
+
+
+def test_progress_bar_shows_loss_metric_and_epsilon_per_epoch(capsys):
+    X, y = blobs(n=300)
+    tr = PrivateTrainer(mlp(), epsilon=2.0, epochs=2, batch_size=100, progress=True)
+    tr.fit((X, y), val=(X[:50], y[:50]))
+    err = capsys.readouterr().err
+    for row in tr.history_:
+        line = next(x for x in err.splitlines() if x.startswith(f"epoch {row['epoch']}/2"))
+        assert "3/3" in line  # steps of the epoch
+        assert f"val accuracy {row['metric']:.4f}" in line and f"epsilon {row['epsilon']:.3f}" in line
+    PrivateTrainer(mlp(), epsilon=2.0, epochs=1, progress=False).fit((X, y))
+    assert capsys.readouterr().err == ""
