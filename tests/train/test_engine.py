@@ -278,3 +278,33 @@ def test_an_output_modified_in_place_is_copied_first():
     # without the copy the engine refuses rather than return a wrong gradient
     with pytest.raises(UsageError, match="in place"):
         engine_clipped_sum(factory(True), x, y, nn.CrossEntropyLoss(), 0.5)
+
+
+class Attention(nn.Module):
+    """Embedding, self-attention and LayerNorm: a transformer block's trainable layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 16)
+        self.att = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.norm = nn.LayerNorm(16)
+        self.out = nn.Linear(16, 2)
+
+    def forward(self, x):
+        h = self.emb(x)
+        a, _ = self.att(h, h, h)
+        return self.out(self.norm(h + a).mean(1))
+
+
+def test_an_attention_block_after_opacus_fix_matches_per_record_gradients():
+    from opacus.validators import ModuleValidator
+
+    a, b = twin(lambda: ModuleValidator.fix(Attention()))  # DPMultiheadAttention: Linears
+    torch.manual_seed(7)
+    x, y = torch.randint(0, 20, (6, 7)), torch.randint(0, 2, (6,))
+    assert bk_supports(b, x)
+    theirs = looped_clipped_sum(a, x, y, nn.CrossEntropyLoss(), 0.3)
+    ours = engine_clipped_sum(b, x, y, nn.CrossEntropyLoss(), 0.3)
+    assert len(ours) == 13
+    for t, o in zip(theirs, ours, strict=True):
+        assert torch.allclose(t, o, atol=1e-6, rtol=1e-4)
