@@ -124,9 +124,12 @@ class PoissonSampler:
         if q >= 1.0:
             return torch.arange(n, device=self.device)
         idx = self._sample_on_host(n, q)
-        if torch.device(self.device).type == "cpu":
+        kind = torch.device(self.device).type
+        if kind == "cpu":
             return idx
-        return idx.pin_memory().to(self.device, non_blocking=True)
+        if kind == "cuda":  # page-locked, so the copy does not wait for the GPU
+            return idx.pin_memory().to(self.device, non_blocking=True)
+        return idx.to(self.device)
 
     def _sample_on_host(self, n: int, q: float) -> torch.Tensor:
         import torch
