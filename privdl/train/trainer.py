@@ -419,6 +419,9 @@ class PrivateTrainer:
             if left:
                 kinds = sorted({type(e).__name__ for e in left})
                 raise InputError(f"model has layers Opacus cannot train privately ({', '.join(kinds)})")
+        # In-place modules (ReLU(inplace=True), Dropout(inplace=True)) change a layer's
+        # output after its hooks saw it, in training mode only: switched off, same outputs.
+        replaced += [f"{name}: inplace=True -> inplace=False" for name in _out_of_place(model)]
         if resume is None:
             self.replaced_modules_ = replaced
         model = model.to(device)
@@ -472,7 +475,7 @@ class PrivateTrainer:
 
         mode = self._choose_mode(model, _to(x0, device))
         self.grad_sample_mode_ = mode
-        # "bk" hands a copy of a layer output on when the next operation changes it in place
+        # "bk" hands a copy of a layer output on when an op in a forward changes it in place
         self._copy_outputs = mode == "bk" and bool(forward_probe(model, _to(x0, device)).modified)
         gsm, opt, dp_loss = self._make_private(model, criterion, sigma, q, n, device)
         sampler = PoissonSampler(
@@ -561,19 +564,13 @@ class PrivateTrainer:
         else:
             mode = self._opacus_mode(model, probe)
         if probe is not None and probe.modified and mode != "ew":
-            # Opacus' per-sample hooks refuse a hooked output that is modified in place:
-            # switch in-place activations off (same outputs), then check again
-            for name in _out_of_place(model):
-                entry = f"{name}: inplace=True -> inplace=False"
-                if entry not in self.replaced_modules_:
-                    self.replaced_modules_.append(entry)
-            left = forward_probe(model, example).modified
-            if left:
-                raise UsageError(
-                    f"the output of layer {sorted(left)[0]!r} is modified in place in the "
-                    f"forward pass, which Opacus' {mode!r} mode cannot train through: use an "
-                    "out-of-place operation there"
-                )
+            # Opacus' per-sample hooks refuse a hooked output that is modified in place
+            # (in-place modules were switched off in _setup: this is an op in a forward)
+            raise UsageError(
+                f"the output of layer {sorted(probe.modified)[0]!r} is modified in place in "
+                f"the forward pass, which Opacus' {mode!r} mode cannot train through: use an "
+                "out-of-place operation there"
+            )
         return mode
 
     def _opacus_mode(self, model: nn.Module, probe: Any) -> str:

@@ -395,12 +395,42 @@ def test_a_cnn_with_batch_norm_and_in_place_relu_trains_with_one_backward():
     tr = PrivateTrainer(small_cnn(), epsilon=4.0, epochs=4, seed=0).fit((X[:1400], y[:1400]))
     assert tr.grad_sample_mode_ == "bk"
     assert any("BatchNorm2d -> GroupNorm" in r for r in tr.replaced_modules_)
+    # in-place activations are switched off (same outputs) and said
+    assert "2: inplace=True -> inplace=False" in tr.replaced_modules_
+    assert not any(getattr(m, "inplace", False) for m in tr.model_.modules())
     assert tr.score(X[1400:], y[1400:]) > 0.75
-    # the same run in Opacus' hooks mode: in-place activations are switched off and said
+    # Opacus' hooks mode (which raises on in-place outputs) trains the same model
     tr2 = PrivateTrainer(small_cnn(), epsilon=4.0, epochs=1, seed=0, grad_sample_mode="hooks")
     tr2.fit((X[:600], y[:600]))
-    assert "2: inplace=True -> inplace=False" in tr2.replaced_modules_
-    assert not any(getattr(m, "inplace", False) for m in tr2.model_.modules())
+    assert "5: inplace=True -> inplace=False" in tr2.replaced_modules_
+
+
+class Relu(nn.Module):
+    """Linear, ReLU, Linear with the ReLU in place (``relu_``) or not."""
+
+    def __init__(self, in_place):
+        super().__init__()
+        self.in_place = in_place
+        self.a = nn.Linear(6, 8)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.out(h.relu_() if self.in_place else h.relu())
+
+
+def test_an_in_place_op_in_forward_trains_exactly_like_its_out_of_place_twin():
+    X, y = blobs(n=200)
+    common = {"epsilon": 2.0, "epochs": 2, "batch_size": 50, "seed": 3}
+    results = []
+    for in_place in (True, False):
+        torch.manual_seed(0)
+        tr = PrivateTrainer(Relu(in_place), **common).fit((X, y))
+        assert tr.grad_sample_mode_ == "bk"
+        assert tr._copy_outputs is in_place  # the engine copies the output before relu_
+        results.append(params_of(tr.model_))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_an_in_place_functional_op_opacus_cannot_train_is_a_clear_error():
