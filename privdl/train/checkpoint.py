@@ -65,6 +65,16 @@ SIGNATURE_FORMAT = "privdl-signature/1"
 _SIG_PURPOSE = "model-signature"
 _FILES = ("model.safetensors", "meta.json", "encoder.json", "optimizer.safetensors")
 
+_CONV_ARGS = (
+    "in_channels",
+    "out_channels",
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "groups",
+    "padding_mode",
+)
 # layer type -> constructor arguments kept in meta.json
 _LAYER_ARGS: dict[str, tuple[str, ...]] = {
     "Linear": ("in_features", "out_features"),
@@ -82,7 +92,16 @@ _LAYER_ARGS: dict[str, tuple[str, ...]] = {
     "Dropout": ("p",),
     "GroupNorm": ("num_groups", "num_channels", "eps", "affine"),
     "LayerNorm": ("normalized_shape", "eps", "elementwise_affine"),
+    **dict.fromkeys(("Conv1d", "Conv2d"), _CONV_ARGS),
+    **{
+        pool: ("kernel_size", "stride", "padding")
+        for pool in ("MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d")
+    },
+    "AdaptiveAvgPool1d": ("output_size",),
+    "AdaptiveAvgPool2d": ("output_size",),
 }
+# layers whose ``bias`` is a parameter (described as a flag)
+_HAS_BIAS = ("Linear", "Conv1d", "Conv2d")
 
 
 # --------------------------------------------------------------------------------------
@@ -103,7 +122,7 @@ def describe_layers(model: Any) -> tuple[str | None, list[dict[str, Any]] | None
         for arg in _LAYER_ARGS[name]:
             value = getattr(layer, arg)
             spec[arg] = list(value) if isinstance(value, tuple) else value
-        if name == "Linear":
+        if name in _HAS_BIAS:
             spec["bias"] = layer.bias is not None
         return spec
 
@@ -125,12 +144,15 @@ def build_layers(container: str, layers: list[dict[str, Any]]) -> Any:
         kind = spec.get("type")
         if kind not in _LAYER_ARGS:
             raise InputError(f"model file: unknown layer type {kind!r}")
-        kwargs = {a: spec[a] for a in _LAYER_ARGS[kind] if a in spec}
-        if kind == "Linear":
+        kwargs = {
+            a: tuple(v) if isinstance(v, list) else v for a, v in spec.items() if a in _LAYER_ARGS[kind]
+        }
+        if kind in _HAS_BIAS:
             kwargs["bias"] = bool(spec.get("bias", True))
-        if kind == "LayerNorm":
-            kwargs["normalized_shape"] = tuple(kwargs["normalized_shape"])
-        built.append(getattr(nn, kind)(**kwargs))
+        try:
+            built.append(getattr(nn, kind)(**kwargs))
+        except (TypeError, ValueError):
+            raise InputError(f"model file: the {kind} layer's arguments are not valid") from None
     if container == "single":
         if len(built) != 1:
             raise InputError("model file: a single-layer model lists several layers")

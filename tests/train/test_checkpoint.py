@@ -174,6 +174,37 @@ def test_custom_architecture_needs_the_module(tmp_path):
         PrivateTrainer.load(folder, model=nn.Linear(5, 3))
 
 
+def test_a_sequential_cnn_is_rebuilt_from_its_description(tmp_path):
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)[:400]
+    y = y[:400]
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, (3, 2), padding="same", bias=False),
+        nn.BatchNorm2d(4),  # -> GroupNorm
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, stride=2, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 10),
+    )
+    tr = PrivateTrainer(model, epsilon=3.0, epochs=1, seed=0).fit((X, y))
+    folder = tr.save(tmp_path / "cnn")
+    layers = json.loads((folder / "meta.json").read_text())["layers"]
+    assert [layer["type"] for layer in layers][:4] == ["Conv2d", "GroupNorm", "ReLU", "MaxPool2d"]
+    back = PrivateTrainer.load(folder)  # no code: the description rebuilds it
+    assert np.allclose(back.decision_function(X), tr.decision_function(X), atol=1e-6)
+    # a description that does not build is a clear error, never a traceback
+    meta = json.loads((folder / "meta.json").read_text())
+    from privdl.train.checkpoint import build_layers
+
+    meta["layers"][0]["kernel_size"] = "wide"
+    with pytest.raises(InputError, match="Conv2d"):
+        build_layers(meta["container"], meta["layers"])
+
+
 def test_single_linear_layer_exposes_weights_for_scoring(tmp_path):
     X, y = blobs()
     torch.manual_seed(0)
