@@ -431,22 +431,38 @@ class BookKeepingEngine:
         else:
             self._sums[key] = value
 
-    def _noise(self, p: Any) -> Any:
+    def _noise(self, count: int, like: Any) -> Any:
+        """``count`` draws of N(0, sigma^2 C^2), flat, on ``like``'s device and dtype."""
         std = self.noise_multiplier * self.max_grad_norm
         if self._rng is None:
             return torch.normal(
-                0.0, std, size=p.shape, device=p.device, dtype=p.dtype, generator=self.generator
+                0.0, std, size=(count,), device=like.device, dtype=like.dtype, generator=self.generator
             )
-        count = p.numel()
         z = sum(self._rng.normal(count) for _ in range(4)) / 2.0
-        return torch.from_numpy(std * z).to(p.device, p.dtype).view_as(p)
+        return torch.from_numpy(std * z).to(like.device, like.dtype)
 
     def step(self) -> None:
-        """Add noise to the clipped sum, divide by the expected batch size, update."""
-        for p in self.params:
-            total = self._sums.get(id(p))
-            if total is None:  # empty batch or unused layer: noise only
-                total = torch.zeros_like(p)
-            p.grad = (total + self._noise(p)) / self.expected_batch_size
+        """Add noise to the clipped sum, divide by the expected batch size, update.
+
+        The noise for all parameters is one draw split into views, and the additions
+        and divisions are two multi-tensor (``foreach``) operations: a few kernels per
+        step on a GPU instead of three per parameter.
+        """
+        params = self.params
+        grads = [self._sums.get(id(p)) for p in params]
+        # empty batch or unused layer: noise only
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+        groups: dict[tuple[Any, Any], list[int]] = {}
+        for i, p in enumerate(params):
+            groups.setdefault((p.device, p.dtype), []).append(i)
+        for members in groups.values():
+            sizes = [params[i].numel() for i in members]
+            flat = self._noise(sum(sizes), params[members[0]])
+            noise = [n.view_as(params[i]) for n, i in zip(flat.split(sizes), members, strict=True)]
+            mine = [grads[i] for i in members]
+            torch._foreach_add_(mine, noise)
+            torch._foreach_div_(mine, float(self.expected_batch_size))
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
         self._sums = {}
         self.original_optimizer.step()
