@@ -98,8 +98,8 @@ class PrivateTrainer:
         grad_sample_mode: ``"auto"``: ``"bk"`` (privdl's one-backward engine, see
             :mod:`privdl.train.engine`) when every trainable layer is a ``Linear``,
             ``Conv1d``/``Conv2d``, ``LayerNorm``, ``GroupNorm`` or ``Embedding`` run once
-            per forward pass, else Opacus' ghost clipping when every trainable layer supports it, else
-            Opacus' hooks; or name a mode (``"bk"``, ``"ghost"``, ``"hooks"``,
+            per forward pass, else Opacus' ghost clipping when every trainable layer
+            supports it, else Opacus' hooks; or name a mode (``"bk"``, ``"ghost"``, ``"hooks"``,
             ``"functorch"``, ``"ew"``).
         encoder: a TableEncoder for DataFrame input; by default one is fitted.
         progress: a progress bar per epoch on stderr with the loss, the validation
@@ -803,8 +803,6 @@ class PrivateTrainer:
 
     def _progress_bar(self) -> Any:
         """A rich progress bar on stderr (one line per epoch), or a null context."""
-        import contextlib
-
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -127,7 +127,10 @@ def test_supports_known_layers_used_once():
     assert not bk_supports(nn.Conv2d(4, 4, 3, groups=2), image)
     assert not bk_supports(nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), image)
     assert not bk_supports(nn.Conv3d(4, 4, 1), image.unsqueeze(2))
-    assert not bk_supports(nn.Embedding(5, 3, max_norm=1.0), torch.zeros(2, 3, dtype=torch.long))
+    tokens = torch.zeros(2, 3, dtype=torch.long)
+    assert bk_supports(nn.Embedding(5, 3, padding_idx=0), tokens)
+    assert not bk_supports(nn.Embedding(5, 3, max_norm=1.0), tokens)
+    assert not bk_supports(nn.Embedding(5, 3, scale_grad_by_freq=True), tokens)
 
     class Twice(nn.Module):
         def __init__(self):
