@@ -18,7 +18,8 @@ the layer inputs ``A`` kept by a forward hook:
 Layers: ``nn.Linear`` (any leading dimensions), ``nn.Conv1d`` / ``nn.Conv2d`` (``groups=1``,
 zero padding; ``A`` is the unfolded input), ``nn.LayerNorm``, ``nn.GroupNorm`` (per-sample
 gradients from the recomputed normalized input) and ``nn.Embedding`` (no ``max_norm``,
-not sparse, no ``scale_grad_by_freq``, which scales by counts in the whole batch). Each must own its parameters and run once per forward pass.
+not sparse, no ``scale_grad_by_freq``, which scales by counts in the whole batch).
+Each must own its parameters and run once per forward pass.
 
 The result is the same clipped sum Opacus computes (the tests compare the two on the
 same batch for every layer type), to which Gaussian noise ``N(0, sigma^2 C^2)`` is added
