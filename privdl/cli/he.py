@@ -7,11 +7,25 @@ The data owner runs ``keygen``, ``encrypt`` and ``decrypt``; the scoring service
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 AUDIT_HELP = "Append one entry to this audit log (key from --audit-key-env)."
+
+# The key that verifies a signed model folder (encrypt and score): see load_model_key.
+ModelKeyEnv = Annotated[
+    str | None,
+    typer.Option("--model-key-env", help="Variable holding the HMAC key of a signed model folder."),
+]
+ModelKeyFile = Annotated[
+    Path | None,
+    typer.Option("--model-key-file", help="File holding the HMAC key of a signed model folder."),
+]
+ModelPublicKey = Annotated[
+    str | None,
+    typer.Option("--model-public-key", help="Ed25519 public key (PEM) of a signed model folder."),
+]
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -112,15 +126,9 @@ def encrypt(
     ),
     workers: int = typer.Option(1, "--workers", help="Encryption processes."),
     sep: str | None = typer.Option(None, "--sep", help="Delimiter for text tables."),
-    model_key_env: str | None = typer.Option(
-        None, "--model-key-env", help="Variable holding the HMAC key of a signed model folder."
-    ),
-    model_key_file: Path | None = typer.Option(
-        None, "--model-key-file", help="File holding the HMAC key of a signed model folder."
-    ),
-    model_public_key: str | None = typer.Option(
-        None, "--model-public-key", help="Ed25519 public key (PEM) of a signed model folder."
-    ),
+    model_key_env: ModelKeyEnv = None,
+    model_key_file: ModelKeyFile = None,
+    model_public_key: ModelPublicKey = None,
     audit_log: Path | None = typer.Option(None, "--audit-log", help=AUDIT_HELP),
     audit_key_env: str = typer.Option("PRIVDL_AUDIT_KEY", "--audit-key-env"),
 ) -> None:
@@ -177,15 +185,9 @@ def score(
     out_kind: str = typer.Option("logit", "--output-kind", help="logit (default) or probability."),
     workers: int = typer.Option(1, "--workers", help="Scoring processes."),
     sep: str | None = typer.Option(None, "--sep", help="Delimiter for --plain."),
-    model_key_env: str | None = typer.Option(
-        None, "--model-key-env", help="Variable holding the HMAC key of a signed model folder."
-    ),
-    model_key_file: Path | None = typer.Option(
-        None, "--model-key-file", help="File holding the HMAC key of a signed model folder."
-    ),
-    model_public_key: str | None = typer.Option(
-        None, "--model-public-key", help="Ed25519 public key (PEM) of a signed model folder."
-    ),
+    model_key_env: ModelKeyEnv = None,
+    model_key_file: ModelKeyFile = None,
+    model_public_key: ModelPublicKey = None,
     audit_log: Path | None = typer.Option(None, "--audit-log", help=AUDIT_HELP),
     audit_key_env: str = typer.Option("PRIVDL_AUDIT_KEY", "--audit-key-env"),
 ) -> None:
