@@ -473,10 +473,11 @@ class PrivateTrainer:
             )
         self.ledger_ = ledger
 
-        mode = self._choose_mode(model, _to(x0, device))
+        probe = forward_probe(model, _to(x0, device))
+        mode = self._choose_mode(model, _to(x0, device), probe)
         self.grad_sample_mode_ = mode
         # "bk" hands a copy of a layer output on when an op in a forward changes it in place
-        self._copy_outputs = mode == "bk" and bool(forward_probe(model, _to(x0, device)).modified)
+        self._copy_outputs = mode == "bk" and bool(probe.modified)
         gsm, opt, dp_loss = self._make_private(model, criterion, sigma, q, n, device)
         sampler = PoissonSampler(
             n,
@@ -547,8 +548,9 @@ class PrivateTrainer:
             return nn.BCEWithLogitsLoss(reduction="mean")
         return nn.CrossEntropyLoss(reduction="mean")
 
-    def _choose_mode(self, model: nn.Module, example: Any = None) -> str:
-        probe = forward_probe(model, example) if example is not None else None
+    def _choose_mode(self, model: nn.Module, example: Any = None, probe: Any = None) -> str:
+        if probe is None and example is not None:
+            probe = forward_probe(model, example)
         if self.grad_sample_mode == "bk":
             if example is not None and not bk_supports(model, example, probe):
                 raise UsageError(
