@@ -50,7 +50,6 @@ __all__ = [
     "BookKeepingEngine",
     "ForwardProbe",
     "bk_supports",
-    "forward_calls",
     "forward_probe",
     "supported_layer",
 ]
@@ -62,17 +61,12 @@ _Part = tuple[Any, Any, Callable[[Any], Any]]
 def supported_layer(module: nn.Module) -> bool:
     """True when the engine computes exact per-sample gradients for this layer type."""
     kind = type(module)
-    if kind is nn.Linear or kind is nn.LayerNorm:
-        return True
+    layer: Any = module
     if kind is nn.Conv1d or kind is nn.Conv2d:
-        conv: Any = module
-        return conv.groups == 1 and conv.padding_mode == "zeros"
-    if kind is nn.GroupNorm:
-        return bool(module.affine)
+        return layer.groups == 1 and layer.padding_mode == "zeros"
     if kind is nn.Embedding:
-        emb: Any = module
-        return emb.max_norm is None and not emb.sparse and not emb.scale_grad_by_freq
-    return False
+        return layer.max_norm is None and not layer.sparse and not layer.scale_grad_by_freq
+    return kind in _PARTS
 
 
 def _trainable_layers(model: nn.Module) -> list[nn.Module] | None:
@@ -138,11 +132,6 @@ def forward_probe(model: nn.Module, example: Any) -> ForwardProbe:
             h.remove()
     probe.modified = {name for name, out, version in outputs if out._version != version}
     return probe
-
-
-def forward_calls(model: nn.Module, example: Any) -> dict[str, int]:
-    """How often each module that owns trainable parameters runs in one forward pass."""
-    return forward_probe(model, example).calls
 
 
 def bk_supports(model: nn.Module, example: Any, probe: ForwardProbe | None = None) -> bool:
