@@ -11,11 +11,14 @@ from the builtin a caller would naturally catch::
     ├── KeyMissingError (LookupError)        a needed key is not available        exit 2
     ├── MissingDependencyError (ImportError) an optional extra is not installed   exit 2
     ├── SecurityError (PermissionError)      an unsafe request or file mode       exit 2
-    └── CheckFailedError                     a check ran and failed               exit 1
-        ├── PolicyNotMetError                k / l / t cannot be met              exit 1
-        ├── BudgetExceededError              the privacy budget would be overspent exit 1
-        ├── RiskExceededError                re-identification risk over a limit  exit 1
-        └── TamperDetectedError              an audit log or signature is altered exit 1
+    ├── CheckFailedError                     a check ran and failed               exit 1
+    │   ├── PolicyNotMetError                k / l / t cannot be met              exit 1
+    │   ├── BudgetExceededError              the privacy budget would be overspent exit 1
+    │   ├── RiskExceededError                re-identification risk over a limit  exit 1
+    │   └── TamperDetectedError              an audit log or signature is altered exit 1
+    └── ApproximationWarning (UserWarning)   issued with warnings.warn, not raised: a
+                                             result's approximation error is above a
+                                             tolerance, or unmeasured
 
 Messages name files, columns, rows and counts but never a value from a
 personal-data column, and never key material: messages end up in logs,
@@ -25,6 +28,7 @@ terminals and tickets.
 from __future__ import annotations
 
 __all__ = [
+    "ApproximationWarning",
     "BudgetExceededError",
     "CheckFailedError",
     "FormatError",
@@ -129,6 +133,15 @@ class TamperDetectedError(CheckFailedError):
         super().__init__(message)
         self.entry = entry
         self.kind = kind
+
+
+class ApproximationWarning(PrivdlError, UserWarning):
+    """A result is an approximation whose error is above a tolerance, or unmeasured.
+
+    Issued with :func:`warnings.warn` (not raised: the computation runs). The
+    message states aggregates only (a maximum error, a share of inputs out of range),
+    never a data value.
+    """
 
 
 def require(module: str, extra: str) -> object:

@@ -7,6 +7,9 @@
 * Inputs are opened read-only and never modified (SQLite with ``mode=ro``).
 * Writes are atomic: a temporary file in the target folder, ``fsync``, then
   ``os.replace``; a failure leaves no partial output behind.
+* :class:`StagedOutputs` defers that last rename: an operation writes its outputs
+  under staged names, writes its audit entry, and only then moves them into place
+  (evidence first: no output without its audit entry).
 * Parsing is strict: a CSV row with too few or too many fields is an
   :class:`~privdl.errors.InputError` naming the file and line, never the row's content.
 """
@@ -20,13 +23,15 @@ import io
 import json
 import os
 import re
+import secrets
+import shutil
 import sqlite3
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import parse_qs, quote, unquote, urlparse
 
 from privdl.errors import FormatError, InputError, UsageError
 
@@ -34,6 +39,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "STAGE_PREFIX",
+    "StagedOutputs",
     "TableSource",
     "atomic_write",
     "check_distinct_paths",
@@ -488,6 +495,201 @@ def _replace(tmp: Path, target: Path) -> None:
     os.replace(tmp, target)
     with contextlib.suppress(OSError):  # not every platform can fsync a folder
         dfd = os.open(target.parent if str(target.parent) else ".", os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+STAGE_PREFIX = ".privdl-stage-"
+
+
+@dataclass
+class _Staged:
+    staged: Path
+    target: Path
+    folder: bool
+    keep_if_refused: bool
+
+
+class StagedOutputs:
+    """Outputs written beside their targets under staged names, moved into place by
+    :meth:`commit` or removed by :meth:`discard`.
+
+    An audited operation writes each output to the path :meth:`file` (or
+    :meth:`folder`, :meth:`table`) returns, fingerprints it there for its audit entry,
+    and renames it only once the entry is written: an entry that cannot be written
+    leaves no output. A staged name ends with the target's name
+    (``.privdl-stage-<hex>.released.csv``), so writers that pick the format by the
+    extension work unchanged; it lives in the target's folder, so the final rename
+    is atomic. Nothing is created until the writer writes the staged path.
+
+    Example:
+        >>> staging = StagedOutputs()  # doctest: +SKIP
+        >>> write_table(frame, staging.file("out.csv"))  # doctest: +SKIP
+        >>> staging.commit()  # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        self._items: list[_Staged] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def file(
+        self,
+        target: str | os.PathLike[str],
+        *,
+        copy_existing: bool = False,
+        keep_if_refused: bool = False,
+    ) -> Path:
+        """The staged path of the file ``target`` (the same one if staged before).
+
+        Args:
+            copy_existing: start the staged file as a copy of ``target`` (for writers
+                that add to a file, e.g. a table into a SQLite database).
+            keep_if_refused: :meth:`commit` with ``refused=True`` keeps it (a report
+                that explains a refusal); other outputs are discarded then.
+
+        Raises:
+            InputError: the target folder does not exist, or the target is a folder.
+        """
+        target = Path(target)
+        folder = target.parent if str(target.parent) else Path(".")
+        for item in self._items:
+            if item.target == target:
+                return item.staged
+        if not folder.is_dir():
+            raise InputError(f"output folder {folder} does not exist")
+        if target.is_dir():
+            raise InputError(f"output {target} is a folder")
+        staged = folder / f"{STAGE_PREFIX}{secrets.token_hex(8)}.{target.name}"
+        if copy_existing and target.is_file():
+            shutil.copyfile(target, staged)
+        self._items.append(_Staged(staged, target, False, keep_if_refused))
+        return staged
+
+    def folder(self, target: str | os.PathLike[str]) -> Path:
+        """A new, empty staged folder for the folder ``target``; on commit it becomes
+        ``target``, or its files are moved into ``target`` when that exists.
+
+        The parent folders of ``target`` are created now (empty folders only).
+
+        Raises:
+            InputError: ``target`` exists and is not a folder.
+        """
+        target = Path(target)
+        for item in self._items:
+            if item.target == target:
+                return item.staged
+        if target.exists() and not target.is_dir():
+            raise InputError(f"output {target} exists and is not a folder")
+        parent = target.parent if str(target.parent) else Path(".")
+        parent.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{secrets.token_hex(4)}.", dir=parent))
+        self._items.append(_Staged(staged, target, True, False))
+        return staged
+
+    def table(self, location: str | os.PathLike[str]) -> str:
+        """The staged location of a table output (a file path or a ``sqlite:///`` URL).
+
+        A SQLite target is staged as a copy of the database, so its other tables
+        are kept.
+        """
+        src = check_output(location)
+        if src.kind == "sqlite":
+            staged = self.file(src.path, copy_existing=True)
+            url = "sqlite:///" + quote(str(staged))
+            return url + (f"?table={quote(src.table)}" if src.table else "")
+        return str(self.file(src.path))
+
+    def staged_path(self, target: str | os.PathLike[str]) -> Path | None:
+        """Where ``target`` is staged, or None if it is not."""
+        for item in self._items:
+            if item.target == Path(target):
+                return item.staged
+        return None
+
+    def keeps(self, target: str | os.PathLike[str]) -> bool:
+        """Whether ``target`` was staged with ``keep_if_refused``."""
+        return any(i.target == Path(target) and i.keep_if_refused for i in self._items)
+
+    def written(self) -> list[tuple[Path, Path]]:
+        """``(staged, target)`` of every staged output the writer has written."""
+        return [(i.staged, i.target) for i in self._items if i.staged.exists() and not _empty_dir(i)]
+
+    def commit(self, *, refused: bool = False) -> list[Path]:
+        """Move every written output into place; return the targets.
+
+        With ``refused=True`` only the outputs staged with ``keep_if_refused`` are
+        moved, the others are discarded.
+
+        Raises:
+            OSError: a rename failed; what was not moved yet is discarded.
+        """
+        done: list[Path] = []
+        try:
+            for item in list(self._items):
+                if refused and not item.keep_if_refused:
+                    continue
+                if not item.staged.exists() or _empty_dir(item):
+                    continue
+                if item.folder:
+                    _commit_folder(item.staged, item.target)
+                else:
+                    _commit_file(item.staged, item.target)
+                self._items.remove(item)
+                done.append(item.target)
+        finally:
+            self.discard()
+        for folder in {t.parent if str(t.parent) else Path(".") for t in done}:
+            _fsync_folder(folder)
+        return done
+
+    def discard(self) -> None:
+        """Remove every staged output that is still staged."""
+        for item in self._items:
+            with contextlib.suppress(FileNotFoundError):
+                if item.folder:
+                    shutil.rmtree(item.staged)
+                else:
+                    item.staged.unlink()
+        self._items.clear()
+
+
+def _empty_dir(item: _Staged) -> bool:
+    return item.folder and item.staged.is_dir() and not any(item.staged.iterdir())
+
+
+def _commit_file(staged: Path, target: Path) -> None:
+    # the mode the atomic writers give (that of the file replaced, else the umask's),
+    # never wider than the writer chose for the staged file (0600 stays 0600)
+    if target.exists():
+        mode = target.stat().st_mode & 0o777
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.chmod(staged, mode & staged.stat().st_mode)
+    os.replace(staged, target)
+
+
+def _commit_folder(staged: Path, target: Path) -> None:
+    if not target.exists():
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staged, 0o777 & ~umask)  # mkdtemp made it 0700
+        os.rename(staged, target)
+        return
+    for child in sorted(staged.iterdir()):
+        os.replace(child, target / child.name)  # each file keeps the mode it was written with
+    _fsync_folder(target)
+    staged.rmdir()
+
+
+def _fsync_folder(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform can fsync a folder
+        dfd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:

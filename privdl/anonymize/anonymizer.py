@@ -3,15 +3,18 @@
 Order of work: check the policy against the columns; transform direct identifiers
 (each from the *original* values, so a date shift keyed by ``user_id`` is computed
 before ``user_id`` itself is pseudonymized); drop columns; generalize the
-quasi-identifiers until k-anonymous (l-diverse, t-close) when the policy asks; build
-the report from the released table.
+quasi-identifiers until k-anonymous (l-diverse, t-close) when the policy asks (a
+``shift_dates`` column that is also a quasi-identifier is generalized after its
+shift); find the released columns an attacker can link on that are not
+quasi-identifiers; build the report from the released table, with the risk measured
+on the quasi-identifiers alone and with those linkable columns added.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from privdl.anonymize.detect import looks_like_identifiers
+from privdl.anonymize.detect import linkable_columns, looks_like_identifiers
 from privdl.anonymize.policy import Policy
 from privdl.anonymize.pseudonymize import KEYED, apply_rule
 from privdl.errors import KeyMissingError, PolicyError, UsageError
@@ -40,7 +43,9 @@ class Anonymizer:
 
     Attributes:
         report_: the :class:`~privdl.anonymize.report.AnonymizationReport` of the last run.
-        warnings_: one line per column that looks like a direct identifier but has no role.
+        warnings_: lines a reviewer must read: columns that look like direct identifiers
+            but have no role, and released columns an attacker can link on that are not
+            quasi-identifiers (each with the risk measured with it added).
         subjects_: the distinct pseudonyms of the subject column (for erasure requests).
 
     Example:
@@ -130,17 +135,50 @@ class Anonymizer:
         )
         passthrough = policy.passthrough(frame.columns)
         suspicious = looks_like_identifiers(frame, passthrough)
-        self.warnings_ = [
+        warnings = [
             f"column {column!r} looks like {kind} but has no role;"
             f" add --id {column}, --drop {column} or --keep {column}"
             for column, kind in suspicious.items()
         ]
         generalization = None
+        generalized_from = out
         if policy.quasi_identifiers:
             generalization = self._generalize(out)
             out = generalization.released
-        self.report_ = self._build_report(frame, out, generalization, passthrough)
+        linkable = self._linkable(out, passthrough)
+        self.report_ = self._build_report(
+            frame, out, generalization, passthrough, warnings, linkable, generalized_from
+        )
+        self.warnings_ = list(self.report_.warnings)
         return out
+
+    def _linkable(self, released: pd.DataFrame, passthrough: list[str]) -> dict[str, str]:
+        """Released columns outside the quasi-identifiers that an attacker can link on.
+
+        Passed-through columns are linkable when they hold dates, free text or
+        high-cardinality values; masked identifiers when what the mask leaves shows
+        the same; ``shift_dates`` columns always (a date moved by at most ``max_days``
+        is still near-exact). ``keep`` columns are the user's assertion and are not
+        inspected; pseudonymized and encrypted tokens are join keys, not background
+        knowledge (the report says so), and are not added either.
+        """
+        policy = self.policy
+        qis = set(policy.quasi_identifiers)
+        found = linkable_columns(released, [c for c in passthrough if c in released.columns])
+        for rule in policy.identifiers:
+            if rule.column in qis or rule.column not in released.columns:
+                continue
+            if rule.transform == "shift_dates":
+                days = int(rule.options.get("max_days", 30))
+                found[rule.column] = (
+                    f"dates shifted by at most {days} days (shift_dates is not generalization:"
+                    " the shifted date is still near-exact)"
+                )
+            elif rule.transform == "mask":
+                masked = linkable_columns(released, [rule.column])
+                if rule.column in masked:
+                    found[rule.column] = f"masked values that still show {masked[rule.column]}"
+        return {c: found[c] for c in released.columns if c in found}
 
     def _generalize(self, frame: pd.DataFrame) -> Any:
         if self.engine == "spark":
@@ -158,7 +196,14 @@ class Anonymizer:
         return generalize(frame, self.policy)
 
     def _build_report(
-        self, original: pd.DataFrame, released: pd.DataFrame, generalization: Any, passthrough: list[str]
+        self,
+        original: pd.DataFrame,
+        released: pd.DataFrame,
+        generalization: Any,
+        passthrough: list[str],
+        warnings: list[str],
+        linkable: dict[str, str],
+        generalized_from: pd.DataFrame,
     ) -> AnonymizationReport:
         from privdl.anonymize.report import AnonymizationReport
 
@@ -170,5 +215,7 @@ class Anonymizer:
             key_id=self.key.key_id if self.key is not None else None,
             identifier_columns={r.column: r.transform for r in self.policy.identifiers},
             passthrough=passthrough,
-            warnings=list(self.warnings_),
+            warnings=warnings,
+            linkable=linkable,
+            generalized_from=generalized_from,
         )

@@ -6,6 +6,7 @@ CLI build it from flags; :meth:`Policy.get_params` is what goes into audit recor
 TOML layout (every section optional)::
 
     k = 10                       # or under [privacy]: k, l, l_kind, t, max_suppression
+    strict = true                # every column of the data must have a role
     quasi_identifiers = ["age", "zip", "sex"]
     sensitive = ["diagnosis"]
     keep = ["plays_week1"]
@@ -24,9 +25,17 @@ TOML layout (every section optional)::
 
 Roles: ``identifiers`` (direct identifiers, each with a transform), ``quasi_identifiers``
 (generalized until k-anonymous), ``sensitive`` (kept, checked for l-diversity /
-t-closeness), ``keep`` (reviewed and released unchanged), ``drop`` (removed). A column
-may have one role only; columns with no role pass through unchanged and are listed in
-the report so nobody forgets a personal-data column.
+t-closeness), ``keep`` (released unchanged: the user asserts the column is not
+linkable), ``drop`` (removed). A column may have one role only, with one exception: a
+``shift_dates`` identifier may also be a quasi-identifier, which shifts it first and
+then generalizes the shifted dates (``shift_dates`` alone is not generalization: a
+date moved by at most 30 days still singles a person out).
+
+Columns with no role pass through unchanged and are listed in the report; dates,
+free text and high-cardinality ones among them are *linkable* and the report measures
+the risk with them added to the quasi-identifiers. With ``strict`` every column of the
+data must have a role (as every attribute gets a type in ARX); an unassigned column is
+a :class:`~privdl.errors.PolicyError` naming it.
 """
 
 from __future__ import annotations
@@ -172,7 +181,9 @@ class Policy:
         quasi_identifiers: columns generalized until every record shares its values
             with at least ``k - 1`` others.
         sensitive: columns kept as they are and checked for l-diversity / t-closeness.
-        keep: columns reviewed and released unchanged (silences the identifier warning).
+        keep: columns released unchanged on the user's assertion that an attacker cannot
+            link on them (silences the identifier and linkable-column warnings; listed
+            in the report as asserted by the user).
         drop: columns removed from the release.
         k: k-anonymity target (needs ``quasi_identifiers``).
         l: l-diversity target for every sensitive column (``l_kind`` distinct or entropy).
@@ -184,6 +195,8 @@ class Policy:
         subject_id: the column that identifies a data subject (for erasure requests);
             defaults to the first pseudonymized identifier.
         base_dir: folder against which relative hierarchy paths resolve.
+        strict: every column of the data must have a role; :meth:`validate` raises
+            :class:`~privdl.errors.PolicyError` naming the columns without one.
 
     Example:
         >>> p = Policy(identifiers=["email"], quasi_identifiers=["age"], k=5)
@@ -205,6 +218,7 @@ class Policy:
     algorithm: str = "mondrian"
     subject_id: str | None = None
     base_dir: Path | None = None
+    strict: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -218,15 +232,20 @@ class Policy:
         set_(self, "hierarchies", MappingProxyType({c: os.fspath(s) for c, s in hier.items()}))
         if self.base_dir is not None:
             set_(self, "base_dir", Path(self.base_dir))
+        if not isinstance(self.strict, bool):
+            raise PolicyError("strict must be true or false")
         self._check_roles()
         self._check_targets()
 
     # -- checks -----------------------------------------------------------------------
     def _check_roles(self) -> None:
         seen: dict[str, str] = {}
+        shifted = set(self.shifted_columns)
         for role, columns in self.roles().items():
             for column in columns:
                 if column in seen:
+                    if column in shifted and {seen[column], role} == {"identifiers", "quasi_identifiers"}:
+                        continue  # shift first, then generalize the shifted dates
                     if seen[column] == role:
                         raise PolicyError(f"column {column!r} is listed twice as {role}")
                     raise PolicyError(f"column {column!r} has two roles: {seen[column]} and {role}")
@@ -279,9 +298,14 @@ class Policy:
         return tuple(r.column for r in self.identifiers)
 
     @property
+    def shifted_columns(self) -> tuple[str, ...]:
+        """Identifier columns transformed with ``shift_dates``."""
+        return tuple(r.column for r in self.identifiers if r.transform == "shift_dates")
+
+    @property
     def named_columns(self) -> tuple[str, ...]:
-        """Every column the policy gives a role to."""
-        return tuple(c for cols in self.roles().values() for c in cols)
+        """Every column the policy gives a role to (each once)."""
+        return tuple(dict.fromkeys(c for cols in self.roles().values() for c in cols))
 
     @property
     def needs_key(self) -> bool:
@@ -300,11 +324,13 @@ class Policy:
         return None
 
     def validate(self, columns: Iterable[str], *, source: str = "the data") -> None:
-        """Check that every column the policy names exists.
+        """Check that every column the policy names exists (and, if strict, has a role).
 
         Raises:
-            PolicyError: naming the first missing column.
+            PolicyError: naming the first missing column, or (strict) every column of
+                the data without a role.
         """
+        columns = list(columns)
         present = set(columns)
         for column in self.named_columns:
             if column not in present:
@@ -313,6 +339,14 @@ class Policy:
             by = rule.options.get("by")
             if by is not None and by not in present:
                 raise PolicyError(f"column {by!r} (by= of {rule.column!r}) not found in {source}")
+        if self.strict:
+            unassigned = self.passthrough(columns)
+            if unassigned:
+                names = ", ".join(repr(c) for c in unassigned)
+                raise PolicyError(
+                    f"strict policy: column(s) {names} of {source} have no role; give each one"
+                    " --id, --qi, --sensitive, --drop or --keep (keep = you assert it is not linkable)"
+                )
 
     def passthrough(self, columns: Iterable[str]) -> list[str]:
         """Columns of the data that have no role: released unchanged."""
@@ -336,6 +370,7 @@ class Policy:
             "hierarchies": dict(self.hierarchies),
             "algorithm": self.algorithm,
             "subject_id": self.subject_column,
+            "strict": self.strict,
         }
 
     to_json = get_params
@@ -412,5 +447,8 @@ class Policy:
         extra_h = changes.pop("hierarchies", None)
         if extra_h:
             updates["hierarchies"] = {**self.hierarchies, **extra_h}
+        # strict=False from a CLI without --strict must not loosen a strict policy file
+        if changes.get("strict") is False:
+            changes.pop("strict")
         updates.update({k: v for k, v in changes.items() if v is not None})
         return replace(self, **updates)

@@ -4,6 +4,18 @@ Every privacy figure is recomputed from the *released* table (never copied from 
 the algorithm aimed for) and set beside the same figure on the input, with the
 information lost per column. The report names the key only by its ``key_id`` and
 never contains a data value from an identifier column.
+
+Released columns outside the quasi-identifiers that an attacker can link on (dates,
+free text, high-cardinality columns, date-shifted and masked identifiers; see
+:mod:`privdl.anonymize.detect`) are measured too: the report computes k, unique
+records and prosecutor risk with them added to the quasi-identifiers, and its headline
+figures (:meth:`AnonymizationReport.summary`, the document's summary) are the worse of
+the two measures. A shifted date is measured as an exact quasi-identifier: that is
+the risk for anyone who holds the shifted value (every table shifted with the same key
+carries the same per-person shift), and an upper bound for an attacker who knows only
+the true date and must search the ``2 * max_days`` window around it. It is not a loose
+one: on ``examples/data/users.csv`` the true birth date, sex and city still single out
+more than half of the people through a 30-day shift (``tests/anonymize/test_linkable.py``).
 """
 
 from __future__ import annotations
@@ -86,9 +98,15 @@ class AnonymizationReport:
             the input and on the released table (None without quasi-identifiers).
         information_loss: ``{"ncp", "per_column", "ncp_with_suppressed"}`` or None.
         algorithm_info: algorithm facts (classes, lattice node, hierarchies...).
-        policy_met: per target (``k``, ``l``, ``t``) whether the released table meets it.
+        policy_met: per target (``k``, ``l``, ``t``) whether the released table meets it,
+            counting the linkable columns as quasi-identifiers.
         warnings: lines a reviewer must read.
         notice: the GDPR Recital 26 reminder.
+        linkable: released column -> why an attacker can link on it (not a
+            quasi-identifier, so not generalized).
+        linkable_risk: :class:`~privdl.anonymize.metrics.TableMetrics` as a dict,
+            measured on the released table with the linkable columns added to the
+            quasi-identifiers (None when no column is linkable).
     """
 
     policy: dict[str, Any]
@@ -108,6 +126,8 @@ class AnonymizationReport:
     policy_met: dict[str, bool] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     notice: str = RECITAL_26
+    linkable: dict[str, str] = field(default_factory=dict)
+    linkable_risk: dict[str, Any] | None = None
 
     @classmethod
     def build(
@@ -121,6 +141,8 @@ class AnonymizationReport:
         identifier_columns: Mapping[str, str],
         passthrough: Sequence[str],
         warnings: Sequence[str],
+        linkable: Mapping[str, str] | None = None,
+        generalized_from: pd.DataFrame | None = None,
     ) -> AnonymizationReport:
         """Measure the input and the released table and assemble the report.
 
@@ -134,6 +156,11 @@ class AnonymizationReport:
             identifier_columns: identifier column -> transform.
             passthrough: columns released unchanged without a role.
             warnings: lines for the reviewer.
+            linkable: released column -> why an attacker can link on it; measured with
+                the quasi-identifiers and named in a warning each.
+            generalized_from: the table the algorithm generalized (identifier
+                transforms applied, e.g. dates shifted); information loss is measured
+                against it. Defaults to ``original``.
         """
         qis = list(getattr(policy, "quasi_identifiers", ()) or ())
         sensitive = [c for c in (getattr(policy, "sensitive", ()) or ()) if c in released]
@@ -142,13 +169,24 @@ class AnonymizationReport:
         l_kind = getattr(policy, "l_kind", "distinct") or "distinct"
         t_target = getattr(policy, "t", None)
         suppressed = generalization.suppressed if generalization is not None else 0
-        before = after = loss = None
+        before = after = loss = linked = None
         met: dict[str, bool] = {}
         info: dict[str, Any] = {}
+        ordered = {c: _is_numeric(original[c]) for c in sensitive}
+        linkable = {c: why for c, why in (linkable or {}).items() if c in released.columns and c not in qis}
+        if linkable:
+            linked_m = measure(
+                released,
+                quasi_identifiers=[*qis, *linkable],
+                sensitive=sensitive,
+                k_target=k,
+                suppressed=suppressed,
+                ordered=ordered,
+            )
+            linked = linked_m.to_json()
         if qis and generalization is not None:
             from privdl.anonymize.engine import encode_for
 
-            ordered = {c: _is_numeric(original[c]) for c in sensitive}
             before_m = measure(
                 original, quasi_identifiers=qis, sensitive=sensitive, k_target=k, ordered=ordered
             )
@@ -160,16 +198,22 @@ class AnonymizationReport:
                 suppressed=suppressed,
                 ordered=ordered,
             )
-            encoded, _ = encode_for(original, policy, algorithm=generalization.algorithm)
+            source = original if generalized_from is None else generalized_from
+            encoded, _ = encode_for(source, policy, algorithm=generalization.algorithm)
             loss = information_loss(released, encoded, suppressed=suppressed)
             before, after = before_m.to_json(), after_m.to_json()
+            # targets are judged on the honest measure: linkable columns count as QIs
+            judged = [after_m] if linked is None else [after_m, linked_m]
             if k is not None:
-                met["k"] = after_m.k >= k
+                met["k"] = all(m.k >= k for m in judged)
             if l_target is not None:
-                achieved = after_m.l_entropy if l_kind == "entropy" else after_m.l_distinct
-                met["l"] = all(v >= l_target - 1e-9 for v in achieved.values())
+                met["l"] = all(
+                    v >= l_target - 1e-9
+                    for m in judged
+                    for v in (m.l_entropy if l_kind == "entropy" else m.l_distinct).values()
+                )
             if t_target is not None:
-                met["t"] = all(v <= t_target + 1e-9 for v in after_m.t.values())
+                met["t"] = all(v <= t_target + 1e-9 for m in judged for v in m.t.values())
             info = _jsonable(generalization.info)
         return cls(
             policy=_jsonable(_policy_params(policy)),
@@ -187,7 +231,9 @@ class AnonymizationReport:
             information_loss=loss,
             algorithm_info=info,
             policy_met=met,
-            warnings=list(warnings),
+            warnings=[*warnings, *_linkable_warnings(linkable, linked, after)],
+            linkable=dict(linkable),
+            linkable_risk=linked,
         )
 
     # ------------------------------------------------------------------ values
@@ -199,13 +245,20 @@ class AnonymizationReport:
             "rows_out": self.rows_out,
             "suppressed": self.suppressed,
         }
-        if self.after is not None:
-            out["k"] = self.after["k"]
-            if self.after["l_distinct"]:
-                out["l_distinct"] = min(self.after["l_distinct"].values())
-                out["l_entropy"] = min(self.after["l_entropy"].values())
-                out["t"] = max(self.after["t"].values())
-            out["prosecutor_max"] = self.after["prosecutor_max"]
+        measured = [m for m in (self.after, self.linkable_risk) if m is not None]
+        if measured:
+            # the headline is the honest figure: the worse of the declared and linkable sets
+            out["k"] = min(m["k"] for m in measured)
+            if measured[0]["l_distinct"]:
+                out["l_distinct"] = min(v for m in measured for v in m["l_distinct"].values())
+                out["l_entropy"] = min(v for m in measured for v in m["l_entropy"].values())
+                out["t"] = max(v for m in measured for v in m["t"].values())
+            out["prosecutor_max"] = max(m["prosecutor_max"] for m in measured)
+            out["unique_share"] = max(m["unique_share"] for m in measured)
+        if self.linkable_risk is not None:
+            out["linkable"] = list(self.linkable)
+            if self.after is not None:
+                out["k_declared"] = self.after["k"]
         if self.information_loss is not None:
             out["ncp"] = self.information_loss["ncp"]
         return out
@@ -232,16 +285,30 @@ class AnonymizationReport:
             ("rows suppressed", self.suppressed),
         ]
         targets = self.policy
-        if self.after is not None:
-            summary.append(("k (target / achieved)", f"{targets.get('k')} / {self.after['k']}"))
-            for col in self.after["l_distinct"]:
+        # the headline figures are the honest ones: with the linkable columns when any
+        head_m = self.linkable_risk if self.linkable_risk is not None else self.after
+        if head_m is not None:
+            counted = self.linkable_risk is not None
+            with_linkable = " (linkable columns counted)" if counted else ""
+            if self.after is not None:
+                label = "k (target / achieved, linkable columns counted)" if counted else "k (target / achieved)"
+                summary.append((label, f"{targets.get('k')} / {head_m['k']}"))
+            else:
+                summary.append(("k (no quasi-identifiers declared; linkable columns)", head_m["k"]))
+            if self.linkable_risk is not None:
+                if self.after is not None:
+                    summary.append(("k on the declared quasi-identifiers alone", self.after["k"]))
+                summary.append(("linkable columns (not generalized)", ", ".join(self.linkable)))
+            summary.append(("prosecutor risk, max" + with_linkable, f"{head_m['prosecutor_max']:.4f}"))
+            summary.append(("unique records" + with_linkable, f"{head_m['unique_share']:.2%}"))
+            for col in head_m["l_distinct"]:
                 summary.append(
                     (
                         f"l on {col} (distinct / entropy)",
-                        f"{self.after['l_distinct'][col]} / {self.after['l_entropy'][col]:.3f}",
+                        f"{head_m['l_distinct'][col]} / {head_m['l_entropy'][col]:.3f}",
                     )
                 )
-                summary.append((f"t on {col} (EMD)", f"{self.after['t'][col]:.4f}"))
+                summary.append((f"t on {col} (EMD)", f"{head_m['t'][col]:.4f}"))
         if self.information_loss is not None:
             summary.append(("information loss (NCP)", f"{self.information_loss['ncp']:.2%}"))
         for name, ok in self.policy_met.items():
@@ -254,6 +321,7 @@ class AnonymizationReport:
         )
         if self.before is not None and self.after is not None:
             sections.append(self._risk_section(render, figures))
+        sections.append(self._linkable_section(render))
         if self.information_loss is not None:
             sections.append(self._loss_section(render, figures))
         if self.algorithm_info:
@@ -272,16 +340,98 @@ class AnonymizationReport:
         return render.Document("Anonymization report", sections, subtitle=subtitle)
 
     def _column_rows(self) -> list[list[str]]:
-        rows = [[c, "identifier", t] for c, t in self.identifier_columns.items()]
+        qis = set(self.quasi_identifiers)
+        linked = "; linkable: counted in the risk"
+        rows = [
+            [c, "identifier", t + (linked if c in self.linkable else "")]
+            for c, t in self.identifier_columns.items()
+            if c not in qis
+        ]
         specs = self.algorithm_info.get("hierarchies", {})
         per_col = (self.information_loss or {}).get("per_column", {})
         for c in self.quasi_identifiers:
             ncp = per_col.get(c)
             loss = f", NCP {ncp:.2%}" if ncp is not None else ""
-            rows.append([c, "quasi-identifier", f"generalized ({specs.get(c, 'default')}){loss}"])
+            treatment = f"generalized ({specs.get(c, 'default')}){loss}"
+            if c in self.identifier_columns:
+                rows.append(
+                    [c, "identifier, quasi-identifier", f"{self.identifier_columns[c]}, then {treatment}"]
+                )
+            else:
+                rows.append([c, "quasi-identifier", treatment])
         rows += [[c, "sensitive", "kept; checked for l / t"] for c in self.sensitive]
-        rows += [[c, "no role", "passed through unchanged: review"] for c in self.passthrough]
+        rows += [
+            [c, "keep", "released unchanged; the user asserts it is not linkable"]
+            for c in self.policy.get("keep") or ()
+        ]
+        rows += [
+            [c, "no role", "passed through unchanged" + (linked if c in self.linkable else ": review")]
+            for c in self.passthrough
+        ]
         return rows
+
+    def _linkable_section(self, render: Any) -> Any:
+        blocks: list[Any] = [
+            render.Paragraph(
+                "Released columns that are not quasi-identifiers but that an attacker who knows "
+                "a person (birth date, sign-up day, address...) can link on: dates and timestamps, "
+                "free text, high-cardinality columns, and date-shifted or masked identifiers. "
+                "The risk below adds them to the quasi-identifiers. A shifted date is measured "
+                "as an exact value: exact for anyone holding the shifted value (tables shifted "
+                "with the same key carry the same shift), an upper bound for an attacker who "
+                "knows only the true date. shift_dates is not generalization: a date moved by at "
+                "most 30 days still singles most people out."
+            )
+        ]
+        if self.linkable:
+            blocks.append(
+                render.Table(["column", "why it is linkable"], [[c, w] for c, w in self.linkable.items()])
+            )
+        else:
+            blocks.append(render.Paragraph("No linkable column was found outside the quasi-identifiers."))
+        risk = self.linkable_risk
+        if risk is not None:
+            names = [
+                ("records", "rows", "{}"),
+                ("equivalence classes", "classes", "{}"),
+                ("k (smallest class)", "k", "{}"),
+                ("unique records", "unique_share", "{:.2%}"),
+                ("prosecutor risk, max", "prosecutor_max", "{:.4f}"),
+                ("prosecutor risk, average", "prosecutor_avg", "{:.4f}"),
+                ("records with risk > 20%", "high_risk_share", "{:.2%}"),
+            ]
+            if self.after is not None:
+                a = self.after
+                rows = [[label, fmt.format(a[key]), fmt.format(risk[key])] for label, key, fmt in names]
+                head = ["measure (released table)", "declared quasi-identifiers", "with linkable columns"]
+            else:
+                rows = [[label, fmt.format(risk[key])] for label, key, fmt in names]
+                head = ["measure (released table)", "linkable columns"]
+            blocks.append(render.Table(head, rows))
+        notes = []
+        keep = list(self.policy.get("keep") or ())
+        if keep:
+            notes.append(
+                f"Not counted, on the user's assertion that they are not linkable (keep): {', '.join(keep)}."
+            )
+        tokens = [c for c, t in self.identifier_columns.items() if t in ("pseudonymize", "encrypt")]
+        if tokens:
+            notes.append(
+                "Not counted: pseudonymized or encrypted identifiers ("
+                + ", ".join(tokens)
+                + "). Each token is unique per person, but it is a join key for whoever holds other "
+                "tables with the same key, not a value an attacker knows from background knowledge; "
+                "a table released with the same tokens elsewhere links on them exactly."
+            )
+        unflagged = [c for c in self.passthrough if c not in self.linkable]
+        if unflagged:
+            notes.append(
+                "Passed through without a role and not found linkable by the detector (few "
+                f"distinct values, no dates or text): {', '.join(unflagged)}. An attacker may still "
+                "know them; give every column a role (strict policy) to decide it explicitly."
+            )
+        blocks += [render.Paragraph(n) for n in notes]
+        return render.Section("Risk with linkable columns", blocks)
 
     def _risk_section(self, render: Any, figures: bool) -> Any:
         assert self.before is not None and self.after is not None
@@ -306,7 +456,8 @@ class AnonymizationReport:
             rows.append([f"t, EMD ({col})", f"{b['t'][col]:.4f}", f"{a['t'][col]:.4f}"])
         blocks: list[Any] = [
             render.Paragraph(
-                "Risk models with the table itself as the population: prosecutor risk of "
+                "On the declared quasi-identifiers; the next section adds the linkable "
+                "columns. Risk models with the table itself as the population: prosecutor risk of "
                 "a record is 1 / its class size; journalist max equals prosecutor max and "
                 "marketer risk equals the average prosecutor risk."
             ),
@@ -352,6 +503,39 @@ class AnonymizationReport:
         suffix = Path(path).suffix.lower()
         doc = self.to_document(figures=suffix in (".html", ".htm"))
         return render.save(doc, path, self.to_json())
+
+
+def _hint(column: str, why: str) -> str:
+    if why.startswith("masked"):
+        return f"mask all of it (--id {column}:mask:keep_last=0) or drop it"
+    if why.startswith("dates shifted"):
+        return f"generalize the shifted dates (--qi {column} --hierarchy {column}=date) or drop it"
+    if why in ("dates", "timestamps"):
+        return f"generalize it (--qi {column} --hierarchy {column}=date), drop it,"
+    return f"generalize it (--qi {column}), drop it,"
+
+
+def _linkable_warnings(
+    linkable: Mapping[str, str], linked: Mapping[str, Any] | None, after: Mapping[str, Any] | None
+) -> list[str]:
+    """One line per linkable column, then the risk measured with all of them (no values)."""
+    lines = []
+    for column, why in linkable.items():
+        hint = _hint(column, why)
+        tail = "" if hint.endswith("drop it") else f" or assert it is not linkable (--keep {column})"
+        lines.append(
+            f"column {column!r} is released with {why} and is not a quasi-identifier: an attacker"
+            f" can link on it; {hint}{tail}"
+        )
+    if linked is not None:
+        names = ", ".join(repr(c) for c in linkable)
+        declared = f" (declared quasi-identifiers alone: k={after['k']})" if after is not None else ""
+        lines.append(
+            f"re-identification risk with the linkable column(s) {names} counted as quasi-identifiers:"
+            f" k={linked['k']}, {linked['unique_share']:.1%} of records unique, prosecutor risk"
+            f" {linked['prosecutor_max']:.2f}{declared}"
+        )
+    return lines
 
 
 def _is_numeric(series: pd.Series) -> bool:

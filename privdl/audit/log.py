@@ -27,7 +27,15 @@ before it; the next writer removes those bytes and records that it did (event
 
 **Refusals at write time.** A writer refuses to append (TamperDetectedError) when
 the log is shorter than its state says, when the last entry is not the one the state
-recorded, or when entries after it do not authenticate.
+recorded, or when entries after it do not authenticate; SecurityError when the log is
+under another audit key; InputError, naming the log, when the log or its folder
+cannot be written. :meth:`AuditLog.check_appendable` runs all of these checks without
+appending, so an operation can refuse before it does any work (evidence first).
+
+**Started entries.** An operation that commits resources before it ends (a training
+run reserves budget) writes an entry with outcome ``started`` first; its final entry
+names it (``"started": <seq>``). A run killed in between leaves the ``started``
+entry, which the verifier reports as an operation that never finished.
 """
 
 from __future__ import annotations
@@ -51,7 +59,14 @@ from privdl.audit.config import audit_defaults, load_config
 from privdl.audit.fingerprint import fingerprint
 from privdl.audit.subjects import make_filter
 from privdl.audit.verify import DEFAULT_KEY_ENV, _Scan, _scan
-from privdl.errors import KeyMissingError, SecurityError, TamperDetectedError, UsageError
+from privdl.errors import (
+    InputError,
+    KeyMissingError,
+    PrivdlError,
+    SecurityError,
+    TamperDetectedError,
+    UsageError,
+)
 from privdl.keys import Secret
 
 try:  # POSIX only; elsewhere writers must not run concurrently
@@ -61,7 +76,7 @@ except ImportError:  # pragma: no cover
 
 __all__ = ["OUTCOMES", "AuditLog"]
 
-OUTCOMES = ("ok", "refused", "failed")
+OUTCOMES = ("ok", "refused", "failed", "started")
 _EVENT = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
 _ERROR = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,99}$")
 _FLUSH_ENTRIES = 4096
@@ -226,6 +241,7 @@ class AuditLog:
         outputs: Iterable[Any] | None = None,
         error: str | BaseException | type[BaseException] | None = None,
         subjects: Iterable[Any] | None = None,
+        started: int | None = None,
     ) -> dict[str, Any]:
         """Append one entry and return it (as written, without its MAC).
 
@@ -239,8 +255,18 @@ class AuditLog:
             error: the error class name (or the exception; only its class is kept).
             subjects: pseudonyms of the data subjects in the data, stored only as a
                 keyed Bloom filter, for erasure requests.
+            started: the ``seq`` of this operation's ``started`` entry, if it wrote one.
+
+        Raises:
+            InputError: the log or its state file cannot be written (names the log).
+            SecurityError: the log is written under another audit key.
+            TamperDetectedError: the log is not in the state its writer left it.
         """
         fields = self._fields(event, outcome, params, inputs, outputs, error)
+        if started is not None:
+            if isinstance(started, bool) or not isinstance(started, int) or started < 1:
+                raise UsageError("started must be the seq (a positive int) of a started entry")
+            fields["started"] = started
         with self.batch():
             assert self._writer is not None
             return self._writer.add(fields, subjects)
@@ -262,17 +288,58 @@ class AuditLog:
         if self._writer is not None:
             yield self
             return
-        fd = self._open_locked()
+        with self._io_errors():
+            fd = self._open_locked()
         try:
-            state, dirty = self._sync(fd)
+            with self._io_errors():
+                state, dirty = self._sync(fd)
             self._writer = _Writer(self, fd, state, dirty)
             try:
                 yield self
             finally:
                 writer, self._writer = self._writer, None
-                writer.flush()
+                with self._io_errors():
+                    writer.flush()
         finally:
             os.close(fd)  # closing releases the lock
+
+    def check_appendable(self) -> None:
+        """Check that an entry can be appended now, without appending one.
+
+        Everything an append checks is checked: the log and its state file can be
+        opened for writing, the state's key matches the given key, the last entry is
+        the one the state recorded and any entries after it authenticate. A tail left
+        by a crash is repaired (and the repair recorded) as on any append. Call it
+        before the work an entry will record, so a log that cannot take the entry
+        stops the operation before it produces anything.
+
+        Raises:
+            InputError: the log or its folder cannot be written (read-only file or
+                folder, a folder in the log's place...).
+            SecurityError: the log is written under another audit key.
+            KeyMissingError: no state file and no audit key to rebuild it.
+            TamperDetectedError: the log was altered, truncated or has garbage at its end.
+        """
+        with self.batch(), self._io_errors():
+            self._probe_folder()
+
+    @contextlib.contextmanager
+    def _io_errors(self) -> Iterator[None]:
+        """An OS error of the log's own I/O becomes an InputError naming the log."""
+        try:
+            yield
+        except PrivdlError:
+            raise
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise InputError(f"audit log {self.path} cannot be appended: {reason}") from None
+
+    def _probe_folder(self) -> None:
+        """Create and remove a file beside the state file: its replacement needs that."""
+        probe = self.state_path.with_name(f".{self.state_path.name}.{secrets.token_hex(4)}.probe")
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        probe.unlink()
 
     def checkpoint(self, path: str | os.PathLike[str] | None = None) -> Any:
         """Sign a checkpoint of the log as it is now; write it to ``path`` if given.
@@ -397,7 +464,18 @@ class AuditLog:
             scan = _Scan()
             if size:
                 with open(self.path, "rb") as fh:
-                    scan = _scan(fh, master)
+                    try:
+                        scan = _scan(fh, master)
+                    except TamperDetectedError as exc:
+                        if exc.kind == "wrong_key":
+                            raise SecurityError(
+                                f"audit log {self.path}: its first entry does not authenticate"
+                                f" under the given audit key {master.key_id}: another key (or"
+                                " an altered entry; `privdl audit verify` tells)"
+                            ) from None
+                        raise TamperDetectedError(
+                            f"audit log {self.path}: {exc}", entry=exc.entry, kind=exc.kind
+                        ) from None
             log_id = scan.log_id or secrets.token_hex(8)  # no whole entry yet: a new log
             state = _State(
                 log_id=log_id,
@@ -442,7 +520,12 @@ class AuditLog:
                         size=state.size,
                         next_key=state.key,
                     )
-                    scan = _scan(fh, None, start=start, start_lineno=state.n)
+                    try:
+                        scan = _scan(fh, None, start=start, start_lineno=state.n)
+                    except TamperDetectedError as exc:
+                        raise TamperDetectedError(
+                            f"audit log {self.path}: {exc}", entry=exc.entry, kind=exc.kind
+                        ) from None
                 if scan.entries != state.n:
                     state.n, state.size, state.head = scan.entries, scan.size, scan.head
                     assert scan.next_key is not None

@@ -11,6 +11,9 @@ applied with which parameters (pseudonymization key ids, k, l, t, DP epsilon and
 homomorphic-encryption parameters). Each activity is one purpose; entries without a
 purpose are grouped under ``(no purpose recorded)``, which itself needs fixing.
 
+An operation that wrote a ``started`` entry and a final entry counts once, under its
+final outcome; one that never finished (killed midway) counts under ``started``.
+
 Measures are read from entry parameters, at any nesting depth, by key name:
 ``key_id`` / ``key_ids`` / ``*_key_id``, ``k``, ``l``, ``t``, ``epsilon``, ``delta``,
 ``he_params``, and column roles from ``identifiers``, ``quasi_identifiers``,
@@ -166,6 +169,7 @@ def build_records(
     recipients_cfg = cfg.get("recipients") or []
 
     groups: dict[str, dict[str, Any]] = {}
+    open_starts: dict[int, dict[str, Any]] = {}  # seq of a started entry -> its group
     total = 0
     for entry in iter_entries(log):
         total += 1
@@ -181,7 +185,23 @@ def build_records(
                 "last": None,
             },
         )
-        g["events"][entry.get("event", "?")] += 1
+        start = entry.get("started")
+        if isinstance(start, int) and start in open_starts:
+            # the final entry of an operation already counted by its started entry
+            first = open_starts.pop(start)
+            first["outcomes"]["started"] -= 1
+            if not first["outcomes"]["started"]:
+                del first["outcomes"]["started"]
+            if first is not g:  # moved to the purpose its final entry names
+                event = entry.get("event", "?")
+                first["events"][event] -= 1
+                if not first["events"][event]:
+                    del first["events"][event]
+                g["events"][event] += 1
+        else:
+            g["events"][entry.get("event", "?")] += 1
+        if entry.get("outcome") == "started" and isinstance(entry.get("seq"), int):
+            open_starts[entry["seq"]] = g
         g["outcomes"][entry.get("outcome", "?")] += 1
         if entry.get("legal_basis"):
             g["bases"].add(str(entry["legal_basis"]))

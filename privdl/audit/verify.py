@@ -28,6 +28,10 @@ checkpoint_replayed    a validly signed checkpoint of another log
 checkpoint_malformed   the checkpoint file is not a checkpoint note
 =====================  =============================================================
 
+An operation that wrote a ``started`` entry and no final entry naming it (a run
+killed midway) is not tampering: it is reported in ``VerifyResult.unfinished`` and as
+a notice in the summary.
+
 A last line without its newline is what a crash during an append leaves; if it is a
 plausible beginning of an entry it is reported as an *incomplete tail* and not
 verified, and the entries before it still verify. Anything else after the last
@@ -78,6 +82,7 @@ __all__ = [
 DEFAULT_KEY_ENV = "PRIVDL_AUDIT_KEY"
 _PREV_TAG = b',"prev":"'
 _SEQ_TAG = b',"seq":'
+_STARTED = b'"started'
 _MAX_SEQ_JUMP = 10_000_000
 _TAIL_LEN = TAIL_LEN  # ,"mac":" + 64 hex + "}
 _MAC_AT = MAC_LEN + 2  # the MAC's start, counted from the end
@@ -97,6 +102,8 @@ class VerifyResult:
         checkpoint_size: entries covered by the verified checkpoint, if one was given.
         checkpoint_time: the time the checkpoint states, if any.
         first_time, last_time: times of the first and last entry.
+        unfinished: ``seq`` of each ``started`` entry that no later entry finishes
+            (an operation killed midway, or still running).
     """
 
     path: str
@@ -109,6 +116,7 @@ class VerifyResult:
     checkpoint_time: str | None = None
     first_time: str | None = None
     last_time: str | None = None
+    unfinished: tuple[int, ...] = ()
 
     def summary(self) -> str:
         """One line for humans, e.g. ``audit.jsonl: OK, 12 entries, head 3f2a9c01…``."""
@@ -122,6 +130,13 @@ class VerifyResult:
             text += (
                 f"; WARNING: incomplete last line ({self.incomplete_tail} bytes after entry"
                 f" {self.entries}, a crash during an append?) was not verified"
+            )
+        if self.unfinished:
+            n = len(self.unfinished)
+            shown = ", ".join(str(seq) for seq in self.unfinished[:5]) + (", ..." if n > 5 else "")
+            text += (
+                f"; NOTE: {n} operation{'s' if n > 1 else ''} started and never finished"
+                f" (entry {shown}: killed, or still running)"
             )
         return text
 
@@ -143,6 +158,8 @@ class _Scan:
     hash_at: dict[int, str] = dataclasses.field(default_factory=dict)
     first_time: str | None = None
     last_time: str | None = None
+    # (seq, body) of verified entries that mention "started": parsed after the scan
+    started: list[tuple[int, bytes]] = dataclasses.field(default_factory=list)
 
 
 def resolve_audit_key(key: Secret | bytes | None, key_env: str = DEFAULT_KEY_ENV) -> Secret:
@@ -242,7 +259,23 @@ def verify_audit_log(
         checkpoint_time=cp.time if cp is not None else None,
         first_time=scan.first_time,
         last_time=scan.last_time,
+        unfinished=_unfinished(scan.started),
     )
+
+
+def _unfinished(marked: list[tuple[int, bytes]]) -> tuple[int, ...]:
+    """The ``started`` entries that no later entry names as its start."""
+    open_: set[int] = set()
+    for seq, body in marked:
+        try:
+            entry = json.loads(body)
+        except ValueError:
+            continue
+        if entry.get("outcome") == "started":
+            open_.add(seq)
+        elif isinstance(entry.get("started"), int):
+            open_.discard(entry["started"])
+    return tuple(sorted(open_))
 
 
 def iter_entries(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
@@ -336,6 +369,8 @@ def _scan(
         n += 1
         if n == 1:
             scan.first_time = _time_of(body)
+        if _STARTED in body:
+            scan.started.append((n, body))
         prev = sha256(line).hexdigest().encode("ascii")
         if n in watch_set:
             scan.hash_at[n] = prev.decode("ascii")

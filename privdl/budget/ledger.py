@@ -4,7 +4,10 @@ The ledger stores, for each ``dataset_id``, a total ``(epsilon, delta)`` and eve
 run's accountant history (``(noise_multiplier, sample_rate, steps)`` segments) with its
 time, model name and privdl/opacus versions. Spent budget is *recomputed* from those
 histories by composing them under the accountant, never copied from what a run
-claimed, so the ledger is the single source of truth.
+claimed, so the ledger is the single source of truth. Every reservation, settlement
+and status of a dataset is composed under the accountant set for it with
+:meth:`BudgetLedger.set_budget`: a run that names another accountant is re-accounted
+under the dataset's (its history does not depend on the accountant, so this is exact).
 
 A run reserves its planned history before its first step; the reservation is checked
 and written in one transaction (``BEGIN IMMEDIATE`` on SQLite, a row lock on
@@ -36,6 +39,7 @@ import os
 import sqlite3
 import threading
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -69,6 +73,9 @@ _APPLICATION_ID = 0x70646C62
 # calibrated to spend exactly what is left must not be refused for rounding.
 _REL_TOL = 1e-9
 _BUSY_TIMEOUT_S = 120.0
+# A dataset's delta above this is refused unless forced: delta is the probability the
+# epsilon guarantee fails outright, and must be far below 1/n (usually 1e-5 or less).
+MAX_DELTA = 1e-3
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS privdl_meta (
@@ -132,10 +139,12 @@ class RunRecord:
         model_name: name the run gave its model.
         privdl_version: privdl version that wrote the record.
         opacus_version: Opacus version installed when the record was written.
-        accountant: ``"prv"`` or ``"rdp"``.
+        accountant: the accountant the ledger composed and recorded the run under:
+            the dataset's, whatever the run named.
         delta: the run's own delta.
         requested_epsilon: the epsilon the run asked for (``None`` if it gave none).
-        epsilon: the run's own epsilon at ``delta``, computed by the ledger from ``history``.
+        epsilon: the run's own epsilon at ``delta`` under ``accountant``, computed by the
+            ledger from ``history``.
         history: ``(noise_multiplier, sample_rate, steps)`` segments.
     """
 
@@ -174,9 +183,10 @@ class BudgetStatus:
         epsilon: total epsilon of the budget.
         delta: delta of the budget; every spent figure is at this delta.
         accountant: accountant used to compose the runs.
-        spent: epsilon of the composition of every run's history (reserved and settled).
+        spent: epsilon of the composition of every run's history (reserved and settled),
+            never negative.
         naive_sum: the runs' own epsilons added up (basic composition, for comparison).
-        remaining: ``max(0, epsilon - spent)``.
+        remaining: ``max(0, epsilon - spent)``, never above ``epsilon``.
         runs: number of runs charged.
         reserved: number of those still reserved (running or crashed).
         taken_at: ISO-8601 UTC time of the snapshot.
@@ -487,47 +497,57 @@ class BudgetLedger:
         *,
         epsilon: float,
         delta: float,
-        accountant: str = "prv",
+        accountant: str | None = None,
+        force: bool = False,
         audit_log: Any = None,
     ) -> BudgetStatus:
         """Create or change a dataset's total budget.
 
         Lowering a budget below what the dataset has already spent is refused:
-        spent budget cannot be given back.
+        spent budget cannot be given back. The accountant set here is the one every
+        reservation, settlement and status of the dataset is composed under.
 
         Args:
             dataset_id: the dataset's identifier (not personal data).
             epsilon: total epsilon, > 0.
-            delta: total delta, in (0, 1).
-            accountant: accountant used to compose the runs (``"prv"`` or ``"rdp"``).
+            delta: total delta, in (0, 1e-3]; a larger one (up to 1) needs ``force``.
+            accountant: accountant used to compose the runs (``"prv"`` or ``"rdp"``);
+                ``None`` keeps an existing dataset's accountant (``"prv"`` for a new one).
+            force: accept a delta above 1e-3 (with a warning; recorded in the audit entry).
             audit_log: an AuditLog, a path, or None; receives one ``budget.set`` entry.
 
         Returns:
             The dataset's status after the change.
 
         Raises:
-            PolicyError: epsilon or delta out of range, unknown accountant.
+            PolicyError: epsilon or delta out of range (or above 1e-3 without
+                ``force``), unknown accountant.
             BudgetExceededError: the new total is below what is already spent.
         """
         _check_dataset_id(dataset_id)
         _check_eps_delta(epsilon, delta)
-        check_accountant(accountant)
+        _check_budget_delta(delta, force=force)
+        if accountant is not None:
+            check_accountant(accountant)
+        params: dict[str, Any] = {
+            "dataset_id": dataset_id,
+            "epsilon": epsilon,
+            "delta": delta,
+            "accountant": accountant,
+            "ledger": self.location,
+        }
+        if force:
+            params["force"] = True
+        # the entry is written inside the transaction: if it cannot be, the change rolls back
         with (
-            _operation(
-                audit_log,
-                "budget.set",
-                params={
-                    "dataset_id": dataset_id,
-                    "epsilon": epsilon,
-                    "delta": delta,
-                    "accountant": accountant,
-                    "ledger": self.location,
-                },
-            ),
             self._store.transaction(write=True) as tx,
+            _operation(audit_log, "budget.set", params=params) as op,
         ):
             existing = tx.rows(self._store.lock_dataset_sql(), {"d": dataset_id})
             now = _now()
+            if accountant is None:
+                accountant = str(existing[0][2]) if existing else "prv"
+                op.update(params={"accountant": accountant})
             if existing:
                 runs = self._runs(tx, dataset_id)
                 spent = epsilon_of(_concat(runs), delta=delta, accountant=accountant)
@@ -574,6 +594,19 @@ class BudgetLedger:
             eps, delta, _ = self._dataset(tx, dataset_id)
         return eps, delta
 
+    def accountant(self, dataset_id: str) -> str:
+        """The accountant the dataset's runs are composed, charged and reported under.
+
+        A trainer charging this dataset should account its own run under it too, so
+        that its reported epsilon is the ledger's figure.
+
+        Raises:
+            PolicyError: no budget is set for ``dataset_id``.
+        """
+        with self._store.transaction(write=False) as tx:
+            _, _, accountant = self._dataset(tx, dataset_id)
+        return accountant
+
     def datasets(self) -> list[str]:
         """Identifiers of every dataset with a budget, sorted."""
         with self._store.transaction(write=False) as tx:
@@ -612,7 +645,8 @@ class BudgetLedger:
 
         Args:
             dataset_id: the dataset.
-            accountant: override the dataset's accountant.
+            accountant: a what-if view under another accountant; the budget itself is
+                always charged under the dataset's (:meth:`accountant`).
         """
         return self.status(dataset_id, accountant=accountant).spent
 
@@ -621,11 +655,15 @@ class BudgetLedger:
         return self.status(dataset_id).naive_sum
 
     def remaining(self, dataset_id: str, *, accountant: str | None = None) -> float:
-        """Epsilon still available: ``max(0, total - spent)``."""
+        """Epsilon still available: ``max(0, total - spent)``, never above the total."""
         return self.status(dataset_id, accountant=accountant).remaining
 
     def status(self, dataset_id: str, *, accountant: str | None = None) -> BudgetStatus:
-        """A consistent snapshot of the dataset's budget, spent and remaining epsilon."""
+        """A consistent snapshot of the dataset's budget, spent and remaining epsilon.
+
+        Composed under the dataset's accountant unless ``accountant`` names another
+        (a what-if view: reservations are always checked under the dataset's).
+        """
         with self._store.transaction(write=False) as tx:
             eps, delta, ds_accountant = self._dataset(tx, dataset_id)
             runs = self._runs(tx, dataset_id)
@@ -638,7 +676,7 @@ class BudgetLedger:
             accountant=acc,
             spent=spent,
             naive_sum=naive_epsilon_sum(epsilon_of(r.history, delta=delta, accountant=acc) for r in runs),
-            remaining=max(0.0, eps - spent),
+            remaining=min(eps, max(0.0, eps - spent)),
             runs=len(runs),
             reserved=sum(r.status == "reserved" for r in runs),
             taken_at=_now(),
@@ -652,7 +690,7 @@ class BudgetLedger:
         *,
         history: Iterable[Sequence[Any]],
         delta: float,
-        accountant: str = "prv",
+        accountant: str | None = None,
         model_name: str = "",
         epsilon: float | None = None,
         audit_log: Any = None,
@@ -660,14 +698,17 @@ class BudgetLedger:
         """Reserve a run's planned history before its first step, atomically.
 
         The planned history is composed with every recorded run of the dataset under
-        ``accountant`` at the dataset's delta; if that exceeds the dataset's total
-        epsilon the run is refused and nothing is written.
+        the dataset's accountant at the dataset's delta; if that exceeds the dataset's
+        total epsilon the run is refused and nothing is written.
 
         Args:
             dataset_id: the dataset to charge.
             history: the run's planned ``(noise_multiplier, sample_rate, steps)`` segments.
             delta: the run's own delta (its own epsilon is reported at this delta).
-            accountant: ``"prv"`` or ``"rdp"``.
+            accountant: the accountant the run used, ``"prv"`` or ``"rdp"`` (checked, and
+                kept in the audit entry). The run is composed, charged and recorded
+                under the dataset's accountant (:meth:`accountant`) whatever it names:
+                the history is the same under both, so re-accounting it is exact.
             model_name: a name for the model, kept in the record.
             epsilon: the epsilon the run asked for (for the record and the refusal).
             audit_log: an AuditLog, a path, or None; receives one ``budget.reserve`` entry.
@@ -681,7 +722,8 @@ class BudgetLedger:
             PolicyError: unknown dataset or accountant.
         """
         hist = normalize_history(history)
-        check_accountant(accountant)
+        if accountant is not None:
+            check_accountant(accountant)
         _check_eps_delta(1.0, delta)
         privdl_version, opacus_version = _versions()
         run_id = uuid.uuid4().hex
@@ -696,19 +738,21 @@ class BudgetLedger:
             "ledger": self.location,
         }
         with _operation(audit_log, "budget.reserve", params=params) as op:
-            run_eps = epsilon_of(hist, delta=delta, accountant=accountant)
-            requested = float(epsilon) if epsilon is not None else run_eps
             # Composition under PRV can take seconds for many distinct runs, so it is
             # computed on a snapshot outside the write lock; under the lock the snapshot
-            # is compared with the ledger and only recomputed if another run got in.
+            # is compared with the ledger and only recomputed if another run got in
+            # (or the dataset's budget or accountant changed).
             with self._store.transaction(write=False) as tx:
                 snapshot = self._snapshot(tx, dataset_id)
-            figures = self._compose(snapshot, hist, accountant)
+            figures = self._compose(snapshot, hist)
             with self._store.transaction(write=True) as tx:
                 current = self._snapshot(tx, dataset_id, lock=True)
                 if current != snapshot:
-                    figures = self._compose(current, hist, accountant)
+                    figures = self._compose(current, hist)
                 total, ds_delta, before, after = figures
+                ds_accountant = current[2]
+                run_eps = epsilon_of(hist, delta=delta, accountant=ds_accountant)
+                requested = float(epsilon) if epsilon is not None else run_eps
                 if after > total * (1 + _REL_TOL):
                     raise BudgetExceededError(
                         f"run refused: dataset {dataset_id!r} would spend epsilon>={after:.4g} "
@@ -728,14 +772,21 @@ class BudgetLedger:
                         "m": model_name,
                         "pv": privdl_version,
                         "ov": opacus_version,
-                        "a": accountant,
+                        "a": ds_accountant,
                         "dl": float(delta),
                         "req": None if epsilon is None else float(epsilon),
                         "e": run_eps,
                         "h": json.dumps(hist),
                     },
                 )
-            op.update(params={"spent_before": before, "spent_after": after, "total": total})
+            op.update(
+                params={
+                    "spent_before": before,
+                    "spent_after": after,
+                    "total": total,
+                    "dataset_accountant": ds_accountant,
+                }
+            )
         return run_id
 
     def settle(self, run_id: str, *, history: Iterable[Sequence[Any]], audit_log: Any = None) -> RunRecord:
@@ -744,7 +795,8 @@ class BudgetLedger:
         A run that stopped early settles with fewer steps and gives the rest back.
         A run that took *more* than it reserved is recorded truthfully (spent budget
         is never hidden) and, if the dataset is then over budget,
-        :class:`~privdl.errors.BudgetExceededError` is raised after recording.
+        :class:`~privdl.errors.BudgetExceededError` is raised after recording. The run's
+        epsilon is recomputed under the dataset's accountant.
 
         Raises:
             InputError: unknown run.
@@ -767,19 +819,19 @@ class BudgetLedger:
                 run = _run_from_row(rows[0])
                 if run.status != "reserved":
                     raise UsageError(f"run {run_id!r} is already settled")
-                self._lock(tx, run.dataset_id)
-                run_eps = epsilon_of(hist, delta=run.delta, accountant=run.accountant)
+                _, _, ds_accountant = self._lock(tx, run.dataset_id)
+                run_eps = epsilon_of(hist, delta=run.delta, accountant=ds_accountant)
                 tx.rows(
                     "UPDATE privdl_runs SET status = 'settled', settled_at = :t, history = :h, "
-                    "epsilon = :e WHERE run_id = :r",
-                    {"t": _now(), "h": json.dumps(hist), "e": run_eps, "r": run_id},
+                    "epsilon = :e, accountant = :a WHERE run_id = :r",
+                    {"t": _now(), "h": json.dumps(hist), "e": run_eps, "a": ds_accountant, "r": run_id},
                 )
             # The over-budget check needs the whole composition: done after the commit,
             # outside the write lock (the record is written truthfully either way).
             with self._store.transaction(write=False) as tx:
-                total, ds_delta, _ = self._dataset(tx, run.dataset_id)
+                total, ds_delta, ds_accountant = self._dataset(tx, run.dataset_id)
                 all_runs = self._runs(tx, run.dataset_id)
-            after = epsilon_of(_concat(all_runs), delta=ds_delta, accountant=run.accountant)
+            after = epsilon_of(_concat(all_runs), delta=ds_delta, accountant=ds_accountant)
             op.update(params={"dataset_id": run.dataset_id, "spent_after": after, "total": total})
             if after > total * (1 + _REL_TOL):
                 raise BudgetExceededError(
@@ -797,22 +849,25 @@ class BudgetLedger:
         *,
         sample_rate: float,
         steps: int,
-        accountant: str = "prv",
+        accountant: str | None = None,
     ) -> float:
         """Noise multiplier so that a run of ``steps`` at ``sample_rate`` spends what is left.
 
         The result composed with every recorded run stays within the dataset's total
         (``epsilon="remaining"`` in the trainer). The run must still :meth:`reserve`:
-        another process may have charged the dataset in between.
+        another process may have charged the dataset in between. The calibration is
+        under the dataset's accountant (the one :meth:`reserve` checks against);
+        ``accountant``, if given, is only checked to be a known name.
 
         Raises:
             BudgetExceededError: nothing is left on the dataset.
         """
-        check_accountant(accountant)
+        if accountant is not None:
+            check_accountant(accountant)
         with self._store.transaction(write=False) as tx:
-            total, ds_delta, _ = self._dataset(tx, dataset_id)
+            total, ds_delta, ds_accountant = self._dataset(tx, dataset_id)
             prior = _concat(self._runs(tx, dataset_id))
-        spent = epsilon_of(prior, delta=ds_delta, accountant=accountant)
+        spent = epsilon_of(prior, delta=ds_delta, accountant=ds_accountant)
         if spent >= total * (1 - 1e-6):
             raise BudgetExceededError(
                 f"dataset {dataset_id!r} has no budget left (spent {spent:.4g} of {total:g})",
@@ -825,23 +880,23 @@ class BudgetLedger:
             delta=ds_delta,
             sample_rate=sample_rate,
             steps=steps,
-            accountant=accountant,
+            accountant=ds_accountant,
             prior=prior,
         )
 
     # -- internals ------------------------------------------------------------
 
     def _snapshot(self, tx: _Tx, dataset_id: str, *, lock: bool = False) -> tuple[Any, ...]:
-        """(total, delta, every run's history) of a dataset; with ``lock``, under the row lock."""
-        total, delta, _ = self._lock(tx, dataset_id) if lock else self._dataset(tx, dataset_id)
+        """(total, delta, accountant, every run's history) of a dataset; with ``lock``,
+        under the row lock."""
+        total, delta, accountant = self._lock(tx, dataset_id) if lock else self._dataset(tx, dataset_id)
         runs = self._runs(tx, dataset_id)
-        return total, delta, tuple((r.run_id, tuple(r.history)) for r in runs)
+        return total, delta, accountant, tuple((r.run_id, tuple(r.history)) for r in runs)
 
     @staticmethod
-    def _compose(
-        snapshot: tuple[Any, ...], hist: History, accountant: str
-    ) -> tuple[float, float, float, float]:
-        total, delta, runs = snapshot
+    def _compose(snapshot: tuple[Any, ...], hist: History) -> tuple[float, float, float, float]:
+        """(total, delta, spent before, spent after) under the snapshot's accountant."""
+        total, delta, accountant, runs = snapshot
         prior = [seg for _, h in runs for seg in h]
         before = epsilon_of(prior, delta=delta, accountant=accountant)
         # Composition never spends less than its parts: a run that alone exceeds the
@@ -891,11 +946,33 @@ def _check_dataset_id(dataset_id: str) -> None:
         raise PolicyError("dataset_id must be a non-empty string")
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _check_eps_delta(epsilon: float, delta: float) -> None:
-    if not (isinstance(epsilon, int | float) and math.isfinite(epsilon) and epsilon > 0):
+    if not (_is_number(epsilon) and math.isfinite(epsilon) and epsilon > 0):
         raise PolicyError("epsilon must be a positive finite number")
-    if not (isinstance(delta, int | float) and 0 < delta < 1):
+    if not (_is_number(delta) and 0 < delta < 1):
         raise PolicyError("delta must be in (0, 1)")
+
+
+def _check_budget_delta(delta: float, *, force: bool) -> None:
+    """A dataset's delta above MAX_DELTA is refused unless forced (then loudly)."""
+    if delta <= MAX_DELTA:
+        return
+    if not force:
+        raise PolicyError(
+            f"delta={delta:g} is above {MAX_DELTA:.0e}: delta is the chance that the epsilon "
+            "guarantee fails outright and must be far below 1/n (1e-5 or less is usual); "
+            "pass force=True (CLI: --force) to set it anyway"
+        )
+    warnings.warn(
+        f"a dataset budget with delta={delta:g} (above {MAX_DELTA:.0e}) was forced; "
+        "the trainer still refuses a delta at or above 1/n",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 class _NoOp:

@@ -6,6 +6,12 @@ covered, and epsilon at delta, followed by the ledger's view of the dataset, uti
 against a non-private baseline, a plot of epsilon and the validation metric per epoch,
 and an empirical membership-inference audit.
 
+The ``coverage`` statement lists every item the report and the model folder release,
+each marked DP-protected, public (not computed from the training records) or not
+covered (computed from personal data without noise). Nothing computed from the
+training records without noise is in a report as if covered: the exact training loss
+is left out altogether (a trainer shows it live on its progress bar only).
+
 Every epsilon in a report is recomputed here from the accountant history
 (``(noise_multiplier, sample_rate, steps)`` segments) with
 :func:`privdl.train.calibrate.epsilon_of`; figures a trainer or ledger reported are
@@ -34,7 +40,7 @@ from privdl.budget.accounting import epsilon_of, normalize_history
 from privdl.budget.mia import MembershipAudit, dp_advantage_bound, loss_threshold_audit
 from privdl.errors import InputError, UsageError
 
-__all__ = ["PrivacyReport", "group_privacy"]
+__all__ = ["PrivacyReport", "coverage_items", "group_privacy"]
 
 # Trainer-reported and recomputed figures may differ by the accountants' own error
 # margins (PRV: eps_error=0.01 absolute); more than this is reported as a disagreement.
@@ -120,8 +126,9 @@ class PrivacyReport:
             user-level ``epsilon``/``delta`` from group privacy when it applies.
         training: hyperparameters that matter for privacy (sigma, C, q, steps, epochs,
             batch size, n, secure_mode, target epsilon, replaced modules).
-        epochs: per epoch: ``epoch``, ``loss``, ``metric``, ``epsilon`` (recomputed) and
-            ``epsilon_reported`` (the trainer's figure).
+        epochs: per epoch: ``epoch``, ``metric`` (validation, not covered by DP),
+            ``epsilon`` (recomputed) and ``epsilon_reported`` (the trainer's figure). The
+            exact training loss is never included: it is not DP.
         dataset: the ledger's dataset budget: ``total_epsilon``, ``delta``,
             ``spent_before``, ``spent_after`` (composed, recomputed), ``naive_sum``,
             ``remaining``.
@@ -132,6 +139,10 @@ class PrivacyReport:
         versions: privdl, opacus, torch, numpy, python.
         warnings: things the reader must know (disagreements, uncovered steps).
         created_at: ISO-8601 UTC time.
+        coverage: every item the report and the model folder release: ``item``,
+            ``released_in`` (``"report"``, ``"model folder"``, ``"checkpoint"``),
+            ``dp_protected``, ``data_dependent`` (computed from personal data) and a
+            ``note``; an item that is data-dependent and not DP-protected is not covered.
     """
 
     scope: str
@@ -151,6 +162,7 @@ class PrivacyReport:
     versions: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     created_at: str = ""
+    coverage: list[dict[str, Any]] = field(default_factory=list)
 
     # -- construction -----------------------------------------------------------
 
@@ -244,6 +256,13 @@ class PrivacyReport:
             )
         unit = _unit(epsilon, delta, max_records_per_user)
         warnings += _unit_warnings(unit)
+        if getattr(trainer, "val_overlap_", None):
+            # no count: it is a figure computed from the records without noise
+            warnings.append(
+                "the validation data shares rows with the training data: the validation "
+                "metric is computed partly on training records, without DP"
+            )
+        coverage = coverage_items(trainer, utility=utility, membership=mia, dataset=dataset)
         return cls(
             scope="run",
             dataset_id=dataset_id,
@@ -261,6 +280,7 @@ class PrivacyReport:
             versions=_versions(),
             warnings=warnings,
             created_at=_now(),
+            coverage=coverage,
         )
 
     @classmethod
@@ -346,6 +366,7 @@ class PrivacyReport:
             versions=_versions(),
             warnings=warnings,
             created_at=_now(),
+            coverage=_ledger_coverage(),
         )
 
     # -- serialization ----------------------------------------------------------
@@ -367,6 +388,10 @@ class PrivacyReport:
         """
         try:
             data = dict(json.loads(text) if isinstance(text, str) else text)
+            # older reports held the exact training loss (not DP): it is not carried on
+            data["epochs"] = [
+                {k: v for k, v in dict(row).items() if k != "loss"} for row in data.get("epochs") or []
+            ]
             return cls(**data)
         except (TypeError, ValueError) as exc:
             raise InputError("not a privdl privacy report") from exc
@@ -402,8 +427,10 @@ class PrivacyReport:
             f"{what} satisfies ({self.epsilon:.4g}, {self.delta:.3g})-differential privacy "
             f"for {mech}, by the {acc} accountant. Privacy unit: one record; adjacency: "
             f"add or remove one record (unbounded). Trust model: central DP, the party "
-            f"that trains sees the raw records; the guarantee covers the released model "
-            f"and every intermediate model and checkpoint of the run(s)."
+            f"that trains sees the raw records; the guarantee covers the trained weights "
+            f"of the released model and of every intermediate model and checkpoint of "
+            f"the run(s). The coverage statement lists what else is released and whether "
+            f"DP covers it."
         )
         if unit.get("unit") == "user":
             text += (
@@ -429,6 +456,15 @@ class PrivacyReport:
                 kind="info",
             ),
         ]
+        uncovered = [c["item"] for c in self.coverage if c["data_dependent"] and not c["dp_protected"]]
+        if uncovered:
+            assumptions.append(
+                r.Note(
+                    "Released here or in the model folder but NOT covered by the DP guarantee "
+                    "(computed from personal data without noise): " + "; ".join(uncovered) + ".",
+                    kind="warning",
+                )
+            )
         if self.preprocessing:
             assumptions.append(
                 r.Note(
@@ -527,11 +563,33 @@ class PrivacyReport:
                     ],
                 )
             )
+        if self.coverage:
+            sections.append(
+                r.Section(
+                    "Coverage: what is released",
+                    [
+                        r.Table(
+                            ["item", "released in", "protection", "why"],
+                            [
+                                [c["item"], ", ".join(c["released_in"]), _protection(c), c["note"]]
+                                for c in self.coverage
+                            ],
+                        ),
+                        r.Paragraph(
+                            "DP: released through the differentially private mechanism and "
+                            "counted in epsilon. Public: not computed from the training "
+                            "records. NOT covered: computed from personal data without noise. "
+                            "The exact training loss is neither saved nor reported (the "
+                            "trainer shows it live on its own progress bar only)."
+                        ),
+                    ],
+                )
+            )
         if self.epochs:
             blocks: list[Any] = [
                 r.Table(
-                    ["epoch", "loss", "validation metric", "epsilon"],
-                    [[e["epoch"], e.get("loss"), e.get("metric"), e["epsilon"]] for e in self.epochs],
+                    ["epoch", "validation metric (not covered by DP)", "epsilon"],
+                    [[e["epoch"], e.get("metric"), e["epsilon"]] for e in self.epochs],
                 )
             ]
             if figures:
@@ -550,6 +608,10 @@ class PrivacyReport:
                 r.Section(
                     "Utility",
                     [
+                        r.Paragraph(
+                            "Not covered by DP: the private model's validation metric and the "
+                            "non-private baseline are computed without noise."
+                        ),
                         r.KeyValues(
                             [
                                 ("metric", u.get("metric")),
@@ -557,7 +619,7 @@ class PrivacyReport:
                                 ("non-private baseline", u.get("baseline")),
                                 ("difference", u.get("difference")),
                             ]
-                        )
+                        ),
                     ],
                 )
             )
@@ -574,7 +636,9 @@ class PrivacyReport:
                             "mean the attack does no better than guessing. The DP bound is "
                             "the largest advantage any attack can have under the stated "
                             "(epsilon, delta). An empirical audit can find leaks; it cannot "
-                            "prove their absence."
+                            "prove their absence. Not covered by DP: these figures are "
+                            "computed without noise from the audit records, whose members "
+                            "are training records."
                         ),
                         r.KeyValues(
                             [
@@ -585,8 +649,6 @@ class PrivacyReport:
                                     "members / non-members",
                                     f"{m.get('n_members')} / {m.get('n_non_members')}",
                                 ),
-                                ("mean loss members", m.get("mean_loss_members")),
-                                ("mean loss non-members", m.get("mean_loss_non_members")),
                             ]
                         ),
                     ],
@@ -724,9 +786,14 @@ def _epoch_rows(
 ) -> list[dict[str, Any]]:
     """Per-epoch rows with epsilon recomputed from the history prefix of each epoch.
 
-    An epoch ends at the cumulative ``steps`` the trainer recorded for it; without
-    that, epoch ``e`` of ``E`` ends after ``round(e / E * steps)`` steps (Poisson
-    sampling runs ``1/q`` steps per epoch, so the steps split evenly).
+    The rows belong to the last segment of the history (the trainer's current run;
+    earlier runs and any DP preprocessing come before it). An epoch ends at the
+    cumulative ``steps`` of that run the trainer recorded for it; without that,
+    epoch ``e`` of ``E`` ends after ``round(e / E * steps)`` steps of the whole history
+    (Poisson sampling runs ``1/q`` steps per epoch, so the steps split evenly).
+
+    The exact training loss a trainer keeps per epoch is not carried over: it is
+    computed from the training records without noise.
     """
     rows: list[dict[str, Any]] = []
     total_steps = int(sum(int(s[2]) for s in hist))
@@ -735,13 +802,18 @@ def _epoch_rows(
         epoch = int(entry.get("epoch", i + 1))
         # the trainer's cumulative step count when it gives one, else an even split
         given = entry.get("steps")
-        steps = int(given) if given is not None else round((i + 1) / n * total_steps)
-        eps = epsilon_of(_prefix(hist, steps), delta=delta, accountant=accountant)
+        if given is not None and hist:
+            steps = int(given)
+            *before, (sigma, q, _n) = hist
+            prefix = [*before, (sigma, q, steps)] if steps > 0 else list(before)
+        else:
+            steps = round((i + 1) / n * total_steps)
+            prefix = _prefix(hist, steps)
+        eps = epsilon_of(prefix, delta=delta, accountant=accountant) if prefix else 0.0
         rep = entry.get("epsilon")
         rows.append(
             {
                 "epoch": epoch,
-                "loss": _float(entry.get("loss")),
                 "metric": _float(entry.get("metric")),
                 "epsilon": eps,
                 "epsilon_reported": _float(rep),
@@ -782,8 +854,231 @@ def _membership(trainer: Any, audit_data: Any, epsilon: float, delta: float) -> 
         delta=delta,
     )
     out = asdict(audit)
+    # the mean loss on the members is the exact training loss of those records: left out
+    for name in ("mean_loss_members", "mean_loss_non_members"):
+        out.pop(name, None)
     out["dp_bound"] = dp_advantage_bound(epsilon, delta)
     return out
+
+
+def _item(item: str, released_in: Sequence[str], *, dp: bool, data: bool, note: str) -> dict[str, Any]:
+    return {
+        "item": item,
+        "released_in": list(released_in),
+        "dp_protected": dp,
+        "data_dependent": data,
+        "note": note,
+    }
+
+
+def _protection(entry: Mapping[str, Any]) -> str:
+    if entry.get("dp_protected"):
+        return "DP"
+    return "NOT covered" if entry.get("data_dependent") else "public"
+
+
+def coverage_items(
+    trainer: Any,
+    *,
+    utility: Mapping[str, Any] | None = None,
+    membership: Mapping[str, Any] | None = None,
+    dataset: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """What a fitted trainer's report and model folder release, each item classified.
+
+    ``dp_protected``: released through DP-SGD (or another DP release in the run's
+    history) and so counted in epsilon. ``data_dependent``: computed from personal
+    data. An item that is data-dependent and not DP-protected is *not covered*.
+
+    Args:
+        trainer: a fitted :class:`~privdl.PrivateTrainer` (or an object with its attributes).
+        utility, membership, dataset: the report's blocks, when it has them (the model
+            folder has none of them).
+    """
+    checkpoints = getattr(trainer, "checkpoint_dir", None) is not None
+    folder = ("model folder", "checkpoint") if checkpoints else ("model folder",)
+    everywhere = ("report", *folder)
+    items = [
+        _item(
+            "model weights (trainable parameters)",
+            folder,
+            dp=True,
+            data=True,
+            note="the output of DP-SGD; every intermediate model is covered too",
+        )
+    ]
+    model = getattr(trainer, "model_", None)
+    named_buffers = getattr(model, "named_buffers", None)
+    buffers = [name for name, _ in named_buffers()] if callable(named_buffers) else []
+    if buffers:
+        items.append(
+            _item(
+                f"model buffers ({len(buffers)}: non-trainable state)",
+                folder,
+                dp=False,
+                data=True,
+                note="not trained by DP-SGD: covered only if no layer updates them from the "
+                "training data, which privdl does not check",
+            )
+        )
+    if checkpoints:
+        items.append(
+            _item(
+                "optimizer state and training progress (epoch, steps)",
+                ("checkpoint",),
+                dp=True,
+                data=True,
+                note="computed from the noisy gradients only (post-processing); the steps "
+                "per epoch follow from n",
+            )
+        )
+    items += [
+        _item(
+            "epsilon, delta, accountant history (noise multiplier, sampling rate, steps), "
+            "clipping norm, per-epoch epsilon and steps",
+            everywhere,
+            dp=False,
+            data=False,
+            note="parameters of the DP mechanism; epsilon is computed from them (the sampling "
+            "rate and a default delta are derived from the number of records)",
+        ),
+        _item(
+            "number of training records (n)",
+            everywhere,
+            dp=False,
+            data=True,
+            note="released exactly (it is also implied by the sampling rate and a default "
+            "delta of 1/(10 n)); add-or-remove-one-record DP does not hide it",
+        ),
+        _item(
+            "training configuration (hyperparameters, target epsilon, secure mode, whether a seed was given)",
+            everywhere,
+            dp=False,
+            data=False,
+            note="chosen by the user, not computed from the records",
+        ),
+        _item(
+            "model architecture (layers, replaced modules, gradient engine)",
+            everywhere,
+            dp=False,
+            data=False,
+            note="from the model given, not from the records",
+        ),
+        _item(
+            "dataset id, run id, software versions, creation time",
+            everywhere,
+            dp=False,
+            data=False,
+            note="identifiers and metadata, not computed from the records",
+        ),
+    ]
+    fixed = isinstance(getattr(trainer, "loss", None), str)
+    task_note = (
+        "fixed by loss="
+        if fixed
+        else "inferred from the training targets (their type and whether every value is "
+        "whole); pass loss= to fix it in advance"
+    )
+    items.append(
+        _item("task (binary, multiclass or regression)", folder, dp=False, data=not fixed, note=task_note)
+    )
+    encoder = getattr(trainer, "encoder_", None)
+    if encoder is not None or getattr(trainer, "feature_names_", None):
+        items.append(_encoder_item(trainer, encoder, folder))
+    per_epoch = getattr(trainer, "history_", None) or []
+    if any(row.get("metric") is not None for row in per_epoch):
+        note = (
+            "computed on the val= data without noise: DP covers the training records, "
+            "not the validation records"
+        )
+        if getattr(trainer, "val_overlap_", None):
+            note += "; the validation data shares rows with the training data"
+        items.append(_item("validation metric per epoch", everywhere, dp=False, data=True, note=note))
+    if utility is not None:
+        items.append(
+            _item(
+                "non-private baseline and utility difference",
+                ("report",),
+                dp=False,
+                data=True,
+                note="given by the caller; a model trained without DP on the same data",
+            )
+        )
+    if membership is not None:
+        items.append(
+            _item(
+                "membership-inference audit (AUC, advantage, record counts)",
+                ("report",),
+                dp=False,
+                data=True,
+                note="computed without noise from the per-record losses of the audit "
+                "records, whose members are training records",
+            )
+        )
+    if dataset is not None:
+        items.append(
+            _item(
+                "dataset budget (total, spent, remaining)",
+                ("report",),
+                dp=False,
+                data=False,
+                note="composed from the runs' accountant histories in the ledger",
+            )
+        )
+    return items
+
+
+def _encoder_item(trainer: Any, encoder: Any, folder: Sequence[str]) -> dict[str, Any]:
+    """The encoder's domains (encoder.json, feature names) by where they came from."""
+    where = ("report", *folder) if _preprocessing(trainer) else tuple(folder)
+    item = "feature names and encoder domains (encoder.json)"
+    # the encoder's own record: "policy", "dp" or "learned-unprotected"
+    source = getattr(trainer, "domain_source_", None)
+    if source is None and encoder is not None:
+        learned = getattr(encoder, "data_dependent_", None)
+        source = "learned-unprotected" if learned else "policy"
+    if source == "dp":
+        return _item(
+            item,
+            where,
+            dp=True,
+            data=True,
+            note="estimated with DP; the release is a segment of the run's history and counted in epsilon",
+        )
+    if source == "learned-unprotected":
+        return _item(
+            item,
+            where,
+            dp=False,
+            data=True,
+            note="learned from the training data without noise",
+        )
+    if source == "policy":
+        return _item(
+            item, where, dp=False, data=False, note="from the policy, its hierarchies or given bounds"
+        )
+    return _item(
+        item, where, dp=False, data=True, note="origin not recorded: treated as learned from the data"
+    )
+
+
+def _ledger_coverage() -> list[dict[str, Any]]:
+    return [
+        _item(
+            "epsilon, delta and accountant history of every run",
+            ("report",),
+            dp=False,
+            data=False,
+            note="parameters of the DP mechanisms, composed by the accountant",
+        ),
+        _item(
+            "runs (ids, times, status, model names, software versions) and the dataset budget",
+            ("report",),
+            dp=False,
+            data=False,
+            note="ledger records, not computed from the training records",
+        ),
+    ]
 
 
 def _preprocessing(trainer: Any) -> list[str]:

@@ -25,7 +25,12 @@ def anonymize(
     qi: list[str] = typer.Option([], "--qi", help="Quasi-identifier column. Repeatable."),
     sensitive: list[str] = typer.Option([], "--sensitive", help="Sensitive column. Repeatable."),
     drop: list[str] = typer.Option([], "--drop", help="Column to remove. Repeatable."),
-    keep: list[str] = typer.Option([], "--keep", help="Column reviewed and kept unchanged. Repeatable."),
+    keep: list[str] = typer.Option(
+        [], "--keep", help="Column kept unchanged: you assert an attacker cannot link on it. Repeatable."
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Every column must have a role (--id, --qi, --sensitive, --keep, --drop)."
+    ),
     k: int | None = typer.Option(None, "-k", help="k-anonymity target."),
     l_diversity: int | None = typer.Option(None, "--l-diversity", help="l-diversity target."),
     l_kind: str | None = typer.Option(None, "--l-kind", help="distinct (default) or entropy."),
@@ -74,6 +79,7 @@ def anonymize(
         hierarchies=hierarchies,
         algorithm=algorithm,
         base_dir=base.base_dir if base.base_dir is not None else Path.cwd(),
+        strict=strict or None,
     )
     if not the_policy.named_columns:
         raise UsageError("nothing to do: give --id, --qi, --drop or a --policy file")
@@ -90,19 +96,15 @@ def anonymize(
         out_sep = sep
         if out_sep is None and io.parse_source(output).fmt == io.parse_source(input).fmt:
             out_sep = io.text_delimiter(input)
-        written = io.write_table(released, output, sep=out_sep)
-        try:
-            if report is not None:
-                anonymizer.report_.save(report)
-        except BaseException:
-            written.unlink(missing_ok=True)  # all or nothing: no table without its report
-            raise
+        # staged: table and report appear together, and only once the entry is written
+        io.write_table(released, op.stage_table(output), sep=out_sep)
+        if report is not None:
+            anonymizer.report_.save(op.stage(report))
         op.update(
-            outputs=[str(written)],
             subjects=anonymizer.subjects_,
             params={**anonymizer.get_params(), "achieved": anonymizer.report_.summary()},
         )
-    print(_summary(frame, released, the_policy, output, key))
+    print(_summary(frame, released, the_policy, output, key, anonymizer.report_))
 
 
 def _split_hierarchy(spec: str) -> tuple[str, str]:
@@ -112,17 +114,23 @@ def _split_hierarchy(spec: str) -> tuple[str, str]:
     return column.strip(), value.strip()
 
 
-def _summary(frame: Any, released: Any, policy: Any, output: str, key: Any) -> str:
+def _summary(frame: Any, released: Any, policy: Any, output: str, key: Any, report: Any = None) -> str:
     counts: dict[str, int] = {}
     for rule in policy.identifiers:
         counts[rule.transform] = counts.get(rule.transform, 0) + 1
     done = ", ".join(f"{n} {t}" for t, n in sorted(counts.items()))
     extra = f"; {len(policy.drop)} dropped" if policy.drop else ""
     qi = (
-        f"; {len(policy.quasi_identifiers)} quasi-identifiers generalized (k={policy.k})"
+        f"; {len(policy.quasi_identifiers)} quasi-identifiers generalized (target k={policy.k})"
         if policy.quasi_identifiers
         else ""
     )
+    # the achieved k is the honest one: linkable columns counted (see the warnings)
+    achieved = report.summary() if report is not None else {}
+    if "k" in achieved:
+        linkable = achieved.get("linkable") or []
+        counted = f" with {len(linkable)} linkable column(s) counted" if linkable else ""
+        qi += f"; achieved k={achieved['k']}{counted}"
     passthrough = policy.passthrough(frame.columns)
     kid = f", key {key.key_id}" if key is not None else ""
     suppressed = len(frame) - len(released)

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from privdl.cli.options import audit_context, report_target
+from privdl.cli.options import cli_audit_log, report_target
 
 _LEDGER_HELP = "Ledger: a SQLite file, sqlite:///PATH or postgresql://URL."
 
@@ -116,18 +116,12 @@ def set_budget(
     """Create or change a dataset's total budget (never below what it has spent)."""
     from privdl.budget.ledger import BudgetLedger
 
-    params = {
-        "dataset_id": dataset,
-        "epsilon": epsilon,
-        "delta": delta,
-        "accountant": accountant,
-        "ledger": ledger,
-    }
-    with (
-        audit_context(audit_log, audit_key_env, "budget.set", params=params),
-        BudgetLedger(ledger) as led,
-    ):
-        status = led.set_budget(dataset, epsilon=epsilon, delta=delta, accountant=accountant)
+    log = cli_audit_log(audit_log, audit_key_env)
+    if log is not None:
+        log.check_appendable()  # before the ledger is opened, or created
+    with BudgetLedger(ledger) as led:
+        # the ledger writes the entry inside its transaction: no change without its entry
+        status = led.set_budget(dataset, epsilon=epsilon, delta=delta, accountant=accountant, audit_log=log)
     typer.echo(
         f"{dataset}: epsilon={status.epsilon:g} delta={status.delta:g} "
         f"spent={status.spent:.4g} remaining={status.remaining:.4g} ({status.runs} runs)"

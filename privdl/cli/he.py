@@ -54,9 +54,13 @@ def _expand(spec: object, requested: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _audit(path: Path | None, key_env: str) -> Any:
+    """The command's audit log, checked to take an entry before any work (or None)."""
     from privdl.cli.options import cli_audit_log
 
-    return cli_audit_log(path, key_env)
+    log = cli_audit_log(path, key_env)
+    if log is not None:
+        log.check_appendable()
+    return log
 
 
 def keygen(
@@ -80,11 +84,14 @@ def keygen(
 
     if model is not None and depth is not None:
         raise UsageError("give --depth or --model, not both")
+    if (out / SECRET_FILE).exists():  # checked here: the keys are written to a staged folder
+        raise UsageError(f"{out / SECRET_FILE} already exists; choose another folder")
     from privdl.audit import operation
 
     with operation(_audit(audit_log, audit_key_env), "he.keygen") as op:
         keys = _generate(model, depth, output, security, encryption, galois_keys)
-        keys.save(out)
+        # the key files appear only once the entry is written; their hashes are not logged
+        keys.save(op.stage(out, folder=True, record=False))
         # a new key set is a key rotation for the data owner: recorded by key_id only
         op.update(params={"key_id": keys.key_id, "he_params": keys.params.to_dict()})
     p = keys.params
@@ -204,7 +211,15 @@ def score(
         raise UsageError("--plain-columns needs --plain")
     public_keys = PublicKeys.load(public)
     model_key = load_model_key(model_key_env, model_key_file, model_public_key)
-    scorer = EncryptedScorer.from_model(model, public_keys, output=out_kind, model_key=model_key)
+    import warnings
+
+    from privdl.errors import ApproximationWarning
+
+    with warnings.catch_warnings():  # printed once below, as a privdl line
+        warnings.simplefilter("ignore", ApproximationWarning)
+        scorer = EncryptedScorer.from_model(model, public_keys, output=out_kind, model_key=model_key)
+    for line in scorer.warnings_:
+        typer.echo(f"privdl: warning: {line}", err=True)
     frame = None
     if plain is not None:
         if not pcols:

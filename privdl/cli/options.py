@@ -81,11 +81,6 @@ def cli_audit_log(log_path: Path | None, key_env: str) -> Any:
     return resolve_audit_log(log_path, key_env=key_env)
 
 
-class _NoAudit:
-    def update(self, **_: Any) -> None:
-        return None
-
-
 @contextlib.contextmanager
 def audit_context(
     log_path: Path | None,
@@ -94,17 +89,18 @@ def audit_context(
     *,
     params: dict[str, Any] | None = None,
     inputs: Sequence[Any] = (),
+    started: bool = False,
 ) -> Iterator[Any]:
-    """One audit entry for a CLI operation, or nothing when no log is given.
+    """One audit entry for a CLI operation; without a log, the null operation.
 
-    The audit key is read before the operation starts, so a missing key is a usage
-    error (exit 2) and not a half-logged run.
+    Before the block runs the key is read and the log is checked to take the entry
+    (another key, an altered or unwritable log: exit 2 or 1, one line naming the log),
+    so no work is done that could not be recorded. Write outputs to
+    ``op.stage(path)`` / ``op.stage_table(location)``: they appear only once the
+    entry is written (see :func:`privdl.audit.operation`).
     """
-    log = cli_audit_log(log_path, key_env)
-    if log is None:
-        yield _NoAudit()
-        return
     from privdl.audit import operation
 
-    with operation(log, event, params=params or {}, inputs=list(inputs)) as op:
+    log = cli_audit_log(log_path, key_env)
+    with operation(log, event, params=params or {}, inputs=list(inputs), started=started) as op:
         yield op

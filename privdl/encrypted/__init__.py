@@ -15,7 +15,10 @@ and computes on ciphertexts::
 Modules: :mod:`~privdl.encrypted.params` (parameter sets, the 128-bit check),
 :mod:`~privdl.encrypted.keys`, :mod:`~privdl.encrypted.packing`,
 :mod:`~privdl.encrypted.models` (torch / scikit-learn / file models, polynomial
-activations), :mod:`~privdl.encrypted.scorer`, :mod:`~privdl.encrypted.wire` (the
+activations), :mod:`~privdl.encrypted.approximation` (the measured gap between the
+encrypted circuit and the exact model), :mod:`~privdl.encrypted.activations`
+(``Square``, ``PolynomialActivation``: torch modules to train HE-friendly networks
+with), :mod:`~privdl.encrypted.scorer`, :mod:`~privdl.encrypted.wire` (the
 versioned container), :mod:`~privdl.encrypted.pool` (worker processes).
 
 TenSEAL is imported only when keys are made or ciphertexts touched (``privdl[he]``).
@@ -27,21 +30,27 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "ApproximationReport",
     "EncryptedBatch",
     "EncryptedScorer",
     "HEKeys",
     "ModelSpec",
+    "PolynomialActivation",
     "PublicKeys",
+    "Square",
     "export_linear_model",
     "load_model",
 ]
 
 _LAZY = {
+    "ApproximationReport": "privdl.encrypted.approximation",
     "EncryptedBatch": "privdl.encrypted.wire",
     "EncryptedScorer": "privdl.encrypted.scorer",
     "HEKeys": "privdl.encrypted.keys",
     "ModelSpec": "privdl.encrypted.models",
+    "PolynomialActivation": "privdl.encrypted.activations",
     "PublicKeys": "privdl.encrypted.keys",
+    "Square": "privdl.encrypted.activations",
     "export_linear_model": "privdl.encrypted.models",
     "load_model": "privdl.encrypted.models",
 }

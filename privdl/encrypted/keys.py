@@ -431,7 +431,8 @@ class HEKeys:
             },
             inputs=inputs,
         ) as op:
-            with BatchWriter(path, header) as writer:
+            # staged under an audit log: the file appears only once its entry is written
+            with BatchWriter(op.stage(path) if op is not None else path, header) as writer:
                 for chunk in self.encrypt_chunks(matrix, workers=workers):
                     writer.write(chunk)
             if op is not None:

@@ -8,7 +8,8 @@ It is built from
 * torch: ``nn.Linear``, ``nn.Sequential`` of ``Linear`` layers with activations
   (``ReLU``, ``Tanh``, ``Sigmoid``, ``GELU``, ``SiLU`` are replaced by a least-squares
   polynomial on a stated input range, with the approximation error reported; a module
-  named ``Square`` is evaluated exactly), an optional final ``Sigmoid``/``Softmax``;
+  named ``Square`` and :class:`privdl.encrypted.PolynomialActivation` are evaluated
+  exactly), an optional final ``Sigmoid``/``Softmax``;
 * scikit-learn: ``LogisticRegression``, ``LinearRegression`` (and other fitted linear
   models with ``coef_``/``intercept_``), alone or in a ``Pipeline`` after a
   ``StandardScaler``;
@@ -42,6 +43,7 @@ __all__ = [
     "PolyActivation",
     "approximate",
     "as_model",
+    "exact_polynomial",
     "export_linear_model",
     "load_model",
 ]
@@ -51,6 +53,8 @@ MLP_FORMAT = "privdl-mlp/1"
 LINKS = ("logit", "identity", "softmax")
 DEFAULT_RANGE = (-4.0, 4.0)
 SIGMOID_RANGE = (-8.0, 8.0)
+# activations that *are* their polynomial: the encrypted circuit computes them exactly
+EXACT_ACTIVATIONS = ("square", "polynomial")
 
 
 def _activation_fn(name: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -94,6 +98,15 @@ class PolyActivation:
     @property
     def degree(self) -> int:
         return len(self.coefficients) - 1
+
+    @property
+    def exact(self) -> bool:
+        """True when the activation is this polynomial (no approximation, any input)."""
+        return self.name in EXACT_ACTIVATIONS
+
+    def reference(self, x: np.ndarray) -> np.ndarray:
+        """The activation this polynomial stands for (itself when :attr:`exact`)."""
+        return self(x) if self.exact else _activation_fn(self.name)(x)
 
     @property
     def depth(self) -> int:
@@ -160,6 +173,32 @@ def approximate(name: str, *, degree: int = 2, range: tuple[float, float] = DEFA
     poly = PolyActivation(name, coefficients, (lo, hi), 0.0)
     error = float(np.max(np.abs(poly(grid) - fn(grid))))
     return replace(poly, max_error=error)
+
+
+def exact_polynomial(
+    coefficients: Sequence[float], *, range: tuple[float, float] = DEFAULT_RANGE
+) -> PolyActivation:
+    """An activation that is the polynomial ``coefficients`` (ascending powers, degree 1-3).
+
+    The encrypted scorer evaluates it exactly (``max_error`` 0 on any input); ``range``
+    is kept for the record only.
+
+    Raises:
+        UsageError: degree outside 1-3, a non-finite coefficient, or no variable term.
+    """
+    import math
+
+    coef = [float(c) for c in coefficients]
+    while len(coef) > 1 and coef[-1] == 0.0:
+        coef.pop()
+    if not all(math.isfinite(c) for c in coef):
+        raise UsageError("polynomial activation coefficients must be finite")
+    if not 2 <= len(coef) <= 4:
+        raise UsageError("a polynomial activation needs degree 1, 2 or 3 (2 to 4 coefficients)")
+    rng = (float(range[0]), float(range[1]))
+    if tuple(coef) == (0.0, 0.0, 1.0):
+        return PolyActivation("square", (0.0, 0.0, 1.0), rng, 0.0)
+    return PolyActivation("polynomial", tuple(coef), rng, 0.0)
 
 
 @dataclass(frozen=True)
@@ -274,7 +313,7 @@ class ModelSpec:
         w, b = self.folded()
         h = np.asarray(matrix, dtype=np.float64) @ w.T + b
         for act, layer in zip(self.activations, self.layers[1:], strict=True):
-            h = _activation_fn(act.name)(h) if exact else act(h)
+            h = act.reference(h) if exact else act(h)
             h = h @ layer.w.T + layer.b
         return h
 
@@ -441,11 +480,15 @@ def _reduce_two_class(layer: Layer) -> Layer:
 def _from_torch(module: Any, degree: int, rng: tuple[float, float]) -> ModelSpec:
     torch = __import__("torch")
     nn = torch.nn
+    from privdl.encrypted.activations import PolynomialActivation
+
     modules = list(module) if isinstance(module, nn.Sequential) else [module]
     items: list[tuple[str, Any, Any]] = []
     for m in modules:
         if isinstance(m, nn.Linear):
             items.append(("linear", m.weight.detach().cpu().double().numpy(), _bias(m)))
+        elif isinstance(m, PolynomialActivation):
+            items.append(("polynomial", m.coefficients, None))
         else:
             items.append((type(m).__name__.lower(), None, None))
     return _from_layers(items, degree, rng, link="identity")
@@ -489,6 +532,10 @@ def _from_layers(
             link = "softmax"
         elif kind == "square":
             pending = approximate("square", range=rng)
+        elif kind == "polynomial":
+            if not layers:
+                raise UsageError("an activation before the first Linear layer is not supported")
+            pending = exact_polynomial(weight, range=rng)
         else:
             if kind not in _APPROXIMABLE:
                 raise UsageError(f"layer {i} ({kind}) cannot be evaluated encrypted")

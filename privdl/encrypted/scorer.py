@@ -15,17 +15,23 @@ arrive in plaintext and their partial score (with the bias) is added server-side
 the cost scales with the encrypted columns only.
 
 The scorer holds a :class:`~privdl.encrypted.keys.PublicKeys` (no secret key: it
-refuses a private context) and a public :class:`~privdl.encrypted.models.ModelSpec`.
+refuses a private context), a public :class:`~privdl.encrypted.models.ModelSpec` and
+an :class:`~privdl.encrypted.approximation.ApproximationReport`: how far the
+polynomial circuit is from the exact model, measured in plaintext on a calibration
+sample or inside input bounds (aggregates only, never a row).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from privdl.encrypted.approximation import DEFAULT_TOLERANCE, ApproximationReport, assess
 from privdl.encrypted.keys import HEKeys, PublicKeys, _audited
 from privdl.encrypted.models import SIGMOID_RANGE, ModelSpec, PolyActivation, approximate, as_model
 from privdl.encrypted.wire import (
@@ -36,7 +42,7 @@ from privdl.encrypted.wire import (
     iter_chunks,
     read_batch_header,
 )
-from privdl.errors import InputError, SecurityError, UsageError, require
+from privdl.errors import ApproximationWarning, FormatError, InputError, SecurityError, UsageError, require
 
 if TYPE_CHECKING:
     import numpy as np
@@ -45,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = ["EncryptedScorer"]
 
 OUTPUTS = ("logit", "probability")
+SCORER_FORMAT = "privdl-he-scorer/1"
 # a scalar below this encodes to zero at scale 2^40 and would make a transparent
 # ciphertext (which SEAL refuses); its term contributes under 1e-11 and is skipped
 _NEGLIGIBLE = 2.0**-38
@@ -84,6 +91,7 @@ class EncryptedScorer:
         *,
         output: str = "logit",
         sigmoid: PolyActivation | None = None,
+        approximation: ApproximationReport | None = None,
     ) -> None:
         if isinstance(public_keys, HEKeys) or not isinstance(public_keys, PublicKeys):
             raise SecurityError("EncryptedScorer takes public keys only: pass keys.public(), never HEKeys")
@@ -97,6 +105,8 @@ class EncryptedScorer:
         self.public_keys = public_keys
         self.output = output
         self.sigmoid_ = sigmoid if output == "probability" else None
+        # without a measured report: "exact", or "unmeasured" for approximated activations
+        self.approximation_ = approximation or assess(model, output=output, sigmoid=self.sigmoid_)
         need = self.depth()
         have = public_keys.params.depth
         if need > have:
@@ -125,8 +135,22 @@ class EncryptedScorer:
         sigmoid_degree: int = 3,
         sigmoid_range: tuple[float, float] = SIGMOID_RANGE,
         model_key: Any = None,
+        calibration: Any = None,
+        bounds: tuple[Any, Any] | None = None,
+        tolerance: float = DEFAULT_TOLERANCE,
     ) -> EncryptedScorer:
         """Build a scorer from a torch / scikit-learn model or a model file.
+
+        When the circuit approximates an activation (ReLU, Tanh... replaced by a
+        polynomial, or ``output="probability"``), the approximation error is measured
+        in plaintext on ``calibration`` (or on points sampled inside ``bounds``) on what
+        the user gets (the probability, for a classifier), stored in
+        :attr:`approximation_` and warned about (:class:`~privdl.errors.ApproximationWarning`)
+        above ``tolerance``, or when there is nothing to measure it on. Linear and
+        logistic models returning the logit, and networks with polynomial activations
+        (:class:`~privdl.encrypted.activations.Square`,
+        :class:`~privdl.encrypted.activations.PolynomialActivation`), are exact up to
+        CKKS noise and need no sample.
 
         Args:
             model: torch ``nn.Linear`` / ``nn.Sequential`` (small MLP), scikit-learn
@@ -144,10 +168,16 @@ class EncryptedScorer:
             sigmoid_degree, sigmoid_range: the encrypted sigmoid's polynomial.
             model_key: for a signed PrivateTrainer model folder, the HMAC Secret or
                 Ed25519 public key that verifies its signature.
+            calibration: a sample of inputs (rows x model columns, raw values; or a
+                DataFrame) to measure the approximation on; only aggregates are kept.
+            bounds: ``(low, high)`` of the raw inputs (numbers, or one per column), to
+                measure on points sampled inside instead.
+            tolerance: absolute error on the user's output above which to warn.
 
         Raises:
             SecurityError: ``public_keys`` holds a secret key.
             UsageError: keys too shallow for the model, or an unsupported model.
+            InputError: a calibration sample or bounds that do not fit the model.
         """
         spec = as_model(
             model,
@@ -163,7 +193,13 @@ class EncryptedScorer:
             if output == "probability"
             else None
         )
-        return cls(spec, public_keys, output=output, sigmoid=sigmoid)
+        report = assess(
+            spec, output=output, sigmoid=sigmoid, calibration=calibration, bounds=bounds, tolerance=tolerance
+        )
+        scorer = cls(spec, public_keys, output=output, sigmoid=sigmoid, approximation=report)
+        for message in scorer.warnings_:
+            warnings.warn(message, ApproximationWarning, stacklevel=2)
+        return scorer
 
     # -- facts ------------------------------------------------------------------------
     @property
@@ -176,13 +212,21 @@ class EncryptedScorer:
 
     @property
     def approximation(self) -> dict[str, Any]:
-        """Polynomial stand-ins and their max errors on their ranges (empty if exact)."""
+        """Polynomial stand-ins, their max errors on their ranges, and under ``"error"``
+        the measured gap to the exact model (:attr:`approximation_` as a dict)."""
         out: dict[str, Any] = {}
         if self.model_.activations:
             out["activations"] = [a.to_dict() for a in self.model_.activations]
         if self.sigmoid_ is not None:
             out["sigmoid"] = self.sigmoid_.to_dict()
+        out["error"] = self.approximation_.to_dict()
         return out
+
+    @property
+    def warnings_(self) -> tuple[str, ...]:
+        """What a caller should be told (approximation error above tolerance or unmeasured)."""
+        message = self.approximation_.warning()
+        return (message,) if message else ()
 
     def get_params(self) -> dict[str, Any]:
         """What goes into an audit record (public facts only)."""
@@ -196,6 +240,44 @@ class EncryptedScorer:
             "key_id": self.public_keys.key_id,
             "approximation": self.approximation,
         }
+
+    # -- serialization ------------------------------------------------------------------
+    def to_json(self) -> str:
+        """The scorer without its keys: model, output, sigmoid and approximation report.
+
+        Public material only (no key of any kind, no data row); rebuild it with
+        :meth:`from_json` and the public keys.
+        """
+        body = {
+            "format": SCORER_FORMAT,
+            "model": json.loads(self.model_.to_json()),
+            "output": self.output,
+            "sigmoid": None if self.sigmoid_ is None else self.sigmoid_.to_dict(),
+            "approximation": self.approximation_.to_dict(),
+        }
+        return json.dumps(body, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, public_keys: PublicKeys) -> EncryptedScorer:
+        """Rebuild a scorer written by :meth:`to_json` (its report is kept, not re-measured).
+
+        Raises:
+            FormatError: not a scorer file.
+        """
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            raise FormatError("scorer: not valid JSON") from None
+        if not isinstance(data, dict) or data.get("format") != SCORER_FORMAT:
+            raise FormatError(f"scorer: expected format {SCORER_FORMAT}")
+        try:
+            model = ModelSpec.from_json(json.dumps(data["model"]), source="scorer model")
+            sigmoid = PolyActivation.from_dict(data["sigmoid"]) if data.get("sigmoid") else None
+            report = ApproximationReport.from_dict(data["approximation"])
+            output = str(data["output"])
+        except (KeyError, TypeError):
+            raise FormatError("scorer: malformed") from None
+        return cls(model, public_keys, output=output, sigmoid=sigmoid, approximation=report)
 
     def __repr__(self) -> str:
         return (
@@ -336,7 +418,8 @@ class EncryptedScorer:
             params=self._audit_params(plan, header.rows),
             inputs=[os.fspath(source), *inputs],
         ) as op:
-            with BatchWriter(target, out_header) as writer:
+            # staged under an audit log: the file appears only once its entry is written
+            with BatchWriter(op.stage(target) if op is not None else target, out_header) as writer:
                 for chunk in self._score_stream(iter_chunks(source), plan, pmatrix, workers=workers):
                     writer.write(chunk)
             if writer.rows != header.rows:
@@ -569,6 +652,7 @@ class EncryptedScorer:
             "model": self.model_.to_json(),
             "output": self.output,
             "sigmoid": None if self.sigmoid_ is None else self.sigmoid_.to_dict(),
+            "approximation": self.approximation_.to_dict(),
             "plan": plan,
         }
 
@@ -582,7 +666,11 @@ class EncryptedScorer:
             key_id=recipe["key_id"],
         )
         sigmoid = PolyActivation.from_dict(recipe["sigmoid"]) if recipe["sigmoid"] else None
-        scorer = cls(ModelSpec.from_json(recipe["model"]), public, output=recipe["output"], sigmoid=sigmoid)
+        report = ApproximationReport.from_dict(recipe["approximation"])
+        scorer = cls(
+            ModelSpec.from_json(recipe["model"]), public, output=recipe["output"], sigmoid=sigmoid,
+            approximation=report,
+        )  # fmt: skip
         return scorer, recipe["plan"]
 
 

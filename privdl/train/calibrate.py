@@ -106,10 +106,12 @@ def epsilon_of(history: Iterable[Sequence[Any]], *, delta: float, accountant: st
         accountant: ``"prv"`` (tight, Opacus' default) or ``"rdp"``.
 
     Returns:
-        The accountant's epsilon (an upper bound, as Opacus reports it); ``0.0`` for an
-        empty history and ``inf`` when a segment has no noise. If the PRV discretization
-        cannot resolve the history (very small noise, epsilon in the tens), the RDP bound
-        is returned instead, with a warning: it is a valid, looser upper bound.
+        The accountant's epsilon (an upper bound, as Opacus reports it), never
+        negative: where the conversion to ``(epsilon, delta)`` goes below zero (a large
+        delta, e.g. 0.1) it is ``0.0``, like an empty history; ``inf`` when a segment
+        has no noise. If the PRV discretization cannot resolve the history (very small
+        noise, epsilon in the tens), the RDP bound is returned instead, with a warning:
+        it is a valid, looser upper bound.
 
     Raises:
         InputError: malformed history, delta or accountant.
@@ -294,6 +296,11 @@ def _search(f: Any, eps: float, start: float, *, slope0: float = -2.0) -> float:
         ref = b if math.isfinite(b[1]) else (hi if hi is not None else pts[-1])
         x = ref[0] + (log_t - ref[1]) / slope if math.isfinite(ref[1]) else ref[0] + 1.0
         x = min(max(x, ref[0] - 1.4), ref[0] + 1.4)  # at most a factor 4 per round
+        if hi is not None and hi[1] == -math.inf:
+            # epsilon is 0 at the least noise tried so far (a large delta): no secant
+            # goes through it, so step down by a factor 4, or halve the bracket, instead
+            # of creeping along its edge
+            x = (lo[0] + hi[0]) / 2 if lo is not None else hi[0] - 1.4
         if lo is not None:
             x = max(x, lo[0] + half)
         if hi is not None:
@@ -405,7 +412,9 @@ def _rdp_epsilon(hist: Sequence[tuple[float, float, int]], delta: float) -> floa
         eps = rdp - (math.log(delta) + np.log(_ORDERS)) / (_ORDERS - 1) + np.log((_ORDERS - 1) / _ORDERS)
     if np.isnan(eps).all():
         return math.inf
-    return float(np.nanmin(eps))
+    # At a large delta the conversion goes below zero; (epsilon, delta)-DP only weakens
+    # as epsilon grows, so 0 is the bound to claim, never a negative "spend".
+    return max(0.0, float(np.nanmin(eps)))
 
 
 # --------------------------------------------------------------------------------------
@@ -546,4 +555,4 @@ def _prv_epsilon(hist: Sequence[tuple[float, float, int]], delta: float) -> floa
         eps = math.log((d1[i] - target) / d2[i]) + eps_error
     if not math.isfinite(eps):
         raise _PRVNumericsError("cannot compute epsilon from the composed PRV")
-    return eps
+    return max(0.0, eps)  # never negative (see _rdp_epsilon)

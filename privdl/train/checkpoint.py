@@ -4,7 +4,10 @@ A saved model is a directory::
 
     model.safetensors      weights (safetensors: a flat tensor table, no code)
     meta.json              {"format": "privdl-model/1", "layers": [...], "feature_names":
-                           [...], "task": ..., "privacy": {...}, "params": {...}, ...}
+                           [...], "task": ..., "privacy": {...}, "params": {...},
+                           "history": [per epoch: epoch, steps, epsilon, validation
+                           metric], "coverage": [what the folder releases, each item
+                           marked DP-protected, public or not covered], ...}
     encoder.json           the fitted TableEncoder, when the model was trained on a table
     optimizer.safetensors  optimizer tensors (training checkpoints only; structure in meta)
     signature.json         SHA-256 of every file above, bound by a signature
@@ -22,6 +25,9 @@ without code; other architectures are loaded into the module passed as ``model=`
 A training checkpoint (written after each epoch with ``checkpoint_dir=``) adds the
 optimizer state, the steps taken and the ledger run id: :func:`resume` continues the
 same run, so the ledger's reservation made before the first step stays the one charged.
+
+Neither holds the exact training loss (computed from the training records without
+noise): the trainer shows it live on its progress bar only.
 """
 
 from __future__ import annotations
@@ -301,6 +307,7 @@ def _meta(trainer: PrivateTrainer) -> dict[str, Any]:
     import torch
 
     import privdl
+    from privdl.budget.report import coverage_items
 
     container, layers = describe_layers(trainer.model_)
     return {
@@ -329,13 +336,23 @@ def _meta(trainer: PrivateTrainer) -> dict[str, Any]:
         "run_id": trainer.run_id_,
         "replaced_modules": list(trainer.replaced_modules_),
         "grad_sample_mode": trainer.grad_sample_mode_,
-        "history": trainer.history_,
+        "history": [_released_epoch(row) for row in trainer.history_],
+        "coverage": coverage_items(trainer),
         "versions": {
             "privdl": privdl.__version__,
             "opacus": opacus.__version__,
             "torch": torch.__version__,
         },
     }
+
+
+# What a saved epoch row keeps: an allowlist, so that nothing computed from the training
+# records without noise (the exact training loss) reaches a model folder or checkpoint.
+_EPOCH_FIELDS = ("epoch", "steps", "epsilon", "metric", "metric_name")
+
+
+def _released_epoch(row: dict[str, Any]) -> dict[str, Any]:
+    return {name: row[name] for name in _EPOCH_FIELDS if name in row}
 
 
 def _write(trainer: PrivateTrainer, path: Any, key: Any, kind: str, extra: dict[str, Any]) -> Path:

@@ -13,12 +13,34 @@ Generalized cells are encoded by what they say, not by their text:
   zeros; missing values are their own category; values outside the domain go to an
   ``(other)`` column.
 
-Domains come from data-independent sources where they exist: the policy's hierarchies
-(ARX CSV files: every label and, for numeric hierarchies, the bounds),
-``numeric_bounds=`` and ``categories=``. Where they must come from the data (min/max,
-vocabularies, class labels), the fitted encoder lists them in ``data_dependent_``:
-statistics fitted on private training data are a release that DP-SGD does not cover,
-and the privacy report says so.
+**Which columns are features.** Identifiers of the policy (whatever their transform) and
+its dropped columns never are. Columns the user does not name are screened, and the ones
+that look like identifiers (e-mail addresses, phone numbers, IBANs, IP addresses,
+identifier-like names, pseudonym or hash tokens, free text, or nearly one distinct value
+per record) are left out with a warning naming them. Naming such a column as a feature
+(``features=``, ``numeric_bounds=``, ``categories=``) raises :class:`InputError`.
+
+**Where domains come from** (``domains=``). A domain is a numeric column's bounds, a
+categorical column's vocabulary or the target's label set. Public sources come first:
+``numeric_bounds=``, ``categories=``, the policy's hierarchies (ARX CSV files) and the
+``bool`` dtype. For a column with no public domain:
+
+* ``"dp"`` (default): the domain is estimated with differential privacy. Each column is
+  one Gaussian-noise histogram over a public candidate set (sensitivity 1: a record adds
+  at most 1 in total to one column's histogram), and the candidates whose noisy count
+  passes a threshold are kept: powers of two for numeric bounds, 4,096 hash buckets of the
+  values for vocabularies (the vocabulary holds bucket ids such as ``city=#1a3``, never
+  the text), the integers -1024..1023 for integer class labels. All histograms of a fit
+  share one noise multiplier ``sigma``, calibrated so that they alone spend
+  ``domain_epsilon`` at ``domain_delta``; they are exactly the accountant segment
+  ``(sigma, 1.0, m)`` in ``domain_history_``, which :class:`~privdl.PrivateTrainer`
+  charges to its ledger and composes into its epsilon.
+* ``"policy"``: refuse (:class:`InputError`) and name the columns that need a domain.
+* ``"learned-unprotected"``: min/max, vocabularies and labels taken from the data without
+  noise, listed in ``data_dependent_``; the privacy report says so in its headline.
+
+Text labels have no public candidate set: give them with ``categories={target: [...]}``
+(or ``domains="learned-unprotected"``).
 
 numpy + pandas only: a scoring server loads a saved encoder without torch.
 
@@ -28,17 +50,20 @@ Example:
     >>> enc = TableEncoder(numeric_bounds={"age": (0, 100)}, categories={"sex": ["F", "M"]})
     >>> enc.fit_transform(frame).shape
     (3, 7)
-    >>> enc.data_dependent_
-    []
+    >>> enc.data_dependent_, enc.domain_source_
+    ([], 'policy')
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -46,13 +71,37 @@ import pandas as pd
 
 from privdl.errors import InputError, PolicyError, UsageError
 
-__all__ = ["TableEncoder"]
+__all__ = ["DOMAIN_MODES", "TableEncoder"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READS = (1, 2)
 MISSING = "(missing)"
 OTHER = "(other)"
 ROOT = "*"
 _MISSING_TEXT = {"", "?", "nan", "none", "null", MISSING}
+
+#: how domains without a public source are obtained
+DOMAIN_MODES = ("dp", "policy", "learned-unprotected")
+#: epsilon of a stand-alone DP domain estimate (PrivateTrainer passes its own share)
+DEFAULT_DOMAIN_EPSILON = 0.5
+#: hash buckets of a DP vocabulary (public candidate set; values never stored)
+HASH_BUCKETS = 4096
+#: integer class labels a DP label set is chosen from
+LABEL_RANGE = (-1024, 1023)
+#: powers of two 2**k, k in this range, bound a DP numeric column (plus 0 and negatives)
+GRID_EXP = (-10, 62)
+#: expected number of empty candidates that pass the threshold, per histogram
+FALSE_KEEP = 1e-3
+#: a released set with more members than this adds nothing to a DP vocabulary
+MAX_MEMBERS = 64
+
+# -- identifier screening (columns the user did not name) ---------------------------------
+#: a text column with at least this many distinct values, as many as this share of its
+#: records, holds (nearly) one value per record
+NEAR_UNIQUE_MIN = 20
+NEAR_UNIQUE_SHARE = 0.5
+_TOKEN = re.compile(r"^(?=.*\d)[A-Za-z0-9+/=_-]{20,}$")  # pseudonyms, hashes, ciphertexts
+_ID_NAME = re.compile(r"(^|_)(id|uuid|guid|key|token|pseudonym)$")
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _RANGE = re.compile(rf"^\s*({_NUM})\s*(?:-|–|~|\.\.)\s*({_NUM})\s*$")
@@ -141,24 +190,54 @@ def _load_hierarchy(column: str, spec: str, base_dir: Path | None) -> list[list[
     return load_arx_csv(path, column=column)
 
 
+def _bucket(text: str, buckets: int) -> str:
+    """The public hash bucket of a value, as the token stored instead of the value."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return _bucket_label(int.from_bytes(digest, "little") % buckets, buckets)
+
+
+def _bucket_label(i: int, buckets: int) -> str:
+    width = max(1, ((buckets - 1).bit_length() + 3) // 4)
+    return f"#{i:0{width}x}"
+
+
+Charge = Callable[[list[tuple[float, float, int]], float, float], Any]
+
+
 class TableEncoder:
     """Turn a released table into float32 features and its target into labels.
 
     Args:
         policy: the anonymization :class:`~privdl.Policy`; its hierarchies give domains,
-            its ``drop`` and identifier columns are not features.
+            its identifier and dropped columns are never features.
+        features: the feature columns, in order; by default every column except the
+            target, identifiers and identifier-like columns (left out with a warning).
+            Naming an identifier or identifier-like column raises :class:`InputError`.
         numeric_bounds: column -> ``(low, high)``: data-independent bounds; the column
             is numeric.
         categories: column -> list of values: the released domain of a categorical
             column (for the target column: its class labels, in order).
         target: the target column (also accepted by :meth:`fit`).
+        domains: where domains with no public source come from: ``"dp"`` (estimated
+            with differential privacy), ``"policy"`` (refuse: public sources only) or
+            ``"learned-unprotected"`` (from the data, without DP; reported as such).
+        domain_epsilon: epsilon of the DP domain estimate on its own (default 0.5;
+            :class:`~privdl.PrivateTrainer` passes a share of its run's epsilon).
+        domain_delta: its delta (default ``1 / (10 n)``; the trainer passes its own).
 
     Attributes (after fit):
         columns_: per feature column, how it is encoded (JSON-compatible dicts).
         feature_names_: one name per output column (``age:mid``, ``sex=F``...).
         classes_: target class labels (``None`` for a numeric regression target).
-        data_dependent_: what was learned from the data rather than given (for the
-            privacy report: preprocessing not covered by DP).
+        domain_source_: ``"policy"`` (every domain public), ``"dp"`` (some estimated
+            with DP) or ``"learned-unprotected"`` (some learned without DP).
+        domain_history_: the DP estimate as accountant segments ``[(sigma, 1.0, m)]``
+            (empty when nothing was estimated with DP).
+        domain_epsilon_, domain_delta_: what that estimate was calibrated to on its own.
+        dp_domains_: which domains were estimated with DP (for the report).
+        data_dependent_: what was taken from the data without DP (for the privacy
+            report: preprocessing not covered by DP).
+        excluded_: column -> why it is not a feature (identifier, identifier-like).
         dropped_: columns present in the fitted frame but not used as features.
     """
 
@@ -166,44 +245,76 @@ class TableEncoder:
         self,
         policy: Any = None,
         *,
+        features: Sequence[str] | None = None,
         numeric_bounds: Mapping[str, tuple[float, float]] | None = None,
         categories: Mapping[str, Sequence[Any]] | None = None,
         target: str | None = None,
+        domains: str = "dp",
+        domain_epsilon: float | None = None,
+        domain_delta: float | None = None,
     ) -> None:
         self.policy = policy
+        self.features = features
         self.numeric_bounds = numeric_bounds
         self.categories = categories
         self.target = target
+        self.domains = domains
+        self.domain_epsilon = domain_epsilon
+        self.domain_delta = domain_delta
 
     def get_params(self) -> dict[str, Any]:
         """Constructor parameters (what goes into an audit record)."""
         policy = self.policy
         return {
             "policy": policy.get_params() if hasattr(policy, "get_params") else None,
+            "features": None if self.features is None else [str(c) for c in self.features],
             "numeric_bounds": {k: list(v) for k, v in (self.numeric_bounds or {}).items()},
             "categories": {k: [str(x) for x in v] for k, v in (self.categories or {}).items()},
             "target": self.target,
+            "domains": self.domains,
+            "domain_epsilon": self.domain_epsilon,
+            "domain_delta": self.domain_delta,
         }
 
     def __repr__(self) -> str:
         fitted = f", {len(self.feature_names_)} features" if hasattr(self, "feature_names_") else ""
-        return f"TableEncoder(target={self.target!r}{fitted})"
+        return f"TableEncoder(target={self.target!r}, domains={self.domains!r}{fitted})"
 
     # -- fitting ------------------------------------------------------------------
 
-    def fit(self, frame: pd.DataFrame, target: str | None = None) -> TableEncoder:
-        """Decide each column's encoding and domain.
+    def fit(
+        self,
+        frame: pd.DataFrame,
+        target: str | None = None,
+        *,
+        domain_epsilon: float | None = None,
+        domain_delta: float | None = None,
+        accountant: str = "prv",
+        charge: Charge | None = None,
+    ) -> TableEncoder:
+        """Choose the feature columns and each one's encoding and domain.
 
         Args:
             frame: the (released) training table.
             target: the target column; overrides the constructor's.
+            domain_epsilon, domain_delta: override the constructor's for this fit.
+            accountant: the accountant that calibrates the DP estimate (``"prv"``/``"rdp"``).
+            charge: called as ``charge(history, epsilon, delta)`` after the plan and
+                before any noise is drawn (PrivateTrainer charges its ledger there; an
+                exception stops the fit before anything is estimated).
 
         Raises:
-            InputError: a named column is missing, or a column mixes numbers and text.
-            PolicyError: a hierarchy file cannot be read.
+            InputError: a named column is missing or looks like an identifier, a column
+                needs a domain that ``domains="policy"`` cannot give, or a column mixes
+                numbers and text.
+            PolicyError: a hierarchy file cannot be read, or bounds are malformed.
+            UsageError: unknown ``domains``.
         """
         if not isinstance(frame, pd.DataFrame):
             raise UsageError("TableEncoder.fit expects a pandas DataFrame")
+        mode = self.domains
+        if mode not in DOMAIN_MODES:
+            raise UsageError(f"domains must be one of {', '.join(map(repr, DOMAIN_MODES))}")
         target = target if target is not None else self.target
         if target is not None and target not in frame.columns:
             raise InputError(f"target column {target!r} is not in the table")
@@ -219,108 +330,182 @@ class TableEncoder:
         policy = self.policy
         hierarchies: Mapping[str, str] = dict(getattr(policy, "hierarchies", {}) or {})
         base_dir = getattr(policy, "base_dir", None)
-        excluded = set(getattr(policy, "drop", ()) or ())
-        for rule in getattr(policy, "identifiers", ()) or ():
-            excluded.add(getattr(rule, "column", rule))
+        features, excluded, screened = self._select(frame, target, bounds, cats, hierarchies)
 
+        # 1. public domains; the rest is planned, then resolved by `mode`
         learned: list[str] = []
-        specs: list[dict[str, Any]] = []
-        dropped = [c for c in frame.columns if c in excluded]
-        for name in frame.columns:
-            if name == target or name in excluded:
-                continue
-            specs.append(
-                self._fit_column(str(name), frame[name], bounds, cats, hierarchies, base_dir, learned)
-            )
-
+        slots: list[dict[str, Any] | None] = []
+        need: list[tuple[str, str]] = []  # (column, "numeric" | "categorical" | "labels")
+        for name in features:
+            spec = _public_spec(name, frame[name], bounds, cats, hierarchies, base_dir)
+            slots.append(spec)
+            if spec is None:
+                need.append((name, "numeric" if _looks_numeric(frame[name]) else "categorical"))
         classes: list[str] | None = None
         regression = False
+        target_needs = False
         if target is not None:
-            classes, regression = self._fit_target(frame[target], target, cats, learned)
+            classes, regression, target_needs = _public_target(frame[target], target, cats)
+            if target_needs:
+                if mode != "learned-unprotected" and not _integer_labels(frame[target]):
+                    raise InputError(
+                        f"target column {target!r} has text labels and no public label set: "
+                        f"give categories={{{target!r}: [...]}} (the labels, in order)"
+                    )
+                need.append((target, "labels"))
+        if screened:
+            learned.append(
+                "feature selection: which unnamed columns are features (and whether a text "
+                "column is read as numbers) was decided by screening the training table"
+            )
 
+        dp_domains: list[str] = []
+        history: list[tuple[float, float, int]] = []
+        eps_used: float | None = None
+        delta_used: float | None = None
+        resolved: dict[str, Any] = {}
+        if need and mode == "policy":
+            names = ", ".join(repr(c) for c, _ in need)
+            raise InputError(
+                f"no public domain for column(s) {names}: give numeric_bounds= / categories= "
+                'or a hierarchy in the policy, or pass domains="dp" (estimated with '
+                'differential privacy) or domains="learned-unprotected"'
+            )
+        if need and mode == "learned-unprotected":
+            for name, kind in need:
+                resolved[name] = _learn(name, frame[name], kind, learned)
+            warnings.warn(
+                "TableEncoder: domains of "
+                + ", ".join(repr(c) for c, _ in need)
+                + " were learned from the training data without differential privacy "
+                '(domains="learned-unprotected"); the privacy report says so',
+                UserWarning,
+                stacklevel=2,
+            )
+        if need and mode == "dp":
+            n = len(frame)
+            eps = domain_epsilon if domain_epsilon is not None else self.domain_epsilon
+            eps = DEFAULT_DOMAIN_EPSILON if eps is None else float(eps)
+            delta = domain_delta if domain_delta is not None else self.domain_delta
+            delta = 1.0 / (10 * max(n, 1)) if delta is None else float(delta)
+            if not (math.isfinite(eps) and eps > 0):
+                raise UsageError("domain_epsilon must be a positive number")
+            if not 0 < delta < 1:
+                raise UsageError("domain_delta must be in (0, 1)")
+            from privdl.train.calibrate import noise_multiplier_for
+
+            sigma = noise_multiplier_for(
+                epsilon=eps, delta=delta, sample_rate=1.0, steps=len(need), accountant=accountant
+            )
+            history = [(float(sigma), 1.0, len(need))]
+            if charge is not None:
+                charge(list(history), eps, delta)  # before any noise is drawn
+            noise = _Noise()
+            for name, kind in need:
+                resolved[name] = _estimate(name, frame[name], kind, sigma, noise, dp_domains)
+            eps_used, delta_used = eps, delta
+            warnings.warn(
+                "TableEncoder: no public domain for "
+                + ", ".join(repr(c) for c, _ in need)
+                + f": estimated with differential privacy ({len(need)} Gaussian histograms, "
+                f"noise multiplier {sigma:.3g}; epsilon {eps:.3g} at delta {delta:.2g} on their "
+                "own, composed into the run's epsilon by PrivateTrainer). Give numeric_bounds= / "
+                "categories= or a policy hierarchy to spend nothing on them",
+                UserWarning,
+                stacklevel=2,
+            )
+
+        specs = [
+            spec if spec is not None else resolved[name] for name, spec in zip(features, slots, strict=True)
+        ]
+        if target_needs:
+            classes = resolved[target]
         self.columns_ = specs
         self.feature_names_ = [n for spec in specs for n in _spec_features(spec)]
         self.target_ = target
         self.classes_ = classes
         self.regression_ = regression
         self.data_dependent_ = learned
-        self.dropped_ = [str(c) for c in dropped]
+        self.dp_domains_ = dp_domains
+        self.domain_history_ = history
+        self.domain_epsilon_ = eps_used
+        self.domain_delta_ = delta_used
+        unprotected = need and mode == "learned-unprotected"
+        self.domain_source_ = "learned-unprotected" if unprotected else "dp" if history else "policy"
+        self.excluded_ = excluded
+        self.dropped_ = [str(c) for c in frame.columns if c not in features and c != target]
         return self
 
-    def _fit_column(
+    def _select(
         self,
-        name: str,
-        series: pd.Series,
-        bounds: Mapping[str, tuple[float, float]],
-        cats: Mapping[str, list[str]],
+        frame: pd.DataFrame,
+        target: str | None,
+        bounds: Mapping[str, Any],
+        cats: Mapping[str, Any],
         hierarchies: Mapping[str, str],
-        base_dir: Path | None,
-        learned: list[str],
-    ) -> dict[str, Any]:
-        if name in bounds:
-            lo, hi = bounds[name]
-            return _numeric_spec(name, float(lo), float(hi), "bounds")
-        if name in cats:
-            return _categorical_spec(name, cats[name], {}, "categories")
-        spec = hierarchies.get(name)
-        paths = _load_hierarchy(name, spec, base_dir) if spec else None
-        if paths:
-            numeric_range = _numeric_hierarchy_range(paths)
-            if numeric_range is not None:
-                return _numeric_spec(name, *numeric_range, "hierarchy")
-            nodes: list[str] = []
-            ancestors: dict[str, list[str]] = {}
-            for path in paths:
-                chain = [p for p in path if p != ROOT]
-                for i, label in enumerate(chain):
-                    if label not in ancestors:
-                        nodes.append(label)
-                        ancestors[label] = []
-                    for up in chain[i:]:
-                        if up not in ancestors[label]:
-                            ancestors[label].append(up)
-            return _categorical_spec(name, nodes, ancestors, "hierarchy")
+    ) -> tuple[list[str], dict[str, str], bool]:
+        """Feature columns, excluded column -> reason, and whether data was screened."""
+        policy = self.policy
+        banned: dict[str, str] = {}
+        for rule in getattr(policy, "identifiers", ()) or ():
+            banned[str(getattr(rule, "column", rule))] = "an identifier in the policy"
+        for name in getattr(policy, "drop", ()) or ():
+            banned[str(name)] = "dropped by the policy"
+        qis = set(getattr(policy, "quasi_identifiers", ()) or ())
 
-        uniques = pd.unique(series.dropna())
-        if pd.api.types.is_bool_dtype(series.dtype):
-            return _numeric_spec(name, 0.0, 1.0, "dtype")
-        if pd.api.types.is_numeric_dtype(series.dtype) or _all_intervals(uniques):
-            lo, hi = _data_range(uniques)
-            learned.append(f"{name}: numeric range (min/max) taken from the training data")
-            return _numeric_spec(name, lo, hi, "data")
-        singles: set[str] = set()
-        for v in uniques:
-            text = _cell_text(v)
-            if text is not None and text != ROOT:
-                singles.update(_members(text) or [text])
-        vocab = sorted(singles)
-        learned.append(f"{name}: category vocabulary ({len(vocab)} values) taken from the training data")
-        return _categorical_spec(name, vocab, {}, "data")
-
-    def _fit_target(
-        self, series: pd.Series, target: str, cats: Mapping[str, list[str]], learned: list[str]
-    ) -> tuple[list[str] | None, bool]:
-        if series.isna().any():
-            raise InputError(f"target column {target!r} has {int(series.isna().sum())} missing values")
-        if target in cats:
-            return cats[target], False
-        if pd.api.types.is_float_dtype(series.dtype) and not np.all(
-            np.equal(np.mod(series.to_numpy(dtype=float), 1), 0)
-        ):
-            return None, True
-        values = pd.unique(series)
-        if pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
-            classes = [_label_text(v) for v in sorted(values.tolist())]
+        if self.features is not None:
+            if isinstance(self.features, str):
+                raise UsageError("features= takes a list of column names")
+            chosen = [str(c) for c in self.features]
+            missing = [c for c in chosen if c not in frame.columns]
+            if missing:
+                raise InputError(f"feature column(s) not in the table: {', '.join(map(repr, missing))}")
+            if target is not None and target in chosen:
+                raise InputError(f"column {target!r} is the target: it cannot also be a feature")
+            explicit = list(dict.fromkeys(chosen))
+            implicit: list[str] = []
         else:
-            classes = sorted(_label_text(v) for v in values)
-        learned.append(f"{target}: class labels ({len(classes)}) taken from the training data")
-        return classes, False
+            named = set(bounds) | set(cats) | set(hierarchies)
+            columns = [str(c) for c in frame.columns if c != target]
+            explicit = [c for c in columns if c in named]
+            implicit = [c for c in columns if c not in named and c not in banned]
 
-    # -- transforming -------------------------------------------------------------
+        # a named column that is an identifier stops the fit; the check sees the data
+        # but its outcome is pass or refuse, never a silent change of the features
+        named_bad = {c: banned[c] for c in explicit if c in banned}
+        named_bad.update(_identifier_like(frame, [c for c in explicit if c not in named_bad]))
+        if named_bad:
+            first = next(iter(named_bad))
+            raise InputError(
+                f"column {first!r} cannot be a feature: {named_bad[first]} "
+                f"({len(named_bad)} such column(s) named: {', '.join(map(repr, named_bad))})"
+            )
+        screen = [c for c in implicit if c not in qis]  # QIs are generalized, never unique
+        found = _identifier_like(frame, screen)
+        excluded = {c: banned[c] for c in frame.columns if c in banned and c != target}
+        excluded.update(found)
+        if self.features is None:
+            shown = {c: r for c, r in excluded.items() if c in frame.columns}
+            if shown:
+                warnings.warn(
+                    "TableEncoder: not used as features (identifiers or identifier-like): "
+                    + "; ".join(f"{c!r} ({r})" for c, r in shown.items())
+                    + ". Name the feature columns with features= to choose them",
+                    UserWarning,
+                    stacklevel=3,
+                )
+        features = (
+            explicit
+            if self.features is not None
+            else [c for c in (str(x) for x in frame.columns) if c != target and c not in excluded]
+        )
+        return features, excluded, bool(screen)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "columns_"):
             raise UsageError("this TableEncoder is not fitted: call fit() first")
+
+    # -- transforming -------------------------------------------------------------
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         """Encode a table with the fitted domains (unchanged between training and serving).
@@ -341,9 +526,9 @@ class TableEncoder:
             return np.zeros((len(frame), 0), dtype=np.float32)
         return np.hstack(blocks).astype(np.float32, copy=False)
 
-    def fit_transform(self, frame: pd.DataFrame, target: str | None = None) -> np.ndarray:
+    def fit_transform(self, frame: pd.DataFrame, target: str | None = None, **kwargs: Any) -> np.ndarray:
         """:meth:`fit`, then :meth:`transform` the same table."""
-        return self.fit(frame, target=target).transform(frame)
+        return self.fit(frame, target=target, **kwargs).transform(frame)
 
     def encode_target(self, series: pd.Series) -> np.ndarray:
         """Target values to labels: ``int64`` class indices, or ``float32`` for regression.
@@ -380,8 +565,13 @@ class TableEncoder:
     # -- persistence --------------------------------------------------------------
 
     def to_json(self) -> str:
-        """The fitted encoder as JSON (saved with the model; no training data inside
-        except the domains listed in ``data_dependent_``)."""
+        """The fitted encoder as JSON, saved with the model.
+
+        It holds column names, public domains, DP-estimated domains (numeric bounds on
+        a power-of-two grid, hash bucket ids) and, only for ``domains="learned-unprotected"``,
+        the domains listed in ``data_dependent_``; never a value of an identifier or
+        identifier-like column (those are never features).
+        """
         self._check_fitted()
         return json.dumps(
             {
@@ -394,6 +584,12 @@ class TableEncoder:
                 "classes": self.classes_,
                 "regression": self.regression_,
                 "data_dependent": self.data_dependent_,
+                "dp_domains": self.dp_domains_,
+                "domain_source": self.domain_source_,
+                "domain_history": [list(seg) for seg in self.domain_history_],
+                "domain_epsilon": self.domain_epsilon_,
+                "domain_delta": self.domain_delta_,
+                "excluded": self.excluded_,
                 "dropped": self.dropped_,
             },
             sort_keys=True,
@@ -401,7 +597,7 @@ class TableEncoder:
 
     @classmethod
     def from_json(cls, text: str | Mapping[str, Any]) -> TableEncoder:
-        """Load a fitted encoder from :meth:`to_json` output.
+        """Load a fitted encoder from :meth:`to_json` output (this version or version 1).
 
         Raises:
             InputError: not a privdl encoder, or another format version.
@@ -412,26 +608,271 @@ class TableEncoder:
             raise InputError("not a privdl TableEncoder (invalid JSON)") from exc
         if data.get("format") != "privdl-table-encoder":
             raise InputError("not a privdl TableEncoder")
-        if data.get("version") != FORMAT_VERSION:
+        if data.get("version") not in _READS:
             raise InputError(
                 f"TableEncoder format version {data.get('version')}; this privdl reads {FORMAT_VERSION}"
             )
         params = data.get("params") or {}
+        domains = params.get("domains") or "dp"
         enc = cls(
+            features=params.get("features"),
             numeric_bounds={k: tuple(v) for k, v in (params.get("numeric_bounds") or {}).items()},
             categories=params.get("categories") or None,
             target=data.get("target"),
+            domains=domains if domains in DOMAIN_MODES else "dp",
+            domain_epsilon=params.get("domain_epsilon"),
+            domain_delta=params.get("domain_delta"),
         )
-        enc.columns_ = list(data["columns"])
-        enc.feature_names_ = [n for spec in enc.columns_ for n in _spec_features(spec)]
-        if enc.feature_names_ != list(data["feature_names"]):
+        try:
+            enc.columns_ = list(data["columns"])
+            enc.feature_names_ = [n for spec in enc.columns_ for n in _spec_features(spec)]
+            names = list(data["feature_names"])
+        except (KeyError, TypeError) as exc:
+            raise InputError("TableEncoder JSON is incomplete (columns)") from exc
+        if enc.feature_names_ != names:
             raise InputError("TableEncoder JSON is inconsistent (feature names)")
         enc.target_ = data.get("target")
         enc.classes_ = data.get("classes")
         enc.regression_ = bool(data.get("regression", False))
         enc.data_dependent_ = list(data.get("data_dependent", []))
+        enc.dp_domains_ = list(data.get("dp_domains", []))
+        enc.domain_history_ = [
+            (float(s), float(q), int(n)) for s, q, n in data.get("domain_history", []) or []
+        ]
+        enc.domain_epsilon_ = data.get("domain_epsilon")
+        enc.domain_delta_ = data.get("domain_delta")
+        # version 1 learned its domains from the data without noise when it listed any
+        legacy = "learned-unprotected" if enc.data_dependent_ else "policy"
+        enc.domain_source_ = data.get("domain_source") or legacy
+        enc.excluded_ = dict(data.get("excluded", {}) or {})
         enc.dropped_ = list(data.get("dropped", []))
         return enc
+
+
+# -- screening ------------------------------------------------------------------------
+
+
+def _identifier_like(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, str]:
+    """Column -> why it looks like an identifier (kinds and counts, never values)."""
+    if not columns:
+        return {}
+    from privdl.anonymize.detect import looks_like_identifiers
+
+    found = dict(looks_like_identifiers(frame, list(columns)))
+    for name in columns:
+        if name in found:
+            continue
+        series = frame[name]
+        present = series.dropna()
+        if pd.api.types.is_bool_dtype(series.dtype) or not len(present):
+            continue
+        distinct = int(present.nunique())
+        near_unique = distinct >= NEAR_UNIQUE_MIN and distinct >= NEAR_UNIQUE_SHARE * len(present)
+        if pd.api.types.is_numeric_dtype(series.dtype):
+            normalized = re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_")
+            if near_unique and _ID_NAME.search(normalized):
+                found[name] = "record identifiers (an id name, nearly one value per record)"
+            continue
+        texts = present.astype(str).str.strip()
+        sample = texts.sample(500, random_state=0) if len(texts) > 500 else texts
+        values = [v for v in sample.tolist() if v and not _is_missing_text(v)]
+        if values and sum(1 for v in values if _TOKEN.match(v)) >= 0.5 * len(values):
+            found[name] = "pseudonym, hash or ciphertext tokens"
+        elif _free_text([v for v in values if _members(v) is None]):
+            found[name] = "free text"
+        elif near_unique:
+            found[name] = f"nearly one distinct value per record ({distinct} distinct)"
+    return found
+
+
+def _free_text(values: list[str]) -> bool:
+    if len(values) < 5:
+        return False
+    words = sum(sum(1 for w in v.split() if any(c.isalpha() for c in w)) for v in values) / len(values)
+    chars = sum(len(v) for v in values) / len(values)
+    return words >= 3.0 or chars >= 40.0
+
+
+# -- domains --------------------------------------------------------------------------
+
+
+def _looks_numeric(series: pd.Series) -> bool:
+    if pd.api.types.is_numeric_dtype(series.dtype):
+        return True
+    return _all_intervals(pd.unique(series.dropna()))
+
+
+def _public_spec(
+    name: str,
+    series: pd.Series,
+    bounds: Mapping[str, tuple[float, float]],
+    cats: Mapping[str, list[str]],
+    hierarchies: Mapping[str, str],
+    base_dir: Path | None,
+) -> dict[str, Any] | None:
+    """The column's spec from a public source, or None when it has none."""
+    if name in bounds:
+        lo, hi = bounds[name]
+        return _numeric_spec(name, float(lo), float(hi), "bounds")
+    if name in cats:
+        return _categorical_spec(name, cats[name], {}, "categories")
+    spec = hierarchies.get(name)
+    paths = _load_hierarchy(name, spec, base_dir) if spec else None
+    if paths:
+        numeric_range = _numeric_hierarchy_range(paths)
+        if numeric_range is not None:
+            return _numeric_spec(name, *numeric_range, "hierarchy")
+        nodes: list[str] = []
+        ancestors: dict[str, list[str]] = {}
+        for path in paths:
+            chain = [p for p in path if p != ROOT]
+            for i, label in enumerate(chain):
+                if label not in ancestors:
+                    nodes.append(label)
+                    ancestors[label] = []
+                for up in chain[i:]:
+                    if up not in ancestors[label]:
+                        ancestors[label].append(up)
+        return _categorical_spec(name, nodes, ancestors, "hierarchy")
+    if pd.api.types.is_bool_dtype(series.dtype):
+        return _numeric_spec(name, 0.0, 1.0, "dtype")
+    return None
+
+
+def _public_target(
+    series: pd.Series, target: str, cats: Mapping[str, list[str]]
+) -> tuple[list[str] | None, bool, bool]:
+    """``(classes, regression, needs_a_label_set)`` from public sources."""
+    if series.isna().any():
+        raise InputError(f"target column {target!r} has {int(series.isna().sum())} missing values")
+    if target in cats:
+        return cats[target], False, False
+    if pd.api.types.is_bool_dtype(series.dtype):
+        return ["False", "True"], False, False
+    if pd.api.types.is_float_dtype(series.dtype) and not np.all(
+        np.equal(np.mod(series.to_numpy(dtype=float), 1), 0)
+    ):
+        return None, True, False
+    return None, False, True
+
+
+def _integer_labels(series: pd.Series) -> bool:
+    return pd.api.types.is_integer_dtype(series.dtype) or pd.api.types.is_float_dtype(series.dtype)
+
+
+def _learn(name: str, series: pd.Series, kind: str, learned: list[str]) -> Any:
+    """A domain taken from the data without noise (``domains="learned-unprotected"``)."""
+    uniques = pd.unique(series.dropna())
+    if kind == "labels":
+        values = pd.unique(series)
+        if pd.api.types.is_numeric_dtype(series.dtype):
+            classes = [_label_text(v) for v in sorted(values.tolist())]
+        else:
+            classes = sorted(_label_text(v) for v in values)
+        learned.append(f"{name}: class labels ({len(classes)}) taken from the training data")
+        return classes
+    if kind == "numeric":
+        lo, hi = _data_range(uniques)
+        learned.append(f"{name}: numeric range (min/max) taken from the training data")
+        return _numeric_spec(name, lo, hi, "data")
+    singles: set[str] = set()
+    for v in uniques:
+        text = _cell_text(v)
+        if text is not None and text != ROOT:
+            singles.update(_members(text) or [text])
+    vocab = sorted(singles)
+    learned.append(f"{name}: category vocabulary ({len(vocab)} values) taken from the training data")
+    return _categorical_spec(name, vocab, {}, "data")
+
+
+class _Noise:
+    """Gaussian noise from ChaCha20 keyed by the OS (a sum of four draws, halved, as
+    Opacus' secure mode does against floating-point attacks)."""
+
+    def __init__(self) -> None:
+        from privdl.train.data import ChaChaRandom
+
+        self._rng = ChaChaRandom()
+
+    def normal(self, count: int) -> np.ndarray:
+        return sum((self._rng.normal(count) for _ in range(4)), np.zeros(count)) / 2.0
+
+
+def _threshold(sigma: float, candidates: int) -> float:
+    """Noisy-count threshold: an empty candidate passes with probability FALSE_KEEP / candidates."""
+    return sigma * NormalDist().inv_cdf(1.0 - FALSE_KEEP / candidates)
+
+
+def _grid_edges() -> np.ndarray:
+    """Public bin edges: -2**62 .. -2**-10, 0, 2**-10 .. 2**62 (magnitudes by powers of two)."""
+    pos = [2.0**k for k in range(GRID_EXP[0], GRID_EXP[1] + 1)]
+    return np.array([-x for x in reversed(pos)] + [0.0] + pos)
+
+
+def _estimate(name: str, series: pd.Series, kind: str, sigma: float, noise: _Noise, notes: list[str]) -> Any:
+    """One Gaussian histogram (sensitivity 1) over a public candidate set, thresholded."""
+    if kind == "numeric":
+        edges = _grid_edges()
+        # bins: (-inf, e0), [e0, e1), ... ; a value lands in one bin; the zero bin is [0, 2**-10)
+        counts = np.zeros(len(edges) + 1)
+        points: list[float] = []
+        for value, n in series.value_counts(dropna=True).items():
+            try:
+                iv = _parse_interval(value)
+            except ValueError:
+                raise InputError(f"column {name!r} mixes numbers and text") from None
+            if isinstance(iv, tuple):
+                ends = [x for x in iv if math.isfinite(x)]
+                if ends:
+                    points.append(sum(ends) / len(ends))
+                    counts[int(np.searchsorted(edges, points[-1], side="right"))] += float(n)
+        noisy = counts + sigma * noise.normal(len(counts))
+        kept = np.flatnonzero(noisy > _threshold(sigma, len(counts)))
+        if len(kept):
+            lo, hi = _tidy_bounds(edges, int(kept[0]), int(kept[-1]))
+        else:
+            lo, hi = 0.0, 1.0
+        notes.append(
+            f"{name}: numeric bounds (DP, power-of-two grid: {len(kept)} of {len(counts)} bins kept)"
+        )
+        return _numeric_spec(name, lo, hi, "dp")
+    if kind == "labels":
+        lo_label, hi_label = LABEL_RANGE
+        counts = np.zeros(hi_label - lo_label + 1)
+        for value, n in series.value_counts(dropna=True).items():
+            x = float(value)
+            if x.is_integer() and lo_label <= x <= hi_label:
+                counts[int(x) - lo_label] += float(n)
+        noisy = counts + sigma * noise.normal(len(counts))
+        kept = np.flatnonzero(noisy > _threshold(sigma, len(counts)))
+        notes.append(f"{name}: class labels (DP over the integers {lo_label}..{hi_label}: {len(kept)} kept)")
+        return [str(int(i) + lo_label) for i in kept]
+    counts_by: dict[str, float] = {}
+    for value, n in series.value_counts(dropna=True).items():
+        text = _cell_text(value)
+        if text is None or text == ROOT:
+            continue
+        members = _members(text) or [text]
+        if len(members) > MAX_MEMBERS:
+            continue
+        for m in members:  # a record adds 1 in total (1/m to each member): L2 <= 1
+            token = _bucket(m, HASH_BUCKETS)
+            counts_by[token] = counts_by.get(token, 0.0) + float(n) / len(members)
+    tokens = [_bucket_label(i, HASH_BUCKETS) for i in range(HASH_BUCKETS)]
+    counts = np.array([counts_by.get(t, 0.0) for t in tokens])
+    noisy = counts + sigma * noise.normal(HASH_BUCKETS)
+    kept = [tokens[i] for i in np.flatnonzero(noisy > _threshold(sigma, HASH_BUCKETS))]
+    notes.append(f"{name}: category vocabulary (DP over {HASH_BUCKETS} hash buckets: {len(kept)} kept)")
+    spec = _categorical_spec(name, kept, {}, "dp")
+    spec["hashed"] = {"hash": "blake2b-64", "buckets": HASH_BUCKETS}
+    return spec
+
+
+def _tidy_bounds(edges: np.ndarray, lo_bin: int, hi_bin: int) -> tuple[float, float]:
+    """Bounds of the kept bins ``lo_bin..hi_bin`` (bin i is [edges[i-1], edges[i]))."""
+    lo = float(edges[lo_bin - 1]) if lo_bin >= 1 else float(edges[0])
+    hi = float(edges[hi_bin]) if hi_bin < len(edges) else float(edges[-1])
+    return lo, hi
 
 
 # -- column specs ---------------------------------------------------------------------
@@ -563,10 +1004,13 @@ def _categorical_rows(spec: Mapping[str, Any], uniques: Any) -> np.ndarray:
     values: list[str] = spec["values"]
     index = {v: i for i, v in enumerate(values)}
     ancestors: Mapping[str, list[str]] = spec.get("ancestors") or {}
+    hashed = spec.get("hashed")
     n = len(values)
     rows = np.zeros((len(uniques), n + 2), dtype=np.float64)
 
     def one(label: str) -> np.ndarray | None:
+        if hashed:  # a DP vocabulary holds bucket ids, not values
+            label = _bucket(label, int(hashed["buckets"]))
         if label not in index:
             return None
         vec = np.zeros(n + 2)

@@ -19,13 +19,27 @@ Layers: ``nn.Linear`` (any leading dimensions), ``nn.Conv1d`` / ``nn.Conv2d`` (`
 zero padding; ``A`` is the unfolded input), ``nn.LayerNorm``, ``nn.GroupNorm`` (per-sample
 gradients from the recomputed normalized input) and ``nn.Embedding`` (no ``max_norm``,
 not sparse, no ``scale_grad_by_freq``, which scales by counts in the whole batch).
-Each must own its parameters and run once per forward pass.
+Each must own its parameters; it may run several times per forward pass.
+
+Weight reuse (a layer applied twice, in training mode only, or only when the data asks
+for it) is found in every step, not from a probe: the capture hook keeps each call, and
+the calls of one layer are combined before any norm is taken, because a record's
+gradient for that layer is the *sum* of its calls' contributions
+(``sum_c G_c^T A_c``), whose norm is not the root of the summed squared norms of the
+calls (adding those under-clips: a record's clipped contribution then exceeds C by up
+to ``sqrt(calls)``). For Linear, Conv (ghost branch) and Embedding the calls join along
+the position axis (the sum is one product over all positions, so the ghost norm gains
+the cross terms ``<A_c A_c'^T, G_c G_c'^T>``); for the others the per-sample gradients
+of the calls are added. ``BookKeepingEngine.calls_`` records the reused layers. A call
+on part of the batch (``layer(x[mask])``) cannot be attributed to records and is refused.
 
 The result is the same clipped sum Opacus computes (the tests compare the two on the
 same batch for every layer type), to which Gaussian noise ``N(0, sigma^2 C^2)`` is added
 before dividing by the expected batch size: the same mechanism and the same accountant
 assumptions. The trainer uses it (``grad_sample_mode="bk"``) when every layer that owns
 trainable parameters is one of these, and Opacus' own modes otherwise.
+tests/train/test_no_underclip.py trains models with reuse and checks that no record's
+contribution exceeds C.
 
 A layer output that the next operation modifies in place (``ReLU(inplace=True)``,
 ``x.relu_()``) would make the gradient with respect to it wrong; :func:`forward_probe`
@@ -134,13 +148,17 @@ def forward_probe(model: nn.Module, example: Any) -> ForwardProbe:
     return probe
 
 
-def bk_supports(model: nn.Module, example: Any, probe: ForwardProbe | None = None) -> bool:
-    """True when every trainable layer is a supported type, owns its parameters and runs
-    at most once per forward pass."""
-    if _trainable_layers(model) is None:
-        return False
-    probe = probe if probe is not None else forward_probe(model, example)
-    return all(c <= 1 for c in probe.calls.values())
+def bk_supports(model: nn.Module, example: Any = None, probe: ForwardProbe | None = None) -> bool:
+    """True when every trainable layer is a supported type that owns its parameters.
+
+    A layer may run any number of times per forward pass, in training mode only or for
+    some batches only: the engine counts the calls of every layer in every step and
+    clips the sum of a record's calls as one gradient. ``example`` and ``probe`` are
+    accepted for compatibility; one eval-mode forward cannot show how often a layer
+    runs in training, so they no longer decide anything.
+    """
+    del example, probe
+    return _trainable_layers(model) is not None
 
 
 def _trainable(p: Any) -> bool:
@@ -199,15 +217,77 @@ def _instantiated_parts(param: Any, per_sample: Any) -> list[_Part]:
     return [(param, (flat * flat).sum(dim=1), lambda c: (c @ flat).reshape(param.shape))]
 
 
-def _linear_parts(layer: Any, x: Any, g: Any) -> list[_Part]:
-    a = x.to(g.dtype)
-    if g.ndim > 2:
-        a = a.reshape(a.shape[0], -1, a.shape[-1])
-        g = g.reshape(g.shape[0], -1, g.shape[-1])
+def _linear_parts(layer: Any, calls: list[tuple[Any, Any]]) -> list[_Part]:
+    if len(calls) == 1:
+        x, g = calls[0]
+        a = x.to(g.dtype)
+        if g.ndim > 2:
+            a = a.reshape(a.shape[0], -1, a.shape[-1])
+            g = g.reshape(g.shape[0], -1, g.shape[-1])
+        return _product_parts(layer.weight, layer.bias, a, g)
+    # a layer run several times: its per-sample gradient sum_c G_c^T A_c is one product
+    # over the positions of all calls, so the calls join along the position axis
+    a = torch.cat([x.to(g.dtype).reshape(g.shape[0], -1, x.shape[-1]) for x, g in calls], dim=1)
+    g = torch.cat([g.reshape(g.shape[0], -1, g.shape[-1]) for _, g in calls], dim=1)
     return _product_parts(layer.weight, layer.bias, a, g)
 
 
-def _conv_parts(layer: Any, x: Any, g: Any) -> list[_Part]:
+def _join(tensors: list[Any], dim: int) -> Any:
+    """``torch.cat`` that does not copy a single tensor (the common, one-call case)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=dim)
+
+
+def _summed_parts(param: Any, per_call: list[Any]) -> list[_Part]:
+    """The per-sample gradients of each call (B, ...), summed over the calls."""
+    if not _trainable(param):
+        return []
+    total = per_call[0]
+    for more in per_call[1:]:
+        total = total + more
+    return _instantiated_parts(param, total)
+
+
+def _conv_parts(layer: Any, calls: list[tuple[Any, Any]]) -> list[_Part]:
+    calls = [_as_conv2d(layer, x, g) for x, g in calls]
+    _, _, kernel, stride, dilation, padding = calls[0]
+    batch, c_in, c_out = calls[0][0].shape[0], calls[0][0].shape[1], calls[0][1].shape[1]
+    positions = sum(g.shape[2] * g.shape[3] for _, g, *_ in calls)
+    parts: list[_Part] = []
+    if _trainable(layer.weight):
+        if 2 * positions * positions < c_in * kernel[0] * kernel[1] * c_out:
+            # few output positions: ghost norm on the unfolded input (of every call)
+            a = _join(
+                [
+                    F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride).transpose(1, 2)
+                    for x, *_ in calls
+                ],
+                dim=1,
+            )
+            gm = _join([g.reshape(batch, c_out, -1).transpose(1, 2) for _, g, *_ in calls], dim=1)
+            parts += _product_parts(layer.weight, None, a, gm)
+        else:
+            # per-sample weight gradients as one grouped convolution (a group per
+            # sample): no unfolded copy of the input, 3-5x faster than im2col on CPU
+            per_call = [
+                torch.nn.grad.conv2d_weight(
+                    x.reshape(1, batch * c_in, *x.shape[2:]),
+                    (batch * c_out, c_in, *kernel),
+                    g.reshape(1, batch * c_out, *g.shape[2:]),
+                    stride=stride,
+                    padding=padding,
+                    dilation=dilation,
+                    groups=batch,
+                ).reshape(batch, -1)
+                for x, g, *_ in calls
+            ]
+            parts += _summed_parts(layer.weight, per_call)
+    parts += _summed_parts(layer.bias, [g.reshape(batch, c_out, -1).sum(dim=2) for _, g, *_ in calls])
+    return parts
+
+
+def _as_conv2d(layer: Any, x: Any, g: Any) -> tuple[Any, Any, Any, Any, Any, Any]:
+    """One call as a 2-D convolution without padding modes: (x, g, kernel, stride,
+    dilation, padding)."""
     x = x.to(g.dtype)
     kernel, stride, dilation = layer.kernel_size, layer.stride, layer.dilation
     padding = layer.padding
@@ -224,58 +304,40 @@ def _conv_parts(layer: Any, x: Any, g: Any) -> list[_Part]:
             pads += [total // 2, total - total // 2]
         x = F.pad(x, pads)
         padding = (0, 0)
-    batch, c_in, c_out = x.shape[0], x.shape[1], g.shape[1]
-    positions = g.shape[2] * g.shape[3]
-    parts: list[_Part] = []
-    if _trainable(layer.weight):
-        if 2 * positions * positions < c_in * kernel[0] * kernel[1] * c_out:
-            # few output positions: ghost norm on the unfolded input
-            a = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
-            gm = g.reshape(batch, c_out, positions)
-            parts += _product_parts(layer.weight, None, a.transpose(1, 2), gm.transpose(1, 2))
-        else:
-            # per-sample weight gradients as one grouped convolution (a group per
-            # sample): no unfolded copy of the input, 3-5x faster than im2col on CPU
-            per_sample = torch.nn.grad.conv2d_weight(
-                x.reshape(1, batch * c_in, *x.shape[2:]),
-                (batch * c_out, c_in, *kernel),
-                g.reshape(1, batch * c_out, *g.shape[2:]),
-                stride=stride,
-                padding=padding,
-                dilation=dilation,
-                groups=batch,
-            )
-            parts += _instantiated_parts(layer.weight, per_sample.reshape(batch, -1))
-    if _trainable(layer.bias):
-        parts += _instantiated_parts(layer.bias, g.reshape(batch, c_out, -1).sum(dim=2))
-    return parts
+    return x, g, kernel, stride, dilation, padding
 
 
-def _layer_norm_parts(layer: Any, x: Any, g: Any) -> list[_Part]:
+def _layer_norm_parts(layer: Any, calls: list[tuple[Any, Any]]) -> list[_Part]:
     shape = tuple(layer.normalized_shape)
     size = 1
     for s in shape:
         size *= s
-    xhat = F.layer_norm(x.to(g.dtype), shape, None, None, layer.eps)
-    batch = g.shape[0]
-    parts = _instantiated_parts(layer.weight, (g * xhat).reshape(batch, -1, size).sum(dim=1))
-    return parts + _instantiated_parts(layer.bias, g.reshape(batch, -1, size).sum(dim=1))
+    weights, biases = [], []
+    for x, g in calls:
+        xhat = F.layer_norm(x.to(g.dtype), shape, None, None, layer.eps)
+        weights.append((g * xhat).reshape(g.shape[0], -1, size).sum(dim=1))
+        biases.append(g.reshape(g.shape[0], -1, size).sum(dim=1))
+    return _summed_parts(layer.weight, weights) + _summed_parts(layer.bias, biases)
 
 
-def _group_norm_parts(layer: Any, x: Any, g: Any) -> list[_Part]:
-    xhat = F.group_norm(x.to(g.dtype), layer.num_groups, None, None, layer.eps)
-    batch, channels = g.shape[0], g.shape[1]
-    parts = _instantiated_parts(layer.weight, (g * xhat).reshape(batch, channels, -1).sum(dim=2))
-    return parts + _instantiated_parts(layer.bias, g.reshape(batch, channels, -1).sum(dim=2))
+def _group_norm_parts(layer: Any, calls: list[tuple[Any, Any]]) -> list[_Part]:
+    weights, biases = [], []
+    for x, g in calls:
+        xhat = F.group_norm(x.to(g.dtype), layer.num_groups, None, None, layer.eps)
+        batch, channels = g.shape[0], g.shape[1]
+        weights.append((g * xhat).reshape(batch, channels, -1).sum(dim=2))
+        biases.append(g.reshape(batch, channels, -1).sum(dim=2))
+    return _summed_parts(layer.weight, weights) + _summed_parts(layer.bias, biases)
 
 
-def _embedding_parts(layer: Any, x: Any, g: Any) -> list[_Part]:
+def _embedding_parts(layer: Any, calls: list[tuple[Any, Any]]) -> list[_Part]:
     weight = layer.weight
     if not _trainable(weight):
         return []
-    batch, dim = g.shape[0], g.shape[-1]
-    idx = x.reshape(batch, -1)
-    gm = g.reshape(batch, -1, dim)
+    # several calls: their positions join, as for a longer sequence
+    batch, dim = calls[0][1].shape[0], calls[0][1].shape[-1]
+    idx = _join([x.reshape(batch, -1) for x, _ in calls], dim=1)
+    gm = _join([g.reshape(batch, -1, dim) for _, g in calls], dim=1)
     if layer.padding_idx is not None:  # torch gives the padding row no gradient
         gm = gm * (idx != layer.padding_idx).unsqueeze(-1).to(gm.dtype)
     # a row's per-sample gradient sums the output gradients of the positions holding it
@@ -289,7 +351,8 @@ def _embedding_parts(layer: Any, x: Any, g: Any) -> list[_Part]:
     return [(weight, norm2, clipped_sum)]
 
 
-_PARTS: dict[type, Callable[[Any, Any, Any], list[_Part]]] = {
+# layer type -> its parts from every (input, output gradient) call of one step
+_PARTS: dict[type, Callable[[Any, list[tuple[Any, Any]]], list[_Part]]] = {
     nn.Linear: _linear_parts,
     nn.Conv1d: _conv_parts,
     nn.Conv2d: _conv_parts,
@@ -349,6 +412,11 @@ class BookKeepingEngine:
         self.copy_outputs = bool(copy_outputs)
         self._rng = ChaChaRandom() if secure else None
         self._layers = layers
+        self._names = {id(m): name for name, m in model.named_modules()}
+        #: the most calls of each reused layer in one forward pass, by qualified name
+        #: (counted in every training step; a reused layer's per-sample gradient is the
+        #: sum over its calls, clipped as one)
+        self.calls_: dict[str, int] = {}
         self.params = [p for layer in layers for p in layer.parameters() if p.requires_grad]
         self._criterion = copy.copy(criterion)
         self._criterion.reduction = "none"  # type: ignore[assignment]
@@ -400,19 +468,45 @@ class BookKeepingEngine:
                 "a layer's output was modified in place after the engine was set up; "
                 "use out-of-place operations (e.g. ReLU(inplace=False))"
             )
+        batch = losses.shape[0]
+        for layer, x, out, _ in captured:
+            if x.shape[:1] != (batch,) or out.shape[:1] != (batch,):
+                # a call on some of the records (x[mask]): its rows are not the batch's
+                # rows, so no per-sample gradient can be attributed to a record
+                raise UsageError(
+                    f"layer {self._names.get(id(layer), '?')!r} ran on {x.shape[0] if x.ndim else 0} "
+                    f"rows of a batch of {batch}: per-sample clipping needs every trainable "
+                    "layer to run on the whole batch (mask its output instead of its input)"
+                )
         outputs = [out for _, _, out, _ in captured]
         grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
-        norm2 = torch.zeros(losses.shape[0], dtype=losses.dtype, device=losses.device)
-        sums: list[tuple[Any, Callable[[Any], Any]]] = []
+        # every call of a layer in this forward pass: a layer run twice contributes the
+        # sum of its calls to each per-sample gradient, whose norm is not the sum of the
+        # calls' norms (adding squared norms per call under-clips by up to sqrt(calls))
+        calls: dict[int, tuple[nn.Module, list[tuple[Any, Any]]]] = {}
         for (layer, x, _, _), g in zip(captured, grads, strict=True):
-            if g is None:  # output not used by the loss: zero gradient for this layer
+            entry = calls.setdefault(id(layer), (layer, []))
+            if g is not None:  # an output not used by the loss contributes zero
+                entry[1].append((x, g))
+        norm2 = torch.zeros(batch, dtype=losses.dtype, device=losses.device)
+        sums: list[tuple[Any, Callable[[Any], Any]]] = []
+        for layer, pairs in calls.values():
+            if len(captured) > len(calls):
+                self._count(layer, captured)
+            if not pairs:
                 continue
-            for p, n2, clipped_sum in _PARTS[type(layer)](layer, x, g):
+            for p, n2, clipped_sum in _PARTS[type(layer)](layer, pairs):
                 norm2 = norm2 + n2.to(norm2.dtype)
                 sums.append((p, clipped_sum))
         clip = (self.max_grad_norm / (norm2.sqrt() + 1e-6)).clamp(max=1.0)
         for p, clipped_sum in sums:
             self._add(p, clipped_sum(clip.to(p.dtype)))
+
+    def _count(self, layer: nn.Module, captured: list[tuple[nn.Module, Any, Any, int]]) -> None:
+        count = sum(1 for m, *_ in captured if m is layer)
+        if count > 1:
+            name = self._names.get(id(layer), "?")
+            self.calls_[name] = max(count, self.calls_.get(name, 0))
 
     def _add(self, p: Any, value: Any) -> None:
         key = id(p)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import os
 import time
 import warnings
 from typing import Any
@@ -159,7 +160,10 @@ class PrivateTrainer:
         self.checkpoint_key = checkpoint_key
         # learned state, set by fit()
         self.model_: nn.Module | None = None
+        # per epoch; the exact training "loss" is for the live progress bar and this
+        # process only: save() and report() leave it out (it is not DP)
         self.history_: list[dict[str, Any]] = []
+        self.val_overlap_: int | None = None
         self.accountant_history_: list[tuple[float, float, int]] = []
         self.noise_multiplier_: float | None = None
         self.sample_rate_: float | None = None
@@ -267,7 +271,9 @@ class PrivateTrainer:
                 map-style ``Dataset``, or a pandas DataFrame with ``target=``.
             target: the label column when ``data`` is a DataFrame.
             val: validation data in the same forms (not charged: it must not be the
-                training data); its metric is reported per epoch.
+                training data); its metric is reported per epoch. The metric is not
+                covered by the DP guarantee (it is computed on ``val`` without noise);
+                a ``val`` sharing rows with ``data`` gets a warning.
             subjects: the pseudonyms of the people in ``data`` (e.g. the released
                 table's ``user_id`` column); with ``audit_log`` they are recorded as a
                 keyed filter, so an erasure request finds this training run.
@@ -277,13 +283,25 @@ class PrivateTrainer:
 
         Raises:
             BudgetExceededError: the ledger refuses the run (before any step).
-            UsageError / InputError: bad configuration or data.
+            UsageError / InputError: bad configuration or data; also inside an
+                initialized ``torch.distributed`` process group or for a
+                ``DistributedDataParallel`` model (not supported yet).
         """
+        _refuse_distributed(self.model, self.model_)
         self._check_params()
         with self._audit("train", data) as op:
             if subjects is not None:
                 op.update(subjects=subjects)
             self._setup(data, target, val)
+            self.val_overlap_ = _shared_rows(self._state["train"], self._state["val"])
+            if self.val_overlap_:
+                # the count goes to the trainer's own screen only, never into a report
+                warnings.warn(
+                    f"val shares {self.val_overlap_} row(s) with the training data: its "
+                    "metric is then computed partly on training records, without DP",
+                    UserWarning,
+                    stacklevel=2,
+                )
             op.update(
                 params={
                     "n_samples": self.n_samples_,
@@ -301,10 +319,10 @@ class PrivateTrainer:
         return self
 
     def _audit(self, name: str, data: Any) -> Any:
-        if self.audit_log is None:
-            return _NoOp()
         from privdl.audit import operation
 
+        if self.audit_log is None:
+            return operation(None, name)
         # fingerprints (hashes, shapes) of in-memory training data, never its values
         if isinstance(data, tuple | list) and len(data) == 2:
             inputs = [part for part in data if part is not None]
@@ -313,7 +331,11 @@ class PrivateTrainer:
         else:
             inputs = [{"kind": type(data).__name__, "sha256": None}]
         outputs = [self.checkpoint_dir] if self.checkpoint_dir is not None else []
-        return operation(self.audit_log, name, params=self.get_params(), inputs=inputs, outputs=outputs)
+        # a "started" entry before the block: the ledger reservation made in _setup has
+        # its evidence even if the run is killed before the final entry
+        return operation(
+            self.audit_log, name, params=self.get_params(), inputs=inputs, outputs=outputs, started=True
+        )
 
     def _resolve_device(self) -> Any:
         if self.device == "auto":
@@ -555,8 +577,7 @@ class PrivateTrainer:
             if example is not None and not bk_supports(model, example, probe):
                 raise UsageError(
                     'grad_sample_mode="bk" needs every trainable layer to be a Linear, Conv1d, '
-                    "Conv2d, LayerNorm, GroupNorm or Embedding that owns its parameters and "
-                    "runs once per forward pass"
+                    "Conv2d, LayerNorm, GroupNorm or Embedding that owns its parameters"
                 )
             return "bk"
         if self.grad_sample_mode != "auto":
@@ -579,7 +600,9 @@ class PrivateTrainer:
         from opacus.grad_sample import GradSampleModuleFastGradientClipping as Ghost
 
         # A layer run twice per forward pass (weight reuse) needs Opacus' hooks, which
-        # accumulate per-sample gradients over calls; ghost norms and "bk" do not.
+        # accumulate per-sample gradients over calls; ghost clipping refuses it. Reuse in
+        # training mode only, or for some batches only, is not in this eval-mode probe:
+        # _step then moves a ghost run to hooks (see _ghost_to_hooks).
         if probe is not None and any(c > 1 for c in probe.calls.values()):
             return "hooks"
         # Ghost clipping needs a norm sampler for every layer that owns trainable
@@ -657,6 +680,8 @@ class PrivateTrainer:
                     force_functorch=mode == "functorch",
                 )
             opt_cls = DPOptimizer
+        if self.grad_sample_mode_ != "ew":  # ExpandedWeights checks batch sizes itself
+            _guard_rows(gsm)
         if self.secure_mode:
             opt_cls = _secure_noise(opt_cls)
         opt = opt_cls(
@@ -761,26 +786,71 @@ class PrivateTrainer:
                     p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
             opt.step()
             return total
-        for k, part in enumerate(parts):
-            xb, yb = train.batch(part)
-            xb, yb = _to(xb, device), _to(yb, device)
-            out = gsm(xb)
-            out, yb = self._shape_for_loss(out, yb)
-            if ghost:
-                loss = st["dp_loss"](out, yb)
-                loss.backward()
-                total = total + loss.loss_per_sample.detach().sum()
-            else:
-                loss = st["criterion"](out, yb)
-                loss.backward()
-                total = total + loss.detach() * len(part)
-            if k < len(parts) - 1:
-                opt.signal_skip_step(do_skip=True)
-                opt.step()
-                if not ghost:
-                    opt.zero_grad(set_to_none=True)
+        try:
+            for k, part in enumerate(parts):
+                xb, yb = train.batch(part)
+                xb, yb = _to(xb, device), _to(yb, device)
+                out = gsm(xb)
+                out, yb = self._shape_for_loss(out, yb)
+                if ghost:
+                    loss = st["dp_loss"](out, yb)
+                    loss.backward()
+                    total = total + loss.loss_per_sample.detach().sum()
+                else:
+                    loss = st["criterion"](out, yb)
+                    loss.backward()
+                    total = total + loss.detach() * len(part)
+                if k < len(parts) - 1:
+                    opt.signal_skip_step(do_skip=True)
+                    opt.step()
+                    if not ghost:
+                        opt.zero_grad(set_to_none=True)
+        except NotImplementedError as exc:
+            # Opacus' ghost clipping stops in the forward pass when a layer runs twice
+            # ("Parameter tying is not supported"): nothing of this step was applied, so
+            # the run goes on with hooks and the same batch is computed again.
+            if not ghost or "tying" not in str(exc):
+                raise
+            self._ghost_to_hooks()
+            return self._step(idx)
         opt.step()
         return total
+
+    def _ghost_to_hooks(self) -> None:
+        """Move this run from ghost clipping to Opacus' hooks, which sum a reused layer's
+        per-sample gradients over its calls before clipping; record the switch."""
+        st = self._state
+        old_gsm, old_opt = st["gsm"], st["opt"]
+        reused = sorted(
+            name
+            for name, m in old_gsm._module.named_modules()
+            if any(getattr(p, "_forward_counter", 0) > 1 for p in m.parameters(recurse=False))
+        )
+        model = old_gsm.to_standard_module()
+        for m in model.modules():  # the interrupted forward pass left its activations
+            for attr in ("activations", "max_batch_len"):
+                if hasattr(m, attr):
+                    delattr(m, attr)
+        self.grad_sample_mode_ = "hooks"
+        gsm, opt, dp_loss = self._make_private(
+            model,
+            st["criterion"],
+            float(self.noise_multiplier_ or 0.0),
+            float(self.sample_rate_ or 0.0),
+            int(self.n_samples_ or 0),
+            st["device"],
+        )
+        opt.original_optimizer.load_state_dict(old_opt.original_optimizer.state_dict())
+        # the same noise stream goes on: a fresh seeded generator would repeat its draws
+        opt.generator = old_opt.generator
+        st.update(gsm=gsm, opt=opt, dp_loss=dp_loss)
+        where = f"layer {reused[0]!r}" if reused else "a layer"
+        note = (
+            f"grad_sample_mode: ghost -> hooks ({where} ran more than once in a training "
+            "step; ghost clipping cannot clip a reused layer)"
+        )
+        self.replaced_modules_.append(note)
+        warnings.warn(note, UserWarning, stacklevel=3)
 
     def _shape_for_loss(self, out: Any, y: Any) -> tuple[Any, Any]:
         if self.task_ == "binary":
@@ -977,9 +1047,89 @@ class PrivateTrainer:
 
 # ---------------------------------------------------------------------------------------
 def _progress_stats(row: dict[str, Any]) -> str:
-    """One epoch's figures for the progress bar: loss, validation metric, epsilon so far."""
-    metric = "" if row["metric"] is None else f"  val {row['metric_name']} {row['metric']:.4f}"
-    return f"loss {row['loss']:.4f}{metric}  epsilon {row['epsilon']:.3f}"
+    """One epoch's figures for the progress bar: loss, validation metric, epsilon so far.
+
+    The loss is the exact mean training loss (not DP): it is shown live on the trainer's
+    own screen and is never saved with the model or put in a report.
+    """
+    parts = [] if row.get("loss") is None else [f"loss {row['loss']:.4f}"]
+    if row.get("metric") is not None:
+        parts.append(f"val {row['metric_name']} {row['metric']:.4f}")
+    return "  ".join([*parts, f"epsilon {row['epsilon']:.3f}"])
+
+
+def _refuse_distributed(*models: Any) -> None:
+    """Refuse to train under ``torch.distributed`` (ranks would not share one DP run)."""
+    from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    # torchrun sets WORLD_SIZE on every rank before any process group exists
+    world = os.environ.get("WORLD_SIZE", "1").strip() or "1"
+    initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
+    wrapped = any(
+        isinstance(sub, DDP | DPDDP)
+        for m in models
+        if isinstance(m, nn.Module)
+        for sub in m.modules()
+    )
+    if initialized or wrapped or world not in ("0", "1"):
+        what = (
+            "a DistributedDataParallel model"
+            if wrapped
+            else "an initialized process group"
+            if initialized
+            else f"WORLD_SIZE={world}"
+        )
+        raise UsageError(
+            f"PrivateTrainer does not support torch.distributed yet ({what}): each rank would "
+            "train and charge the ledger on its own; run on one process with the plain model"
+        )
+
+
+def _row_digests(data: Any) -> list[bytes]:
+    """A 128-bit digest of each row (features and target bytes), in order."""
+    import hashlib
+
+    def as_bytes(t: Any, n: int) -> Any:
+        t = t.detach().cpu().contiguous()
+        if t.dtype == torch.bool:
+            t = t.to(torch.uint8)
+        return t.reshape(n, -1).view(torch.uint8).numpy() if t.numel() else np.zeros((n, 0), np.uint8)
+
+    n = len(data)
+    parts = [data.X] + ([] if data.y is None else [data.y])
+    out: list[bytes] = []
+    for start in range(0, n, 65536):
+        stop = min(n, start + 65536)
+        rows = np.hstack([as_bytes(t[start:stop], stop - start) for t in parts])
+        out.extend(hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows)
+    return out
+
+
+def _shared_rows(train: Any, val: Any) -> int | None:
+    """How many ``val`` rows equal a training row exactly (features and target).
+
+    ``None`` when it cannot be checked cheaply (a Dataset read record by record that is
+    neither the training dataset nor a Subset of the same one).
+    """
+    if val is None:
+        return None
+    if isinstance(train, TensorData) and isinstance(val, TensorData):
+        if val.X.shape[1:] != train.X.shape[1:] or (val.y is None) != (train.y is None):
+            return 0
+        # the same dtype as the training tensors, so equal values have equal bytes
+        val = TensorData(val.X.to(train.X.dtype), None if val.y is None else val.y.to(train.y.dtype))
+        seen = set(_row_digests(train))
+        return sum(d in seen for d in _row_digests(val))
+    if isinstance(train, IndexedData) and isinstance(val, IndexedData):
+        from torch.utils.data import Subset
+
+        a, b = train.dataset, val.dataset
+        if a is b:
+            return len(b)
+        if isinstance(a, Subset) and isinstance(b, Subset) and a.dataset is b.dataset:
+            return len(set(map(int, a.indices)) & set(map(int, b.indices)))
+    return None
 
 
 def _out_of_place(model: nn.Module) -> list[str]:
@@ -1023,6 +1173,44 @@ class _NoOp(contextlib.AbstractContextManager["_NoOp"]):
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def _guard_rows(gsm: Any) -> None:
+    """Refuse a trainable layer that runs on part of the batch (``layer(x[mask])``).
+
+    Opacus' hooks add such a call's per-sample gradients to the *first* rows of the
+    batch's (``grad_sample[:k] += ...``), so a record's gradient is split over two rows,
+    each clipped to C: its contribution can exceed C. The hooks are Opacus' own list,
+    removed with its hooks when the run ends.
+    """
+    from torch.utils._pytree import tree_leaves
+
+    rows: list[int | None] = [None]
+
+    def batch_rows(_module: Any, args: Any) -> None:
+        first = next((t for t in tree_leaves(args) if isinstance(t, torch.Tensor)), None)
+        rows[0] = int(first.shape[0]) if first is not None and first.ndim else None
+
+    def check(name: str) -> Any:
+        def hook(module: Any, inputs: Any, _output: Any) -> None:
+            if rows[0] is None or not (module.training and torch.is_grad_enabled()):
+                return
+            x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+            if x is not None and (x.ndim == 0 or x.shape[0] != rows[0]):
+                raise UsageError(
+                    f"layer {name!r} ran on {x.shape[0] if x.ndim else 0} rows of a batch of "
+                    f"{rows[0]}: per-sample clipping needs every trainable layer to run on the "
+                    "whole batch (mask its output instead of its input)"
+                )
+
+        return hook
+
+    module = gsm._module
+    handles = gsm.autograd_grad_sample_hooks
+    handles.append(module.register_forward_pre_hook(batch_rows))
+    for name, m in module.named_modules():
+        if any(p.requires_grad for p in m.parameters(recurse=False)):
+            handles.append(m.register_forward_hook(check(name)))
 
 
 def _ghost_optimizer(base: type) -> type:

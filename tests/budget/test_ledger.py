@@ -4,6 +4,7 @@ foreign and corrupt files."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -85,9 +86,9 @@ def test_spent_is_composition_recomputed_independently(tmp_path: Path, accountan
 
 
 def test_refusal_happens_before_anything_is_written(ledger: BudgetLedger) -> None:
-    ledger.set_budget("d", epsilon=1.0, delta=DELTA)
+    ledger.set_budget("d", epsilon=1.0, delta=DELTA, accountant="rdp")
     ledger.reserve("d", history=[(1.5, 0.01, 300)], delta=DELTA, accountant="rdp")
-    before = ledger.status("d", accountant="rdp")
+    before = ledger.status("d")
     with pytest.raises(BudgetExceededError) as info:
         ledger.reserve("d", history=[(0.8, 0.05, 2000)], delta=DELTA, accountant="rdp", epsilon=5.0)
     err = info.value
@@ -95,7 +96,7 @@ def test_refusal_happens_before_anything_is_written(ledger: BudgetLedger) -> Non
     assert err.dataset_id == "d"
     assert err.remaining == pytest.approx(before.remaining)
     assert err.exit_code == 1
-    after = ledger.status("d", accountant="rdp")
+    after = ledger.status("d")
     assert after.runs == before.runs == 1
     assert after.spent == before.spent
 
@@ -130,14 +131,16 @@ def test_settle_replaces_reservation_and_gives_back_unused_steps(ledger: BudgetL
 
 
 def test_settle_over_budget_is_recorded_then_raises(ledger: BudgetLedger) -> None:
-    ledger.set_budget("d", epsilon=1.0, delta=DELTA)
+    ledger.set_budget("d", epsilon=1.0, delta=DELTA, accountant="rdp")
     run_id = ledger.reserve("d", history=[(1.5, 0.01, 100)], delta=DELTA, accountant="rdp")
     with pytest.raises(BudgetExceededError):
         ledger.settle(run_id, history=[(0.6, 0.05, 5000)])
     # the spend is never hidden: the larger history is what the ledger now counts
     assert ledger.run(run_id).history == [(0.6, 0.05, 5000)]
-    assert ledger.spent("d", accountant="rdp") > 1.0
-    assert ledger.remaining("d", accountant="rdp") == 0.0
+    assert ledger.spent("d") > 1.0
+    assert ledger.remaining("d") == 0.0
+    # a what-if view under another accountant stays available, and is labelled
+    assert ledger.status("d", accountant="prv").accountant == "prv"
 
 
 def test_calibrate_remaining_spends_what_is_left(ledger: BudgetLedger) -> None:
@@ -182,6 +185,117 @@ def test_unknown_dataset_and_bad_arguments(ledger: BudgetLedger) -> None:
     ledger.set_budget("d", epsilon=1.0, delta=DELTA)
     with pytest.raises(InputError, match="history segment 0"):
         ledger.reserve("d", history=[(1.0, 2.0, 10)], delta=DELTA)
+
+
+# -- the dataset's accountant, delta limits, epsilon never negative (issue 10.5) -------
+
+
+def test_runs_naming_another_accountant_are_composed_under_the_datasets(ledger: BudgetLedger) -> None:
+    # A dataset set to rdp used to accept PRV-calibrated runs (checked under PRV) and
+    # then report 2.3 spent of 2.0 (its status composes under rdp).
+    ledger.set_budget("d", epsilon=2.0, delta=DELTA, accountant="rdp")
+    prv_sized = [(0.9615, 0.01, 1000)]  # PRV: 1.999; RDP: 2.30
+    assert epsilon_of(prv_sized, delta=DELTA, accountant="prv") <= 2.0
+    assert epsilon_of(prv_sized, delta=DELTA, accountant="rdp") > 2.0
+    with pytest.raises(BudgetExceededError) as info:
+        ledger.reserve("d", history=prv_sized, delta=DELTA, accountant="prv", epsilon=2.0)
+    assert info.value.remaining == 2.0
+    assert ledger.status("d").runs == 0
+
+    # a run that fits under rdp is accepted, and recorded and settled under rdp
+    fits = [(1.3, 0.01, 1000)]
+    run_id = ledger.reserve("d", history=fits, delta=DELTA, accountant="prv")
+    record = ledger.run(run_id)
+    assert record.accountant == "rdp"
+    assert record.epsilon == pytest.approx(epsilon_of(fits, delta=DELTA, accountant="rdp"), rel=1e-12)
+    settled = ledger.settle(run_id, history=[(1.3, 0.01, 900)])
+    assert settled.accountant == "rdp"
+    assert settled.epsilon == pytest.approx(
+        epsilon_of([(1.3, 0.01, 900)], delta=DELTA, accountant="rdp"), rel=1e-12
+    )
+
+    # "remaining" asked for under prv is calibrated under the dataset's rdp, so the
+    # composed spend lands at (not over) the total
+    sigma = ledger.calibrate_remaining("d", sample_rate=0.02, steps=500, accountant="prv")
+    ledger.reserve("d", history=[(sigma, 0.02, 500)], delta=DELTA, accountant="prv")
+    status = ledger.status("d")
+    assert status.accountant == "rdp"
+    assert 1.9 < status.spent <= 2.0 * (1 + 1e-9)
+    assert status.spent == pytest.approx(
+        opacus_epsilon([(1.3, 0.01, 900), (sigma, 0.02, 500)], delta=DELTA, accountant="rdp"), rel=0.01
+    )
+    # what a trainer asks to learn the accountant it should account its own run under
+    assert ledger.accountant("d") == "rdp"
+
+
+def test_changing_a_budget_keeps_the_datasets_accountant(ledger: BudgetLedger) -> None:
+    ledger.set_budget("d", epsilon=2.0, delta=DELTA, accountant="rdp")
+    assert ledger.set_budget("d", epsilon=3.0, delta=DELTA).accountant == "rdp"
+    assert ledger.accountant("d") == "rdp"
+    ledger.set_budget("d", epsilon=3.0, delta=DELTA, accountant="prv")  # asked for by name
+    assert ledger.accountant("d") == "prv"
+    assert ledger.set_budget("new", epsilon=1.0, delta=DELTA).accountant == "prv"
+    with pytest.raises(PolicyError, match="no budget"):
+        ledger.accountant("nope")
+
+
+@pytest.mark.parametrize("delta", [2e-3, 0.01, 0.1, 0.5])
+def test_set_budget_refuses_a_large_delta_unless_forced(ledger: BudgetLedger, delta: float) -> None:
+    with pytest.raises(PolicyError, match=r"force=True") as info:
+        ledger.set_budget("d", epsilon=1.0, delta=delta)
+    assert "1e-03" in str(info.value) or "0.001" in str(info.value)
+    assert ledger.datasets() == []
+    with pytest.warns(UserWarning, match="forced"):
+        status = ledger.set_budget("d", epsilon=1.0, delta=delta, force=True)
+    assert status.delta == delta
+    ledger.set_budget("e", epsilon=1.0, delta=1e-3)  # the limit itself is fine
+
+
+@pytest.mark.parametrize(
+    ("epsilon", "delta"),
+    [
+        (0.0, DELTA),
+        (-1.0, DELTA),
+        (math.inf, DELTA),
+        (math.nan, DELTA),
+        (True, DELTA),
+        (1.0, 0.0),
+        (1.0, -1e-5),
+        (1.0, 1.0),
+        (1.0, 1.5),
+        (1.0, math.nan),
+        (1.0, "1e-5"),
+    ],
+)
+def test_set_budget_refuses_out_of_range_values_even_forced(
+    ledger: BudgetLedger, epsilon: float, delta: float
+) -> None:
+    for force in (False, True):
+        with pytest.raises(PolicyError):
+            ledger.set_budget("d", epsilon=epsilon, delta=delta, force=force)
+    assert ledger.datasets() == []
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+@pytest.mark.parametrize("delta", [0.1, 0.2, 0.3, 0.5])
+def test_spent_is_never_negative_and_remaining_never_above_total(
+    tmp_path: Path, accountant: str, delta: float
+) -> None:
+    # At a large delta the (epsilon, delta) conversion goes below zero: that used to be
+    # reported as a negative spend with "remaining" above the total.
+    with BudgetLedger(tmp_path / "b.db") as led:
+        with pytest.warns(UserWarning, match="forced"):
+            led.set_budget("d", epsilon=1.0, delta=delta, accountant=accountant, force=True)
+        run_id = led.reserve("d", history=[(5.0, 0.01, 10)], delta=delta)
+        status = led.status("d")
+        assert status.spent == 0.0
+        assert status.naive_sum == 0.0
+        assert status.remaining == 1.0
+        assert led.run(run_id).epsilon == 0.0
+        led.reserve("d", history=[(1.0, 0.01, 1000)], delta=delta)
+        status = led.status("d")
+        assert status.spent >= 0.0
+        assert 0.0 <= status.remaining <= status.epsilon
 
 
 def test_unsupported_url_scheme(tmp_path: Path) -> None:

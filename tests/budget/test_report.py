@@ -49,6 +49,10 @@ class StandInTrainer:
     ledger_: Any = None
     run_id_: str | None = None
     encoder_: Any = None
+    loss: Any = None
+    checkpoint_dir: Any = None
+    val_overlap_: int | None = None
+    domain_source_: str | None = None
 
     def loss_per_sample(self, X, y):
         proba = self.model_.predict_proba(X)
@@ -309,3 +313,104 @@ def test_data_dependent_preprocessing_is_reported(data, tmp_path: Path) -> None:
     assert report.preprocessing == ["city: category vocabulary (2 values) taken from the training data"]
     md = report.save(tmp_path / "r.md").read_text()
     assert "Preprocessing not covered by DP" in md and "city: category vocabulary" in md
+
+
+# -- issue 10.2: the coverage statement and what a report leaves out ------------------------
+def _protection(report: PrivacyReport) -> dict[str, str]:
+    out = {}
+    for c in report.coverage:
+        out[c["item"]] = "dp" if c["dp_protected"] else "not covered" if c["data_dependent"] else "public"
+    return out
+
+
+def test_coverage_lists_every_released_item_and_marks_it(data, tmp_path: Path) -> None:
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    from privdl.train.encoding import TableEncoder
+
+    X, y, Xt, yt = data
+    encoder = TableEncoder(numeric_bounds={"age": (0, 100)}).fit(
+        pd.DataFrame({"city": ["a", "b", "a"], "age": ["30-39", "40", "*"]})
+    )
+    trainer = _stand_in(
+        LogisticRegression(max_iter=200).fit(X, y), n=len(y), encoder_=encoder, checkpoint_dir=tmp_path
+    )
+    with BudgetLedger(tmp_path / "b.db") as led:
+        led.set_budget("bc", epsilon=20.0, delta=DELTA, accountant="rdp")
+        report = PrivacyReport.from_trainer(
+            trainer,
+            baseline=0.95,
+            audit_data=((X[:50], y[:50]), (Xt[:50], yt[:50])),
+            ledger_after=led.status("bc"),
+        )
+    assert _protection(report) == {
+        "model weights (trainable parameters)": "dp",
+        "optimizer state and training progress (epoch, steps)": "dp",
+        "epsilon, delta, accountant history (noise multiplier, sampling rate, steps), clipping norm, "
+        "per-epoch epsilon and steps": "public",
+        "number of training records (n)": "not covered",
+        "training configuration (hyperparameters, target epsilon, secure mode, whether a seed was given)": (
+            "public"
+        ),
+        "model architecture (layers, replaced modules, gradient engine)": "public",
+        "dataset id, run id, software versions, creation time": "public",
+        "task (binary, multiclass or regression)": "not covered",
+        "feature names and encoder domains (encoder.json)": "not covered",  # learned vocabulary
+        "validation metric per epoch": "not covered",
+        "non-private baseline and utility difference": "not covered",
+        "membership-inference audit (AUC, advantage, record counts)": "not covered",
+        "dataset budget (total, spent, remaining)": "public",
+    }
+    assert PrivacyReport.from_json(report.to_json()) == report
+    md = report.save(tmp_path / "r.md").read_text()
+    assert "## Coverage: what is released" in md
+    assert "NOT covered by the DP guarantee" in md and "number of training records (n)" in md
+    # an encoder with DP or policy domains, and a task fixed by loss=
+    for source, expected in (("dp", "dp"), ("policy", "public"), ("learned-unprotected", "not covered")):
+        trainer.domain_source_, trainer.loss = source, "bce"
+        marks = _protection(PrivacyReport.from_trainer(trainer))
+        assert marks["feature names and encoder domains (encoder.json)"] == expected
+        assert marks["task (binary, multiclass or regression)"] == "public"
+
+
+def test_report_leaves_the_training_loss_out(data, tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    X, y, _, _ = data
+    trainer = _stand_in(LogisticRegression(max_iter=200).fit(X, y), n=len(y))
+    for row in trainer.history_:
+        row["loss"] = 0.123456789 * row["epoch"]  # as a trainer records it live
+    report = PrivacyReport.from_trainer(trainer)
+    assert all("loss" not in row for row in report.epochs)
+    for suffix in (".json", ".md", ".html"):
+        text = report.save(tmp_path / f"r{suffix}").read_text()
+        for row in trainer.history_:
+            assert f"{row['loss']:.4g}" not in text and repr(row["loss"]) not in text
+    # a report saved by an older version, with the loss, loads without it
+    old = json.loads(report.to_json())
+    for row, entry in zip(old["epochs"], trainer.history_, strict=True):
+        row["loss"] = entry["loss"]
+    assert PrivacyReport.from_json(old) == report
+
+
+def test_membership_section_has_no_mean_member_loss(data, tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    X, y, Xt, yt = data
+    trainer = _stand_in(LogisticRegression(max_iter=200).fit(X, y), n=len(y))
+    report = PrivacyReport.from_trainer(trainer, audit_data=((X[:80], y[:80]), (Xt[:80], yt[:80])))
+    mia = report.membership_inference
+    assert mia is not None and "auc" in mia
+    assert "mean_loss_members" not in mia and "mean_loss_non_members" not in mia
+    member_mean = float(np.mean(trainer.loss_per_sample(X[:80], y[:80])))
+    html = report.save(tmp_path / "r.html").read_text()
+    assert f"{member_mean:.4g}" not in html and "mean loss" not in html
+
+
+def test_ledger_report_states_its_coverage(tmp_path: Path) -> None:
+    with BudgetLedger(tmp_path / "b.db") as led:
+        led.set_budget("adult", epsilon=6.0, delta=DELTA)
+        led.reserve("adult", history=[(1.1, 0.01, 1000)], delta=DELTA, model_name="lr")
+        report = PrivacyReport.from_ledger(led, "adult")
+    assert report.coverage and set(_protection(report).values()) == {"public"}

@@ -77,3 +77,22 @@ def test_real_run_report_matches_opacus_and_ledger(data, tmp_path: Path) -> None
     assert not any("recomputation" in w for w in report.warnings)
     html = report.save(tmp_path / "run.html").read_text()
     assert "Membership-inference audit" in html and "data:image/png;base64," in html
+
+
+def test_report_of_a_second_fit_recomputes_each_epoch_over_both_runs(data) -> None:
+    from privdl.train.trainer import PrivateTrainer
+
+    X, y = data
+    trainer = PrivateTrainer(torch.nn.Linear(30, 2), epsilon=1.0, epochs=2, batch_size=100, seed=0)
+    trainer.fit((X[:300], y[:300]))
+    first = trainer.epsilon
+    trainer.fit((X[:300], y[:300]))  # continues the model as a second run: epsilon composes both
+    report = trainer.report()
+    assert len(trainer.accountant_history_) == 2
+    assert [e["epoch"] for e in report.epochs] == [1, 2]
+    # each epoch of the second run is the first run plus that epoch's steps
+    assert first < report.epochs[0]["epsilon"] < report.epochs[1]["epsilon"]
+    assert report.epochs[1]["epsilon"] == pytest.approx(report.epsilon, rel=1e-6)
+    for row, entry in zip(report.epochs, trainer.history_, strict=True):
+        assert row["epsilon"] == pytest.approx(entry["epsilon"], rel=0.01)
+    assert not any("reported" in w for w in report.warnings)

@@ -85,7 +85,7 @@ def test_warns_about_unroled_identifier_columns(run_cli, users_csv, tmp_path, en
     assert "column 'ip' looks like IP addresses" in err
     assert "column 'phone' looks like phone numbers" in err
     assert "column 'full_name'" in err
-    assert "birth_date" not in err  # dates are not phone numbers
+    assert "column 'birth_date' looks like" not in err  # dates are not phone numbers
 
 
 def test_policy_file(run_cli, users_csv, tmp_path, env_key):

@@ -129,6 +129,45 @@ def test_calibration_argument_checks(kwargs):
         noise_multiplier_for(**args)
 
 
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+@pytest.mark.parametrize("delta", [0.1, 0.2, 0.3, 0.5])
+def test_epsilon_is_never_negative_at_a_large_delta(delta, accountant):
+    # The (epsilon, delta) conversion goes below zero for a large delta; a negative
+    # figure used to reach the ledger as a negative spend.
+    quiet = [(5.0, 0.01, 10), (20.0, 0.001, 1)]
+    for segment in quiet:
+        assert epsilon_of([segment], delta=delta, accountant=accountant) == 0.0
+    noisy = epsilon_of([(0.5, 0.01, 1000)], delta=delta, accountant=accountant)
+    assert noisy > 0.0  # clamped at zero, not zeroed
+    assert epsilon_of([(0.5, 0.01, 1000)], delta=1e-5, accountant=accountant) > noisy
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+@pytest.mark.parametrize("delta", [0.1, 0.3, 0.5])
+def test_calibration_converges_at_a_large_delta(delta, accountant):
+    # where epsilon is 0 for moderate noise, the search used to creep down and give up
+    for target in (0.05, 0.5):
+        sigma = noise_multiplier_for(
+            epsilon=target, delta=delta, sample_rate=0.01, steps=1000, accountant=accountant
+        )
+        assert 0.0 < epsilon_of([(sigma, 0.01, 1000)], delta=delta, accountant=accountant) <= target
+        assert epsilon_of([(sigma * 0.99, 0.01, 1000)], delta=delta, accountant=accountant) > target
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sigma=st.floats(0.5, 30.0),
+    q=st.floats(0.001, 1.0),
+    steps=st.integers(1, 500),
+    delta=st.floats(1e-3, 0.9),
+    accountant=st.sampled_from(["prv", "rdp"]),
+)
+def test_epsilon_is_never_negative_property(sigma, q, steps, delta, accountant):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # PRV falls back to RDP: still a bound
+        assert epsilon_of([(sigma, q, steps)], delta=delta, accountant=accountant) >= 0.0
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     epsilon=st.floats(0.2, 20.0),

@@ -312,3 +312,37 @@ def test_table_model_round_trip_keeps_the_encoder(tmp_path):
     flip(folder / "encoder.json")
     with pytest.raises(TamperDetectedError):
         PrivateTrainer.load(folder, key=key)
+
+
+def test_checkpoints_hold_no_training_loss_and_resume_without_it(tmp_path, capsys, monkeypatch):
+    X, y = blobs()
+    ckpt = tmp_path / "ckpt"
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
+    tr = PrivateTrainer(model, epsilon=2.0, epochs=2, batch_size=50, seed=0, checkpoint_dir=ckpt)
+    original = PrivateTrainer._run_epoch
+
+    def crash_in_the_second_epoch(self):
+        if self._state["epoch"] == 1:
+            raise RuntimeError("power cut")
+        original(self)
+
+    monkeypatch.setattr(PrivateTrainer, "_run_epoch", crash_in_the_second_epoch)
+    with pytest.raises(RuntimeError):
+        tr.fit((X, y), val=(X[:40] + 3.0, y[:40]))
+    monkeypatch.setattr(PrivateTrainer, "_run_epoch", original)
+    (live,) = [row["loss"] for row in tr.history_]
+    text = (ckpt / "meta.json").read_text()
+    meta = json.loads(text)
+    (saved,) = meta["history"]
+    assert sorted(saved) == ["epoch", "epsilon", "metric", "metric_name", "steps"]
+    assert repr(live) not in text and f"{live:.6g}" not in text
+    by_item = {c["item"]: c for c in meta["coverage"]}
+    state = by_item["optimizer state and training progress (epoch, steps)"]
+    assert state["dp_protected"] is True and state["released_in"] == ["checkpoint"]
+    # the resumed run shows the saved epoch without a loss (none was saved) and goes on
+    resumed = PrivateTrainer.resume(ckpt)
+    resumed.progress = True
+    resumed.fit((X, y))
+    assert [("loss" in row) for row in resumed.history_] == [False, True]
+    assert "epoch 2/2" in capsys.readouterr().err

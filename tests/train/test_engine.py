@@ -140,7 +140,9 @@ def test_supports_known_layers_used_once():
         def forward(self, x):
             return self.a(self.a(x))
 
-    assert not bk_supports(Twice(), x)
+    # a layer run twice is supported: the engine clips the sum of its calls per record
+    # (test_reused_layers_match_per_record_gradients)
+    assert bk_supports(Twice(), x)
 
 
 class Channels(nn.Module):
@@ -311,3 +313,130 @@ def test_an_attention_block_after_opacus_fix_matches_per_record_gradients():
     assert len(ours) == 13
     for t, o in zip(theirs, ours, strict=True):
         assert torch.allclose(t, o, atol=1e-6, rtol=1e-4)
+
+
+class Reuse(nn.Module):
+    """``body`` run ``again`` more times: in training only, or (``masked``) kept only for
+    the records whose first feature is positive; the calls may differ in shape."""
+
+    def __init__(self, stem, body, head, *, again=1, train_only=False, masked=False):
+        super().__init__()
+        self.stem, self.body, self.head = stem, body, head
+        self.again, self.train_only, self.masked = again, train_only, masked
+
+    def forward(self, x):
+        h = self.body(self.stem(x))
+        if self.training or not self.train_only:
+            for _ in range(self.again):
+                more = self.body(h)
+                if self.masked:
+                    keep = (x.reshape(len(x), -1)[:, 0] > 0).reshape(-1, *[1] * (h.ndim - 1))
+                    more = torch.where(keep, more, h)
+                h = more
+        return self.head(h)
+
+
+class Pooled(nn.Module):
+    """One Linear on a sequence and again on its mean: calls with 5 and 1 positions."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc(x))
+        return self.out(torch.cat([h.mean(1), self.fc(h.mean(1))], dim=1))
+
+
+class TwoTokenFields(nn.Module):
+    """One Embedding for two token columns (shared vocabulary)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(6, 3, padding_idx=0)
+        self.out = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.out(self.emb(x[:, :4]).mean(1) * self.emb(x[:, 4:]).sum(1))
+
+
+REUSE_CASES = [
+    # (factory, input shape or "tokens"): Linear on rank-one and on sequence inputs
+    (lambda: Reuse(nn.Linear(5, 4), nn.Linear(4, 4), nn.Linear(4, 2), again=2), (5,)),
+    (lambda: Reuse(nn.Linear(5, 4), nn.Linear(4, 4), nn.Linear(4, 2), train_only=True), (5,)),
+    (lambda: Reuse(nn.Linear(5, 4), nn.Linear(4, 4), nn.Linear(4, 2), masked=True), (5,)),
+    (lambda: Reuse(nn.Linear(3, 8), nn.Linear(8, 8), nn.Linear(8, 2)), (2, 3)),  # ghost branch
+    (lambda: Reuse(nn.Linear(3, 2), nn.Linear(2, 2), nn.Linear(2, 2)), (30, 3)),  # per-sample
+    (Pooled, (5, 4)),
+    # convolutions: the grouped-convolution branch and the ghost branch
+    (
+        lambda: Reuse(
+            nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1), Channels(nn.Identity(), 75)
+        ),
+        (2, 5, 5),
+    ),
+    (
+        lambda: Reuse(nn.Conv2d(6, 8, 1), nn.Conv2d(8, 8, 2, padding="same"), Channels(nn.Identity(), 32)),
+        (6, 2, 2),
+    ),
+    (
+        lambda: Reuse(nn.Conv1d(2, 3, 3), nn.Conv1d(3, 3, 3, padding="same"), Channels(nn.Identity(), 18)),
+        (2, 8),
+    ),
+    (lambda: Reuse(nn.Linear(5, 4), nn.LayerNorm(4), nn.Linear(4, 2), masked=True), (5,)),
+    (lambda: Reuse(nn.Conv1d(2, 4, 1), nn.GroupNorm(2, 4), Channels(nn.Identity(), 24)), (2, 6)),
+    (TwoTokenFields, "tokens"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(REUSE_CASES)))
+def test_reused_layers_match_per_record_gradients(case):
+    # a layer run several times in one forward pass: each record's gradient is the sum
+    # of its calls', clipped as one; adding the calls' squared norms instead (the
+    # engine before issue 10) under-clips and fails this comparison
+    factory, shape = REUSE_CASES[case]
+    a, b = twin(factory)
+    torch.manual_seed(8)
+    x = torch.randint(0, 6, (7, 8)) if shape == "tokens" else torch.randn(7, *shape)
+    with torch.no_grad():
+        y = torch.randn(a(x).shape) * 3
+    for clip in (0.05, 0.5, 100.0):
+        theirs = looped_clipped_sum(a, x, y, nn.MSELoss(), clip)
+        ours = engine_clipped_sum(b, x, y, nn.MSELoss(), clip)
+        assert len(theirs) == len(ours)
+        for t, o in zip(theirs, ours, strict=True):
+            assert torch.allclose(t, o, atol=1e-6, rtol=1e-4)
+
+
+def test_the_engine_counts_the_calls_of_every_step():
+    torch.manual_seed(9)
+    model = Reuse(nn.Linear(5, 4), nn.Linear(4, 4), nn.Linear(4, 2), again=2, train_only=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    engine = BookKeepingEngine(
+        model, opt, nn.MSELoss(), noise_multiplier=0.0, max_grad_norm=1.0, expected_batch_size=4
+    )
+    assert forward_probe(model, torch.randn(2, 5)).calls["body"] == 1  # eval mode: one call
+    engine.zero_grad()
+    engine.accumulate(engine.per_sample_loss(engine(torch.randn(4, 5)), torch.randn(4, 2)))
+    assert engine.calls_ == {"body": 3}
+
+
+def test_a_layer_run_on_part_of_the_batch_is_refused():
+    class Subset(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            h = self.fc(x)
+            extra = torch.zeros_like(h)
+            keep = x[:, 0] > 0
+            extra[keep] = self.fc(h[keep])  # rows of a sub-batch: not the records' rows
+            return h + extra
+
+    torch.manual_seed(10)
+    x = torch.randn(8, 3)
+    x[:2, 0], x[2:, 0] = 1.0, -1.0
+    with pytest.raises(UsageError, match="'fc' ran on 2 rows of a batch of 8"):
+        engine_clipped_sum(Subset(), x, torch.randn(8, 3), nn.MSELoss(), 1.0)

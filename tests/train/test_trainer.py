@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import numpy as np
@@ -488,3 +489,144 @@ def test_progress_bar_shows_loss_metric_and_epsilon_per_epoch(capsys):
         assert f"val accuracy {row['metric']:.4f}" in line and f"epsilon {row['epsilon']:.3f}" in line
     PrivateTrainer(mlp(), epsilon=2.0, epochs=1, progress=False).fit((X, y))
     assert capsys.readouterr().err == ""
+
+
+# -- issue 10.2: nothing DP does not cover in a model folder or a report --------------------
+def _numbers(value):
+    """Every number in parsed JSON."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int | float):
+        yield float(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _numbers(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _numbers(v)
+
+
+def test_exact_training_loss_is_in_no_model_folder_checkpoint_or_report(tmp_path):
+    import json
+
+    X, y = blobs(n=300)
+    X[0], y[0] = 40.0, 1 - y[0]  # one outlier record, far away and mislabelled
+    ckpt = tmp_path / "ckpt"
+    tr = PrivateTrainer(mlp(), epsilon=1.0, epochs=3, batch_size=50, seed=0, checkpoint_dir=ckpt)
+    tr.fit((X, y), val=(X[150:] + 0.5, y[150:]))
+    live = [row["loss"] for row in tr.history_]  # the live, exact figures (this process only)
+    assert len(live) == 3 and all(v > 0 for v in live)
+    folder = tr.save(tmp_path / "model")
+    report = tr.report(baseline=0.9, audit_data=((X[:100], y[:100]), (X[200:], y[200:])))
+    texts = {
+        "report.json": report.save(tmp_path / "r.json").read_text(),
+        "report.html": report.save(tmp_path / "r.html").read_text(),
+        "report.md": report.save(tmp_path / "r.md").read_text(),
+    }
+    for where in (folder, ckpt):
+        texts.update({f"{where.name}/{f.name}": f.read_text() for f in where.glob("*.json")})
+    assert "model/meta.json" in texts and "ckpt/meta.json" in texts
+    for name, text in texts.items():
+        for loss in live:
+            for shown in (repr(loss), f"{loss:.4g}", f"{loss:.4f}", f"{loss:.6g}"):
+                assert shown not in text, (name, shown)
+        if name.endswith(".json"):
+            assert all(not math.isclose(v, x, rel_tol=1e-6) for v in _numbers(json.loads(text)) for x in live)
+    for where in (folder, ckpt):
+        meta = json.loads((where / "meta.json").read_text())
+        released = [sorted(row) for row in meta["history"]]
+        assert released == [["epoch", "epsilon", "metric", "metric_name", "steps"]] * 3
+    assert all("loss" not in row for row in report.epochs)
+    assert "mean_loss_members" not in report.membership_inference
+    # a loaded model has no loss to show
+    assert all("loss" not in row for row in PrivateTrainer.load(folder).history_)
+
+
+def test_model_folder_states_its_coverage(tmp_path):
+    import json
+
+    X, y = blobs(n=200)
+    tr = PrivateTrainer(mlp(), epsilon=2.0, epochs=1, batch_size=50, seed=0)
+    tr.fit((X, y), val=(X[:40] + 1.0, y[:40]))
+    meta = json.loads((tr.save(tmp_path / "m") / "meta.json").read_text())
+    by_item = {c["item"]: c for c in meta["coverage"]}
+    assert by_item["model weights (trainable parameters)"]["dp_protected"] is True
+    n = by_item["number of training records (n)"]
+    assert n["dp_protected"] is False and n["data_dependent"] is True
+    val = by_item["validation metric per epoch"]
+    assert val["dp_protected"] is False and val["data_dependent"] is True
+    # loss= not given: the task was inferred from the targets
+    assert by_item["task (binary, multiclass or regression)"]["data_dependent"] is True
+    assert all("checkpoint" not in c["released_in"] for c in meta["coverage"])  # none written
+
+
+def test_val_sharing_rows_with_the_training_data_warns_with_a_count_only():
+    X, y = blobs(n=300)
+    tr = PrivateTrainer(mlp(), epsilon=2.0, epochs=1, batch_size=100, seed=0)
+    val_X = np.concatenate([X[:7], X[200:230] + 100.0])
+    val_y = np.concatenate([y[:7], y[200:230]])
+    with pytest.warns(UserWarning, match=r"val shares 7 row\(s\) with the training data") as caught:
+        tr.fit((X[:200], y[:200]), val=(val_X, val_y))
+    assert tr.val_overlap_ == 7
+    text = " ".join(str(w.message) for w in caught)
+    assert f"{X[0, 0]:.3f}" not in text and f"{X[0, 0]:.4g}" not in text  # no data values
+    (shared,) = [w for w in tr.report().warnings if "shares rows with the training data" in w]
+    assert not any(ch.isdigit() for ch in shared)  # a report gets no count computed from the data
+    # same features with another label is not the same row; disjoint data: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        tr2 = PrivateTrainer(mlp(), epsilon=2.0, epochs=1, batch_size=100, seed=0)
+        tr2.fit((X[:200], y[:200]), val=(X[:5], 1 - y[:5]))
+        assert tr2.val_overlap_ == 0
+        assert not any("shares rows" in w for w in tr2.report().warnings)
+
+
+def test_val_that_is_a_subset_of_the_same_dataset_is_detected():
+    from torch.utils.data import Dataset, Subset
+
+    X, y = blobs(n=200)
+
+    class Records(Dataset):
+        def __len__(self):
+            return len(y)
+
+        def __getitem__(self, i):
+            return torch.from_numpy(X[i]), int(y[i])
+
+    base = Records()
+    tr = PrivateTrainer(mlp(), epsilon=2.0, epochs=1, batch_size=50, seed=0, grad_sample_mode="hooks")
+    with pytest.warns(UserWarning, match=r"val shares 20 row\(s\)"):
+        tr.fit(Subset(base, range(150)), val=Subset(base, range(130, 200)))
+
+
+# -- issue 10.8: no distributed runs yet -------------------------------------------------------
+def test_fit_refuses_inside_a_torch_distributed_process_group(tmp_path):
+    import torch.distributed as dist
+
+    from privdl.budget.ledger import BudgetLedger
+
+    X, y = blobs(n=200)
+    ledger = BudgetLedger(tmp_path / "b.db")
+    ledger.set_budget("ds", epsilon=5.0, delta=1e-4)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        tr = PrivateTrainer(mlp(), epsilon=1.0, epochs=1, ledger=ledger, dataset_id="ds")
+        with pytest.raises(UsageError, match=r"does not support torch\.distributed.*one process"):
+            tr.fit((X, y))
+        ddp = nn.parallel.DistributedDataParallel(mlp())
+    finally:
+        dist.destroy_process_group()
+    assert ledger.runs("ds") == [] and tr.steps_ == 0  # refused before any charge or step
+    # a DDP-wrapped model is refused even once the group is gone
+    with pytest.raises(UsageError, match="DistributedDataParallel"):
+        PrivateTrainer(ddp, epsilon=1.0, epochs=1).fit((X, y))
+    assert PrivateTrainer(mlp(), epsilon=1.0, epochs=1).fit((X, y)).steps_ > 0
+
+
+def test_fit_refuses_a_torchrun_rank(monkeypatch):
+    X, y = blobs(n=200)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets on each of 2 ranks
+    with pytest.raises(UsageError, match="WORLD_SIZE=2"):
+        PrivateTrainer(mlp(), epsilon=1.0, epochs=1).fit((X, y))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert PrivateTrainer(mlp(), epsilon=1.0, epochs=1).fit((X, y)).steps_ > 0
