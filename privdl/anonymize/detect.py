@@ -34,6 +34,8 @@ from pandas.api.types import (
     is_string_dtype,
 )
 
+from privdl.anonymize.metrics import hashable
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -183,7 +185,10 @@ def _free_text(values: list[str]) -> bool:
 
 
 def _cardinality(series: pd.Series) -> str | None:
-    counts = series.value_counts(dropna=True)
+    try:
+        counts = series.value_counts(dropna=True)
+    except TypeError:  # unhashable values (lists from JSONL)
+        counts = hashable(series).value_counts(dropna=True)
     n = len(series)
     distinct = len(counts)
     if not n or distinct < MIN_DISTINCT:

@@ -16,7 +16,7 @@ quasi-identifiers.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -73,6 +73,11 @@ def encode_sensitive(series: pd.Series, *, column: str) -> SensitiveCodes:
     return SensitiveCodes(column, codes, n_values, ordered, overall)
 
 
+def hashable(series: pd.Series) -> pd.Series:
+    """``series`` with unhashable values (lists, dicts from JSONL) as their text; missing stays."""
+    return series.map(lambda v: None if _is_na(v) else v if isinstance(v, Hashable) else repr(v))
+
+
 def class_ids(frame: pd.DataFrame, columns: Sequence[str]) -> tuple[np.ndarray, int]:
     """Equivalence class of every record on ``columns`` (missing is a value of its own).
 
@@ -85,7 +90,10 @@ def class_ids(frame: pd.DataFrame, columns: Sequence[str]) -> tuple[np.ndarray, 
     key = np.zeros(n, dtype=np.int64)
     radix = 1
     for col in columns:
-        codes, uniques = pd.factorize(frame[col], use_na_sentinel=False)
+        try:
+            codes, uniques = pd.factorize(frame[col], use_na_sentinel=False)
+        except TypeError:  # unhashable values (lists from JSONL): group on their text
+            codes, uniques = pd.factorize(hashable(frame[col]), use_na_sentinel=False)
         size = max(len(uniques), 1)
         if radix * size >= 2**62:
             # compress before the mixed-radix key could overflow int64

@@ -19,6 +19,15 @@ shift_dates     move every date of one person by the same secret number of   no
 Unkeyed hashing is not offered: a plain SHA-256 of an e-mail or phone number is
 reversed by a dictionary in hours.
 
+``shift_dates`` is not generalization: it hides the exact day from a reader without
+the key, but a date moved by at most ``max_days`` is still near-unique, and an attacker
+who knows a person's true date searches a window of ``2 * max_days`` days (on
+``examples/data/users.csv``, true birth date, sex and city single out more than half of
+the people through a 30-day shift). The report counts a shifted column that is not a
+quasi-identifier as linkable; make it a quasi-identifier too (``--qi COL --hierarchy
+COL=date``) to generalize the shifted dates. ``mask`` with ``keep_last`` > 0 leaves
+characters that can still be linked on (the last four digits of a phone number).
+
 **Normalization before hashing / encryption is explicit** (option ``normalize``):
 
 * ``none`` (default): the value's exact text (``str(value)`` for numbers);
@@ -406,6 +415,9 @@ def shift_dates(
     domain: str = "",
 ) -> pd.Series:
     """Shift each date by its person's secret offset; text dates keep ISO text form.
+
+    This is not generalization: the shifted date is still near-exact (see the module
+    docstring); generalize it as a quasi-identifier to release it under a k claim.
 
     Raises:
         InputError: values that are not dates (the count, not the values), or a date

@@ -291,7 +291,9 @@ class AnonymizationReport:
             counted = self.linkable_risk is not None
             with_linkable = " (linkable columns counted)" if counted else ""
             if self.after is not None:
-                label = "k (target / achieved, linkable columns counted)" if counted else "k (target / achieved)"
+                label = (
+                    "k (target / achieved, linkable columns counted)" if counted else "k (target / achieved)"
+                )
                 summary.append((label, f"{targets.get('k')} / {head_m['k']}"))
             else:
                 summary.append(("k (no quasi-identifiers declared; linkable columns)", head_m["k"]))

@@ -63,7 +63,7 @@ from privdl.errors import (
     require,
 )
 
-__all__ = ["BudgetLedger", "BudgetStatus", "RunRecord"]
+__all__ = ["MAX_DELTA", "BudgetLedger", "BudgetStatus", "RunRecord", "check_budget"]
 
 SCHEMA_VERSION = 1
 APPLICATION = "privdl-budget-ledger"
@@ -525,10 +525,16 @@ class BudgetLedger:
             BudgetExceededError: the new total is below what is already spent.
         """
         _check_dataset_id(dataset_id)
-        _check_eps_delta(epsilon, delta)
-        _check_budget_delta(delta, force=force)
+        check_budget(epsilon=epsilon, delta=delta, force=force)
         if accountant is not None:
             check_accountant(accountant)
+        if delta > MAX_DELTA:
+            warnings.warn(
+                f"a dataset budget with delta={delta:g} (above {MAX_DELTA:.0e}) was forced; "
+                "the trainer still refuses a delta at or above 1/n",
+                UserWarning,
+                stacklevel=2,
+            )
         params: dict[str, Any] = {
             "dataset_id": dataset_id,
             "epsilon": epsilon,
@@ -745,13 +751,15 @@ class BudgetLedger:
             with self._store.transaction(write=False) as tx:
                 snapshot = self._snapshot(tx, dataset_id)
             figures = self._compose(snapshot, hist)
+            run_eps = epsilon_of(hist, delta=delta, accountant=snapshot[2])
             with self._store.transaction(write=True) as tx:
                 current = self._snapshot(tx, dataset_id, lock=True)
                 if current != snapshot:
                     figures = self._compose(current, hist)
-                total, ds_delta, before, after = figures
                 ds_accountant = current[2]
-                run_eps = epsilon_of(hist, delta=delta, accountant=ds_accountant)
+                if ds_accountant != snapshot[2]:
+                    run_eps = epsilon_of(hist, delta=delta, accountant=ds_accountant)
+                total, ds_delta, before, after = figures
                 requested = float(epsilon) if epsilon is not None else run_eps
                 if after > total * (1 + _REL_TOL):
                     raise BudgetExceededError(
@@ -957,22 +965,22 @@ def _check_eps_delta(epsilon: float, delta: float) -> None:
         raise PolicyError("delta must be in (0, 1)")
 
 
-def _check_budget_delta(delta: float, *, force: bool) -> None:
-    """A dataset's delta above MAX_DELTA is refused unless forced (then loudly)."""
-    if delta <= MAX_DELTA:
-        return
-    if not force:
+def check_budget(*, epsilon: float, delta: float, force: bool = False) -> None:
+    """Refuse a total budget that :meth:`BudgetLedger.set_budget` would refuse.
+
+    For callers that check before opening (or creating) a ledger, such as the CLI.
+
+    Raises:
+        PolicyError: epsilon not positive and finite, delta not in (0, 1), or delta
+            above :data:`MAX_DELTA` (1e-3) without ``force``.
+    """
+    _check_eps_delta(epsilon, delta)
+    if delta > MAX_DELTA and not force:
         raise PolicyError(
             f"delta={delta:g} is above {MAX_DELTA:.0e}: delta is the chance that the epsilon "
             "guarantee fails outright and must be far below 1/n (1e-5 or less is usual); "
             "pass force=True (CLI: --force) to set it anyway"
         )
-    warnings.warn(
-        f"a dataset budget with delta={delta:g} (above {MAX_DELTA:.0e}) was forced; "
-        "the trainer still refuses a delta at or above 1/n",
-        UserWarning,
-        stacklevel=3,
-    )
 
 
 class _NoOp:

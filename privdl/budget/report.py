@@ -262,6 +262,13 @@ class PrivacyReport:
                 "the validation data shares rows with the training data: the validation "
                 "metric is computed partly on training records, without DP"
             )
+        encoder = getattr(trainer, "encoder_", None)
+        source = getattr(trainer, "domain_source_", None) or getattr(encoder, "domain_source_", None)
+        if source == "learned-unprotected":
+            warnings.append(
+                "the encoder's domains were learned from the training data without DP (domains="
+                '"learned-unprotected"): encoder.json and the feature names are not covered'
+            )
         coverage = coverage_items(trainer, utility=utility, membership=mia, dataset=dataset)
         return cls(
             scope="run",
@@ -1030,13 +1037,16 @@ def coverage_items(
 
 def _encoder_item(trainer: Any, encoder: Any, folder: Sequence[str]) -> dict[str, Any]:
     """The encoder's domains (encoder.json, feature names) by where they came from."""
-    where = ("report", *folder) if _preprocessing(trainer) else tuple(folder)
+    learned = _preprocessing(trainer)
+    where = ("report", *folder) if learned else tuple(folder)
     item = "feature names and encoder domains (encoder.json)"
-    # the encoder's own record: "policy", "dp" or "learned-unprotected"
-    source = getattr(trainer, "domain_source_", None)
-    if source is None and encoder is not None:
-        learned = getattr(encoder, "data_dependent_", None)
-        source = "learned-unprotected" if learned else "policy"
+    # the trainer's (or encoder's) record: "policy", "dp" or "learned-unprotected"
+    source = getattr(trainer, "domain_source_", None) or getattr(encoder, "domain_source_", None)
+    if source == "learned-unprotected" or learned:
+        note = "learned from the training data without noise"
+        if learned:
+            note += " (listed under preprocessing not covered by DP)"
+        return _item(item, where, dp=False, data=True, note=note)
     if source == "dp":
         return _item(
             item,
@@ -1045,15 +1055,7 @@ def _encoder_item(trainer: Any, encoder: Any, folder: Sequence[str]) -> dict[str
             data=True,
             note="estimated with DP; the release is a segment of the run's history and counted in epsilon",
         )
-    if source == "learned-unprotected":
-        return _item(
-            item,
-            where,
-            dp=False,
-            data=True,
-            note="learned from the training data without noise",
-        )
-    if source == "policy":
+    if source == "policy" or (source is None and encoder is not None):
         return _item(
             item, where, dp=False, data=False, note="from the policy, its hierarchies or given bounds"
         )

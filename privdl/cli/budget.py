@@ -107,21 +107,27 @@ def set_budget(
     dataset: str = typer.Option(..., "--dataset", help="Dataset identifier."),
     epsilon: float = typer.Option(..., "--epsilon", help="Total epsilon for the dataset."),
     delta: float = typer.Option(..., "--delta", help="Total delta for the dataset."),
-    accountant: str = typer.Option("prv", "--accountant", help="prv (default) or rdp."),
+    accountant: str | None = typer.Option(
+        None, "--accountant", help="prv or rdp; a new dataset defaults to prv, an existing one keeps its own."
+    ),
+    force: bool = typer.Option(False, "--force", help="Accept a delta above 1e-3 (warned and audited)."),
     audit_log: Path | None = typer.Option(None, "--audit-log", help="Append one entry to this audit log."),
     audit_key_env: str = typer.Option(
         "PRIVDL_AUDIT_KEY", "--audit-key-env", help="Variable holding the audit key."
     ),
 ) -> None:
     """Create or change a dataset's total budget (never below what it has spent)."""
-    from privdl.budget.ledger import BudgetLedger
+    from privdl.budget.ledger import BudgetLedger, check_budget
 
+    check_budget(epsilon=epsilon, delta=delta, force=force)  # before a ledger is created
     log = cli_audit_log(audit_log, audit_key_env)
     if log is not None:
         log.check_appendable()  # before the ledger is opened, or created
     with BudgetLedger(ledger) as led:
         # the ledger writes the entry inside its transaction: no change without its entry
-        status = led.set_budget(dataset, epsilon=epsilon, delta=delta, accountant=accountant, audit_log=log)
+        status = led.set_budget(
+            dataset, epsilon=epsilon, delta=delta, accountant=accountant, force=force, audit_log=log
+        )
     typer.echo(
         f"{dataset}: epsilon={status.epsilon:g} delta={status.delta:g} "
         f"spent={status.spent:.4g} remaining={status.remaining:.4g} ({status.runs} runs)"

@@ -545,8 +545,12 @@ def _prv_epsilon(hist: Sequence[tuple[float, float, int]], delta: float) -> floa
         raise InputError("delta is too small for the PRV accountant's floating-point precision")
     t = ts + shift
     d1 = np.flip(np.flip(pmf).cumsum())
-    d2 = np.flip(np.flip(pmf * np.exp(-t)).cumsum())
-    ndelta = np.exp(t) * d2 - d1
+    # exp overflows in the far tail when a search tries very little noise (Opacus
+    # computes the same values, warnings included); the index and epsilon found below
+    # are checked, and an unusable result falls back to RDP
+    with np.errstate(over="ignore", invalid="ignore"):
+        d2 = np.flip(np.flip(pmf * np.exp(-t)).cumsum())
+        ndelta = np.exp(t) * d2 - d1
     target = delta - delta_error
     i = int(np.searchsorted(ndelta, -target, side="left"))
     if i <= 0 or i >= size:

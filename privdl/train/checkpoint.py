@@ -573,7 +573,13 @@ def _trainer_from(
     if encoder_json is not None:
         from privdl.train.encoding import TableEncoder
 
-        trainer.encoder_ = TableEncoder.from_json(encoder_json)
+        enc = TableEncoder.from_json(encoder_json)
+        trainer.encoder_ = enc
+        # where the domains came from, for the report; the DP estimate's segments are
+        # in the saved accountant history already
+        trainer.domain_source_ = enc.domain_source_
+        trainer.domain_history_ = list(enc.domain_history_)
+        trainer.domain_run_id_ = enc.domain_run_id_
     return trainer
 
 

@@ -84,6 +84,9 @@ _MISSING_TEXT = {"", "?", "nan", "none", "null", MISSING}
 DOMAIN_MODES = ("dp", "policy", "learned-unprotected")
 #: epsilon of a stand-alone DP domain estimate (PrivateTrainer passes its own share)
 DEFAULT_DOMAIN_EPSILON = 0.5
+#: PrivateTrainer's share of its run epsilon for a DP domain estimate: composed with
+#: DP-SGD under PRV, a fifth of epsilon 2 raises the training noise by about 2 %
+DEFAULT_DOMAIN_SHARE = 0.2
 #: hash buckets of a DP vocabulary (public candidate set; values never stored)
 HASH_BUCKETS = 4096
 #: integer class labels a DP label set is chosen from
@@ -234,6 +237,7 @@ class TableEncoder:
         domain_history_: the DP estimate as accountant segments ``[(sigma, 1.0, m)]``
             (empty when nothing was estimated with DP).
         domain_epsilon_, domain_delta_: what that estimate was calibrated to on its own.
+        domain_run_id_: the ledger run the estimate was charged to (by PrivateTrainer).
         dp_domains_: which domains were estimated with DP (for the report).
         data_dependent_: what was taken from the data without DP (for the privacy
             report: preprocessing not covered by DP).
@@ -327,6 +331,7 @@ class TableEncoder:
             if not (math.isfinite(float(lo)) and math.isfinite(float(hi)) and float(lo) < float(hi)):
                 raise PolicyError(f"numeric_bounds for column {name!r} must be finite with low < high")
 
+        self.domain_run_id_: str | None = None  # set by a ledger charge (PrivateTrainer)
         policy = self.policy
         hierarchies: Mapping[str, str] = dict(getattr(policy, "hierarchies", {}) or {})
         base_dir = getattr(policy, "base_dir", None)
@@ -589,6 +594,7 @@ class TableEncoder:
                 "domain_history": [list(seg) for seg in self.domain_history_],
                 "domain_epsilon": self.domain_epsilon_,
                 "domain_delta": self.domain_delta_,
+                "domain_run_id": getattr(self, "domain_run_id_", None),
                 "excluded": self.excluded_,
                 "dropped": self.dropped_,
             },
@@ -641,6 +647,7 @@ class TableEncoder:
         ]
         enc.domain_epsilon_ = data.get("domain_epsilon")
         enc.domain_delta_ = data.get("domain_delta")
+        enc.domain_run_id_ = data.get("domain_run_id")
         # version 1 learned its domains from the data without noise when it listed any
         legacy = "learned-unprotected" if enc.data_dependent_ else "policy"
         enc.domain_source_ = data.get("domain_source") or legacy

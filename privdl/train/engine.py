@@ -117,7 +117,12 @@ class ForwardProbe:
 def forward_probe(model: nn.Module, example: Any) -> ForwardProbe:
     """Run ``example`` (a small batch) through ``model`` in eval mode, without gradients,
     counting the calls of every module that owns trainable parameters and noting the
-    outputs that later operations modified in place."""
+    outputs that later operations modified in place.
+
+    The counts are what eval mode shows on ``example``: a layer reused in training mode
+    only, or for some batches only, is not counted here. The engines count calls in
+    every training step instead (see the module docstring); the probe only guides the
+    choice of engine."""
     owners = {
         name: m
         for name, m in model.named_modules()
@@ -248,10 +253,10 @@ def _summed_parts(param: Any, per_call: list[Any]) -> list[_Part]:
 
 
 def _conv_parts(layer: Any, calls: list[tuple[Any, Any]]) -> list[_Part]:
-    calls = [_as_conv2d(layer, x, g) for x, g in calls]
-    _, _, kernel, stride, dilation, padding = calls[0]
-    batch, c_in, c_out = calls[0][0].shape[0], calls[0][0].shape[1], calls[0][1].shape[1]
-    positions = sum(g.shape[2] * g.shape[3] for _, g, *_ in calls)
+    convs = [_as_conv2d(layer, x, g) for x, g in calls]
+    _, _, kernel, stride, dilation, padding = convs[0]
+    batch, c_in, c_out = convs[0][0].shape[0], convs[0][0].shape[1], convs[0][1].shape[1]
+    positions = sum(g.shape[2] * g.shape[3] for _, g, *_ in convs)
     parts: list[_Part] = []
     if _trainable(layer.weight):
         if 2 * positions * positions < c_in * kernel[0] * kernel[1] * c_out:
@@ -259,11 +264,11 @@ def _conv_parts(layer: Any, calls: list[tuple[Any, Any]]) -> list[_Part]:
             a = _join(
                 [
                     F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride).transpose(1, 2)
-                    for x, *_ in calls
+                    for x, *_ in convs
                 ],
                 dim=1,
             )
-            gm = _join([g.reshape(batch, c_out, -1).transpose(1, 2) for _, g, *_ in calls], dim=1)
+            gm = _join([g.reshape(batch, c_out, -1).transpose(1, 2) for _, g, *_ in convs], dim=1)
             parts += _product_parts(layer.weight, None, a, gm)
         else:
             # per-sample weight gradients as one grouped convolution (a group per
@@ -278,10 +283,10 @@ def _conv_parts(layer: Any, calls: list[tuple[Any, Any]]) -> list[_Part]:
                     dilation=dilation,
                     groups=batch,
                 ).reshape(batch, -1)
-                for x, g, *_ in calls
+                for x, g, *_ in convs
             ]
             parts += _summed_parts(layer.weight, per_call)
-    parts += _summed_parts(layer.bias, [g.reshape(batch, c_out, -1).sum(dim=2) for _, g, *_ in calls])
+    parts += _summed_parts(layer.bias, [g.reshape(batch, c_out, -1).sum(dim=2) for _, g, *_ in convs])
     return parts
 
 

@@ -103,6 +103,13 @@ class PrivateTrainer:
             supports it, else Opacus' hooks; or name a mode (``"bk"``, ``"ghost"``, ``"hooks"``,
             ``"functorch"``, ``"ew"``).
         encoder: a TableEncoder for DataFrame input; by default one is fitted.
+        domains: for the default encoder, where domains with no public source come from
+            (see :class:`~privdl.TableEncoder`): ``"dp"`` (estimated with DP, charged to
+            the ledger and composed into this run's epsilon), ``"policy"`` (refuse) or
+            ``"learned-unprotected"`` (no DP; the report says so).
+        domain_epsilon: epsilon for a DP domain estimate on its own (default: a fifth of
+            the run's epsilon, or of what is left for ``"remaining"``); the run's total,
+            domains and training composed, stays ``epsilon``.
         progress: a progress bar per epoch on stderr with the loss, the validation
             metric and epsilon so far (``"auto"``: in a terminal or a notebook).
         checkpoint_dir: write a signed training checkpoint there after every epoch
@@ -135,6 +142,8 @@ class PrivateTrainer:
         progress: bool | str = "auto",
         checkpoint_dir: Any = None,
         checkpoint_key: Any = None,
+        domains: str = "dp",
+        domain_epsilon: float | None = None,
     ) -> None:
         self.model = model
         self.target_epsilon = epsilon
@@ -158,7 +167,16 @@ class PrivateTrainer:
         self.progress = progress
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_key = checkpoint_key
+        self.domains = domains
+        self.domain_epsilon = domain_epsilon
         # learned state, set by fit()
+        # where the encoder's domains came from ("policy" | "dp" | "learned-unprotected";
+        # None without a table), and the DP domain estimate's accountant segments (they
+        # are in accountant_history_ too) and ledger run
+        self.domain_source_: str | None = None
+        self.domain_history_: list[tuple[float, float, int]] = []
+        self.domain_run_id_: str | None = None
+        self._domain_segments: list[tuple[float, float, int]] = []
         self.model_: nn.Module | None = None
         # per epoch; the exact training "loss" is for the live progress bar and this
         # process only: save() and report() leave it out (it is not DP)
@@ -207,6 +225,8 @@ class PrivateTrainer:
             "secure_mode": self.secure_mode,
             "max_physical_batch_size": self.max_physical_batch_size,
             "grad_sample_mode": self.grad_sample_mode,
+            "domains": self.domains,
+            "domain_epsilon": self.domain_epsilon,
         }
 
     def _lr(self) -> float:
@@ -352,18 +372,37 @@ class PrivateTrainer:
         """Data -> TensorData / IndexedData; DataFrames go through the TableEncoder."""
         import pandas as pd
 
+        if fit:
+            self._domain_segments = []  # this run's DP domain estimate, if it makes one
         if isinstance(data, pd.DataFrame):
             if target is None:
                 raise UsageError(f"{what} is a DataFrame: pass target= (the label column)")
             if target not in data.columns:
                 raise InputError(f"{what} has no column {target!r}")
             enc = self.encoder_
-            if fit:
-                # a model trained before keeps its input layout: reuse its encoder
-                enc = self.encoder_ or (self.encoder if self.encoder is not None else _new_encoder())
+            if fit and enc is None:
+                # the first table this trainer sees decides the input layout
+                enc = self.encoder if self.encoder is not None else _new_encoder(self.domains)
+                ledger = self._open_ledger()
                 if not hasattr(enc, "columns_"):  # not fitted yet: fit on this frame
-                    enc.fit(data, target=target)
+                    if _is_table_encoder(enc):
+                        # a DP domain estimate is charged to the ledger before its noise
+                        # is drawn, and composed into this run's epsilon
+                        enc.fit(data, target=target, **self._domain_budget(enc, len(data), ledger))
+                    else:
+                        enc.fit(data, target=target)
+                segments = [tuple(seg) for seg in getattr(enc, "domain_history_", None) or []]
+                if segments and ledger is not None and getattr(enc, "domain_run_id_", None) is None:
+                    # fitted before it came here (e.g. to size the model): charged now
+                    enc.domain_run_id_ = self._charge_domains(ledger, segments, enc)
+                self.domain_run_id_ = getattr(enc, "domain_run_id_", None)
+                self._domain_segments = [(float(a), float(b), int(c)) for a, b, c in segments]
+                self.domain_history_ = list(self._domain_segments)
+                self.domain_source_ = getattr(enc, "domain_source_", None)
                 self.encoder_ = enc
+                self.feature_names_ = list(enc.feature_names_)
+            elif fit:
+                # a model trained before keeps its input layout: reuse its encoder
                 self.feature_names_ = list(enc.feature_names_)
             elif enc is None:
                 raise UsageError(f"{what} is a DataFrame but the model was trained on arrays")
@@ -371,6 +410,62 @@ class PrivateTrainer:
             y = _encode_target(enc, data[target])
             return as_data((X, y), what=what)
         return as_data(data, what=what)
+
+    def _domain_budget(self, enc: Any, n: int, ledger: Any) -> dict[str, Any]:
+        """Arguments for a TableEncoder fit that may estimate domains with DP: their
+        epsilon (a share of the run's), the run's delta, and the ledger charge."""
+        from privdl.train.encoding import DEFAULT_DOMAIN_SHARE
+
+        delta = self.delta
+        if delta is None:
+            delta = ledger.budget(self.dataset_id)[1] if ledger is not None else 1.0 / (10 * n)
+        if n >= 1 and not 0 < delta < 1.0 / n:
+            raise UsageError(
+                f"delta={delta:g} is not below 1/n = {1.0 / n:g}: with {n} records such a "
+                "delta allows releasing a record outright"
+            )
+        eps = self.domain_epsilon if self.domain_epsilon is not None else enc.domain_epsilon
+        if eps is None:
+            total = self.target_epsilon
+            if total == "remaining":
+                total = ledger.remaining(self.dataset_id)
+            eps = DEFAULT_DOMAIN_SHARE * float(total)
+        out: dict[str, Any] = {
+            "domain_epsilon": float(eps),
+            "domain_delta": float(delta),
+            "accountant": self.accountant,
+        }
+        if ledger is not None:
+
+            def charge(history: list[tuple[float, float, int]], epsilon: float, delta: float) -> None:
+                enc.domain_run_id_ = self._charge_domains(ledger, history, enc, epsilon, delta)
+
+            out["charge"] = charge
+        return out
+
+    def _charge_domains(
+        self,
+        ledger: Any,
+        history: list[tuple[float, float, int]],
+        enc: Any,
+        epsilon: float | None = None,
+        delta: float | None = None,
+    ) -> str:
+        """Record a DP domain estimate as its own, settled ledger run (before its release
+        when the trainer fits the encoder): the training run is then composed with it."""
+        delta = float(delta if delta is not None else getattr(enc, "domain_delta_", None) or self.delta_ or 0)
+        if not 0 < delta < 1:
+            delta = ledger.budget(self.dataset_id)[1]
+        run_id = ledger.reserve(
+            self.dataset_id,
+            history=history,
+            delta=delta,
+            accountant=self.accountant,
+            model_name="TableEncoder domains",
+            epsilon=epsilon,
+        )
+        ledger.settle(run_id, history=history)
+        return str(run_id)
 
     def _setup(self, data: Any, target: str | None, val: Any) -> None:
         from opacus.validators import ModuleValidator
@@ -462,7 +557,10 @@ class PrivateTrainer:
         self.task_ = self._infer_task(train, y0)
         criterion = self._make_loss()
 
-        # noise: calibrated for the whole planned run (prior runs are the ledger's job)
+        # noise: calibrated for the whole planned run (prior runs are the ledger's job);
+        # this run's DP domain estimate, made before training, is composed in: domains
+        # and training together meet the target epsilon
+        domain = list(self._domain_segments)
         if resume is not None:
             # the same run goes on: same noise, same ledger reservation
             sigma = float(self.noise_multiplier_ or 0.0)
@@ -478,6 +576,7 @@ class PrivateTrainer:
                 sample_rate=q,
                 steps=planned,
                 accountant=self.accountant,
+                prior=domain,
             )
         self.noise_multiplier_ = float(sigma)
         run_eps = epsilon_of([(sigma, q, planned)], delta=self.delta_, accountant=self.accountant)
@@ -512,7 +611,10 @@ class PrivateTrainer:
             train = TensorData(_to(train.X, device), _to(train.y, device))
         self.model_ = model
         self.history_ = []
-        self.accountant_history_ = list(prior)
+        # the domain estimate is already a ledger run of its own (charged before its
+        # noise was drawn); here it joins the accountant's record of this model
+        self.accountant_history_ = [*prior, *domain]
+        self._prior_history = [*prior, *domain]
         self.steps_ = 0
         epoch = 0
         if resume is not None:
@@ -582,7 +684,13 @@ class PrivateTrainer:
             return "bk"
         if self.grad_sample_mode != "auto":
             mode = str(self.grad_sample_mode)
-        elif probe is not None and bk_supports(model, example, probe):
+        elif (
+            probe is not None
+            and bk_supports(model, example, probe)
+            and all(c <= 1 for c in probe.calls.values())
+        ):
+            # a reuse the probe sees goes to Opacus' hooks (the reference for tied
+            # weights); one that only training shows is clipped correctly by bk too
             return "bk"
         else:
             mode = self._opacus_mode(model, probe)
@@ -1159,12 +1267,18 @@ def _encode_target(encoder: Any, series: Any) -> Any:
     return fn(series)
 
 
-def _new_encoder() -> Any:
+def _new_encoder(domains: str = "dp") -> Any:
     try:
         from privdl.train.encoding import TableEncoder
     except ImportError as exc:  # pragma: no cover - arrives with the encoder helper
         raise MissingDependencyError("privdl.train.encoding.TableEncoder is not available") from exc
-    return TableEncoder()
+    return TableEncoder(domains=domains)
+
+
+def _is_table_encoder(encoder: Any) -> bool:
+    from privdl.train.encoding import TableEncoder
+
+    return isinstance(encoder, TableEncoder)
 
 
 class _NoOp(contextlib.AbstractContextManager["_NoOp"]):

@@ -124,3 +124,46 @@ def test_set_writes_an_audit_entry(
     entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     assert len(entries) == 1
     assert "budget.set" in json.dumps(entries[0])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--epsilon", "1", "--delta", "0.01"],  # above 1e-3 without --force
+        ["--epsilon", "1", "--delta", "0"],
+        ["--epsilon", "1", "--delta", "1"],
+        ["--epsilon", "0", "--delta", "1e-5"],
+        ["--epsilon", "-2", "--delta", "1e-5"],
+        ["--epsilon", "inf", "--delta", "1e-5"],
+    ],
+)
+def test_set_refuses_bad_budgets_with_exit_2_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: list[str]
+) -> None:
+    path = tmp_path / "new.db"
+    assert main(["budget", "set", str(path), "--dataset", "d", *bad]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ("delta" in err[0] or "epsilon" in err[0])
+    assert not path.exists()
+
+
+def test_set_a_large_delta_needs_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "new.db"
+    args = ["budget", "set", str(path), "--dataset", "d", "--epsilon", "1", "--delta", "0.01"]
+    assert main(args) == 2
+    assert "--force" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="forced"):
+        assert main([*args, "--force"]) == 0
+    with BudgetLedger(path) as led:
+        assert led.budget("d") == (1.0, 0.01)
+
+
+def test_set_keeps_the_datasets_accountant(ledger_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # raising a budget without --accountant used to reset an rdp dataset to prv
+    args = ["budget", "set", str(ledger_path), "--dataset", "digits", "--epsilon", "3", "--delta", "1e-5"]
+    assert main(args) == 0
+    with BudgetLedger(ledger_path) as led:
+        assert led.accountant("digits") == "rdp"
+    assert main([*args, "--accountant", "prv"]) == 0
+    with BudgetLedger(ledger_path) as led:
+        assert led.accountant("digits") == "prv"

@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -307,10 +308,10 @@ def test_data_dependent_preprocessing_is_reported(data, tmp_path: Path) -> None:
 
     X, y, _, _ = data
     frame = pd.DataFrame({"city": ["a", "b", "a"], "age": ["30-39", "40", "*"]})
-    encoder = TableEncoder(numeric_bounds={"age": (0, 100)}).fit(frame)
+    encoder = TableEncoder(numeric_bounds={"age": (0, 100)}, domains="learned-unprotected").fit(frame)
     trainer = _stand_in(LogisticRegression(max_iter=200).fit(X, y), n=len(y), encoder_=encoder)
     report = PrivacyReport.from_trainer(trainer)
-    assert report.preprocessing == ["city: category vocabulary (2 values) taken from the training data"]
+    assert "city: category vocabulary (2 values) taken from the training data" in report.preprocessing
     md = report.save(tmp_path / "r.md").read_text()
     assert "Preprocessing not covered by DP" in md and "city: category vocabulary" in md
 
@@ -330,7 +331,7 @@ def test_coverage_lists_every_released_item_and_marks_it(data, tmp_path: Path) -
     from privdl.train.encoding import TableEncoder
 
     X, y, Xt, yt = data
-    encoder = TableEncoder(numeric_bounds={"age": (0, 100)}).fit(
+    encoder = TableEncoder(numeric_bounds={"age": (0, 100)}, domains="learned-unprotected").fit(
         pd.DataFrame({"city": ["a", "b", "a"], "age": ["30-39", "40", "*"]})
     )
     trainer = _stand_in(
@@ -366,11 +367,15 @@ def test_coverage_lists_every_released_item_and_marks_it(data, tmp_path: Path) -
     md = report.save(tmp_path / "r.md").read_text()
     assert "## Coverage: what is released" in md
     assert "NOT covered by the DP guarantee" in md and "number of training records (n)" in md
-    # an encoder with DP or policy domains, and a task fixed by loss=
+    # an encoder that learned nothing without DP: its domains' source decides; loss= fixes the task
+    trainer.encoder_ = SimpleNamespace(data_dependent_=[], domain_source_=None)
     for source, expected in (("dp", "dp"), ("policy", "public"), ("learned-unprotected", "not covered")):
         trainer.domain_source_, trainer.loss = source, "bce"
-        marks = _protection(PrivacyReport.from_trainer(trainer))
+        again = PrivacyReport.from_trainer(trainer)
+        marks = _protection(again)
         assert marks["feature names and encoder domains (encoder.json)"] == expected
+        headline = any("learned from the training data without DP" in w for w in again.warnings)
+        assert headline == (source == "learned-unprotected")
         assert marks["task (binary, multiclass or regression)"] == "public"
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import secrets
+import shlex
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -321,3 +325,106 @@ def test_anonymize_never_imports_heavy_extras(users_csv, tmp_path, key_hex):
     env = {**os.environ, "PRIVDL_KEY": key_hex}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip().endswith("0 []"), out.stdout + out.stderr
+
+
+# -- issue 10: every released column an attacker can link on is in the risk figures -------
+README = Path(__file__).resolve().parents[2] / "README.md"
+OLD_README = [
+    *("--id", "user_id", "--id", "email:pseudonymize:normalize=email", "--id", "full_name"),
+    *("--id", "phone:mask", "--drop", "ip", "--qi", "age", "--qi", "zip", "--qi", "sex"),
+    *("--hierarchy", "zip=prefix", "-k", "5", "--key-env", "PRIVDL_KEY"),
+]
+
+
+def test_linkable_columns_are_named_on_stderr_and_the_k_is_honest(run_cli, users_csv, tmp_path, env_key):
+    code, out, err = run_cli("anonymize", users_csv, "-o", tmp_path / "o.csv", *OLD_README)
+    assert code == 0, err
+    for column in ("birth_date", "signup_date", "phone"):
+        assert f"privdl: warning: column '{column}' is released with" in err
+    assert "linkable column(s) 'phone', 'birth_date', 'signup_date'" in err and "k=1" in err
+    assert "achieved k=1 with 3 linkable column(s) counted" in out and "(k=5)" not in out
+    assert "1988-12-23" not in err + out  # names and figures, never values
+
+
+def test_risk_command_agrees_with_the_reports_linkable_section(run_cli, users_csv, tmp_path, env_key):
+    out, report = tmp_path / "o.csv", tmp_path / "r.json"
+    assert run_cli("anonymize", users_csv, "-o", out, *OLD_README, "--report", report)[0] == 0
+    payload = json.loads(report.read_text())
+    qis = [*payload["quasi_identifiers"], *payload["linkable"]]
+    code, stdout, err = run_cli("risk", out, *[a for q in qis for a in ("--qi", q)], "--json")
+    assert code == 0, err
+    figures = json.loads(stdout)
+    for name in ("k", "classes", "unique_share", "prosecutor_max", "prosecutor_avg"):
+        assert figures[name] == payload["linkable_risk"][name], name
+    assert payload["linkable_risk"]["k"] == 1 < payload["after"]["k"]
+
+
+@pytest.mark.parametrize("where", ["flag", "policy file"])
+def test_strict_needs_a_role_for_every_column(run_cli, users_csv, tmp_path, env_key, where):
+    out = tmp_path / "o.csv"
+    args = ["--id", "user_id", "--id", "email", "--drop", "ip", "--key-env", "PRIVDL_KEY"]
+    if where == "flag":
+        args.append("--strict")
+    else:
+        policy = tmp_path / "policy.toml"
+        policy.write_text("strict = true\n")
+        args += ["--policy", policy]
+    code, _, err = run_cli("anonymize", users_csv, "-o", out, *args)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err and not out.exists()
+    assert "strict policy" in err and "'birth_date'" in err and "'plays_week1'" in err
+    assert "'email'" not in err and "@" not in err
+
+
+def test_shifted_dates_generalized_on_the_cli(run_cli, users_csv, tmp_path, env_key):
+    out, report = tmp_path / "o.csv", tmp_path / "r.json"
+    code, _, err = run_cli(
+        *("anonymize", users_csv, "-o", out, "--id", "user_id", "--id", "birth_date:shift_dates:by=user_id"),
+        *("--qi", "birth_date", "--hierarchy", "birth_date=date", "--qi", "sex", "-k", "5"),
+        *("--drop", "email", "--drop", "full_name", "--drop", "phone", "--drop", "ip", "--drop", "zip"),
+        *("--drop", "signup_date", "--drop", "age", "--keep", "city", "--keep", "plays_week1"),
+        *("--keep", "plays_week2", "--keep", "retained", "--strict", "--key-env", "PRIVDL_KEY"),
+        *("--report", report),
+    )
+    assert code == 0, err
+    assert "linkable" not in err
+    released = read_table(out)
+    assert not released["birth_date"].astype(str).isin(set(read_table(users_csv)["birth_date"])).any()
+    assert released.groupby(["birth_date", "sex"]).size().min() >= 5
+    assert json.loads(report.read_text())["identifier_columns"]["birth_date"] == "shift_dates"
+
+
+def _readme_step_1() -> list[list[str]]:
+    """The `privdl ...` commands of the README's "### 1. Anonymize" shell block."""
+    section = README.read_text().split("### 1. Anonymize", 1)[1].split("\n### ", 1)[0]
+    block = section.split("```bash", 1)[1].split("```", 1)[0]
+    joined = re.sub(r"\\\n\s*", " ", block)
+    commands = []
+    for line in joined.splitlines():
+        line = line.split("  #", 1)[0].strip()
+        if line.startswith("privdl "):
+            commands.append(shlex.split(line)[1:])
+    return commands
+
+
+def test_readme_step_1_release_holds_up(run_cli, tmp_path, env_key, monkeypatch):
+    root = README.parent
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "examples").symlink_to(root / "examples")
+    anonymize, risk = _readme_step_1()
+    assert anonymize[0] == "anonymize" and risk[0] == "risk"
+    report = tmp_path / "report.json"
+    anonymize = [str(report) if a.startswith("report.") else a for a in anonymize]
+    code, _, err = run_cli(*anonymize)
+    assert code == 0, err
+    assert "warning" not in err  # no forgotten identifier, no linkable column
+    payload = json.loads(report.read_text())
+    assert payload["linkable"] == {} and payload["passthrough"] == [] and payload["policy"]["strict"]
+    released = read_table(tmp_path / "released.csv")
+    raw = read_table(root / "examples" / "data" / "users.csv")
+    for column in ("birth_date", "signup_date"):  # no exact or shifted date beside the k claim
+        assert column not in released.columns or column in payload["quasi_identifiers"]
+        if column in released.columns:
+            assert not released[column].astype(str).isin(set(raw[column])).any()
+    assert payload["after"]["k"] >= 5 and payload["policy_met"]["k"]
+    code, _, err = run_cli(*risk)
+    assert code == 0, err

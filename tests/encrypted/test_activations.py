@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from privdl.encrypted.activations import PolynomialActivation, Square
-from privdl.encrypted.models import approximate, as_model
+from privdl.encrypted.models import ModelSpec, approximate, as_model
 from privdl.errors import ApproximationWarning, UsageError
 
 
@@ -42,6 +42,9 @@ def test_the_scorer_maps_them_exactly():
         expected = net.double()(torch.tensor(x)).numpy()
     assert np.allclose(spec.predict(x), expected, atol=1e-9)
     assert np.allclose(spec.predict(x, exact=True), expected, atol=1e-9)
+    # the exported file (what the CLI reads) keeps them exact
+    again = ModelSpec.from_json(spec.to_json())
+    assert again == spec and all(a.exact for a in again.activations)
     with pytest.raises(UsageError, match="before the first Linear"):
         as_model(nn.Sequential(Square(), nn.Linear(3, 1)))
 

@@ -49,7 +49,7 @@ def test_bad_relu_approximation_warns_and_is_stored(deep_keys, bad_case):
     report = scorer.approximation_
     assert report.status == "measured" and report.source == "calibration" and report.rows == 400
     assert report.quantity == "probability"
-    assert report.max_abs_error > DEFAULT_TOLERANCE
+    assert report.max_abs_error > 0.1  # docs/encrypted.md: "0.1 or more" off out of range
     assert report.mean_abs_error <= report.max_abs_error
     (hidden,) = report.activations
     assert (hidden.name, hidden.degree, hidden.fitted_range) == ("relu", 2, (-4.0, 4.0))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from torch import nn
 from privdl.encrypted.keys import HEKeys
 from privdl.encrypted.models import as_model
 from privdl.encrypted.scorer import EncryptedScorer
-from privdl.errors import InputError, KeyMissingError, SecurityError, UsageError
+from privdl.errors import ApproximationWarning, InputError, KeyMissingError, SecurityError, UsageError
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +121,14 @@ def test_mlp_matches_the_polynomial_model_within_1e3(deep_keys, breast_cancer, a
     net = nn.Sequential(nn.Linear(x.shape[1], 4), activation, nn.Linear(4, 1), nn.Sigmoid())
     with torch.no_grad():
         net[0].weight.mul_(0.3)
-    scorer = EncryptedScorer.from_model(
-        net, deep_keys.public(), scaler=scaler, activation_degree=2, activation_range=(-4, 4)
-    )
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        scorer = EncryptedScorer.from_model(
+            net, deep_keys.public(), scaler=scaler, activation_degree=2, activation_range=(-4, 4)
+        )
+    # an approximated activation without a calibration sample: the error is unmeasured
+    unmeasured = [w for w in record if issubclass(w.category, ApproximationWarning)]
+    assert bool(unmeasured) != isinstance(activation, Square)
     got = deep_keys.decrypt(scorer.score(deep_keys.encrypt(x)), raw=True)
     assert np.max(np.abs(got - scorer.model_.predict(x)[:, 0])) < 1e-3
     err = scorer.approximation["activations"][0]["max_error"]
@@ -135,13 +142,17 @@ def test_encrypted_probability_matches_polynomial_sigmoid(deep_keys, breast_canc
 
     x, y = breast_cancer
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.002)).fit(x, y)
-    scorer = EncryptedScorer.from_model(clf, deep_keys.public(), output="probability")
+    with pytest.warns(ApproximationWarning, match="sigmoid"):
+        scorer = EncryptedScorer.from_model(clf, deep_keys.public(), output="probability", calibration=x)
     assert scorer.depth() == 3
     probs = deep_keys.decrypt(scorer.score(deep_keys.encrypt(x)))
     logits = clf.decision_function(x)
     assert np.max(np.abs(logits)) < 8  # inside the polynomial's range
     assert np.max(np.abs(probs - scorer.sigmoid_(logits))) < 1e-3
     assert np.max(np.abs(probs - clf.predict_proba(x)[:, 1])) <= scorer.sigmoid_.max_error + 1e-3
+    # the measured error is the one the encrypted probabilities have, up to CKKS noise
+    measured = scorer.approximation_.max_abs_error
+    assert abs(np.max(np.abs(probs - clf.predict_proba(x)[:, 1])) - measured) < 1e-3
 
 
 def test_scorer_refuses_secret_keys_and_shallow_keys(keys):

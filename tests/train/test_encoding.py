@@ -121,7 +121,9 @@ def test_data_dependent_domains_are_listed() -> None:
     frame = pd.DataFrame(
         {"income": [10.0, 55.5, 31.0], "city": ["x", "y", "x"], "label": ["no", "yes", "no"]}
     )
-    enc = TableEncoder(target="label").fit(frame)
+    with pytest.warns(UserWarning, match="without differential privacy"):
+        enc = TableEncoder(target="label", domains="learned-unprotected").fit(frame)
+    assert enc.domain_source_ == "learned-unprotected"
     learned = " | ".join(enc.data_dependent_)
     assert "income: numeric range" in learned
     assert "city: category vocabulary (2 values)" in learned
@@ -147,14 +149,16 @@ def test_policy_identifiers_and_drops_are_not_features() -> None:
 
 def test_target_encoding_and_errors() -> None:
     frame = pd.DataFrame({"f": [1, 2, 3, 4], "y": [">50K", "<=50K", "<=50K", ">50K"]})
-    enc = TableEncoder().fit(frame, target="y")
+    enc = TableEncoder(numeric_bounds={"f": (0, 10)}, domains="learned-unprotected").fit(frame, target="y")
     assert enc.classes_ == ["<=50K", ">50K"]
     np.testing.assert_array_equal(enc.encode_target(frame["y"]), [1, 0, 0, 1])
     assert enc.decode_target([1, 0]) == [">50K", "<=50K"]
     with pytest.raises(InputError) as info:
         enc.encode_target(pd.Series(["<=50K", "secret-label"]))
     assert "secret-label" not in str(info.value) and "1 rows" in str(info.value)
-    reg = TableEncoder().fit(pd.DataFrame({"f": [1, 2], "y": [0.5, 1.25]}), target="y")
+    reg = TableEncoder(numeric_bounds={"f": (0, 10)}, domains="policy").fit(
+        pd.DataFrame({"f": [1, 2], "y": [0.5, 1.25]}), target="y"
+    )
     assert reg.classes_ is None
     np.testing.assert_allclose(reg.encode_target(pd.Series([0.5, 2.0])), [0.5, 2.0])
 
@@ -181,13 +185,17 @@ def test_json_round_trip_transforms_identically() -> None:
             "y": ["a", "b", "a"],
         }
     )
-    enc = TableEncoder(policy, numeric_bounds={"age": (0, 100)}, target="y").fit(frame)
+    enc = TableEncoder(
+        policy, numeric_bounds={"age": (0, 100)}, categories={"y": ["a", "b"]}, target="y"
+    ).fit(frame)
+    assert enc.columns_[-1].get("hashed")  # city: a DP vocabulary of hash buckets
     text = enc.to_json()
     loaded = TableEncoder.from_json(text)
     np.testing.assert_array_equal(loaded.transform(frame), enc.transform(frame))
     np.testing.assert_array_equal(loaded.encode_target(frame["y"]), enc.encode_target(frame["y"]))
     assert loaded.feature_names_ == enc.feature_names_
     assert loaded.data_dependent_ == enc.data_dependent_
+    assert loaded.domain_history_ == enc.domain_history_ and loaded.domain_source_ == "dp"
     bad = json.loads(text)
     bad["version"] = 99
     with pytest.raises(InputError, match="version 99"):
@@ -212,6 +220,7 @@ def test_encodes_the_anonymizer_output_and_the_raw_table_alike() -> None:
         numeric_bounds={"age": (17, 90)},
         categories={"sex": ["Female", "Male"], "salary-class": ["<=50K", ">50K"]},
         target="salary-class",
+        domains="learned-unprotected",
     ).fit(released)
     Xg, Xr = enc.transform(released), enc.transform(raw)
     assert Xg.shape == Xr.shape == (600, len(enc.feature_names_))
@@ -223,7 +232,9 @@ def test_encodes_the_anonymizer_output_and_the_raw_table_alike() -> None:
     assert np.all(g <= r + 1e-6)
     # only the non-policy columns were learned from the data
     learned = {s.split(":")[0] for s in enc.data_dependent_}
-    assert learned == {"race", "marital-status", "native-country", "workclass", "occupation"}
+    assert learned == {"race", "marital-status", "native-country", "workclass", "occupation"} | {
+        "feature selection"  # the unnamed columns were screened for identifiers
+    }
 
 
 @given(

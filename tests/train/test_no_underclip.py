@@ -128,7 +128,7 @@ def one_step(factory, mode, seed):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("factory", [TrainOnlyTwice, DataDependent, AlwaysTwice])
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0, 2])  # seeds where the old bk engine moved 1.05-1.14 x C
 def test_no_record_contributes_more_than_the_clipping_norm(factory, mode, seed):
     change, trainer, _ = one_step(factory, mode, seed)
     # every record is clipped (loss far from its minimum), so the bound is reached: an

@@ -361,8 +361,10 @@ def test_audit_log_gets_one_entry_per_fit(tmp_path):
     with pytest.raises(UsageError):
         PrivateTrainer(mlp(), epsilon=2.0, delta=0.5, audit_log=log).fit((X, y))
     entries = [e for e in audit.iter_entries(log_path) if e.get("event") == "train"]
-    assert len(entries) == 2
-    ok, failed = entries
+    # each fit: a "started" entry, then its final entry naming it
+    assert [e["outcome"] for e in entries] == ["started", "ok", "started", "failed"]
+    assert entries[1]["started"] == entries[0]["seq"] and entries[3]["started"] == entries[2]["seq"]
+    ok, failed = entries[1], entries[3]
     assert ok["outcome"] == "ok" and ok["params"]["steps"] == 4
     assert len(ok["inputs"]) == 2 and all(len(i["sha256"]) == 64 for i in ok["inputs"])
     assert ok["params"]["epsilon"] == 2.0 and ok["params"]["epsilon_spent"] <= 2.0
