@@ -47,8 +47,8 @@ def risk(
         result = assess_risk(frame, quasi_identifiers=qi, sensitive=sensitive, source=input)
         figures = result.to_json()
         op.update(params={**params, "k": figures["k"], "prosecutor_max": figures["prosecutor_max"]})
-        if report:
-            result.save(report)
+        if report:  # staged: appears once the entry is written; kept on a refusal it explains
+            result.save(op.stage(report, keep_if_refused=True))
         if as_json:
             typer.echo(json.dumps(figures, sort_keys=True, indent=2))
         else:

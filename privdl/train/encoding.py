@@ -242,6 +242,11 @@ class TableEncoder:
         data_dependent_: what was taken from the data without DP (for the privacy
             report: preprocessing not covered by DP).
         excluded_: column -> why it is not a feature (identifier, identifier-like).
+        screened_: the columns nobody named (not in ``features=``, ``numeric_bounds=``,
+            ``categories=`` or a policy hierarchy, and not quasi-identifiers) that were
+            screened on the training table. Whether such a column is a feature (and
+            whether a text column is read as numbers) depends on the data without DP;
+            only names and kinds are kept.
         dropped_: columns present in the fitted frame but not used as features.
     """
 
@@ -358,11 +363,6 @@ class TableEncoder:
                         f"give categories={{{target!r}: [...]}} (the labels, in order)"
                     )
                 need.append((target, "labels"))
-        if screened:
-            learned.append(
-                "feature selection: which unnamed columns are features (and whether a text "
-                "column is read as numbers) was decided by screening the training table"
-            )
 
         dp_domains: list[str] = []
         history: list[tuple[float, float, int]] = []
@@ -438,6 +438,7 @@ class TableEncoder:
         unprotected = need and mode == "learned-unprotected"
         self.domain_source_ = "learned-unprotected" if unprotected else "dp" if history else "policy"
         self.excluded_ = excluded
+        self.screened_ = screened
         self.dropped_ = [str(c) for c in frame.columns if c not in features and c != target]
         return self
 
@@ -448,8 +449,8 @@ class TableEncoder:
         bounds: Mapping[str, Any],
         cats: Mapping[str, Any],
         hierarchies: Mapping[str, str],
-    ) -> tuple[list[str], dict[str, str], bool]:
-        """Feature columns, excluded column -> reason, and whether data was screened."""
+    ) -> tuple[list[str], dict[str, str], list[str]]:
+        """Feature columns, excluded column -> reason, and the columns screened on the data."""
         policy = self.policy
         banned: dict[str, str] = {}
         for rule in getattr(policy, "identifiers", ()) or ():
@@ -504,7 +505,7 @@ class TableEncoder:
             if self.features is not None
             else [c for c in (str(x) for x in frame.columns) if c != target and c not in excluded]
         )
-        return features, excluded, bool(screen)
+        return features, excluded, screen
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "columns_"):
@@ -596,6 +597,7 @@ class TableEncoder:
                 "domain_delta": self.domain_delta_,
                 "domain_run_id": getattr(self, "domain_run_id_", None),
                 "excluded": self.excluded_,
+                "screened": self.screened_,
                 "dropped": self.dropped_,
             },
             sort_keys=True,
@@ -652,6 +654,7 @@ class TableEncoder:
         legacy = "learned-unprotected" if enc.data_dependent_ else "policy"
         enc.domain_source_ = data.get("domain_source") or legacy
         enc.excluded_ = dict(data.get("excluded", {}) or {})
+        enc.screened_ = list(data.get("screened", []) or [])
         enc.dropped_ = list(data.get("dropped", []))
         return enc
 

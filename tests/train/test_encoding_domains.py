@@ -78,6 +78,7 @@ def test_identifiers_and_identifier_like_columns_are_excluded_with_a_warning(use
         assert col in enc.excluded_ and repr(col) in message
     assert {s["name"] for s in enc.columns_} == {"sex", "age", "plays_week1", "plays_week2"}
     assert enc.excluded_["notes"] == "free text"
+    assert "notes" in enc.screened_ and "sex" not in enc.screened_  # named columns are not
     assert enc.excluded_["contact"] == "e-mail addresses"
     assert "pseudonym" in enc.excluded_["user_id"]
     # the warning names columns and kinds, never a value
