@@ -210,3 +210,82 @@ def test_duckdb_table_and_query(tmp_path, frame):
         io.read_table(f"duckdb:///{db}?table=nope")
     with pytest.raises(InputError, match="the query failed"):
         io.read_table(f"duckdb:///{db}", query="SELECT nope FROM users")
+
+
+# ----------------------------------------------------------------------------- staging
+def _stage_leftovers(folder):
+    return [p.name for p in folder.iterdir() if p.name.startswith(io.STAGE_PREFIX) or "privdl-tmp" in p.name]
+
+
+def test_staged_outputs_appear_only_on_commit(tmp_path, frame):
+    staging = io.StagedOutputs()
+    csv_path, report = tmp_path / "out.csv.gz", tmp_path / "report.json"
+    io.write_table(frame, staging.table(csv_path))  # the format still follows the extension
+    staging.file(report).write_text("{}", encoding="utf-8")
+    assert not csv_path.exists() and not report.exists()
+    assert staging.commit() == [csv_path, report]
+    assert io.read_table(csv_path)["zip"].tolist() == ["01067", "10115", "80331"]
+    assert _stage_leftovers(tmp_path) == []
+
+
+def test_staged_sqlite_table_keeps_the_other_tables(tmp_path, frame):
+    db = tmp_path / "out.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE other (x INTEGER)")
+    con.commit()
+    con.close()
+    staging = io.StagedOutputs()
+    io.write_table(frame, staging.table(f"sqlite:///{db}?table=released"))
+    names = {r[0] for r in sqlite3.connect(db).execute("SELECT name FROM sqlite_master")}
+    assert names == {"other"}  # not yet
+    staging.commit()
+    names = {r[0] for r in sqlite3.connect(db).execute("SELECT name FROM sqlite_master")}
+    assert names == {"other", "released"} and _stage_leftovers(tmp_path) == []
+
+
+def test_discard_leaves_the_old_output_and_no_temp(tmp_path, frame):
+    target = tmp_path / "out.csv"
+    target.write_text("old\n", encoding="utf-8")
+    staging = io.StagedOutputs()
+    io.write_table(frame, staging.table(target))
+    folder = staging.folder(tmp_path / "keys")
+    (folder / "a").write_bytes(b"x")
+    staging.discard()
+    assert target.read_text(encoding="utf-8") == "old\n"
+    assert not (tmp_path / "keys").exists() and _stage_leftovers(tmp_path) == []
+
+
+def test_commit_keeps_the_replaced_mode_and_never_widens(tmp_path):
+    staging = io.StagedOutputs()
+    kept, private = tmp_path / "kept.csv", tmp_path / "private.bin"
+    kept.write_text("old\n", encoding="utf-8")
+    kept.chmod(0o640)
+    staging.file(kept).write_text("new\n", encoding="utf-8")
+    secret = staging.file(private)
+    secret.write_bytes(b"s")
+    secret.chmod(0o600)
+    staging.commit()
+    assert kept.stat().st_mode & 0o777 == 0o640 and kept.read_text(encoding="utf-8") == "new\n"
+    assert private.stat().st_mode & 0o777 == 0o600
+
+
+def test_staged_folder_moves_its_files_into_an_existing_folder(tmp_path):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "notes.txt").write_text("mine", encoding="utf-8")
+    staging = io.StagedOutputs()
+    folder = staging.folder(keys)
+    (folder / "public.he").write_bytes(b"p")
+    staging.commit()
+    assert sorted(p.name for p in keys.iterdir()) == ["notes.txt", "public.he"]
+    assert _stage_leftovers(tmp_path) == []
+
+
+def test_staging_checks_the_target_first(tmp_path):
+    staging = io.StagedOutputs()
+    with pytest.raises(InputError, match="does not exist"):
+        staging.file(tmp_path / "nope" / "out.csv")
+    with pytest.raises(InputError, match="is a folder"):
+        staging.file(tmp_path)
+    with pytest.raises(FormatError):
+        staging.table(tmp_path / "out.xlsx")
