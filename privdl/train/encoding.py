@@ -321,6 +321,8 @@ class TableEncoder:
         """
         if not isinstance(frame, pd.DataFrame):
             raise UsageError("TableEncoder.fit expects a pandas DataFrame")
+        if not all(isinstance(c, str) for c in frame.columns):
+            frame = frame.rename(columns=str)  # specs name columns by text
         mode = self.domains
         if mode not in DOMAIN_MODES:
             raise UsageError(f"domains must be one of {', '.join(map(repr, DOMAIN_MODES))}")
