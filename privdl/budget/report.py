@@ -992,6 +992,18 @@ def coverage_items(
     encoder = getattr(trainer, "encoder_", None)
     if encoder is not None or getattr(trainer, "feature_names_", None):
         items.append(_encoder_item(trainer, encoder, folder))
+        screened = list(getattr(encoder, "screened_", None) or [])
+        if screened:
+            items.append(
+                _item(
+                    "choice of feature columns among those nobody named",
+                    folder,
+                    dp=False,
+                    data=True,
+                    note=f"{len(screened)} column(s) screened on the training table without DP "
+                    "(identifier-like or not, numbers or text); only names and kinds are kept",
+                )
+            )
     per_epoch = getattr(trainer, "history_", None) or []
     if any(row.get("metric") is not None for row in per_epoch):
         note = (
@@ -1048,12 +1060,15 @@ def _encoder_item(trainer: Any, encoder: Any, folder: Sequence[str]) -> dict[str
             note += " (listed under preprocessing not covered by DP)"
         return _item(item, where, dp=False, data=True, note=note)
     if source == "dp":
+        own = getattr(encoder, "domain_epsilon_", None)
+        alone = f" (epsilon {float(own):.3g} on its own)" if own is not None else ""
         return _item(
             item,
             where,
             dp=True,
             data=True,
-            note="estimated with DP; the release is a segment of the run's history and counted in epsilon",
+            note=f"estimated with DP{alone}; the release is a segment of the run's history and "
+            "counted in the run's epsilon",
         )
     if source == "policy" or (source is None and encoder is not None):
         return _item(

@@ -299,9 +299,10 @@ def test_table_model_round_trip_keeps_the_encoder(tmp_path):
         {"age": rng.integers(18, 80, size=200), "plan": rng.choice(["a", "b", "c"], size=200)}
     )
     frame["retained"] = np.where(frame["plan"] == "c", "yes", "no")
-    width = TableEncoder().fit(frame, target="retained").transform(frame).shape[1]
+    enc = TableEncoder(categories={"retained": ["no", "yes"]}).fit(frame, target="retained")
+    width = len(enc.feature_names_)
     torch.manual_seed(0)
-    tr = PrivateTrainer(nn.Linear(width, 2), epsilon=3.0, epochs=2, batch_size=40)
+    tr = PrivateTrainer(nn.Linear(width, 2), epsilon=3.0, epochs=2, batch_size=40, encoder=enc)
     tr.fit(frame, target="retained")
     key = Secret.generate()
     folder = tr.save(tmp_path / "table", key=key)

@@ -283,8 +283,12 @@ def test_dataframe_input_uses_the_table_encoder():
     width = None
     from privdl.train.encoding import TableEncoder
 
-    width = TableEncoder().fit(frame, target="retained").transform(frame).shape[1]
-    tr = PrivateTrainer(nn.Linear(width, 2), epsilon=4.0, epochs=4, batch_size=32, seed=0, lr=0.1)
+    # a text label needs a public label set; the other domains are estimated with DP
+    enc = TableEncoder(categories={"retained": ["no", "yes"]}).fit(frame, target="retained")
+    width = len(enc.feature_names_)
+    tr = PrivateTrainer(
+        nn.Linear(width, 2), epsilon=4.0, epochs=4, batch_size=32, seed=0, lr=0.1, encoder=enc
+    )
     tr.fit(frame, target="retained")
     assert tr.encoder_ is not None and len(tr.feature_names_) == width
     assert tr.predict(frame).shape == (300,)
