@@ -197,7 +197,8 @@ class PrivacyReport:
         if history is None:
             raise UsageError("the trainer has not been fitted: no accountant history")
         hist = _hist_lists(history)
-        accountant = str(getattr(trainer, "accountant", "prv"))
+        # the fitted accountant (the ledger's for the dataset), else the one asked for
+        accountant = str(getattr(trainer, "accountant_", None) or getattr(trainer, "accountant", "prv"))
         delta = float(trainer.delta_)
         epsilon = epsilon_of(hist, delta=delta, accountant=accountant)
         warnings: list[str] = []

@@ -322,7 +322,7 @@ def _meta(trainer: PrivateTrainer) -> dict[str, Any]:
         "privacy": {
             "epsilon": trainer.epsilon,
             "delta": trainer.delta_,
-            "accountant": trainer.accountant,
+            "accountant": getattr(trainer, "accountant_", None) or trainer.accountant,
             "accountant_history": [list(seg) for seg in trainer.accountant_history_],
             "noise_multiplier": trainer.noise_multiplier_,
             "sample_rate": trainer.sample_rate_,

@@ -271,7 +271,22 @@ class PrivateTrainer:
         """Epsilon spent so far, from the accountant, at ``delta_`` (0 before fit)."""
         if not self.accountant_history_ or self.delta_ is None:
             return 0.0
-        return epsilon_of(self.accountant_history_, delta=self.delta_, accountant=self.accountant)
+        return epsilon_of(self.accountant_history_, delta=self.delta_, accountant=self._accountant())
+
+    def _accountant(self, ledger: Any = None) -> str:
+        """The accountant this run is calibrated, charged and reported under: the
+        dataset's own when a ledger is used (recorded as ``accountant_``), else ours."""
+        if ledger is not None:
+            chosen = ledger.accountant(self.dataset_id)
+            if chosen != self.accountant and getattr(self, "accountant_", None) != chosen:
+                warnings.warn(
+                    f"dataset {self.dataset_id!r} is accounted with {chosen!r} in the ledger: this "
+                    f"run is calibrated and reported under {chosen!r}, not {self.accountant!r}",
+                    UserWarning,
+                    stacklevel=4,
+                )
+            self.accountant_ = chosen
+        return getattr(self, "accountant_", None) or self.accountant
 
     @property
     def is_fitted(self) -> bool:
@@ -433,7 +448,7 @@ class PrivateTrainer:
         out: dict[str, Any] = {
             "domain_epsilon": float(eps),
             "domain_delta": float(delta),
-            "accountant": self.accountant,
+            "accountant": self._accountant(ledger),
         }
         if ledger is not None:
 
@@ -460,7 +475,7 @@ class PrivateTrainer:
             self.dataset_id,
             history=history,
             delta=delta,
-            accountant=self.accountant,
+            accountant=self._accountant(ledger),
             model_name="TableEncoder domains",
             epsilon=epsilon,
         )
@@ -489,6 +504,7 @@ class PrivateTrainer:
 
         # delta: the ledger's when there is one, else 1/(10 n); never >= 1/n
         ledger = self._open_ledger()
+        accountant = self._accountant(ledger)
         delta = self.delta_ if resume is not None else self.delta
         if delta is None:
             delta = ledger.budget(self.dataset_id)[1] if ledger is not None else 1.0 / (10 * n)
@@ -567,7 +583,7 @@ class PrivateTrainer:
         elif self.target_epsilon == "remaining":
             assert ledger is not None
             sigma = ledger.calibrate_remaining(
-                self.dataset_id, sample_rate=q, steps=planned, accountant=self.accountant
+                self.dataset_id, sample_rate=q, steps=planned, accountant=accountant
             )
         else:
             sigma = noise_multiplier_for(
@@ -575,11 +591,11 @@ class PrivateTrainer:
                 delta=self.delta_,
                 sample_rate=q,
                 steps=planned,
-                accountant=self.accountant,
+                accountant=accountant,
                 prior=domain,
             )
         self.noise_multiplier_ = float(sigma)
-        run_eps = epsilon_of([(sigma, q, planned)], delta=self.delta_, accountant=self.accountant)
+        run_eps = epsilon_of([(sigma, q, planned)], delta=self.delta_, accountant=accountant)
         if resume is None:
             self.run_id_ = None
         if ledger is not None and resume is None:
@@ -587,7 +603,7 @@ class PrivateTrainer:
                 self.dataset_id,
                 history=[(sigma, q, planned)],
                 delta=self.delta_,
-                accountant=self.accountant,
+                accountant=accountant,
                 model_name=type(model).__name__,
                 # what the run asked for (its calibrated own epsilon for "remaining")
                 epsilon=run_eps if self.target_epsilon == "remaining" else float(self.target_epsilon),

@@ -79,3 +79,30 @@ def test_run_killed_mid_training_keeps_its_reservation(tmp_path: Path) -> None:
         with pytest.raises(BudgetExceededError):
             again.fit((X, y))
         assert len(led.runs("d")) == 1
+
+
+@pytest.mark.parametrize("target", [1.5, "remaining"])
+def test_trainer_accounts_under_the_datasets_accountant(tmp_path: Path, target: object) -> None:
+    """An rdp dataset: the trainer (prv by default) calibrates, charges and reports under
+    rdp, so its epsilon is the ledger's figure and the budget is met, not overspent."""
+    from privdl.train.trainer import PrivateTrainer
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 5)).astype("float32")
+    y = (X[:, 0] > 0).astype("int64")
+    ledger = BudgetLedger(tmp_path / "b.db")
+    ledger.set_budget("d", epsilon=2.0, delta=DELTA, accountant="rdp")
+    trainer = PrivateTrainer(
+        torch.nn.Linear(5, 2), epsilon=target, epochs=2, batch_size=50, ledger=ledger, dataset_id="d", seed=0
+    )
+    with pytest.warns(UserWarning, match="accounted with 'rdp'"):
+        trainer.fit((X, y))
+    assert trainer.accountant_ == "rdp"
+    spent = ledger.spent("d")
+    assert trainer.epsilon == pytest.approx(spent, rel=1e-6)
+    assert trainer.epsilon == pytest.approx(
+        epsilon_of(trainer.accountant_history_, delta=DELTA, accountant="rdp"), rel=1e-9
+    )
+    want = 1.5 if target == 1.5 else 2.0
+    assert want * 0.95 <= spent <= want + 1e-6
+    assert trainer.report().accountant == "rdp"
