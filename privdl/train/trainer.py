@@ -328,7 +328,9 @@ class PrivateTrainer:
             if subjects is not None:
                 op.update(subjects=subjects)
             self._setup(data, target, val)
-            self.val_overlap_ = _shared_rows(self._state["train"], self._state["val"])
+            self.val_overlap_ = _shared_frame_rows(data, val, target)
+            if self.val_overlap_ is None:
+                self.val_overlap_ = _shared_rows(self._state["train"], self._state["val"])
             if self.val_overlap_:
                 # the count goes to the trainer's own screen only, never into a report
                 warnings.warn(
@@ -1228,6 +1230,26 @@ def _row_digests(data: Any) -> list[bytes]:
         rows = np.hstack([as_bytes(t[start:stop], stop - start) for t in parts])
         out.extend(hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows)
     return out
+
+
+def _shared_frame_rows(data: Any, val: Any, target: str | None) -> int | None:
+    """For two DataFrames: how many ``val`` rows equal a training row on every column
+    both hold (the raw rows, pseudonyms included when given, not the encoded features:
+    distinct people who look alike after generalization are not the same record).
+    ``None`` when they are not both DataFrames."""
+    import pandas as pd
+
+    if val is None or not (isinstance(data, pd.DataFrame) and isinstance(val, pd.DataFrame)):
+        return None
+    common = [c for c in data.columns if c in val.columns]
+    if not common or (target is not None and target not in common):
+        return 0
+    try:
+        seen = set(pd.util.hash_pandas_object(data[common], index=False).to_numpy().tolist())
+        hashed = pd.util.hash_pandas_object(val[common], index=False).to_numpy()
+    except TypeError:  # unhashable cells (lists): fall back to the encoded rows
+        return None
+    return int(sum(1 for h in hashed.tolist() if h in seen))
 
 
 def _shared_rows(train: Any, val: Any) -> int | None:

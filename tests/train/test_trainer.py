@@ -587,6 +587,33 @@ def test_val_sharing_rows_with_the_training_data_warns_with_a_count_only():
         assert not any("shares rows" in w for w in tr2.report().warnings)
 
 
+def test_val_frames_are_compared_on_their_raw_rows_not_on_lookalike_features():
+    """Two people who look alike after generalization are not a shared record: with
+    DataFrames the raw rows (pseudonyms included) decide, not the encoded features."""
+    from privdl.train.encoding import TableEncoder
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "user": [f"u{i:04d}" for i in range(400)],
+            "band": rng.choice(["20-29", "30-39"], size=400),
+            "retained": rng.integers(0, 2, size=400),
+        }
+    )
+    enc = TableEncoder(features=["band"], categories={"band": ["20-29", "30-39"], "retained": [0, 1]})
+    train, val = frame.iloc[:300], frame.iloc[300:]
+    width = len(enc.fit(train, target="retained").feature_names_)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        tr = PrivateTrainer(nn.Linear(width, 2), epsilon=2.0, epochs=1, batch_size=100, seed=0, encoder=enc)
+        tr.fit(train, target="retained", val=val)
+    assert tr.val_overlap_ == 0  # every encoded val row equals some training row, none is one
+    leaky = pd.concat([val, train.iloc[:9]])
+    tr = PrivateTrainer(nn.Linear(width, 2), epsilon=2.0, epochs=1, batch_size=100, seed=0, encoder=enc)
+    with pytest.warns(UserWarning, match=r"val shares 9 row\(s\)"):
+        tr.fit(train, target="retained", val=leaky)
+
+
 def test_val_that_is_a_subset_of_the_same_dataset_is_detected():
     from torch.utils.data import Dataset, Subset
 
