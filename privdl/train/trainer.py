@@ -352,7 +352,17 @@ class PrivateTrainer:
                 }
             )
             self._train()
-            op.update(params={"epsilon_spent": self.epsilon, "steps": self.steps_})
+            op.update(
+                params={
+                    "epsilon_spent": self.epsilon,
+                    "steps": self.steps_,
+                    "accountant": self._accountant(),
+                    # the engine may change mid-run (ghost -> hooks on a reused layer)
+                    "grad_sample_mode": self.grad_sample_mode_,
+                    "replaced_modules": list(self.replaced_modules_),
+                    "domain_run_id": getattr(self, "domain_run_id_", None),
+                }
+            )
         return self
 
     def _audit(self, name: str, data: Any) -> Any:
@@ -1317,14 +1327,6 @@ def _is_table_encoder(encoder: Any) -> bool:
     from privdl.train.encoding import TableEncoder
 
     return isinstance(encoder, TableEncoder)
-
-
-class _NoOp(contextlib.AbstractContextManager["_NoOp"]):
-    def update(self, **_: Any) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _guard_rows(gsm: Any) -> None:
