@@ -53,12 +53,17 @@ def test_sqlite_table_and_query(tmp_path, frame):
         io.read_table(f"sqlite:///{db}")
 
 
-def test_sqlite_write_keeps_other_tables(tmp_path, frame):
+def _db_with_another_table(tmp_path):
     db = tmp_path / "out.db"
     con = sqlite3.connect(db)
     con.execute("CREATE TABLE other (x INTEGER)")
     con.commit()
     con.close()
+    return db
+
+
+def test_sqlite_write_keeps_other_tables(tmp_path, frame):
+    db = _db_with_another_table(tmp_path)
     io.write_table(frame, f"sqlite:///{db}?table=released")
     names = {r[0] for r in sqlite3.connect(db).execute("SELECT name FROM sqlite_master")}
     assert {"other", "released"} <= names
@@ -229,11 +234,7 @@ def test_staged_outputs_appear_only_on_commit(tmp_path, frame):
 
 
 def test_staged_sqlite_table_keeps_the_other_tables(tmp_path, frame):
-    db = tmp_path / "out.db"
-    con = sqlite3.connect(db)
-    con.execute("CREATE TABLE other (x INTEGER)")
-    con.commit()
-    con.close()
+    db = _db_with_another_table(tmp_path)
     staging = io.StagedOutputs()
     io.write_table(frame, staging.table(f"sqlite:///{db}?table=released"))
     names = {r[0] for r in sqlite3.connect(db).execute("SELECT name FROM sqlite_master")}

@@ -28,14 +28,18 @@ C = 0.7
 MODES = ["auto", "bk", "ghost", "hooks", "functorch", "ew"]
 
 
-class TrainOnlyTwice(nn.Module):
-    """(a) ``fc`` runs twice more in training mode only: the eval-mode probe sees it once."""
+class _ThreeLinear(nn.Module):
+    """inp -> fc -> out; the subclasses differ in how often ``fc`` runs."""
 
     def __init__(self, d_in, width):
         super().__init__()
         self.inp = nn.Linear(d_in, width)
         self.fc = nn.Linear(width, width)
         self.out = nn.Linear(width, 1)
+
+
+class TrainOnlyTwice(_ThreeLinear):
+    """(a) ``fc`` runs twice more in training mode only: the eval-mode probe sees it once."""
 
     def forward(self, x):
         h = self.fc(torch.tanh(self.inp(x)))
@@ -45,15 +49,9 @@ class TrainOnlyTwice(nn.Module):
         return self.out(h)
 
 
-class DataDependent(nn.Module):
+class DataDependent(_ThreeLinear):
     """(b) ``fc`` runs again when the batch is large enough (the two-record probe is not),
     and its second output is kept only for the records whose feature 0 is positive."""
-
-    def __init__(self, d_in, width):
-        super().__init__()
-        self.inp = nn.Linear(d_in, width)
-        self.fc = nn.Linear(width, width)
-        self.out = nn.Linear(width, 1)
 
     def forward(self, x):
         h = self.fc(torch.tanh(self.inp(x)))
@@ -62,14 +60,8 @@ class DataDependent(nn.Module):
         return self.out(h)
 
 
-class AlwaysTwice(nn.Module):
+class AlwaysTwice(_ThreeLinear):
     """(c) ``fc`` runs twice in eval mode too (the probe sees it)."""
-
-    def __init__(self, d_in, width):
-        super().__init__()
-        self.inp = nn.Linear(d_in, width)
-        self.fc = nn.Linear(width, width)
-        self.out = nn.Linear(width, 1)
 
     def forward(self, x):
         return self.out(self.fc(self.fc(torch.tanh(self.inp(x)))))
