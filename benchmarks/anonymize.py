@@ -61,7 +61,7 @@ def line(measure: str, value: str, anchor: str, ratio: str = "") -> None:
 
 
 def ncp_of(frame, released, pol, suppressed: int) -> float:
-    from privdl.anonymize.engine import encode_for
+    from privdl.anonymize.generalize import encode_for
     from privdl.anonymize.metrics import information_loss
 
     encoded, _ = encode_for(frame, pol)
@@ -70,7 +70,7 @@ def ncp_of(frame, released, pol, suppressed: int) -> float:
 
 def million() -> None:
     """Child process: 1,000,000 rows resampled from Adult with jitter; time and peak RSS."""
-    from privdl.anonymize.engine import generalize
+    from privdl.anonymize.generalize import generalize
 
     frame = load()
     rng = np.random.default_rng(7)
@@ -95,7 +95,7 @@ def million() -> None:
 
 
 def main() -> None:
-    from privdl.anonymize.engine import generalize
+    from privdl.anonymize.generalize import generalize
 
     print(f"privdl anonymize benchmark (python {sys.version.split()[0]}, {os.cpu_count()} cores)")
     frame = load()

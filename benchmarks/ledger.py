@@ -19,8 +19,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from privdl.budget.accounting import epsilon_of
 from privdl.budget.ledger import BudgetLedger
-from privdl.train.calibrate import epsilon_of
 
 DELTA = 1e-5
 

@@ -84,18 +84,16 @@ def utility(seeds: int) -> None:
 def calibration() -> None:
     from opacus.accountants.utils import get_noise_multiplier
 
-    from privdl.train import calibrate
+    from privdl.budget import accounting
 
     cases = [
         ("digits 5 epochs (q=256/1437, 30 steps)", 1.0 / 6, 30, 2.0, 9.4),
         ("30,000 rows 3 epochs (q=1/118, 354 steps)", 1.0 / 118, 354, 1.0, 4.9),
     ]
     for name, q, steps, eps, anchor in cases:
-        calibrate._calibrate_cached.cache_clear()
-        calibrate._epsilon_cached.cache_clear()
-        calibrate._rdp_one_step.cache_clear()
+        accounting.clear_caches()
         t = time.perf_counter()
-        sigma = calibrate.noise_multiplier_for(
+        sigma = accounting.noise_multiplier_for(
             epsilon=eps, delta=1e-5, sample_rate=q, steps=steps, accountant="prv"
         )
         ours = time.perf_counter() - t

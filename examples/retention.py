@@ -63,7 +63,7 @@ def main() -> None:
     from privdl.audit.checkpoint import generate_signing_key
     from privdl.audit.erasure import find_subject
     from privdl.audit.records import build_records, write_records
-    from privdl.encrypted.models import load_model
+    from privdl.encrypted.models import load_model_spec
 
     out = args.out
     if args.fresh and out.exists():
@@ -96,7 +96,7 @@ def main() -> None:
     released = anonymizer.fit_transform(raw)
     privdl.write_table(released, out / "released.parquet")
     anonymizer.report_.save(out / "anonymization.html")
-    summary = anonymizer.report_.to_json()
+    summary = anonymizer.report_.to_dict()
     headline = anonymizer.report_.summary()  # the honest k: linkable columns counted too
     print(
         f"1. anonymized {len(raw)} users -> {len(released)} records, k={headline['k']}"
@@ -157,7 +157,7 @@ def main() -> None:
     )
 
     # 3. encrypted scoring of the demographics -----------------------------------------
-    spec = load_model(out / "model")
+    spec = load_model_spec(out / "model")
     keys = privdl.HEKeys.generate()
     public = keys.public()  # what the scoring service receives: no secret key
     scorer = privdl.EncryptedScorer.from_model(spec, public)

@@ -23,9 +23,8 @@ from privdl.errors import (
     SecurityError,
     TamperDetectedError,
 )
+from privdl._version import __version__
 from privdl.keys import Secret, key_id
-
-__version__ = "0.1.0"
 
 # public name -> module that defines it (imported on first use)
 _LAZY: dict[str, str] = {

@@ -7,7 +7,10 @@ from the builtin a caller would naturally catch::
     ├── InputError (ValueError)              bad file, column, row or value      exit 2
     │   └── FormatError                      unknown / unreadable table format   exit 2
     ├── UsageError (ValueError)              bad combination of arguments         exit 2
+    │   └── NotFittedError (+AttributeError) an unfitted estimator used           exit 2
     ├── PolicyError (ValueError)             policy inconsistent with the data   exit 2
+    │   └── PrivacyParameterError            bad epsilon, delta, accountant or   exit 2
+    │       (also InputError, UsageError)    history segment, from every entry point
     ├── KeyMissingError (LookupError)        a needed key is not available        exit 2
     ├── MissingDependencyError (ImportError) an optional extra is not installed   exit 2
     ├── SecurityError (PermissionError)      an unsafe request or file mode       exit 2
@@ -35,8 +38,10 @@ __all__ = [
     "InputError",
     "KeyMissingError",
     "MissingDependencyError",
+    "NotFittedError",
     "PolicyError",
     "PolicyNotMetError",
+    "PrivacyParameterError",
     "PrivdlError",
     "RiskExceededError",
     "SecurityError",
@@ -68,8 +73,26 @@ class UsageError(PrivdlError, ValueError):
     """Arguments that do not fit together (e.g. output path equal to input path)."""
 
 
+class NotFittedError(UsageError, AttributeError):
+    """A trainer, anonymizer, encoder or scorer used before it was fitted.
+
+    Also an :class:`AttributeError`, as scikit-learn's ``NotFittedError`` is, so
+    ``hasattr``-style checks and code catching either keep working.
+    """
+
+
 class PolicyError(PrivdlError, ValueError):
     """A policy that is inconsistent in itself or with the data it is applied to."""
+
+
+class PrivacyParameterError(InputError, UsageError, PolicyError):
+    """A privacy parameter out of range: epsilon, delta, accountant, a history segment.
+
+    Raised by :mod:`privdl.budget.accounting`'s one validator, whichever entry point
+    (trainer, ledger, calibration, CLI) was given the parameter. It derives from the
+    three classes those entry points raised before, so ``except UsageError`` (or
+    ``InputError``, ``PolicyError``) keeps catching it.
+    """
 
 
 class KeyMissingError(PrivdlError, LookupError):

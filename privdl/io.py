@@ -5,8 +5,13 @@
   Databases are named by URL: ``sqlite:///users.db?table=users`` or with ``query=``
   (``duckdb:///file.duckdb?table=...`` when ``duckdb`` is installed).
 * Inputs are opened read-only and never modified (SQLite with ``mode=ro``).
-* Writes are atomic: a temporary file in the target folder, ``fsync``, then
-  ``os.replace``; a failure leaves no partial output behind.
+* Writes are atomic, and these are privdl's only atomic writers: :func:`atomic_write`
+  (a file; ``private=True`` for a 0600 file, :func:`atomic_write_private`),
+  :func:`write_bytes` / :func:`write_text`, and :func:`atomic_folder` (a whole folder,
+  swapped in without a moment where the target is missing). Each writes a temporary
+  in the target folder, fsyncs it, renames it, fsyncs the folder, and removes the
+  temporary on failure: a failure leaves no partial output behind.
+  :func:`sweep_temps` removes what a killed process left.
 * :class:`StagedOutputs` defers that last rename: an operation writes its outputs
   under staged names, writes its audit entry, and only then moves them into place
   (evidence first: no output without its audit entry).
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
+import errno
 import io
 import json
 import os
@@ -26,6 +31,7 @@ import re
 import secrets
 import shutil
 import sqlite3
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -40,17 +46,24 @@ if TYPE_CHECKING:
 
 __all__ = [
     "STAGE_PREFIX",
+    "TEMP_SUFFIX",
     "StagedOutputs",
     "TableSource",
+    "atomic_folder",
+    "atomic_path",
     "atomic_write",
+    "atomic_write_private",
     "check_distinct_paths",
     "check_output",
-    "file_fingerprint",
+    "fsync_folder",
     "parse_source",
     "read_table",
     "sniff_delimiter",
+    "sweep_temps",
     "text_delimiter",
+    "write_bytes",
     "write_table",
+    "write_text",
 ]
 
 TEXT_FORMATS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": ","}
@@ -408,7 +421,7 @@ def _read_database(src: TableSource) -> pd.DataFrame:
     if src.table is None and src.query is None:
         raise UsageError(f"{src.path}: name a table (?table=NAME) or a query (--query)")
     if src.kind == "duckdb":
-        from privdl.errors import require
+        from privdl._optional import require
 
         duckdb: Any = require("duckdb", "duckdb")
         try:
@@ -453,52 +466,275 @@ def _read_database(src: TableSource) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- writing
+# The only atomic writers of privdl. Every one: a temporary name in the target's folder
+# (so the final rename cannot cross a file system), the data fsynced, one rename, the
+# folder fsynced (so the rename survives a power cut), and the temporary removed on any
+# failure. A process killed midway can leave a temporary behind: sweep_temps removes it.
+TEMP_SUFFIX = ".privdl-tmp"
+_OLD_MARK = ".privdl-old-"
+
+
+def _folder_of(target: Path) -> Path:
+    return target.parent if str(target.parent) else Path(".")
+
+
+def _umask_mode(bits: int) -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return bits & ~umask
+
+
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path``; on success fsync it and rename it to ``path``.
+def atomic_path(
+    path: str | os.PathLike[str], *, private: bool = False, overwrite: bool = True
+) -> Iterator[Path]:
+    """A temporary file path beside ``path`` for writers that need a path, not a file
+    object (SQLite, safetensors); on success it is fsynced and renamed to ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left as it was.
-
-    Raises:
-        InputError: the target folder does not exist.
+    Arguments and errors as for :func:`atomic_write`. The temporary starts empty.
     """
     target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
+    folder = _folder_of(target)
     if not folder.is_dir():
         raise InputError(f"output folder {folder} does not exist")
     if target.is_dir():
         raise InputError(f"output {target} is a folder")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".privdl-tmp", dir=folder)
+    if not overwrite and os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, "file exists", str(target))
+    # mkstemp creates the file 0600: a private file is never readable by others
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=folder)
+    os.close(fd)
     tmp = Path(tmp_name)
     try:
-        encoding = None if "b" in mode else "utf-8"
-        newline = None if "b" in mode else ""
-        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as fh:
-            yield fh
-            fh.flush()
+        yield tmp
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        _replace(tmp, target)
+        _install(tmp, target, private=private, overwrite=overwrite)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
 
 
-def _replace(tmp: Path, target: Path) -> None:
-    if target.exists():
+@contextlib.contextmanager
+def atomic_write(
+    path: str | os.PathLike[str],
+    mode: str = "wb",
+    *,
+    private: bool = False,
+    overwrite: bool = True,
+) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success fsync it and rename it to ``path``.
+
+    On any exception the temporary file is removed and ``path`` is left as it was.
+
+    Args:
+        path: the file to write.
+        mode: ``"wb"`` or ``"w"`` (text is UTF-8, newlines untranslated).
+        private: give the file mode 0600 (readable by its owner only) from its first
+            byte on; otherwise it keeps the mode of the file it replaces, or gets the
+            umask's default.
+        overwrite: False refuses an existing ``path`` (:class:`FileExistsError`, as
+            ``O_EXCL`` would), atomically: the file appears complete or not at all.
+
+    Raises:
+        InputError: the target folder does not exist, or the target is a folder.
+        FileExistsError: ``overwrite=False`` and ``path`` exists.
+    """
+    with atomic_path(path, private=private, overwrite=overwrite) as tmp:
+        encoding = None if "b" in mode else "utf-8"
+        newline = None if "b" in mode else ""
+        with open(tmp, mode, encoding=encoding, newline=newline) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def atomic_write_private(path: str | os.PathLike[str], mode: str = "wb", *, overwrite: bool = True) -> Any:
+    """:func:`atomic_write` of a file readable by its owner only (mode 0600): keys."""
+    return atomic_write(path, mode, private=True, overwrite=overwrite)
+
+
+def write_bytes(
+    path: str | os.PathLike[str], data: bytes, *, private: bool = False, overwrite: bool = True
+) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+    with atomic_write(path, "wb", private=private, overwrite=overwrite) as fh:
+        fh.write(data)
+    return Path(path)
+
+
+def write_text(
+    path: str | os.PathLike[str], text: str, *, private: bool = False, overwrite: bool = True
+) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+    with atomic_write(path, "w", private=private, overwrite=overwrite) as fh:
+        fh.write(text)
+    return Path(path)
+
+
+def _install(tmp: Path, target: Path, *, private: bool, overwrite: bool = True) -> None:
+    """Give ``tmp`` its final mode and rename it to ``target``; fsync the folder."""
+    if private:
+        os.chmod(tmp, 0o600)
+    elif target.exists():
         # keep the mode of the file being replaced, not mkstemp's 0600 (e.g. 0644 for a table)
         os.chmod(tmp, target.stat().st_mode & 0o777)
     else:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, target)
-    with contextlib.suppress(OSError):  # not every platform can fsync a folder
-        dfd = os.open(target.parent if str(target.parent) else ".", os.O_RDONLY)
+        os.chmod(tmp, _umask_mode(0o666))
+    if overwrite:
+        os.replace(tmp, target)
+    else:
+        try:
+            os.link(tmp, target)  # fails if target appeared meanwhile: never overwrites
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links on this file system: the checked rename
+            if os.path.lexists(target):
+                raise FileExistsError(errno.EEXIST, "file exists", str(target)) from None
+            os.replace(tmp, target)
+        else:
+            tmp.unlink()
+    fsync_folder(_folder_of(target))
+
+
+def fsync_folder(folder: str | os.PathLike[str]) -> None:
+    """Make the renames in ``folder`` durable, where the platform can fsync a folder."""
+    with contextlib.suppress(OSError):
+        dfd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for sub in sorted(folder.rglob("*"), reverse=True):
+        if sub.is_file() and not sub.is_symlink():
+            with open(sub, "rb") as fh:
+                os.fsync(fh.fileno())
+        elif sub.is_dir():
+            fsync_folder(sub)
+    fsync_folder(folder)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike[str], *, may_replace: Any = None) -> Iterator[Path]:
+    """Write a folder under a temporary name beside ``path``, then swap it in whole.
+
+    Readers see the old folder or the new one, never a half-written one, and never
+    no folder: on Linux the two are exchanged in one ``renameat2(RENAME_EXCHANGE)``;
+    elsewhere the old folder is renamed aside, the new one renamed in, and the old one
+    deleted (a crash between the two renames leaves the old folder aside, and
+    :func:`sweep_temps` puts it back). Every file is fsynced before the swap.
+
+    Args:
+        path: the folder to write (its parents are created).
+        may_replace: called with ``path`` when it exists before the swap; it raises
+            to refuse replacing it (e.g. a folder that is not a model folder).
+
+    Raises:
+        InputError: ``path`` exists and is not a folder.
+    """
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise InputError(f"output {target} exists and is not a folder")
+    parent = _folder_of(target)
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=parent))
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if target.exists():
+            if may_replace is not None:
+                may_replace(target)
+            os.chmod(tmp, target.stat().st_mode & 0o777)
+            _swap_folder(tmp, target)
+        else:
+            os.chmod(tmp, _umask_mode(0o777))  # mkdtemp made it 0700
+            os.rename(tmp, target)
+        fsync_folder(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _swap_folder(new: Path, target: Path) -> None:
+    """Put folder ``new`` at ``target`` (which exists) and delete the old one."""
+    if _exchange(new, target):
+        shutil.rmtree(new, ignore_errors=True)  # ``new`` now names the old folder
+        return
+    aside = target.with_name(f".{target.name}{_OLD_MARK}{secrets.token_hex(4)}")
+    os.rename(target, aside)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
+    fsync_folder(_folder_of(target))
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2``); False where it is unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def sweep_temps(folder: str | os.PathLike[str], *, older_than: float = 3600.0) -> list[Path]:
+    """Remove what killed writers left in ``folder``; return what was removed.
+
+    Temporary files and folders of the atomic writers (``.<name>.<random>.privdl-tmp``)
+    and of :class:`StagedOutputs` (``.privdl-stage-...``) older than ``older_than``
+    seconds are deleted (younger ones may belong to a writer still running). A folder
+    left aside by an interrupted :func:`atomic_folder` swap is put back when its
+    target is missing, else deleted.
+    """
+    import time
+
+    base = Path(folder)
+    removed: list[Path] = []
+    cutoff = time.time() - older_than
+    for entry in sorted(base.iterdir()) if base.is_dir() else ():
+        name = entry.name
+        if _OLD_MARK in name and name.startswith("."):
+            original = base / name[1:].rsplit(_OLD_MARK, 1)[0]
+            if not os.path.lexists(original):
+                os.rename(entry, original)
+                continue
+        elif not (name.startswith(".") and name.endswith(TEMP_SUFFIX)) and not name.startswith(STAGE_PREFIX):
+            continue
+        try:
+            if entry.lstat().st_mtime > cutoff:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(entry)
+    if removed:
+        fsync_folder(base)
+    return removed
 
 
 STAGE_PREFIX = ".privdl-stage-"
@@ -643,7 +879,7 @@ class StagedOutputs:
         finally:
             self.discard()
         for folder in {t.parent if str(t.parent) else Path(".") for t in done}:
-            _fsync_folder(folder)
+            fsync_folder(folder)
         return done
 
     def discard(self) -> None:
@@ -664,36 +900,20 @@ def _empty_dir(item: _Staged) -> bool:
 def _commit_file(staged: Path, target: Path) -> None:
     # the mode the atomic writers give (that of the file replaced, else the umask's),
     # never wider than the writer chose for the staged file (0600 stays 0600)
-    if target.exists():
-        mode = target.stat().st_mode & 0o777
-    else:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
+    mode = target.stat().st_mode & 0o777 if target.exists() else _umask_mode(0o666)
     os.chmod(staged, mode & staged.stat().st_mode)
     os.replace(staged, target)
 
 
 def _commit_folder(staged: Path, target: Path) -> None:
     if not target.exists():
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staged, 0o777 & ~umask)  # mkdtemp made it 0700
+        os.chmod(staged, _umask_mode(0o777))  # mkdtemp made it 0700
         os.rename(staged, target)
         return
     for child in sorted(staged.iterdir()):
         os.replace(child, target / child.name)  # each file keeps the mode it was written with
-    _fsync_folder(target)
+    fsync_folder(target)
     staged.rmdir()
-
-
-def _fsync_folder(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform can fsync a folder
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 def check_output(location: str | os.PathLike[str]) -> TableSource:
@@ -751,15 +971,11 @@ def write_table(frame: pd.DataFrame, location: str | os.PathLike[str], *, sep: s
 
 
 def _write_sqlite(frame: pd.DataFrame, src: TableSource) -> Path:
-    import shutil
-
     if not src.table:
         raise UsageError(f"{src.path}: name the output table with ?table=NAME")
-    folder = src.path.parent if str(src.path.parent) else Path(".")  # checked by check_output
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{src.path.name}.", suffix=".privdl-tmp", dir=folder)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    # the database is copied to the temporary, the table written there, and the copy
+    # renamed over the original: its other tables are kept, a failure changes nothing
+    with atomic_path(src.path) as tmp:
         if src.path.exists():
             shutil.copyfile(src.path, tmp)
         con = sqlite3.connect(tmp)
@@ -768,13 +984,6 @@ def _write_sqlite(frame: pd.DataFrame, src: TableSource) -> Path:
             con.commit()
         finally:
             con.close()
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        _replace(tmp, src.path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
     return src.path
 
 
@@ -791,13 +1000,3 @@ def check_distinct_paths(source: str | os.PathLike[str], target: str | os.PathLi
         same = os.path.samefile(a, b)
     if same:
         raise UsageError(f"output {b} is the input file; choose another output path")
-
-
-def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """SHA-256 and size of a file, for audit entries and manifests."""
-    p = Path(path)
-    digest = hashlib.sha256()
-    with open(p, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return {"path": p.name, "sha256": digest.hexdigest(), "bytes": p.stat().st_size}

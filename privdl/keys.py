@@ -26,11 +26,20 @@ import re
 import secrets
 import stat
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
+from privdl.config import KEY_ENV
 from privdl.errors import InputError, KeyMissingError, SecurityError
 
-__all__ = ["MIN_KEY_BYTES", "Secret", "hmac_sha256", "key_id"]
+__all__ = [
+    "MIN_KEY_BYTES",
+    "Secret",
+    "generate_ed25519_key",
+    "hmac_sha256",
+    "key_id",
+    "load_ed25519_private_key",
+    "load_ed25519_public_key",
+]
 
 MIN_KEY_BYTES = 32
 _HEX = re.compile(r"^[0-9a-fA-F]{32,}$")
@@ -70,7 +79,7 @@ class Secret:
         return cls(secrets.token_bytes(max(nbytes, MIN_KEY_BYTES)), source="generated")
 
     @classmethod
-    def from_env(cls, name: str = "PRIVDL_KEY") -> Secret:
+    def from_env(cls, name: str = KEY_ENV) -> Secret:
         """Read a key from environment variable ``name``.
 
         Raises:
@@ -109,12 +118,14 @@ class Secret:
         return cls(_decode_key_text(text, source=source), source=source)
 
     def to_file(self, path: str | os.PathLike[str]) -> Path:
-        """Write the key as ``hex:...`` to a new file created with mode 0600."""
-        p = Path(path)
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write("hex:" + self._value.hex() + "\n")
-        return p
+        """Write the key as ``hex:...`` to a new file with mode 0600, atomically.
+
+        Raises:
+            FileExistsError: ``path`` exists (a key is never overwritten).
+        """
+        from privdl.io import write_text
+
+        return write_text(path, "hex:" + self._value.hex() + "\n", private=True, overwrite=False)
 
     # -- use --------------------------------------------------------------------------
     def derive(self, purpose: str, *, length: int = 32) -> Secret:
@@ -207,3 +218,83 @@ def _decode_key_text(text: str, *, source: str) -> bytes:
     if _HEX.match(text) and len(text) % 2 == 0:
         return bytes.fromhex(text)
     return text.encode("utf-8")
+
+
+# -- Ed25519 key files -----------------------------------------------------------------
+def generate_ed25519_key(out_dir: str | os.PathLike[str], *, name: str) -> tuple[Path, Path]:
+    """Write a new Ed25519 key pair: ``<name>.key`` (PKCS#8 PEM, mode 0600) and ``<name>.pub``.
+
+    Raises:
+        SecurityError: a file of that name exists (keys are never overwritten).
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from privdl.io import write_bytes
+
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    priv_path, pub_path = d / f"{name}.key", d / f"{name}.pub"
+    for p in (priv_path, pub_path):
+        if p.exists():
+            raise SecurityError(f"{p} exists; refusing to overwrite a key")
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    try:
+        write_bytes(priv_path, pem, private=True, overwrite=False)
+        write_bytes(pub_path, public, overwrite=False)
+    except FileExistsError as exc:
+        raise SecurityError(f"{exc.filename} exists; refusing to overwrite a key") from None
+    return priv_path, pub_path
+
+
+def load_ed25519_private_key(spec: object) -> Any:
+    """An Ed25519 private key from a key object or a PEM file (mode 0600 or 0400).
+
+    Raises:
+        KeyMissingError: the file does not exist.
+        SecurityError: the file is readable by group or others.
+        InputError: the file is not an unencrypted Ed25519 PEM key.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    if isinstance(spec, Ed25519PrivateKey):
+        return spec
+    p = Path(spec)  # type: ignore[arg-type]
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise KeyMissingError(f"no signing key: {p} does not exist") from None
+    if os.name == "posix" and st.st_mode & 0o077:
+        raise SecurityError(f"signing key {p} is accessible by group or others; run `chmod 600` on it")
+    try:
+        key = serialization.load_pem_private_key(p.read_bytes(), password=None)
+    except (ValueError, TypeError):
+        raise InputError(f"{p} is not an unencrypted PEM private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise InputError(f"{p} is not an Ed25519 key")
+    return key
+
+
+def load_ed25519_public_key(data: bytes) -> Any:
+    """An Ed25519 public key from PEM (SubjectPublicKeyInfo) bytes.
+
+    Raises:
+        InputError: not a PEM Ed25519 public key.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError):
+        raise InputError("public key is not a PEM Ed25519 public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise InputError("public key is not an Ed25519 key")
+    return key

@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -27,14 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from privdl.errors import InputError
+from privdl.fingerprint import fingerprint_bytes, fingerprint_file
 
-__all__ = ["RunManifest", "diff_manifests", "fingerprint_bytes"]
+__all__ = ["RunManifest", "diff_manifests"]
 
 _LIBRARIES = ("numpy", "pandas", "pyarrow", "cryptography", "torch", "opacus", "tenseal", "pyspark")
-
-
-def fingerprint_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -101,12 +97,12 @@ class RunManifest:
 
         Args:
             config: the run's parameters (plain data; key_ids only).
-            data_files: input files to fingerprint (SHA-256 and size).
-            model_state: name → serialized bytes (e.g. safetensors) to fingerprint.
+            data_files: input files to fingerprint (:func:`privdl.fingerprint.fingerprint_file`:
+                name, SHA-256 and size).
+            model_state: name → serialized bytes (e.g. safetensors); the manifest keeps
+                their SHA-256.
         """
-        from privdl import __version__
-        from privdl.io import file_fingerprint
-
+        from privdl._version import __version__
         return cls(
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             privdl_version=__version__,
@@ -116,23 +112,53 @@ class RunManifest:
             hardware=_hardware(),
             libraries=_versions(),
             config=dict(config or {}),
-            data={os.fspath(p): file_fingerprint(p) for p in data_files},
-            model_state={k: fingerprint_bytes(v) for k, v in (model_state or {}).items()},
+            data={os.fspath(p): fingerprint_file(p) for p in data_files},
+            model_state={k: fingerprint_bytes(v)["sha256"] for k, v in (model_state or {}).items()},
         )
 
-    def to_json(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), default=str))
+    def to_dict(self) -> dict[str, Any]:
+        """As plain JSON-compatible data (what a manifest file holds)."""
+        return dict(json.loads(json.dumps(asdict(self), default=str)))
+
+    def to_json(self) -> str:
+        """Serialize to a JSON string (sorted keys)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> RunManifest:
+    def from_dict(cls, data: Mapping[str, Any]) -> RunManifest:
+        """Rebuild a manifest from :meth:`to_dict` output (unknown fields are ignored).
+
+        Raises:
+            InputError: not a run manifest.
+        """
         names = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        try:
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except TypeError as exc:
+            raise InputError("not a privdl run manifest") from exc
+
+    @classmethod
+    def from_json(cls, text: str | Mapping[str, Any]) -> RunManifest:
+        """Rebuild a manifest from :meth:`to_json` output (a JSON string, or the parsed
+        dict of a manifest file).
+
+        Raises:
+            InputError: not a run manifest.
+        """
+        if isinstance(text, str):
+            try:
+                text = json.loads(text)
+            except ValueError as exc:
+                raise InputError("not a privdl run manifest: not JSON") from exc
+        if not isinstance(text, Mapping):
+            raise InputError("not a privdl run manifest")
+        return cls.from_dict(text)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         from privdl.io import atomic_write
 
         with atomic_write(path, "w") as fh:
-            json.dump(self.to_json(), fh, indent=2, sort_keys=True)
+            json.dump(self.to_dict(), fh, indent=2, sort_keys=True)
             fh.write("\n")
         return Path(path)
 
@@ -150,7 +176,7 @@ class RunManifest:
             data = data["manifest"]
         if not isinstance(data, dict) or "privdl_version" not in data:
             raise InputError(f"{p} is not a privdl run manifest")
-        return cls.from_json(data)
+        return cls.from_dict(data)
 
 
 _VOLATILE = {"created"}
@@ -169,7 +195,7 @@ def diff_manifests(
     a: RunManifest, b: RunManifest, *, include_time: bool = False
 ) -> list[tuple[str, Any, Any]]:
     """(field path, value in a, value in b) for every field that differs, sorted."""
-    fa, fb = _flatten(a.to_json()), _flatten(b.to_json())
+    fa, fb = _flatten(a.to_dict()), _flatten(b.to_dict())
     rows = []
     for name in sorted(set(fa) | set(fb)):
         if not include_time and name in _VOLATILE:

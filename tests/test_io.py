@@ -176,10 +176,12 @@ def test_kill_during_write_leaves_no_output(tmp_path):
 
 
 def test_fingerprint(tmp_path):
+    from privdl.fingerprint import fingerprint_file
+
     path = tmp_path / "f.bin"
     path.write_bytes(b"abc")
-    fp = io.file_fingerprint(path)
-    assert fp["sha256"] == hashlib.sha256(b"abc").hexdigest() and fp["bytes"] == 3
+    fp = fingerprint_file(path)
+    assert fp == {"name": "f.bin", "sha256": hashlib.sha256(b"abc").hexdigest(), "bytes": 3}
 
 
 def test_streamed_read_with_progress_matches(tmp_path, frame, monkeypatch):
@@ -290,3 +292,109 @@ def test_staging_checks_the_target_first(tmp_path):
         staging.file(tmp_path)
     with pytest.raises(FormatError):
         staging.table(tmp_path / "out.xlsx")
+
+
+# ---------------------------------------------------------------- the atomic writer family
+def _temps(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(io.TEMP_SUFFIX))
+
+
+def test_private_writer_gives_0600_even_over_a_wider_file(tmp_path):
+    target = tmp_path / "key.bin"
+    target.write_bytes(b"old")
+    target.chmod(0o644)
+    io.write_bytes(target, b"secret", private=True)
+    assert target.stat().st_mode & 0o777 == 0o600 and target.read_bytes() == b"secret"
+    with io.atomic_write_private(tmp_path / "new.key", "w") as fh:
+        fh.write("k")
+    assert (tmp_path / "new.key").stat().st_mode & 0o777 == 0o600
+    assert _temps(tmp_path) == []
+
+
+def test_no_overwrite_refuses_an_existing_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "key"
+    io.write_text(target, "first", overwrite=False)
+    with pytest.raises(FileExistsError):
+        io.write_text(target, "second", overwrite=False)
+    assert target.read_text(encoding="utf-8") == "first" and _temps(tmp_path) == []
+
+
+def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old", encoding="utf-8")
+    with pytest.raises(RuntimeError), io.atomic_write(target, "w") as fh:
+        fh.write("half")
+        raise RuntimeError
+    assert target.read_text(encoding="utf-8") == "old" and _temps(tmp_path) == []
+
+
+def test_atomic_path_for_writers_that_need_a_path(tmp_path):
+    target = tmp_path / "db.sqlite"
+    with io.atomic_path(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.endswith(io.TEMP_SUFFIX)
+        con = sqlite3.connect(tmp)
+        con.execute("CREATE TABLE t (x)")
+        con.commit()
+        con.close()
+    assert sqlite3.connect(target).execute("SELECT count(*) FROM t").fetchone() == (0,)
+    assert _temps(tmp_path) == []
+
+
+def test_folder_swap_replaces_the_whole_folder(tmp_path):
+    target = tmp_path / "model"
+    with io.atomic_folder(target) as tmp:
+        (tmp / "a").write_text("1", encoding="utf-8")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "b").write_text("2", encoding="utf-8")
+    with io.atomic_folder(target) as tmp:
+        assert target.is_dir() and (target / "a").exists()  # the old one stays until the swap
+        (tmp / "c").write_text("3", encoding="utf-8")
+    assert sorted(p.name for p in target.iterdir()) == ["c"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # nothing left aside
+
+
+def test_folder_swap_without_exchange_falls_back_to_rename_aside(tmp_path, monkeypatch):
+    monkeypatch.setattr(io, "_exchange", lambda a, b: False)
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old").write_text("x", encoding="utf-8")
+    with io.atomic_folder(target) as tmp:
+        (tmp / "new").write_text("y", encoding="utf-8")
+    assert sorted(p.name for p in target.iterdir()) == ["new"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_folder_swap_failure_or_refusal_keeps_the_old_folder(tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old").write_text("x", encoding="utf-8")
+    with pytest.raises(RuntimeError), io.atomic_folder(target) as tmp:
+        (tmp / "half").write_text("y", encoding="utf-8")
+        raise RuntimeError
+
+    def refuse(path):
+        raise UsageError(f"{path} is not ours")
+
+    with pytest.raises(UsageError), io.atomic_folder(target, may_replace=refuse) as tmp:
+        (tmp / "new").write_text("y", encoding="utf-8")
+    assert sorted(p.name for p in target.iterdir()) == ["old"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_sweep_removes_stale_temps_and_restores_a_folder_left_aside(tmp_path):
+    stale = tmp_path / f".out.csv.abc{io.TEMP_SUFFIX}"
+    fresh = tmp_path / f".out.csv.def{io.TEMP_SUFFIX}"
+    staged = tmp_path / f"{io.STAGE_PREFIX}0011.out.csv"
+    for p in (stale, fresh, staged):
+        p.write_text("x", encoding="utf-8")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    os.utime(staged, (old, old))
+    aside = tmp_path / ".model.privdl-old-1234"  # a swap killed between its two renames
+    aside.mkdir()
+    (aside / "meta.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "keep.csv").write_text("x", encoding="utf-8")
+    removed = io.sweep_temps(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([stale.name, staged.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, "keep.csv", "model"])
+    assert (tmp_path / "model" / "meta.json").exists()

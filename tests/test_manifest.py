@@ -17,6 +17,10 @@ def test_collect_fingerprints_data_and_model(tmp_path):
     assert "numpy" in m.libraries and m.hardware["cpus"] >= 1
     path = m.save(tmp_path / "m.json")
     assert RunManifest.load(path) == RunManifest.from_json(json.loads(path.read_text()))
+    # to_dict -> dict, to_json -> str; from_json reads either the string or the parsed file
+    assert isinstance(m.to_dict(), dict) and isinstance(m.to_json(), str)
+    assert RunManifest.from_json(m.to_json()) == RunManifest.from_dict(m.to_dict()) == RunManifest.load(path)
+    assert RunManifest.from_json(path.read_text()) == RunManifest.load(path)
 
 
 def test_diff_lists_changed_fields(tmp_path, run_cli):

@@ -36,7 +36,7 @@ def test_design_api_end_to_end(users, key_hex, tmp_path, monkeypatch):
     )
     anonymizer = privdl.Anonymizer(policy, key=privdl.Secret.from_env("PRIVDL_KEY"))
     released = anonymizer.fit_transform(users)
-    assert anonymizer.report_.to_json()["after"]["k"] >= 5
+    assert anonymizer.report_.to_dict()["after"]["k"] >= 5
     anonymizer.report_.save(tmp_path / "anon.html")
     risk = privdl.assess_risk(users, quasi_identifiers=["age", "zip", "sex"], sensitive=["retained"])
     assert isinstance(risk, privdl.RiskReport)

@@ -12,12 +12,13 @@ on the quasi-identifiers alone and with those linkable columns added.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from privdl.anonymize.detect import linkable_columns, looks_like_identifiers
 from privdl.anonymize.policy import Policy
 from privdl.anonymize.pseudonymize import KEYED, apply_rule
-from privdl.errors import KeyMissingError, PolicyError, UsageError
+from privdl.errors import KeyMissingError, UsageError
 from privdl.keys import Secret
 
 if TYPE_CHECKING:
@@ -85,6 +86,10 @@ class Anonymizer:
     def fit_transform(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Return the released table; ``frame`` is never modified.
 
+        With an ``audit_log``, one ``anonymize`` entry records the policy, the key's
+        id, what was achieved, the subjects, and the input and released frames
+        (fingerprinted in memory: SHA-256 of the values, rows, columns).
+
         Raises:
             PolicyError: a column named in the policy is missing, or a hierarchy problem.
             KeyMissingError: a keyed transform but no key.
@@ -94,16 +99,83 @@ class Anonymizer:
             return self._run(frame)
         from privdl.audit import operation
 
-        params = self.get_params()
-        # DataFrames are fingerprinted in memory (SHA-256 of the values, rows, columns)
-        with operation(self.audit_log, "anonymize", params=params, inputs=[frame]) as op:
+        with operation(self.audit_log, "anonymize", params=self.get_params(), inputs=[frame]) as op:
             released = self._run(frame)
-            op.update(
-                params={**params, "achieved": self.report_.summary()},
-                outputs=[released],
-                subjects=self.subjects_,
-            )
+            self._record(op, outputs=[released])
         return released
+
+    def release(
+        self,
+        data: pd.DataFrame | str | os.PathLike[str],
+        output: str | os.PathLike[str],
+        *,
+        report: str | os.PathLike[str] | None = None,
+        sep: str | None = None,
+        query: str | None = None,
+        progress: bool = False,
+    ) -> pd.DataFrame:
+        """Anonymize a table and write the released table, and its report, all or nothing.
+
+        Evidence first: with an ``audit_log``, the log is checked to take the entry
+        before the input is read; the table and the report are written to staged files
+        that take their names only once the ``anonymize`` entry (the same entry as
+        :meth:`fit_transform` writes, with the files as inputs and outputs) is written.
+        Whatever fails, neither file appears and the input is not modified.
+
+        Args:
+            data: a DataFrame, or a table location (file or ``sqlite:///`` URL, see
+                :func:`privdl.io.read_table`).
+            output: where the released table goes (format from the extension).
+            report: also write :attr:`report_` here (``.json``, ``.md`` or ``.html``).
+            sep: delimiter of a text input and output; by default an output of the
+                input's format keeps the input's delimiter (``;`` stays ``;``).
+            query: SQL query for a database input.
+            progress: show a progress bar while reading a large input.
+
+        Returns:
+            The released table, as written.
+
+        Raises:
+            UsageError: ``output`` is the input file.
+            FormatError / InputError: an unknown output or report format, a missing
+                folder, an unreadable input.
+            PolicyError, KeyMissingError, PolicyNotMetError: as :meth:`fit_transform`.
+
+        Example:
+            >>> anonymizer.release("users.csv", "released.csv", report="report.html")  # doctest: +SKIP
+        """
+        from privdl import io
+        from privdl.audit import operation
+
+        source = data if isinstance(data, str | os.PathLike) else None
+        if source is not None:
+            io.check_distinct_paths(source, output)
+        io.check_output(output)
+        inputs = [os.fspath(source) if source is not None else data]
+        with operation(self.audit_log, "anonymize", params=self.get_params(), inputs=inputs) as op:
+            frame = data if source is None else io.read_table(source, sep=sep, query=query, progress=progress)
+            released = self._run(frame)  # type: ignore[arg-type]
+            out_sep = sep
+            if (
+                source is not None
+                and out_sep is None
+                and io.parse_source(output).fmt == io.parse_source(source).fmt
+            ):
+                out_sep = io.text_delimiter(source)
+            # staged: table and report appear together, and only once the entry is written
+            io.write_table(released, op.stage_table(output), sep=out_sep)
+            if report is not None:
+                self.report_.save(op.stage(report))
+            self._record(op)
+        return released
+
+    def _record(self, op: Any, *, outputs: list[Any] | None = None) -> None:
+        """What the entry of a run records, from :meth:`fit_transform` or :meth:`release`."""
+        op.update(
+            params={**self.get_params(), "achieved": self.report_.summary()},
+            outputs=outputs,
+            subjects=self.subjects_,
+        )
 
     def _run(self, frame: pd.DataFrame) -> pd.DataFrame:
         import pandas as pd
@@ -182,17 +254,12 @@ class Anonymizer:
 
     def _generalize(self, frame: pd.DataFrame) -> Any:
         if self.engine == "spark":
-            try:
-                from privdl.anonymize.spark import generalize_spark
-            except ImportError:
-                raise UsageError(
-                    "the spark engine is not available in this build; use --engine pandas"
-                ) from None
+            # pyspark is an extra: without it this raises the error naming its pip install
+            from privdl.anonymize.spark import generalize_spark
+
             return generalize_spark(frame, self.policy)
-        try:
-            from privdl.anonymize.engine import generalize
-        except ImportError:
-            raise PolicyError("k-anonymity (quasi-identifiers, -k) is not available in this build") from None
+        from privdl.anonymize.generalize import generalize
+
         return generalize(frame, self.policy)
 
     def _build_report(

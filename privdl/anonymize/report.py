@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from privdl.anonymize.metrics import information_loss, measure
+from privdl.errors import InputError
 
 if TYPE_CHECKING:
     import os
 
     import pandas as pd
 
-    from privdl.anonymize.engine import Generalization
+    from privdl.anonymize.generalize import Generalization
 
 __all__ = ["RECITAL_26", "AnonymizationReport"]
 
@@ -150,7 +151,7 @@ class AnonymizationReport:
             policy: the :class:`~privdl.anonymize.policy.Policy` applied.
             original: the input table (before any transform).
             released: the released table.
-            generalization: what :func:`~privdl.anonymize.engine.generalize` returned,
+            generalization: what :func:`~privdl.anonymize.generalize.generalize` returned,
                 or None when the policy has no quasi-identifiers.
             key_id: the key's public fingerprint, or None.
             identifier_columns: identifier column -> transform.
@@ -183,9 +184,9 @@ class AnonymizationReport:
                 suppressed=suppressed,
                 ordered=ordered,
             )
-            linked = linked_m.to_json()
+            linked = asdict(linked_m)
         if qis and generalization is not None:
-            from privdl.anonymize.engine import encode_for
+            from privdl.anonymize.generalize import encode_for
 
             before_m = measure(
                 original, quasi_identifiers=qis, sensitive=sensitive, k_target=k, ordered=ordered
@@ -201,7 +202,7 @@ class AnonymizationReport:
             source = original if generalized_from is None else generalized_from
             encoded, _ = encode_for(source, policy, algorithm=generalization.algorithm)
             loss = information_loss(released, encoded, suppressed=suppressed)
-            before, after = before_m.to_json(), after_m.to_json()
+            before, after = asdict(before_m), asdict(after_m)
             # targets are judged on the honest measure: linkable columns count as QIs
             judged = [after_m] if linked is None else [after_m, linked_m]
             if k is not None:
@@ -263,14 +264,35 @@ class AnonymizationReport:
             out["ncp"] = self.information_loss["ncp"]
         return out
 
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict (``from_json`` reads it back)."""
+    def to_dict(self) -> dict[str, Any]:
+        """As plain JSON-compatible data (what a saved ``.json`` report holds)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def to_json(self) -> str:
+        """Serialize to a JSON string (sorted keys)."""
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2, allow_nan=False)
+
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> AnonymizationReport:
-        """Rebuild a report from :meth:`to_json` output."""
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+    def from_dict(cls, data: Mapping[str, Any]) -> AnonymizationReport:
+        """Rebuild a report from :meth:`to_dict` output (fields it does not know are ignored).
+
+        Raises:
+            InputError: not an anonymization report.
+        """
+        try:
+            return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+        except TypeError as exc:
+            raise InputError("not a privdl anonymization report") from exc
+
+    @classmethod
+    def from_json(cls, text: str | Mapping[str, Any]) -> AnonymizationReport:
+        """Rebuild a report from :meth:`to_json` output (a JSON string, or the parsed dict
+        of a saved ``.json`` report).
+
+        Raises:
+            InputError: not an anonymization report.
+        """
+        return cls.from_dict(_parse(text, "anonymization report"))
 
     # ------------------------------------------------------------------ rendering
     def to_document(self, *, figures: bool = True) -> Any:
@@ -504,7 +526,19 @@ class AnonymizationReport:
 
         suffix = Path(path).suffix.lower()
         doc = self.to_document(figures=suffix in (".html", ".htm"))
-        return render.save(doc, path, self.to_json())
+        return render.save(doc, path, self.to_dict())
+
+
+def _parse(text: str | Mapping[str, Any], what: str) -> Mapping[str, Any]:
+    """A JSON string or an already parsed mapping, as a mapping."""
+    if isinstance(text, str):
+        try:
+            text = json.loads(text)
+        except ValueError as exc:
+            raise InputError(f"not a privdl {what}: not JSON") from exc
+    if not isinstance(text, Mapping):
+        raise InputError(f"not a privdl {what}")
+    return text
 
 
 def _hint(column: str, why: str) -> str:

@@ -13,8 +13,9 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,10 +44,42 @@ class RiskReport(TableMetrics):
     sensitive: list[str] = field(default_factory=list)
     source: str | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """As plain JSON-compatible data (what a saved ``.json`` report holds)."""
+        return asdict(self)
+
+    def to_json(self) -> str:  # type: ignore[override]
+        """Serialize to a JSON string (sorted keys)."""
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2, allow_nan=False)
+
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> RiskReport:
-        """Inverse of :meth:`to_json`."""
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+    def from_dict(cls, data: Mapping[str, Any]) -> RiskReport:
+        """Rebuild a report from :meth:`to_dict` output (fields it does not know are ignored).
+
+        Raises:
+            InputError: not a risk report.
+        """
+        try:
+            return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+        except TypeError as exc:
+            raise InputError("not a privdl risk report") from exc
+
+    @classmethod
+    def from_json(cls, text: str | Mapping[str, Any]) -> RiskReport:  # type: ignore[override]
+        """Rebuild a report from :meth:`to_json` output (a JSON string, or the parsed dict
+        of a saved ``.json`` report).
+
+        Raises:
+            InputError: not a risk report.
+        """
+        if isinstance(text, str):
+            try:
+                text = json.loads(text)
+            except ValueError as exc:
+                raise InputError("not a privdl risk report: not JSON") from exc
+        if not isinstance(text, Mapping):
+            raise InputError("not a privdl risk report")
+        return cls.from_dict(text)
 
     def check(self, *, max_risk: float) -> None:
         """Raise :class:`~privdl.errors.RiskExceededError` when prosecutor max > ``max_risk``."""
@@ -105,7 +138,7 @@ class RiskReport(TableMetrics):
         """Write the report as ``.json``, ``.md`` or ``.html`` (by extension)."""
         from privdl import render
 
-        return render.save(self.to_document(), path, self.to_json())
+        return render.save(self.to_document(), path, self.to_dict())
 
 
 def assess_risk(

@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from privdl.anonymize.engine import Generalization, encode_for, generalize, release_ranges, targets
+from privdl._optional import require
+from privdl.anonymize.generalize import Generalization, encode_for, generalize, release_ranges, targets
 from privdl.anonymize.metrics import SensitiveCodes
 from privdl.anonymize.mondrian import mondrian
-from privdl.errors import PolicyNotMetError, require
+from privdl.errors import PolicyNotMetError
 
 __all__ = ["DEFAULT_CHUNK_ROWS", "generalize_spark"]
 
@@ -56,7 +57,7 @@ def generalize_spark(
     spark: Any = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> Generalization:
-    """Same contract as :func:`privdl.anonymize.engine.generalize`, refined on Spark.
+    """Same contract as :func:`privdl.anonymize.generalize.generalize`, refined on Spark.
 
     Args:
         frame: the table (pandas).
@@ -66,7 +67,7 @@ def generalize_spark(
 
     Raises:
         MissingDependencyError: pyspark is not installed.
-        PolicyError / PolicyNotMetError: as :func:`~privdl.anonymize.engine.generalize`.
+        PolicyError / PolicyNotMetError: as :func:`~privdl.anonymize.generalize.generalize`.
     """
     qis = list(getattr(policy, "quasi_identifiers", ()) or ())
     if not qis:

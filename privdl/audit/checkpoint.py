@@ -36,11 +36,15 @@ import re
 from pathlib import Path
 from typing import Any
 
-from privdl.errors import InputError, KeyMissingError, SecurityError, TamperDetectedError
+from privdl.errors import InputError, KeyMissingError, TamperDetectedError
+from privdl.io import write_text
+from privdl.keys import generate_ed25519_key, load_ed25519_private_key, load_ed25519_public_key
+from privdl.signing import ed25519_sign, ed25519_verify, public_bytes
 
 __all__ = [
     "KEY_NAME",
     "Checkpoint",
+    "checkpoint_verified",
     "generate_signing_key",
     "load_public_key",
     "load_signing_key",
@@ -151,11 +155,7 @@ class Checkpoint:
         Raises:
             TamperDetectedError: kind ``checkpoint_forged``.
         """
-        from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives import serialization
-
-        raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        want = _key_hash(name, raw)
+        want = _key_hash(name, public_bytes(public_key))
         body = self.body.encode("utf-8")
         sig_text = self.text.split("\n\n", 1)[1]
         for line in sig_text.rstrip("\n").split("\n"):
@@ -168,23 +168,16 @@ class Checkpoint:
                 continue
             if len(blob) != 68 or blob[:4] != want:
                 continue
-            try:
-                public_key.verify(blob[4:], body)
-            except InvalidSignature:
-                continue
-            return
+            if ed25519_verify(public_key, blob[4:], body):
+                return
         raise TamperDetectedError(
             "checkpoint: no valid signature by the given public key (forged or altered)",
             kind="checkpoint_forged",
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the note to ``path`` (atomically)."""
-        p = Path(path)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-        tmp.write_text(self.text, encoding="utf-8")
-        os.replace(tmp, p)
-        return p
+        """Write the note to ``path`` atomically (fsynced; nothing left on failure)."""
+        return write_text(path, self.text)
 
 
 def sign_checkpoint(
@@ -197,20 +190,51 @@ def sign_checkpoint(
     name: str = KEY_NAME,
 ) -> Checkpoint:
     """Make and sign a checkpoint note."""
-    from cryptography.hazmat.primitives import serialization
-
     if time is None:
         time = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     if "\n" in origin or not origin:
         raise InputError("checkpoint origin must be one non-empty line")
     body = f"{origin}\n{size}\n{base64.b64encode(root_hash).decode()}\ntime {time}\n"
-    public_raw = signing_key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
-    sig = signing_key.sign(body.encode("utf-8"))
-    blob = base64.b64encode(_key_hash(name, public_raw) + sig).decode()
+    sig = ed25519_sign(signing_key, body.encode("utf-8"))
+    blob = base64.b64encode(_key_hash(name, public_bytes(signing_key)) + sig).decode()
     text = f"{body}\n{_SIG_PREFIX}{name} {blob}\n"
     return Checkpoint(origin=origin, size=size, root_hash=root_hash, time=time, text=text)
+
+
+def checkpoint_verified(
+    verified: Any, *, signing_key: Any, output: str | os.PathLike[str] | None = None
+) -> Checkpoint:
+    """Sign a checkpoint of a log as :func:`~privdl.audit.verify.verify_audit_log` found it.
+
+    The one way to checkpoint a log someone else writes (``privdl audit checkpoint``):
+    verify it with the audit key, then sign what was verified::
+
+        cp = checkpoint_verified(verify_audit_log(log, key=key), signing_key="audit.key",
+                                 output="elsewhere/audit.checkpoint")
+
+    A writer holding the log open signs with :meth:`AuditLog.checkpoint` instead.
+
+    Args:
+        verified: the :class:`~privdl.audit.verify.VerifyResult` of the log.
+        signing_key: an Ed25519 private key or its PEM file (see :func:`load_signing_key`).
+        output: also write the note here, atomically; store it apart from the log.
+
+    Raises:
+        InputError: the log is empty (nothing to checkpoint).
+        KeyMissingError / SecurityError: see :func:`load_signing_key`.
+    """
+    key = load_signing_key(signing_key)
+    if verified.log_id is None:
+        raise InputError(f"audit log {verified.path} is empty: nothing to checkpoint")
+    cp = sign_checkpoint(
+        origin=origin_for(verified.log_id),
+        size=verified.entries,
+        root_hash=bytes.fromhex(verified.head),
+        signing_key=key,
+    )
+    if output is not None:
+        cp.save(output)
+    return cp
 
 
 # -- keys ------------------------------------------------------------------------------
@@ -220,28 +244,7 @@ def generate_signing_key(out_dir: str | os.PathLike[str], *, name: str = "audit"
     Raises:
         SecurityError: a file of that name exists (keys are never overwritten).
     """
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    d = Path(out_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    priv_path, pub_path = d / f"{name}.key", d / f"{name}.pub"
-    for p in (priv_path, pub_path):
-        if p.exists():
-            raise SecurityError(f"{p} exists; refusing to overwrite a key")
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    pub_path.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return priv_path, pub_path
+    return generate_ed25519_key(out_dir, name=name)
 
 
 def load_signing_key(spec: Any) -> Any:
@@ -252,31 +255,12 @@ def load_signing_key(spec: Any) -> Any:
         SecurityError: the file is readable by group or others.
         InputError: the file is not an unencrypted Ed25519 PEM key.
     """
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    if isinstance(spec, Ed25519PrivateKey):
-        return spec
-    p = Path(spec)
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        raise KeyMissingError(f"no signing key: {p} does not exist") from None
-    if os.name == "posix" and st.st_mode & 0o077:
-        raise SecurityError(f"signing key {p} is accessible by group or others; run `chmod 600` on it")
-    try:
-        key = serialization.load_pem_private_key(p.read_bytes(), password=None)
-    except (ValueError, TypeError):
-        raise InputError(f"{p} is not an unencrypted PEM private key") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise InputError(f"{p} is not an Ed25519 key")
-    return key
+    return load_ed25519_private_key(spec)
 
 
 def load_public_key(spec: Any) -> Any:
     """An Ed25519 public key from a key object, PEM bytes, a PEM file, or a note verifier
     key (``privdl-audit+<hash>+<base64>``); a private key gives its public half."""
-    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
         Ed25519PrivateKey,
         Ed25519PublicKey,
@@ -298,20 +282,12 @@ def load_public_key(spec: Any) -> Any:
     text = data.strip()
     if text.count(b"+") >= 2 and b"-----BEGIN" not in text:
         return _from_verifier_key(text.decode("ascii", "replace"))
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError):
-        raise InputError("public key is not a PEM Ed25519 public key") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise InputError("public key is not an Ed25519 key")
-    return key
+    return load_ed25519_public_key(data)
 
 
 def verifier_key(public_key: Any, *, name: str = KEY_NAME) -> str:
     """The note verifier key text ``<name>+<hex key hash>+<base64(0x01 || key)>``."""
-    from cryptography.hazmat.primitives import serialization
-
-    raw = load_public_key(public_key).public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    raw = public_bytes(load_public_key(public_key))
     return f"{name}+{_key_hash(name, raw).hex()}+{base64.b64encode(_ALG_ED25519 + raw).decode()}"
 
 

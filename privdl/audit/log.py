@@ -55,10 +55,9 @@ from typing import Any
 
 from privdl.audit.canonical import canonical_json, jsonable
 from privdl.audit.chain import initial_key, seal, subjects_key
-from privdl.audit.config import audit_defaults, load_config
-from privdl.audit.fingerprint import fingerprint
 from privdl.audit.subjects import make_filter
 from privdl.audit.verify import DEFAULT_KEY_ENV, _Scan, _scan
+from privdl.config import ACTOR_ENV, audit_defaults, load_config
 from privdl.errors import (
     InputError,
     KeyMissingError,
@@ -67,6 +66,8 @@ from privdl.errors import (
     TamperDetectedError,
     UsageError,
 )
+from privdl.fingerprint import fingerprint
+from privdl.io import write_bytes
 from privdl.keys import Secret
 
 try:  # POSIX only; elsewhere writers must not run concurrently
@@ -222,7 +223,7 @@ class AuditLog:
 
             self._signing_key = load_signing_key(signing_key)
         defaults = audit_defaults(load_config(config))
-        self.actor = actor or os.environ.get("PRIVDL_ACTOR") or defaults.get("actor") or _os_user()
+        self.actor = actor or os.environ.get(ACTOR_ENV) or defaults.get("actor") or _os_user()
         self.purpose = purpose or defaults.get("purpose")
         self.legal_basis = legal_basis or defaults.get("legal_basis")
         self._writer: _Writer | None = None
@@ -385,7 +386,7 @@ class AuditLog:
         outputs: Iterable[Any] | None,
         error: str | BaseException | type[BaseException] | None,
     ) -> dict[str, Any]:
-        from privdl import __version__
+        from privdl._version import __version__
 
         if not isinstance(event, str) or not _EVENT.match(event):
             raise UsageError("audit event must be a short lowercase name like 'anonymize' or 'budget.set'")
@@ -404,9 +405,9 @@ class AuditLog:
         if params:
             fields["params"] = jsonable(dict(params))
         if inputs:
-            fields["inputs"] = [fingerprint(i) for i in inputs]
+            fields["inputs"] = [entry_fingerprint(i) for i in inputs]
         if outputs:
-            fields["outputs"] = [fingerprint(o) for o in outputs]
+            fields["outputs"] = [entry_fingerprint(o) for o in outputs]
         if error is not None:
             if isinstance(error, BaseException):
                 error = type(error).__name__
@@ -433,20 +434,8 @@ class AuditLog:
         return _State.from_bytes(data, self.state_path)
 
     def _write_state(self, state: _State) -> None:
-        tmp = self.state_path.with_name(f".{self.state_path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, state.to_bytes())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.state_path)
-        with contextlib.suppress(OSError):  # make the rename durable where supported
-            dfd = os.open(self.state_path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        # it holds the ratchet's current key: readable by its owner only
+        write_bytes(self.state_path, state.to_bytes(), private=True)
 
     def _sync(self, fd: int) -> tuple[_State, bool]:
         """Load the state under the lock and reconcile it with the file. Returns
@@ -550,6 +539,12 @@ class AuditLog:
             writer.flush()
             dirty = False
         return state, dirty
+
+
+def entry_fingerprint(item: Any) -> dict[str, Any]:
+    """An input or output as an entry records it: :func:`privdl.fingerprint.fingerprint`,
+    its extra keys made plain JSON (a key becomes its key_id, raw bytes are not kept)."""
+    return jsonable(fingerprint(item))
 
 
 def _line_ending_at(fd: int, end: int) -> bytes:

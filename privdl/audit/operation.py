@@ -35,8 +35,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from privdl.audit.fingerprint import fingerprint
-from privdl.audit.log import AuditLog
+from privdl.audit.log import AuditLog, entry_fingerprint
 from privdl.audit.verify import DEFAULT_KEY_ENV
 from privdl.errors import CheckFailedError, InputError
 from privdl.io import StagedOutputs, parse_source
@@ -71,7 +70,7 @@ class Operation:
         self.params: dict[str, Any] = dict(params or {})
         self._enabled = enabled
         # inputs are fingerprinted now: what was read, before anything could change it
-        self.inputs: list[Any] = [fingerprint(i) for i in inputs or ()] if enabled else []
+        self.inputs: list[Any] = [entry_fingerprint(i) for i in inputs or ()] if enabled else []
         self.outputs: list[Any] = list(outputs or ())
         self._subjects: list[Iterable[Any]] = [subjects] if subjects is not None else []
         self.outcome: str | None = None
@@ -95,7 +94,7 @@ class Operation:
         if params:
             self.params.update(params)
         if inputs and self._enabled:
-            self.inputs.extend(fingerprint(i) for i in inputs)
+            self.inputs.extend(entry_fingerprint(i) for i in inputs)
         if outputs:
             self.outputs.extend(o for o in outputs if not _seen(o, self.outputs))
         if subjects is not None:
@@ -153,7 +152,7 @@ class Operation:
                 if staged is not None:
                     kept = outcome == "ok" or (outcome == "refused" and self._staging.keeps(o))
                     if kept and staged.exists():
-                        fp = fingerprint(staged)
+                        fp = entry_fingerprint(staged)
                         fp["name"] = Path(o).name
                         out.append(fp)
                     continue

@@ -32,9 +32,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from privdl.audit.config import load_config
 from privdl.audit.verify import VerifyResult, iter_entries
+from privdl.config import load_config
 from privdl.errors import InputError
+from privdl.io import write_text
 
 __all__ = ["CSV_FIELDS", "build_records", "write_records"]
 
@@ -307,10 +308,4 @@ def write_records(records: Mapping[str, Any], path: str | os.PathLike[str]) -> P
         text = buf.getvalue()
     else:
         raise InputError(f"records output {p.name}: use a .csv or .json file name")
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return p
+    return write_text(p, text)

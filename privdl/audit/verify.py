@@ -51,7 +51,7 @@ import hashlib
 import hmac
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -68,6 +68,7 @@ from privdl.audit.chain import (
     split_line,
     step,
 )
+from privdl.config import AUDIT_KEY_ENV
 from privdl.errors import InputError, TamperDetectedError
 from privdl.keys import Secret
 
@@ -79,7 +80,7 @@ __all__ = [
     "verify_audit_log",
 ]
 
-DEFAULT_KEY_ENV = "PRIVDL_AUDIT_KEY"
+DEFAULT_KEY_ENV = AUDIT_KEY_ENV  # the name is privdl.config's
 _PREV_TAG = b',"prev":"'
 _SEQ_TAG = b',"seq":'
 _STARTED = b'"started'
@@ -141,7 +142,44 @@ class VerifyResult:
         return text
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """As plain JSON-compatible data (``unfinished`` as a list)."""
+        data = dataclasses.asdict(self)
+        data["unfinished"] = list(self.unfinished)
+        return data
+
+    def to_json(self) -> str:
+        """Serialize to a JSON string (sorted keys)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VerifyResult:
+        """Rebuild a result from :meth:`to_dict` output.
+
+        Raises:
+            InputError: not a verification result.
+        """
+        try:
+            fields = dict(data)
+            fields["unfinished"] = tuple(int(seq) for seq in fields.get("unfinished") or ())
+            return cls(**fields)
+        except (TypeError, ValueError) as exc:
+            raise InputError("not a privdl audit verification result") from exc
+
+    @classmethod
+    def from_json(cls, text: str | Mapping[str, Any]) -> VerifyResult:
+        """Rebuild a result from :meth:`to_json` output (a JSON string, or the parsed dict).
+
+        Raises:
+            InputError: not a verification result.
+        """
+        if isinstance(text, str):
+            try:
+                text = json.loads(text)
+            except ValueError as exc:
+                raise InputError("not a privdl audit verification result: not JSON") from exc
+        if not isinstance(text, Mapping):
+            raise InputError("not a privdl audit verification result")
+        return cls.from_dict(text)
 
 
 @dataclasses.dataclass

@@ -1,7 +1,14 @@
-"""Privacy budgets: the per-dataset BudgetLedger and the PrivacyReport.
+"""Privacy budgets: accounting, the per-dataset BudgetLedger and the PrivacyReport.
 
-Nothing heavy is imported here; ``privdl.budget.ledger`` needs numpy and scipy only
-(SQLAlchemy for PostgreSQL), ``privdl.budget.report`` loads matplotlib for its plot.
+* ``privdl.budget.accounting``: the accountant histories (``Segment``, ``History``), the
+  one privacy-parameter validator, the RDP and PRV accountants and noise calibration;
+* ``privdl.budget.ledger``: ``BudgetLedger``, the single source of truth for spent budget;
+* ``privdl.budget.report``: ``PrivacyReport``.
+
+budget/ imports only the base modules and ``privdl.audit``, never ``privdl.train``: the
+trainer asks it for a noise multiplier, not the other way round. Nothing heavy is
+imported here; accounting and the ledger need numpy and scipy only (SQLAlchemy for
+PostgreSQL), the report loads matplotlib for its plot.
 """
 
 from __future__ import annotations

@@ -34,33 +34,35 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 import os
 import sqlite3
 import threading
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from privdl._optional import require
+from privdl.audit.operation import operation
 from privdl.budget.accounting import (
     History,
     check_accountant,
+    check_delta,
+    check_epsilon,
     epsilon_of,
     naive_epsilon_sum,
     noise_multiplier_for,
-    normalize_history,
 )
 from privdl.errors import (
     BudgetExceededError,
     InputError,
     PolicyError,
+    PrivacyParameterError,
     UsageError,
-    require,
 )
 
 __all__ = ["MAX_DELTA", "BudgetLedger", "BudgetStatus", "RunRecord", "check_budget"]
@@ -117,13 +119,13 @@ def _now() -> str:
 def _versions() -> tuple[str, str]:
     from importlib import metadata
 
-    import privdl
+    from privdl._version import __version__
 
     try:
         opacus_version = metadata.version("opacus")
     except metadata.PackageNotFoundError:
         opacus_version = "not installed"
-    return privdl.__version__, opacus_version
+    return __version__, opacus_version
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,8 @@ class RunRecord:
         requested_epsilon: the epsilon the run asked for (``None`` if it gave none).
         epsilon: the run's own epsilon at ``delta`` under ``accountant``, computed by the
             ledger from ``history``.
-        history: ``(noise_multiplier, sample_rate, steps)`` segments.
+        history: the run's :class:`~privdl.budget.accounting.History`
+            (``(noise_multiplier, sample_rate, steps)`` segments).
     """
 
     run_id: str
@@ -160,18 +163,33 @@ class RunRecord:
     delta: float
     requested_epsilon: float | None
     epsilon: float
-    history: History = field(default_factory=list)
+    history: History = field(default_factory=History)
+
+    def __post_init__(self) -> None:
+        # a record built by hand from (sigma, q, steps) tuples holds the same validated value
+        object.__setattr__(self, "history", History(self.history))
+
+    def to_dict(self) -> dict[str, Any]:
+        """As plain JSON-compatible data (``history`` as ``[sigma, q, steps]`` lists)."""
+        data = asdict(self)
+        data["history"] = [list(seg) for seg in self.history]
+        return data
 
     def to_json(self) -> str:
         """Serialize to a JSON string."""
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunRecord:
+        """Load from :meth:`to_dict` output."""
+        data = dict(data)
+        data["history"] = History(data.get("history", ()))
+        return cls(**data)
 
     @classmethod
     def from_json(cls, text: str | Mapping[str, Any]) -> RunRecord:
-        """Load from :meth:`to_json` output (a string or the parsed dict)."""
-        data = dict(json.loads(text) if isinstance(text, str) else text)
-        data["history"] = [tuple(s) for s in normalize_history(data.get("history", []))]
-        return cls(**data)
+        """Load from :meth:`to_json` output (a JSON string, or the parsed dict)."""
+        return cls.from_dict(json.loads(text) if isinstance(text, str) else text)
 
 
 @dataclass(frozen=True)
@@ -203,14 +221,23 @@ class BudgetStatus:
     reserved: int
     taken_at: str
 
+    def to_dict(self) -> dict[str, Any]:
+        """As plain JSON-compatible data."""
+        return asdict(self)
+
     def to_json(self) -> str:
         """Serialize to a JSON string."""
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BudgetStatus:
+        """Load from :meth:`to_dict` output."""
+        return cls(**dict(data))
 
     @classmethod
     def from_json(cls, text: str | Mapping[str, Any]) -> BudgetStatus:
-        """Load from :meth:`to_json` output (a string or the parsed dict)."""
-        return cls(**(json.loads(text) if isinstance(text, str) else dict(text)))
+        """Load from :meth:`to_json` output (a JSON string, or the parsed dict)."""
+        return cls.from_dict(json.loads(text) if isinstance(text, str) else text)
 
 
 class _Tx(Protocol):
@@ -448,7 +475,7 @@ def _open_store(url_or_path: str | os.PathLike[str], *, create: bool) -> _Store:
 
 def _run_from_row(row: Sequence[Any]) -> RunRecord:
     values = list(row)
-    values[-1] = [tuple(s) for s in json.loads(values[-1])]
+    values[-1] = History(json.loads(values[-1]))
     return RunRecord(*values)
 
 
@@ -520,8 +547,9 @@ class BudgetLedger:
             The dataset's status after the change.
 
         Raises:
-            PolicyError: epsilon or delta out of range (or above 1e-3 without
+            PrivacyParameterError: epsilon or delta out of range (or above 1e-3 without
                 ``force``), unknown accountant.
+            PolicyError: a malformed ``dataset_id``.
             BudgetExceededError: the new total is below what is already spent.
         """
         _check_dataset_id(dataset_id)
@@ -725,12 +753,14 @@ class BudgetLedger:
         Raises:
             BudgetExceededError: the run would exceed the dataset's budget
                 (``.requested``, ``.remaining``, ``.dataset_id`` set).
-            PolicyError: unknown dataset or accountant.
+            PolicyError: unknown dataset.
+            PrivacyParameterError: malformed history, delta out of range, unknown
+                accountant.
         """
-        hist = normalize_history(history)
+        hist = History(history)
         if accountant is not None:
             check_accountant(accountant)
-        _check_eps_delta(1.0, delta)
+        check_delta(delta)
         privdl_version, opacus_version = _versions()
         run_id = uuid.uuid4().hex
         params: dict[str, Any] = {
@@ -811,7 +841,7 @@ class BudgetLedger:
             UsageError: the run is already settled.
             BudgetExceededError: the recorded history takes the dataset over its total.
         """
-        hist = normalize_history(history)
+        hist = History(history)
         with _operation(
             audit_log,
             "budget.settle",
@@ -899,20 +929,20 @@ class BudgetLedger:
         under the row lock."""
         total, delta, accountant = self._lock(tx, dataset_id) if lock else self._dataset(tx, dataset_id)
         runs = self._runs(tx, dataset_id)
-        return total, delta, accountant, tuple((r.run_id, tuple(r.history)) for r in runs)
+        return total, delta, accountant, tuple((r.run_id, r.history) for r in runs)
 
     @staticmethod
     def _compose(snapshot: tuple[Any, ...], hist: History) -> tuple[float, float, float, float]:
         """(total, delta, spent before, spent after) under the snapshot's accountant."""
         total, delta, accountant, runs = snapshot
-        prior = [seg for _, h in runs for seg in h]
+        prior = History(seg for _, h in runs for seg in h)
         before = epsilon_of(prior, delta=delta, accountant=accountant)
         # Composition never spends less than its parts: a run that alone exceeds the
         # total is refused without composing (composition at huge epsilon is slow).
         alone = epsilon_of(hist, delta=delta, accountant=accountant)
         if alone > total * (1 + _REL_TOL):
             return total, delta, before, alone
-        after = epsilon_of([*prior, *hist], delta=delta, accountant=accountant)
+        after = epsilon_of(prior + hist, delta=delta, accountant=accountant)
         return total, delta, before, after
 
     def _dataset(self, tx: _Tx, dataset_id: str) -> tuple[float, float, str]:
@@ -943,26 +973,12 @@ class BudgetLedger:
 
 
 def _concat(runs: Iterable[RunRecord]) -> History:
-    out: History = []
-    for run in runs:
-        out.extend(run.history)
-    return out
+    return History(seg for run in runs for seg in run.history)
 
 
 def _check_dataset_id(dataset_id: str) -> None:
     if not isinstance(dataset_id, str) or not dataset_id.strip():
         raise PolicyError("dataset_id must be a non-empty string")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _check_eps_delta(epsilon: float, delta: float) -> None:
-    if not (_is_number(epsilon) and math.isfinite(epsilon) and epsilon > 0):
-        raise PolicyError("epsilon must be a positive finite number")
-    if not (_is_number(delta) and 0 < delta < 1):
-        raise PolicyError("delta must be in (0, 1)")
 
 
 def check_budget(*, epsilon: float, delta: float, force: bool = False) -> None:
@@ -971,29 +987,18 @@ def check_budget(*, epsilon: float, delta: float, force: bool = False) -> None:
     For callers that check before opening (or creating) a ledger, such as the CLI.
 
     Raises:
-        PolicyError: epsilon not positive and finite, delta not in (0, 1), or delta
-            above :data:`MAX_DELTA` (1e-3) without ``force``.
+        PrivacyParameterError: epsilon not positive and finite, delta not in (0, 1), or
+            delta above :data:`MAX_DELTA` (1e-3) without ``force``.
     """
-    _check_eps_delta(epsilon, delta)
-    if delta > MAX_DELTA and not force:
-        raise PolicyError(
+    check_epsilon(epsilon)
+    if check_delta(delta) > MAX_DELTA and not force:
+        raise PrivacyParameterError(
             f"delta={delta:g} is above {MAX_DELTA:.0e}: delta is the chance that the epsilon "
             "guarantee fails outright and must be far below 1/n (1e-5 or less is usual); "
             "pass force=True (CLI: --force) to set it anyway"
         )
 
 
-class _NoOp:
-    def update(self, **_: Any) -> None:
-        """Nothing to record without an audit log."""
-
-
 def _operation(audit_log: Any, name: str, *, params: dict[str, Any]) -> Any:
-    """One audit entry per budget change, when the audit module and a log are given."""
-    if audit_log is None:
-        return nullcontext(_NoOp())
-    import importlib
-
-    # Imported by name: the audit package is optional at this layer (budget sits beside it).
-    audit = importlib.import_module("privdl.audit")
-    return audit.operation(audit_log, name, params=params)
+    """One audit entry per budget change (``audit_log=None``: the one null audit)."""
+    return operation(audit_log, name, params=params)

@@ -28,7 +28,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from privdl import __version__
+        from privdl._version import __version__
 
         print(f"privdl {__version__}")
         raise typer.Exit(0)

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from privdl.cli.options import audit_context, load_key, report_target
+from privdl.cli.options import cli_audit_log, load_key, report_target
 from privdl.errors import UsageError
 
 
@@ -84,27 +84,13 @@ def anonymize(
     if not the_policy.named_columns:
         raise UsageError("nothing to do: give --id, --qi, --drop or a --policy file")
     key = load_key(key_env, key_file, required=the_policy.needs_key)
-
-    with audit_context(audit_log, audit_key_env, "anonymize", inputs=[input]) as op:
-        frame = io.read_table(input, sep=sep, query=query, progress=sys.stderr.isatty())
-        anonymizer = Anonymizer(the_policy, key=key, engine=engine)
-        op.update(params=anonymizer.get_params())
-        released = anonymizer.fit_transform(frame)
-        for line in anonymizer.warnings_:
-            print(f"privdl: warning: {line}", file=sys.stderr)
-        # a text output of the same format keeps the input's delimiter (`;` stays `;`)
-        out_sep = sep
-        if out_sep is None and io.parse_source(output).fmt == io.parse_source(input).fmt:
-            out_sep = io.text_delimiter(input)
-        # staged: table and report appear together, and only once the entry is written
-        io.write_table(released, op.stage_table(output), sep=out_sep)
-        if report is not None:
-            anonymizer.report_.save(op.stage(report))
-        op.update(
-            subjects=anonymizer.subjects_,
-            params={**anonymizer.get_params(), "achieved": anonymizer.report_.summary()},
-        )
-    print(_summary(frame, released, the_policy, output, key, anonymizer.report_))
+    anonymizer = Anonymizer(
+        the_policy, key=key, engine=engine, audit_log=cli_audit_log(audit_log, audit_key_env)
+    )
+    anonymizer.release(input, output, report=report, sep=sep, query=query, progress=sys.stderr.isatty())
+    for line in anonymizer.warnings_:
+        print(f"privdl: warning: {line}", file=sys.stderr)
+    print(_summary(the_policy, output, key, anonymizer.report_))
 
 
 def _split_hierarchy(spec: str) -> tuple[str, str]:
@@ -114,7 +100,7 @@ def _split_hierarchy(spec: str) -> tuple[str, str]:
     return column.strip(), value.strip()
 
 
-def _summary(frame: Any, released: Any, policy: Any, output: str, key: Any, report: Any = None) -> str:
+def _summary(policy: Any, output: str, key: Any, report: Any) -> str:
     counts: dict[str, int] = {}
     for rule in policy.identifiers:
         counts[rule.transform] = counts.get(rule.transform, 0) + 1
@@ -126,19 +112,18 @@ def _summary(frame: Any, released: Any, policy: Any, output: str, key: Any, repo
         else ""
     )
     # the achieved k is the honest one: linkable columns counted (see the warnings)
-    achieved = report.summary() if report is not None else {}
+    achieved = report.summary()
     if "k" in achieved:
         linkable = achieved.get("linkable") or []
         counted = f" with {len(linkable)} linkable column(s) counted" if linkable else ""
         qi += f"; achieved k={achieved['k']}{counted}"
-    passthrough = policy.passthrough(frame.columns)
     kid = f", key {key.key_id}" if key is not None else ""
-    suppressed = len(frame) - len(released)
+    suppressed = report.rows_in - report.rows_out
     sup = f", {suppressed} suppressed" if suppressed else ""
     return (
-        f"released {len(released)} of {len(frame)} rows{sup} to {output}{kid}"
+        f"released {report.rows_out} of {report.rows_in} rows{sup} to {output}{kid}"
         f" ({done or 'no identifier transforms'}{extra}{qi});"
-        f" {len(passthrough)} columns passed through unchanged"
+        f" {len(report.passthrough)} columns passed through unchanged"
     )
 
 

@@ -43,8 +43,8 @@ def register(app: typer.Typer) -> None:
         config: Annotated[Path | None, typer.Option("--config", help="privdl.toml")] = None,
     ) -> None:
         """Check every entry, the chain and (with --checkpoint) truncation. Exit 1 if tampered."""
-        from privdl.audit.config import audit_defaults, load_config
         from privdl.audit.verify import verify_audit_log
+        from privdl.config import audit_defaults, load_config
         from privdl.keys import Secret
 
         defaults = audit_defaults(load_config(config))
@@ -66,24 +66,14 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Verify the log, then sign a checkpoint of it (store it apart from the log)."""
-        from privdl.audit.checkpoint import load_signing_key, origin_for, sign_checkpoint
+        from privdl.audit.checkpoint import checkpoint_verified, load_signing_key
         from privdl.audit.verify import verify_audit_log
-        from privdl.errors import InputError
         from privdl.keys import Secret
 
         key = Secret.from_env(audit_key_env)
-        sk = load_signing_key(signing_key)
-        result = verify_audit_log(log, key=key)
-        if result.log_id is None:
-            raise InputError(f"audit log {log} is empty: nothing to checkpoint")
-        cp = sign_checkpoint(
-            origin=origin_for(result.log_id),
-            size=result.entries,
-            root_hash=bytes.fromhex(result.head),
-            signing_key=sk,
-        )
-        cp.save(out)
-        print(f"{out}: checkpoint of {log}: {cp.size} entries, head {result.head[:16]}")
+        sk = load_signing_key(signing_key)  # a bad key file is refused before the log is read
+        cp = checkpoint_verified(verify_audit_log(log, key=key), signing_key=sk, output=out)
+        print(f"{out}: checkpoint of {log}: {cp.size} entries, head {cp.root_hash.hex()[:16]}")
 
     @audit.command("records")
     def records(

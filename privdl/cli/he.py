@@ -38,21 +38,6 @@ def _split(values: list[str] | None) -> list[str]:
     return list(out)
 
 
-def _expand(spec: object, requested: list[str]) -> tuple[list[str], list[str]]:
-    """The model's features that ``requested`` names (features or table columns), in
-    model order, and the table columns they are made from."""
-    from privdl.encrypted.packing import encoder_groups, parse_feature
-
-    encoder = spec.info.get("encoder")  # type: ignore[attr-defined]
-    if encoder is not None:
-        source = {n: col for col, names in encoder_groups(encoder) for n in names}
-    else:
-        source = {c: parse_feature(c)[0] for c in spec.columns}  # type: ignore[attr-defined]
-    wanted = set(requested)
-    features = [c for c in spec.columns if c in wanted or source.get(c) in wanted]  # type: ignore[attr-defined]
-    return features, list(dict.fromkeys(source[c] for c in features))
-
-
 def _audit(path: Path | None, key_env: str) -> Any:
     """The command's audit log, checked to take an entry before any work (or None)."""
     from privdl.cli.options import cli_audit_log
@@ -143,34 +128,15 @@ def encrypt(
     from privdl import io
     from privdl.cli.options import load_model_key
     from privdl.encrypted.keys import HEKeys
-    from privdl.encrypted.models import load_model
-    from privdl.encrypted.packing import source_columns
 
     io.check_distinct_paths(input, output)
     keys = HEKeys.load(keys_dir)
     log = _audit(audit_log, audit_key_env)
-    features = _split(columns)
-    sources = source_columns(features)
-    encoder = None
-    if model is not None:
-        spec = load_model(model, key=load_model_key(model_key_env, model_key_file, model_public_key))
-        encoder = spec.info.get("encoder")
-        features, sources = _expand(spec, features)
-        if not features:
-            from privdl.errors import InputError
-
-            raise InputError(f"{model}: the model reads none of the given columns")
-    frame = io.read_table(input, sep=sep, columns=sources)
-    if packing == "row":
-        batch = keys.encrypt(frame, columns=features, encoder=encoder, packing="row",
-                             audit_log=log)  # fmt: skip
-        batch.save(output)
-        header = batch.header
-    else:
-        header = keys.encrypt_to_file(
-            frame, output, columns=features, encoder=encoder, workers=workers, audit_log=log,
-            inputs=[input] if Path(input).exists() else [],
-        )  # fmt: skip
+    header = keys.encrypt_table(
+        input, output, columns=_split(columns), packing=packing, workers=workers, sep=sep, audit_log=log,
+        model=model,
+        model_key=load_model_key(model_key_env, model_key_file, model_public_key) if model is not None else None,
+    )  # fmt: skip
     size = output.stat().st_size
     typer.echo(
         f"encrypted {header.rows} rows x {len(header.columns)} columns with {keys.key_id} "
@@ -203,7 +169,7 @@ def score(
     from privdl.cli.options import load_model_key
     from privdl.encrypted.keys import PublicKeys
     from privdl.encrypted.scorer import EncryptedScorer
-    from privdl.errors import InputError, UsageError
+    from privdl.errors import UsageError
 
     io.check_distinct_paths(encrypted, output)
     pcols = _split(plain_columns)
@@ -220,17 +186,10 @@ def score(
         scorer = EncryptedScorer.from_model(model, public_keys, output=out_kind, model_key=model_key)
     for line in scorer.warnings_:
         typer.echo(f"privdl: warning: {line}", err=True)
-    frame = None
-    if plain is not None:
-        if not pcols:
-            raise UsageError("--plain needs --plain-columns")
-        requested = pcols
-        pcols, sources = _expand(scorer.model_, requested)
-        if not pcols:
-            raise InputError(f"{model}: the model reads none of the --plain-columns")
-        frame = io.read_table(plain, sep=sep, columns=sources)
+    if plain is not None and not pcols:
+        raise UsageError("--plain needs --plain-columns")
     header = scorer.score_file(
-        encrypted, output, plain=frame, plain_columns=pcols or None, workers=workers,
+        encrypted, output, plain=plain, plain_columns=pcols or None, sep=sep, workers=workers,
         audit_log=_audit(audit_log, audit_key_env),
     )  # fmt: skip
     typer.echo(
@@ -249,19 +208,14 @@ def decrypt(
     audit_key_env: str = typer.Option("PRIVDL_AUDIT_KEY", "--audit-key-env"),
 ) -> None:
     """Decrypt SCORES with the secret key set into a table (rows in input order)."""
-    import pandas as pd
-
     from privdl import io
     from privdl.encrypted.keys import HEKeys
-    from privdl.encrypted.wire import read_batch_header
 
     io.check_distinct_paths(scores, output)
     keys = HEKeys.load(keys_dir)
-    header = read_batch_header(scores)
-    values = keys.decrypt(scores, raw=raw, decimals=decimals, audit_log=_audit(audit_log, audit_key_env))
-    names = list(header.columns)
-    frame = pd.DataFrame(values.reshape(len(values), -1), columns=names)
-    io.write_table(frame, output)
+    frame = keys.decrypt_to_table(
+        scores, output, raw=raw, decimals=decimals, audit_log=_audit(audit_log, audit_key_env)
+    )
     typer.echo(f"decrypted {len(frame)} scores -> {output}")
 
 

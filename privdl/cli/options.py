@@ -71,7 +71,7 @@ def cli_audit_log(log_path: Path | None, key_env: str) -> Any:
             before any work is done).
     """
     if log_path is None:
-        from privdl.audit.config import default_audit_log
+        from privdl.config import default_audit_log
 
         log_path = default_audit_log()
         if log_path is None:

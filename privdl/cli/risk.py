@@ -45,7 +45,7 @@ def risk(
         # read only the columns assessed: the rest is never parsed or held in memory
         frame = io.read_table(input, sep=sep, columns=columns)
         result = assess_risk(frame, quasi_identifiers=qi, sensitive=sensitive, source=input)
-        figures = result.to_json()
+        figures = result.to_dict()
         op.update(params={**params, "k": figures["k"], "prosecutor_max": figures["prosecutor_max"]})
         if report:  # staged: appears once the entry is written; kept on a refusal it explains
             result.save(op.stage(report, keep_if_refused=True))

@@ -39,7 +39,7 @@ __all__ = [
     "PublicKeys",
     "Square",
     "export_linear_model",
-    "load_model",
+    "load_model_spec",
 ]
 
 _LAZY = {
@@ -52,7 +52,7 @@ _LAZY = {
     "PublicKeys": "privdl.encrypted.keys",
     "Square": "privdl.encrypted.activations",
     "export_linear_model": "privdl.encrypted.models",
-    "load_model": "privdl.encrypted.models",
+    "load_model_spec": "privdl.encrypted.models",
 }
 
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from privdl.errors import require
+from privdl._optional import require
+from privdl.encrypted.polynomial import approximate, exact_polynomial
 
 torch: Any = require("torch", "train")
 nn = torch.nn
@@ -45,8 +46,6 @@ class PolynomialActivation(nn.Module):
     """
 
     def __init__(self, coefficients: Sequence[float]) -> None:
-        from privdl.encrypted.models import exact_polynomial
-
         super().__init__()
         self.coefficients: tuple[float, ...] = exact_polynomial(coefficients).coefficients
 
@@ -58,10 +57,8 @@ class PolynomialActivation(nn.Module):
 
         Training with it (instead of training with ``name`` and approximating after)
         makes the encrypted circuit exact. Same fit as
-        :func:`privdl.encrypted.models.approximate`.
+        :func:`privdl.encrypted.polynomial.approximate`.
         """
-        from privdl.encrypted.models import approximate
-
         return cls(approximate(name, degree=degree, range=range).coefficients)
 
     def forward(self, x: Any) -> Any:

@@ -33,7 +33,8 @@ from privdl.errors import FormatError, InputError, UsageError
 if TYPE_CHECKING:
     import numpy as np
 
-    from privdl.encrypted.models import ModelSpec, PolyActivation
+    from privdl.encrypted.models import ModelSpec
+    from privdl.encrypted.polynomial import PolyActivation
 
 __all__ = [
     "BOUNDS_SAMPLES",
@@ -241,7 +242,10 @@ class ApproximationReport:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> ApproximationReport:
+    def from_json(cls, text: str | dict[str, Any]) -> ApproximationReport:
+        """Load from :meth:`to_json` output (a JSON string, or the parsed dict)."""
+        if isinstance(text, dict):
+            return cls.from_dict(text)
         try:
             data = json.loads(text)
         except json.JSONDecodeError:

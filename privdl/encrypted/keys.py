@@ -18,7 +18,6 @@ Keys are cheap (tens of milliseconds): rotate them per session.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import stat
@@ -27,9 +26,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from privdl.audit.operation import operation
+from privdl.encrypted.ciphertext import decrypt_block, encrypt_block, encrypt_row, tenseal
 from privdl.encrypted.params import ParameterSet, choose_parameters
 from privdl.encrypted.wire import BatchHeader, Chunk, EncryptedBatch
-from privdl.errors import InputError, KeyMissingError, SecurityError, UsageError, require
+from privdl.errors import InputError, KeyMissingError, SecurityError, UsageError
+from privdl.io import write_bytes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -43,12 +45,8 @@ PUBLIC_FILE = "public.he"
 MAX_ROW_PACKED = 64
 
 
-def _ts() -> Any:
-    return require("tenseal", "he")
-
-
 def _new_context(params: ParameterSet) -> Any:
-    ts = _ts()
+    ts = tenseal()
     enc = ts.ENCRYPTION_TYPE.SYMMETRIC if params.encryption == "symmetric" else ts.ENCRYPTION_TYPE.ASYMMETRIC
     try:
         ctx = ts.context(
@@ -71,7 +69,7 @@ def _new_context(params: ParameterSet) -> Any:
 
 
 def _load_context(blob: bytes, source: str) -> Any:
-    ts = _ts()
+    ts = tenseal()
     try:
         return ts.context_from(blob, n_threads=1)
     except Exception:
@@ -296,7 +294,7 @@ class HEKeys:
             raise UsageError(f"{secret_path} already exists; choose another folder")
         blob = self._secret_blob()
         header = BatchHeader(kind="secret-context", params=self.params, key_id=self.key_id)
-        _write_private(secret_path, EncryptedBatch(header, (Chunk(0, (blob,)),)).to_bytes())
+        write_bytes(secret_path, EncryptedBatch(header, (Chunk(0, (blob,)),)).to_bytes(), private=True)
         self.public().save(folder / PUBLIC_FILE)
         return folder
 
@@ -347,7 +345,7 @@ class HEKeys:
                 ``"sex=Female"`` an indicator) or a 2-D array (``columns`` name its columns).
             columns: the features to encrypt, in order.
             encoder: a TableEncoder (or its JSON) that makes ``columns`` from the table,
-                e.g. ``load_model(path).info["encoder"]`` of a saved PrivateTrainer model.
+                e.g. ``load_model_spec(path).info["encoder"]`` of a saved PrivateTrainer model.
             packing: ``"feature-major"`` (default) or ``"row"``: one ciphertext per row,
                 for single, latency-bound queries only (one ~230 KB ciphertext instead of
                 one per column; the public context then needs Galois keys).
@@ -377,7 +375,7 @@ class HEKeys:
             rows=int(matrix.shape[0]),
             packing=packing,
         )
-        with _audited(
+        with operation(
             audit_log,
             "he.encrypt",
             params={
@@ -390,8 +388,7 @@ class HEKeys:
                 chunks: tuple[Chunk, ...] = tuple(encrypt_row(self._ctx, row) for row in matrix)
             else:
                 chunks = tuple(self.encrypt_chunks(matrix, workers=workers))
-            if op is not None:
-                op.update(params={"rows": int(matrix.shape[0]), "columns": list(names)})
+            op.update(params={"rows": int(matrix.shape[0]), "columns": list(names)})
         return EncryptedBatch(header, chunks)
 
     def encrypt_to_file(
@@ -420,7 +417,7 @@ class HEKeys:
             columns=tuple(names),
             rows=int(matrix.shape[0]),
         )
-        with _audited(
+        with operation(
             audit_log,
             "he.encrypt",
             params={
@@ -431,13 +428,86 @@ class HEKeys:
             },
             inputs=inputs,
         ) as op:
-            # staged under an audit log: the file appears only once its entry is written
-            with BatchWriter(op.stage(path) if op is not None else path, header) as writer:
+            # staged: the file appears only once its audit entry (if any) is written
+            with BatchWriter(op.stage(path), header) as writer:
                 for chunk in self.encrypt_chunks(matrix, workers=workers):
                     writer.write(chunk)
-            if op is not None:
-                op.update(outputs=[os.fspath(path)])
+            op.update(outputs=[os.fspath(path)])
         return header
+
+    def encrypt_table(
+        self,
+        source: str | os.PathLike[str],
+        output: str | os.PathLike[str],
+        *,
+        columns: Sequence[str],
+        model: Any = None,
+        model_key: Any = None,
+        packing: str = "feature-major",
+        workers: int = 1,
+        sep: str | None = None,
+        audit_log: Any = None,
+    ) -> BatchHeader:
+        """Encrypt ``columns`` of the table at ``source`` into the batch file ``output``.
+
+        Only the table columns the features are made from are read. With ``model``, each
+        requested column stands for the model's features made from it
+        (``city`` -> ``city=Berlin``, ``city=Paris``...; see
+        :meth:`~privdl.encrypted.models.ModelSpec.features_for`) and a PrivateTrainer
+        model's TableEncoder makes them, so the scorer receives what the model reads.
+
+        Args:
+            source: the table (file or ``sqlite:///`` URL, see :func:`privdl.io.read_table`).
+            output: the encrypted batch file to write.
+            columns: features (``age``, ``sex=F``) or, with ``model``, table columns.
+            model: a model folder or file (read with
+                :func:`~privdl.encrypted.models.load_model_spec`), or a ModelSpec.
+            model_key: the key that verifies a signed model folder.
+            packing: ``"feature-major"`` (written chunk by chunk, flat memory) or ``"row"``.
+            workers: encryption processes (feature-major).
+            sep: delimiter of a text table.
+            audit_log: an AuditLog, a path, or None; one ``he.encrypt`` entry. The log
+                is checked to take it before the table is read.
+
+        Returns:
+            The header of the batch written.
+
+        Raises:
+            UsageError: ``output`` is ``source``, or an unknown packing.
+            InputError: the model reads none of ``columns``, a missing column, a value
+                that is not a finite number (named by column and row, never by value).
+        """
+        from privdl import io
+        from privdl.encrypted.packing import source_columns
+
+        io.check_distinct_paths(source, output)
+        log = _appendable(audit_log)
+        features = list(columns)
+        sources = source_columns(features)
+        encoder = None
+        if model is not None:
+            from privdl.encrypted.models import ModelSpec, load_model_spec
+
+            spec = model if isinstance(model, ModelSpec) else load_model_spec(model, key=model_key)
+            encoder = spec.info.get("encoder")
+            features, sources = spec.features_for(features)
+            if not features:
+                name = os.fspath(model) if isinstance(model, str | os.PathLike) else "the model"
+                raise InputError(f"{name}: the model reads none of the given columns")
+        frame = io.read_table(source, sep=sep, columns=sources)
+        if packing == "row":
+            batch = self.encrypt(frame, columns=features, encoder=encoder, packing="row", audit_log=log)
+            batch.save(output)
+            return batch.header
+        return self.encrypt_to_file(
+            frame,
+            output,
+            columns=features,
+            encoder=encoder,
+            workers=workers,
+            audit_log=log,
+            inputs=[source] if Path(source).exists() else [],
+        )
 
     def encrypt_chunks(self, matrix: np.ndarray, *, workers: int = 1) -> Iterator[Chunk]:
         """Encrypt a float matrix chunk by chunk (rows in order), yielding :class:`Chunk`."""
@@ -456,10 +526,11 @@ class HEKeys:
             workers: processes; the secret context reaches them by ``fork`` only.
         """
         if workers > 1 and _can_fork():
-            from privdl.encrypted import pool
+            from privdl.encrypted.ciphertext import encrypt_task
+            from privdl.encrypted.pool import map_forked
 
-            yield from pool.map_forked(
-                pool.encrypt_task,
+            yield from map_forked(
+                encrypt_task,
                 (self._check_block(b) for b in blocks),
                 blob=self._secret_blob(),
                 scale_bits=self.params.scale_bits,
@@ -477,10 +548,11 @@ class HEKeys:
     def decrypt_chunks(self, chunks: Iterable[Chunk], *, workers: int = 1) -> Iterator[np.ndarray]:
         """Decrypt a stream of score chunks in order (raw values, shape rows x outputs)."""
         if workers > 1 and _can_fork():
-            from privdl.encrypted import pool
+            from privdl.encrypted.ciphertext import decrypt_task
+            from privdl.encrypted.pool import map_forked
 
-            yield from pool.map_forked(
-                pool.decrypt_task,
+            yield from map_forked(
+                decrypt_task,
                 chunks,
                 blob=self._secret_blob(),
                 scale_bits=self.params.scale_bits,
@@ -533,7 +605,7 @@ class HEKeys:
         batch = scores if isinstance(scores, EncryptedBatch) else EncryptedBatch.load(scores)
         source = "scores" if isinstance(scores, EncryptedBatch) else Path(scores).name
         batch.header.check_compatible(kind="scores", params=self.params, key_id=self.key_id, source=source)
-        with _audited(
+        with operation(
             audit_log,
             "he.decrypt",
             params={
@@ -551,6 +623,51 @@ class HEKeys:
             values = finish_scores(values, batch.header.info, raw=raw, decimals=decimals)
         return values
 
+    def decrypt_frame(
+        self,
+        scores: EncryptedBatch | str | os.PathLike[str],
+        *,
+        raw: bool = False,
+        decimals: int | None = None,
+        workers: int = 1,
+        audit_log: Any = None,
+    ) -> pd.DataFrame:
+        """:meth:`decrypt` into a table: one column per model output, rows in input order.
+
+        The columns are the output names the scores header carries (``score``, or one
+        per class).
+        """
+        import pandas as pd
+
+        from privdl.encrypted.wire import read_batch_header
+
+        header = scores.header if isinstance(scores, EncryptedBatch) else read_batch_header(scores)
+        values = self.decrypt(scores, raw=raw, decimals=decimals, workers=workers, audit_log=audit_log)
+        return pd.DataFrame(values.reshape(len(values), -1), columns=list(header.columns))
+
+    def decrypt_to_table(
+        self,
+        scores: str | os.PathLike[str],
+        output: str | os.PathLike[str],
+        *,
+        raw: bool = False,
+        decimals: int | None = None,
+        workers: int = 1,
+        audit_log: Any = None,
+    ) -> pd.DataFrame:
+        """:meth:`decrypt_frame` of the scores file, written to the table ``output``.
+
+        Raises:
+            UsageError: ``output`` is ``scores``.
+            FormatError / InputError: an unknown output format or a missing folder.
+        """
+        from privdl import io
+
+        io.check_distinct_paths(scores, output)
+        frame = self.decrypt_frame(scores, raw=raw, decimals=decimals, workers=workers, audit_log=audit_log)
+        io.write_table(frame, output)
+        return frame
+
     # -- hygiene ----------------------------------------------------------------------
     def __repr__(self) -> str:
         return (
@@ -564,41 +681,6 @@ class HEKeys:
     def context(self) -> Any:
         """The private TenSEAL context (data-owner side only)."""
         return self._ctx
-
-
-# ----------------------------------------------------------------------------- blocks
-def encrypt_block(ctx: Any, block: np.ndarray) -> Chunk:
-    """Encrypt ``block`` (rows x columns, rows <= N/2): one ciphertext per column."""
-    ts = _ts()
-    cols = block.T
-    return Chunk(
-        rows=int(block.shape[0]),
-        blobs=tuple(ts.ckks_vector(ctx, col.tolist()).serialize() for col in cols),
-    )
-
-
-def encrypt_row(ctx: Any, row: np.ndarray) -> Chunk:
-    """Per-row packing: one ciphertext holding one row's features (in column order)."""
-    ts = _ts()
-    return Chunk(rows=1, blobs=(ts.ckks_vector(ctx, row.tolist()).serialize(),))
-
-
-def decrypt_block(ctx: Any, chunk: Chunk) -> np.ndarray:
-    """Decrypt one chunk of scores to an array of shape (rows, outputs)."""
-    import numpy as np
-
-    ts = _ts()
-    out = np.empty((chunk.rows, len(chunk.blobs)))
-    for j, blob in enumerate(chunk.blobs):
-        try:
-            vec = ts.ckks_vector_from(ctx, blob)
-        except Exception:
-            raise InputError("a score ciphertext cannot be read with these keys") from None
-        values = vec.decrypt()
-        if len(values) != chunk.rows:
-            raise InputError(f"a score chunk holds {len(values)} values for {chunk.rows} rows")
-        out[:, j] = values
-    return out
 
 
 def finish_scores(values: np.ndarray, info: dict[str, Any], *, raw: bool, decimals: int | None) -> np.ndarray:
@@ -619,48 +701,22 @@ def finish_scores(values: np.ndarray, info: dict[str, Any], *, raw: bool, decima
     return values
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a new file readable by its owner only (0600), atomically."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.privdl-tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
 def _can_fork() -> bool:
     import multiprocessing
 
     return "fork" in multiprocessing.get_all_start_methods()
 
 
-@contextlib.contextmanager
-def _audited(
-    audit_log: Any,
-    name: str,
-    *,
-    params: dict[str, Any],
-    inputs: Sequence[Any] = (),
-    outputs: Sequence[Any] = (),
-) -> Iterator[Any]:
-    """One audit entry around an operation, or nothing when ``audit_log`` is None."""
+def _appendable(audit_log: Any) -> Any:
+    """The AuditLog for ``audit_log`` (or None), checked to take an entry before any work."""
     if audit_log is None:
-        yield None
-        return
-    try:
-        from privdl.audit import operation
-    except ImportError:
-        raise UsageError("audit logging is not available in this privdl build") from None
-    with operation(audit_log, name, params=params, inputs=list(inputs), outputs=list(outputs)) as op:
-        yield op
+        return None
+    from privdl.audit.operation import resolve_audit_log
+
+    log = resolve_audit_log(audit_log)
+    if log is not None:
+        log.check_appendable()
+    return log
 
 
 def with_info(batch: EncryptedBatch, **info: Any) -> EncryptedBatch:

@@ -11,46 +11,16 @@ from __future__ import annotations
 
 import multiprocessing
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
-__all__ = ["decrypt_task", "encrypt_task", "map_forked", "map_ordered", "score_task"]
+from privdl.encrypted.ciphertext import init_context_worker
 
-_STATE: dict[str, Any] = {}
-
-
-def _init(kind: str, payload: Any) -> None:
-    if kind == "score":
-        from privdl.encrypted.scorer import EncryptedScorer
-
-        _STATE["scorer"], _STATE["plan"] = EncryptedScorer.from_recipe(payload)
-    elif kind == "context":
-        tenseal: Any = __import__("tenseal")
-        blob, scale_bits = payload
-        ctx = tenseal.context_from(blob, n_threads=1)
-        ctx.global_scale = float(2**scale_bits)
-        _STATE["ctx"] = ctx
+__all__ = ["map_forked", "map_ordered"]
 
 
-def score_task(item: tuple[Any, Any]) -> Any:
-    chunk, partial = item
-    return _STATE["scorer"].score_chunk(chunk, _STATE["plan"], partial)
-
-
-def encrypt_task(block: Any) -> Any:
-    from privdl.encrypted.keys import encrypt_block
-
-    return encrypt_block(_STATE["ctx"], block)
-
-
-def decrypt_task(chunk: Any) -> Any:
-    from privdl.encrypted.keys import decrypt_block
-
-    return decrypt_block(_STATE["ctx"], chunk)
-
-
-def _mp_context(secret: bool) -> Any:
+def _mp_context(secret: bool, preload: Sequence[str]) -> Any:
     methods = multiprocessing.get_all_start_methods()
     if secret:
         return multiprocessing.get_context("fork")
@@ -59,8 +29,8 @@ def _mp_context(secret: bool) -> Any:
     if "forkserver" not in methods:
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    # workers fork from a server that has already imported TenSEAL: pools start fast
-    ctx.set_forkserver_preload(["tenseal", "privdl.encrypted.scorer"])
+    # workers fork from a server that has already imported these: pools start fast
+    ctx.set_forkserver_preload(list(preload))
     return ctx
 
 
@@ -68,19 +38,34 @@ def map_ordered(
     task: Callable[[Any], Any],
     items: Iterable[Any],
     *,
-    init: tuple[str, Any],
+    initializer: Callable[..., None],
+    initargs: tuple[Any, ...] = (),
     workers: int,
     window: int | None = None,
     secret: bool = False,
+    preload: Sequence[str] = ("tenseal",),
 ) -> Iterator[Any]:
     """``map(task, items)`` over ``workers`` processes, in order, with bounded memory.
 
-    At most ``window`` (default ``2 * workers``) items are in flight, so a stream of any
-    length is processed in flat memory.
+    Args:
+        task: a module-level function (workers find it by name).
+        items: the inputs, consumed lazily.
+        initializer, initargs: run once in each worker before its first task (the
+            owner of ``task`` keeps the worker's state: the scorer, or the context of
+            :mod:`~privdl.encrypted.ciphertext`).
+        workers: processes.
+        window: at most this many items in flight (default ``2 * workers``), so a
+            stream of any length is processed in flat memory.
+        secret: the initargs hold secret material: workers are forked (inherited
+            memory) instead of started from a clean interpreter.
+        preload: modules a forkserver imports once for all workers.
     """
     limit = window or 2 * workers
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=_mp_context(secret), initializer=_init, initargs=init
+        max_workers=workers,
+        mp_context=_mp_context(secret, preload),
+        initializer=initializer,
+        initargs=initargs,
     ) as executor:
         pending: deque[Future[Any]] = deque()
         for item in items:
@@ -99,8 +84,19 @@ def map_forked(
     scale_bits: int,
     workers: int,
 ) -> Iterator[Any]:
-    """Like :func:`map_ordered` for a secret context: it reaches workers by ``fork`` only."""
+    """Like :func:`map_ordered` for a secret context: it reaches workers by ``fork`` only.
+
+    ``task`` is :func:`~privdl.encrypted.ciphertext.encrypt_task` or
+    :func:`~privdl.encrypted.ciphertext.decrypt_task`, run under the context ``blob``.
+    """
     if "fork" not in multiprocessing.get_all_start_methods():
         raise RuntimeError("secret contexts are only shared with forked workers")
     # fork: initargs are inherited by the child, never pickled
-    yield from map_ordered(task, items, init=("context", (blob, scale_bits)), workers=workers, secret=True)
+    yield from map_ordered(
+        task,
+        items,
+        initializer=init_context_worker,
+        initargs=(blob, scale_bits),
+        workers=workers,
+        secret=True,
+    )

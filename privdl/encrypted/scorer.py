@@ -31,9 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from privdl._optional import require
+from privdl.audit.operation import operation
 from privdl.encrypted.approximation import DEFAULT_TOLERANCE, ApproximationReport, assess
-from privdl.encrypted.keys import HEKeys, PublicKeys, _audited
-from privdl.encrypted.models import SIGMOID_RANGE, ModelSpec, PolyActivation, approximate, as_model
+from privdl.encrypted.keys import HEKeys, PublicKeys
+from privdl.encrypted.models import ModelSpec, as_model
+from privdl.encrypted.polynomial import SIGMOID_RANGE, PolyActivation, approximate
 from privdl.encrypted.wire import (
     BatchHeader,
     BatchWriter,
@@ -42,7 +45,7 @@ from privdl.encrypted.wire import (
     iter_chunks,
     read_batch_header,
 )
-from privdl.errors import ApproximationWarning, FormatError, InputError, SecurityError, UsageError, require
+from privdl.errors import ApproximationWarning, FormatError, InputError, SecurityError, UsageError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -242,30 +245,40 @@ class EncryptedScorer:
         }
 
     # -- serialization ------------------------------------------------------------------
-    def to_json(self) -> str:
-        """The scorer without its keys: model, output, sigmoid and approximation report.
-
-        Public material only (no key of any kind, no data row); rebuild it with
-        :meth:`from_json` and the public keys.
-        """
-        body = {
+    def to_dict(self) -> dict[str, Any]:
+        """The scorer without its keys, as plain JSON-compatible data (see :meth:`to_json`)."""
+        return {
             "format": SCORER_FORMAT,
             "model": json.loads(self.model_.to_json()),
             "output": self.output,
             "sigmoid": None if self.sigmoid_ is None else self.sigmoid_.to_dict(),
             "approximation": self.approximation_.to_dict(),
         }
-        return json.dumps(body, indent=2, sort_keys=True)
+
+    def to_json(self) -> str:
+        """The scorer without its keys: model, output, sigmoid and approximation report.
+
+        Public material only (no key of any kind, no data row); rebuild it with
+        :meth:`from_json` and the public keys.
+        """
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, public_keys: PublicKeys) -> EncryptedScorer:
+    def from_dict(cls, data: dict[str, Any], public_keys: PublicKeys) -> EncryptedScorer:
+        """Rebuild a scorer from :meth:`to_dict` output (see :meth:`from_json`)."""
+        return cls.from_json(data, public_keys)
+
+    @classmethod
+    def from_json(cls, text: str | dict[str, Any], public_keys: PublicKeys) -> EncryptedScorer:
         """Rebuild a scorer written by :meth:`to_json` (its report is kept, not re-measured).
+
+        ``text`` is the JSON string or its parsed dict.
 
         Raises:
             FormatError: not a scorer file.
         """
         try:
-            data = json.loads(text)
+            data = text if isinstance(text, dict) else json.loads(text)
         except json.JSONDecodeError:
             raise FormatError("scorer: not valid JSON") from None
         if not isinstance(data, dict) or data.get("format") != SCORER_FORMAT:
@@ -379,7 +392,7 @@ class EncryptedScorer:
         plan, pmatrix = self._prepare(
             header.columns, batch.rows, plain, plain_columns, packing=header.packing
         )
-        with _audited(audit_log, "he.score", params=self._audit_params(plan, batch.rows)):
+        with operation(audit_log, "he.score", params=self._audit_params(plan, batch.rows)):
             chunks = tuple(self._score_stream(batch.chunks, plan, pmatrix, workers=workers))
         return EncryptedBatch(self._scores_header(plan, batch.rows), chunks)
 
@@ -388,16 +401,36 @@ class EncryptedScorer:
         source: str | os.PathLike[str],
         target: str | os.PathLike[str],
         *,
-        plain: pd.DataFrame | np.ndarray | None = None,
+        plain: pd.DataFrame | np.ndarray | str | os.PathLike[str] | None = None,
         plain_columns: Sequence[str] | None = None,
         workers: int = 1,
         audit_log: Any = None,
         inputs: Sequence[Any] = (),
+        sep: str | None = None,
     ) -> BatchHeader:
         """Score an encrypted file into a scores file, one chunk at a time (flat memory).
 
-        ``inputs`` names further files read (e.g. the plaintext table) for the audit entry.
+        Args:
+            source: the encrypted batch (from :meth:`HEKeys.encrypt_to_file`).
+            target: the encrypted scores file to write (staged under an audit log: it
+                appears only once its entry is written).
+            plain: the non-sensitive features, as for :meth:`score`, or the location of
+                a table holding them: then ``plain_columns`` name features or table
+                columns (``city`` stands for the model's ``city=...`` features, see
+                :meth:`~privdl.encrypted.models.ModelSpec.features_for`) and only the
+                table columns they are made from are read.
+            plain_columns: as for :meth:`score`; required with a table location.
+            workers: scoring processes.
+            audit_log: an AuditLog, a path, or None; one ``he.score`` entry.
+            inputs: further files read, for the audit entry.
+            sep: delimiter of a text ``plain`` table.
+
+        Raises:
+            UsageError: a table location without ``plain_columns``.
+            InputError: the model reads none of ``plain_columns``; see :meth:`score`.
         """
+        if isinstance(plain, str | os.PathLike):
+            plain, plain_columns = self._read_plain(plain, plain_columns, sep=sep)
         header = read_batch_header(source)
         name = Path(source).name
         header.check_compatible(
@@ -412,21 +445,33 @@ class EncryptedScorer:
             header.columns, header.rows, plain, plain_columns, packing=header.packing
         )
         out_header = self._scores_header(plan, header.rows)
-        with _audited(
+        with operation(
             audit_log,
             "he.score",
             params=self._audit_params(plan, header.rows),
             inputs=[os.fspath(source), *inputs],
         ) as op:
-            # staged under an audit log: the file appears only once its entry is written
-            with BatchWriter(op.stage(target) if op is not None else target, out_header) as writer:
+            # staged: the file appears only once its audit entry (if any) is written
+            with BatchWriter(op.stage(target), out_header) as writer:
                 for chunk in self._score_stream(iter_chunks(source), plan, pmatrix, workers=workers):
                     writer.write(chunk)
             if writer.rows != header.rows:
                 raise InputError(f"{name}: holds {writer.rows} rows, its header says {header.rows}")
-            if op is not None:
-                op.update(outputs=[os.fspath(target)])
+            op.update(outputs=[os.fspath(target)])
         return out_header
+
+    def _read_plain(
+        self, location: str | os.PathLike[str], requested: Sequence[str] | None, *, sep: str | None
+    ) -> tuple[pd.DataFrame, list[str]]:
+        """The model features ``requested`` names and the table columns they come from."""
+        from privdl import io
+
+        if not requested:
+            raise UsageError("a plain table needs plain_columns: the model columns it holds")
+        features, sources = self.model_.features_for(requested)
+        if not features:
+            raise InputError(f"{Path(location).name}: the model reads none of the plain columns")
+        return io.read_table(location, sep=sep, columns=sources), features
 
     def score_chunks(
         self,
@@ -530,10 +575,15 @@ class EncryptedScorer:
 
     def _run(self, items: Iterator[tuple[Chunk, np.ndarray]], plan: _Plan, workers: int) -> Iterator[Chunk]:
         if workers > 1:
-            from privdl.encrypted import pool
+            from privdl.encrypted.pool import map_ordered
 
-            yield from pool.map_ordered(
-                pool.score_task, items, init=("score", self.recipe(plan)), workers=workers
+            yield from map_ordered(
+                _score_task,
+                items,
+                initializer=_init_score_worker,
+                initargs=(self.recipe(plan),),
+                workers=workers,
+                preload=("tenseal", __name__),
             )
             return
         for chunk, partial in items:
@@ -672,6 +722,20 @@ class EncryptedScorer:
             approximation=report,
         )  # fmt: skip
         return scorer, recipe["plan"]
+
+
+# ----------------------------------------------------------------------------- workers
+_WORKER: dict[str, Any] = {}
+
+
+def _init_score_worker(recipe: dict[str, Any]) -> None:
+    """Worker initializer: rebuild the scorer from public material only."""
+    _WORKER["scorer"], _WORKER["plan"] = EncryptedScorer.from_recipe(recipe)
+
+
+def _score_task(item: tuple[Chunk, np.ndarray]) -> Chunk:
+    chunk, partial = item
+    return _WORKER["scorer"].score_chunk(chunk, _WORKER["plan"], partial)
 
 
 # ----------------------------------------------------------------------------- kernels

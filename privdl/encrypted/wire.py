@@ -413,6 +413,6 @@ def _read_frames(fh: IO[bytes], source: str, head: bytes) -> Iterator[Chunk]:
 
 
 def _version() -> str:
-    from privdl import __version__
+    from privdl._version import __version__
 
     return __version__

@@ -35,7 +35,12 @@ __all__ = [
     "PoissonSampler",
     "TensorData",
     "as_data",
+    "audit_inputs",
+    "resolve_device",
+    "shared_frame_rows",
+    "shared_rows",
     "steps_per_epoch",
+    "to_device",
     "to_tensor",
 ]
 
@@ -265,3 +270,118 @@ def as_data(data: Any, *, what: str = "data") -> TensorData | IndexedData:
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Opacus' convention: ``ceil(n / batch_size)`` steps, sample rate ``1 / steps``."""
     return max(1, math.ceil(n / batch_size))
+
+
+def to_device(x: Any, device: Any) -> Any:
+    """``x`` (a tensor, or a dict / list / tuple of them) moved to ``device``."""
+    import torch
+
+    if x is None:
+        return None
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(to_device(v, device) for v in x)
+    return x
+
+
+# --------------------------------------------------------------------------------------
+# validation data that overlaps the training data
+# --------------------------------------------------------------------------------------
+def _row_digests(data: TensorData) -> list[bytes]:
+    """A 128-bit digest of each row (features and target bytes), in order."""
+    import hashlib
+
+    import torch
+
+    def as_bytes(t: Any, n: int) -> Any:
+        t = t.detach().cpu().contiguous()
+        if t.dtype == torch.bool:
+            t = t.to(torch.uint8)
+        return t.reshape(n, -1).view(torch.uint8).numpy() if t.numel() else np.zeros((n, 0), np.uint8)
+
+    n = len(data)
+    parts = [data.X] + ([] if data.y is None else [data.y])
+    out: list[bytes] = []
+    for start in range(0, n, 65536):
+        stop = min(n, start + 65536)
+        rows = np.hstack([as_bytes(t[start:stop], stop - start) for t in parts])
+        out.extend(hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows)
+    return out
+
+
+def shared_frame_rows(data: Any, val: Any, target: str | None) -> int | None:
+    """For two DataFrames: how many ``val`` rows equal a training row on every column
+    both hold (the raw rows, pseudonyms included when given, not the encoded features:
+    distinct people who look alike after generalization are not the same record).
+    ``None`` when they are not both DataFrames."""
+    import pandas as pd
+
+    if val is None or not (isinstance(data, pd.DataFrame) and isinstance(val, pd.DataFrame)):
+        return None
+    common = [c for c in data.columns if c in val.columns]
+    if not common or (target is not None and target not in common):
+        return 0
+    try:
+        seen = set(pd.util.hash_pandas_object(data[common], index=False).to_numpy().tolist())
+        hashed = pd.util.hash_pandas_object(val[common], index=False).to_numpy()
+    except TypeError:  # unhashable cells (lists): fall back to the encoded rows
+        return None
+    return int(sum(1 for h in hashed.tolist() if h in seen))
+
+
+def shared_rows(train: Any, val: Any) -> int | None:
+    """How many ``val`` rows equal a training row exactly (features and target).
+
+    ``None`` when it cannot be checked cheaply (a Dataset read record by record that is
+    neither the training dataset nor a Subset of the same one).
+    """
+    if val is None:
+        return None
+    if isinstance(train, TensorData) and isinstance(val, TensorData):
+        if val.X.shape[1:] != train.X.shape[1:] or (val.y is None) != (train.y is None):
+            return 0
+        # the same dtype as the training tensors, so equal values have equal bytes
+        val = TensorData(val.X.to(train.X.dtype), None if val.y is None else val.y.to(train.y.dtype))
+        seen = set(_row_digests(train))
+        return sum(d in seen for d in _row_digests(val))
+    if isinstance(train, IndexedData) and isinstance(val, IndexedData):
+        from torch.utils.data import Subset
+
+        a, b = train.dataset, val.dataset
+        if a is b:
+            return len(b)
+        if isinstance(a, Subset) and isinstance(b, Subset) and a.dataset is b.dataset:
+            return len(set(map(int, a.indices)) & set(map(int, b.indices)))
+    return None
+
+
+def resolve_device(device: str) -> Any:
+    """The torch device ``device`` names (``"auto"``: CUDA when present, else CPU).
+
+    Raises:
+        UsageError: an unknown device, or CUDA asked for where there is none.
+    """
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"unknown device {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device='cuda' but no CUDA device is available")
+    return dev
+
+
+def audit_inputs(data: Any) -> list[Any]:
+    """What an audit entry records of training data: the in-memory parts, which the
+    log fingerprints (hashes, shapes, never values), or the data's kind."""
+    if isinstance(data, tuple | list) and len(data) == 2:
+        return [part for part in data if part is not None]
+    if hasattr(data, "columns") or hasattr(data, "shape"):
+        return [data]
+    return [{"kind": type(data).__name__, "sha256": None}]

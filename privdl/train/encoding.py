@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from privdl.errors import InputError, PolicyError, UsageError
+from privdl.errors import InputError, NotFittedError, PolicyError, UsageError
 
 __all__ = ["DOMAIN_MODES", "TableEncoder"]
 
@@ -399,7 +399,7 @@ class TableEncoder:
                 raise UsageError("domain_epsilon must be a positive number")
             if not 0 < delta < 1:
                 raise UsageError("domain_delta must be in (0, 1)")
-            from privdl.train.calibrate import noise_multiplier_for
+            from privdl.budget.accounting import noise_multiplier_for
 
             sigma = noise_multiplier_for(
                 epsilon=eps, delta=delta, sample_rate=1.0, steps=len(need), accountant=accountant
@@ -511,7 +511,7 @@ class TableEncoder:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "columns_"):
-            raise UsageError("this TableEncoder is not fitted: call fit() first")
+            raise NotFittedError("this TableEncoder is not fitted: call fit() first")
 
     # -- transforming -------------------------------------------------------------
 

@@ -2,8 +2,14 @@
 
 ``PrivateTrainer(model, epsilon=...)`` calibrates the noise for the planned run, charges
 the dataset's budget ledger before the first step, trains with DP-SGD (per-sample
-clipping and Gaussian noise from Opacus) on exact Poisson batches, and records the
-accountant history that every reported epsilon is computed from.
+clipping and Gaussian noise) on exact Poisson batches, and records the accountant
+history that every reported epsilon is computed from.
+
+The trainer orchestrates; the parts live beside it: the run plan and state
+(:mod:`~privdl.train.run`), model preparation (:mod:`~privdl.train.model_prep`), the DP
+step (:mod:`~privdl.train.dp_step`: book-keeping or Opacus), the data
+(:mod:`~privdl.train.data`), the progress bar (:mod:`~privdl.train.progress`) and model
+folders (:mod:`~privdl.train.checkpoint`, :mod:`~privdl.train.modelfile`).
 
 Example:
     >>> trainer = PrivateTrainer(model, epsilon=2.0)            # doctest: +SKIP
@@ -13,54 +19,45 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import math
-import numbers
-import os
 import time
 import warnings
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-from privdl.errors import InputError, MissingDependencyError, SecurityError, UsageError, require
-from privdl.train.calibrate import ACCOUNTANTS, epsilon_of, noise_multiplier_for
+from privdl.budget.accounting import epsilon_of
+from privdl.budget.facts import RunFacts
+from privdl.errors import (
+    InputError,
+    NotFittedError,
+    UsageError,
+    require,
+)
+from privdl.train import checkpoint, model_prep, outputs
+from privdl.train import run as runs
 from privdl.train.data import (
-    ChaChaRandom,
-    IndexedData,
     PoissonSampler,
     TensorData,
     as_data,
+    audit_inputs,
+    resolve_device,
+    shared_frame_rows,
+    shared_rows,
     steps_per_epoch,
-    to_tensor,
+    to_device,
 )
-from privdl.train.engine import BookKeepingEngine, bk_supports, forward_probe
+from privdl.train.dp_step import StepSettings, choose_mode, make_dp_step
+from privdl.train.modelfile import ModelFolder, read_model_folder
+from privdl.train.params import DEFAULTS, check_params, default_lr, make_optimizer
+from privdl.train.progress import progress_bar, progress_stats
+from privdl.train.run import ResumePoint, TrainingRun
 
 torch: Any = require("torch", "train")
-require("opacus", "train")
 from torch import nn  # noqa: E402
 
 __all__ = ["DEFAULTS", "PrivateTrainer"]
-
-#: Defaults chosen so that a user passes only the model, epsilon and the data
-#: (benchmarks/train.py checks them against the utility anchors; see docs/train.md).
-DEFAULTS: dict[str, Any] = {
-    "epochs": 20,
-    "batch_size": 256,
-    "optimizer": "adam",
-    "lr": {"adam": 2e-2, "adamw": 2e-2, "sgd": 0.5, "rmsprop": 1e-2},
-    "max_grad_norm": 1.0,
-}
-
-_OPTIMIZERS = {
-    "adam": "Adam",
-    "adamw": "AdamW",
-    "sgd": "SGD",
-    "rmsprop": "RMSprop",
-}
-
-_LOSSES = ("cross_entropy", "bce", "mse")
-_GRAD_SAMPLE_MODES = ("auto", "bk", "ghost", "hooks", "functorch", "ew")
 
 
 class PrivateTrainer:
@@ -96,8 +93,8 @@ class PrivateTrainer:
             ``os.urandom``) and use Opacus' defence against floating-point attacks.
         max_physical_batch_size: split each sampled batch into chunks of at most this
             many records (same privacy, less memory).
-        grad_sample_mode: ``"auto"``: ``"bk"`` (privdl's one-backward engine, see
-            :mod:`privdl.train.engine`) when every trainable layer is a ``Linear``,
+        grad_sample_mode: ``"auto"``: ``"bk"`` (privdl.s one-backward book-keeping, see
+            :mod:`privdl.train.bookkeeping`) when every trainable layer is a ``Linear``,
             ``Conv1d``/``Conv2d``, ``LayerNorm``, ``GroupNorm`` or ``Embedding`` run once
             per forward pass, else Opacus' ghost clipping when every trainable layer
             supports it, else Opacus' hooks; or name a mode (``"bk"``, ``"ghost"``, ``"hooks"``,
@@ -183,6 +180,8 @@ class PrivateTrainer:
         self.history_: list[dict[str, Any]] = []
         self.val_overlap_: int | None = None
         self.accountant_history_: list[tuple[float, float, int]] = []
+        # the dataset's accountant when a ledger chose it (else None: ours applies)
+        self.accountant_: str | None = None
         self.noise_multiplier_: float | None = None
         self.sample_rate_: float | None = None
         self.steps_: int = 0
@@ -199,9 +198,8 @@ class PrivateTrainer:
         self.run_id_: str | None = None
         self.device_: str | None = None
         self.fit_seconds_: float | None = None
-        self._state: dict[str, Any] = {}
-        self._resume: dict[str, Any] | None = None
-        self._prior_history: list[tuple[float, float, int]] = []
+        # set by resume(): where the checkpointed run goes on from
+        self._resume: ResumePoint | None = None
 
     # ------------------------------------------------------------------ parameters
     def get_params(self) -> dict[str, Any]:
@@ -230,40 +228,7 @@ class PrivateTrainer:
         }
 
     def _lr(self) -> float:
-        if self.lr is not None:
-            return float(self.lr)
-        name = self.optimizer.lower() if isinstance(self.optimizer, str) else ""
-        return float(DEFAULTS["lr"].get(name, 1e-3))
-
-    def _check_params(self) -> None:
-        if self.model is None or not isinstance(self.model, nn.Module):
-            raise UsageError("PrivateTrainer needs a torch.nn.Module as model")
-        eps = self.target_epsilon
-        if eps == "remaining":
-            if self.ledger is None:
-                raise UsageError('epsilon="remaining" needs a ledger= and a dataset_id=')
-        elif isinstance(eps, str) or not (isinstance(eps, int | float) and 0 < eps < math.inf):
-            raise UsageError('epsilon must be a positive number or "remaining"')
-        if self.ledger is not None and not self.dataset_id:
-            raise UsageError("a ledger needs a dataset_id= to charge")
-        if self.accountant not in ACCOUNTANTS:
-            raise UsageError(f"accountant must be one of {', '.join(ACCOUNTANTS)}")
-        if not (isinstance(self.epochs, numbers.Integral) and self.epochs >= 1):
-            raise UsageError("epochs must be a positive integer")
-        if not (isinstance(self.batch_size, numbers.Integral) and self.batch_size >= 1):
-            raise UsageError("batch_size must be a positive integer")
-        if not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
-            raise UsageError("max_grad_norm must be positive")
-        if self.max_physical_batch_size is not None and self.max_physical_batch_size < 1:
-            raise UsageError("max_physical_batch_size must be a positive integer")
-        if self.grad_sample_mode not in _GRAD_SAMPLE_MODES:
-            raise UsageError(f"grad_sample_mode must be one of {', '.join(_GRAD_SAMPLE_MODES)}")
-        if isinstance(self.optimizer, str) and self.optimizer.lower() not in _OPTIMIZERS:
-            raise UsageError(f"optimizer must be one of {', '.join(_OPTIMIZERS)} or a class")
-        if isinstance(self.loss, str) and self.loss not in _LOSSES:
-            raise UsageError(f"loss must be one of {', '.join(_LOSSES)} or a module")
-        if self.secure_mode and self.seed is not None:
-            raise SecurityError("secure_mode draws from a CSPRNG and cannot take a seed")
+        return default_lr(self.lr, self.optimizer)
 
     # ------------------------------------------------------------------ results
     @property
@@ -278,7 +243,7 @@ class PrivateTrainer:
         dataset's own when a ledger is used (recorded as ``accountant_``), else ours."""
         if ledger is not None:
             chosen = ledger.accountant(self.dataset_id)
-            if chosen != self.accountant and getattr(self, "accountant_", None) != chosen:
+            if chosen != self.accountant and self.accountant_ != chosen:
                 warnings.warn(
                     f"dataset {self.dataset_id!r} is accounted with {chosen!r} in the ledger: this "
                     f"run is calibrated and reported under {chosen!r}, not {self.accountant!r}",
@@ -286,11 +251,19 @@ class PrivateTrainer:
                     stacklevel=4,
                 )
             self.accountant_ = chosen
-        return getattr(self, "accountant_", None) or self.accountant
+        return self.accountant_ or self.accountant
 
     @property
     def is_fitted(self) -> bool:
         return self.model_ is not None and self.steps_ > 0
+
+    def run_facts(self) -> RunFacts:
+        """The explicit record of the fitted run that :meth:`report` is built from.
+
+        Raises:
+            NotFittedError: the trainer has not been fitted.
+        """
+        return RunFacts.of(self)
 
     # ------------------------------------------------------------------ fit
     def fit(
@@ -322,15 +295,15 @@ class PrivateTrainer:
                 initialized ``torch.distributed`` process group or for a
                 ``DistributedDataParallel`` model (not supported yet).
         """
-        _refuse_distributed(self.model, self.model_)
-        self._check_params()
+        model_prep.refuse_distributed(self.model, self.model_)
+        check_params(self)
         with self._audit("train", data) as op:
             if subjects is not None:
                 op.update(subjects=subjects)
-            self._setup(data, target, val)
-            self.val_overlap_ = _shared_frame_rows(data, val, target)
+            run = self._setup(data, target, val)
+            self.val_overlap_ = shared_frame_rows(data, val, target)
             if self.val_overlap_ is None:
-                self.val_overlap_ = _shared_rows(self._state["train"], self._state["val"])
+                self.val_overlap_ = shared_rows(run.data, run.val)
             if self.val_overlap_:
                 # the count goes to the trainer's own screen only, never into a report
                 warnings.warn(
@@ -351,16 +324,16 @@ class PrivateTrainer:
                     "replaced_modules": list(self.replaced_modules_),
                 }
             )
-            self._train()
+            self._train(run)
             op.update(
                 params={
                     "epsilon_spent": self.epsilon,
                     "steps": self.steps_,
                     "accountant": self._accountant(),
-                    # the engine may change mid-run (ghost -> hooks on a reused layer)
+                    # the DP step may change mid-run (ghost -> hooks on a reused layer)
                     "grad_sample_mode": self.grad_sample_mode_,
                     "replaced_modules": list(self.replaced_modules_),
-                    "domain_run_id": getattr(self, "domain_run_id_", None),
+                    "domain_run_id": self.domain_run_id_,
                 }
             )
         return self
@@ -370,134 +343,70 @@ class PrivateTrainer:
 
         if self.audit_log is None:
             return operation(None, name)
-        # fingerprints (hashes, shapes) of in-memory training data, never its values
-        if isinstance(data, tuple | list) and len(data) == 2:
-            inputs = [part for part in data if part is not None]
-        elif hasattr(data, "columns") or hasattr(data, "shape"):
-            inputs = [data]
-        else:
-            inputs = [{"kind": type(data).__name__, "sha256": None}]
-        outputs = [self.checkpoint_dir] if self.checkpoint_dir is not None else []
+        written = [self.checkpoint_dir] if self.checkpoint_dir is not None else []
         # a "started" entry before the block: the ledger reservation made in _setup has
         # its evidence even if the run is killed before the final entry
         return operation(
-            self.audit_log, name, params=self.get_params(), inputs=inputs, outputs=outputs, started=True
+            self.audit_log,
+            name,
+            params=self.get_params(),
+            inputs=audit_inputs(data),
+            outputs=written,
+            started=True,
         )
 
-    def _resolve_device(self) -> Any:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            dev = torch.device(self.device)
-        except (RuntimeError, TypeError):
-            raise UsageError(f"unknown device {self.device!r}") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError("device='cuda' but no CUDA device is available")
-        return dev
-
+    # ------------------------------------------------------------------ data
     def _prepare(self, data: Any, target: str | None, *, fit: bool, what: str) -> Any:
         """Data -> TensorData / IndexedData; DataFrames go through the TableEncoder."""
         import pandas as pd
 
         if fit:
             self._domain_segments = []  # this run's DP domain estimate, if it makes one
-        if isinstance(data, pd.DataFrame):
-            if target is None:
-                raise UsageError(f"{what} is a DataFrame: pass target= (the label column)")
-            if target not in data.columns:
-                raise InputError(f"{what} has no column {target!r}")
-            enc = self.encoder_
-            if fit and enc is None:
-                # the first table this trainer sees decides the input layout
-                enc = self.encoder if self.encoder is not None else _new_encoder(self.domains)
-                ledger = self._open_ledger()
-                if not hasattr(enc, "columns_"):  # not fitted yet: fit on this frame
-                    if _is_table_encoder(enc):
-                        # a DP domain estimate is charged to the ledger before its noise
-                        # is drawn, and composed into this run's epsilon
-                        enc.fit(data, target=target, **self._domain_budget(enc, len(data), ledger))
-                    else:
-                        enc.fit(data, target=target)
-                segments = [tuple(seg) for seg in getattr(enc, "domain_history_", None) or []]
-                if segments and ledger is not None and getattr(enc, "domain_run_id_", None) is None:
-                    # fitted before it came here (e.g. to size the model): charged now
-                    enc.domain_run_id_ = self._charge_domains(ledger, segments, enc)
-                self.domain_run_id_ = getattr(enc, "domain_run_id_", None)
-                self._domain_segments = [(float(a), float(b), int(c)) for a, b, c in segments]
-                self.domain_history_ = list(self._domain_segments)
-                self.domain_source_ = getattr(enc, "domain_source_", None)
-                self.encoder_ = enc
-                self.feature_names_ = list(enc.feature_names_)
-            elif fit:
-                # a model trained before keeps its input layout: reuse its encoder
-                self.feature_names_ = list(enc.feature_names_)
-            elif enc is None:
-                raise UsageError(f"{what} is a DataFrame but the model was trained on arrays")
-            X = enc.transform(data)
-            y = _encode_target(enc, data[target])
-            return as_data((X, y), what=what)
-        return as_data(data, what=what)
+        if not isinstance(data, pd.DataFrame):
+            return as_data(data, what=what)
+        if target is None:
+            raise UsageError(f"{what} is a DataFrame: pass target= (the label column)")
+        if target not in data.columns:
+            raise InputError(f"{what} has no column {target!r}")
+        if fit and self.encoder_ is None:
+            self._fit_encoder(data, target)  # the first table decides the input layout
+        elif fit:
+            # a model trained before keeps its input layout: reuse its encoder
+            self.feature_names_ = list(self.encoder_.feature_names_)
+        elif self.encoder_ is None:
+            raise UsageError(f"{what} is a DataFrame but the model was trained on arrays")
+        X = self.encoder_.transform(data)
+        y = outputs.encode_target(self.encoder_, data[target])
+        return as_data((X, y), what=what)
 
-    def _domain_budget(self, enc: Any, n: int, ledger: Any) -> dict[str, Any]:
-        """Arguments for a TableEncoder fit that may estimate domains with DP: their
-        epsilon (a share of the run's), the run's delta, and the ledger charge."""
-        from privdl.train.encoding import DEFAULT_DOMAIN_SHARE
+    def _fit_encoder(self, data: Any, target: str) -> None:
+        from privdl.train.encoding import TableEncoder
 
-        delta = self.delta
-        if delta is None:
-            delta = ledger.budget(self.dataset_id)[1] if ledger is not None else 1.0 / (10 * n)
-        if n >= 1 and not 0 < delta < 1.0 / n:
-            raise UsageError(
-                f"delta={delta:g} is not below 1/n = {1.0 / n:g}: with {n} records such a "
-                "delta allows releasing a record outright"
-            )
-        eps = self.domain_epsilon if self.domain_epsilon is not None else enc.domain_epsilon
-        if eps is None:
-            total = self.target_epsilon
-            if total == "remaining":
-                total = ledger.remaining(self.dataset_id)
-            eps = DEFAULT_DOMAIN_SHARE * float(total)
-        out: dict[str, Any] = {
-            "domain_epsilon": float(eps),
-            "domain_delta": float(delta),
-            "accountant": self._accountant(ledger),
-        }
-        if ledger is not None:
-
-            def charge(history: list[tuple[float, float, int]], epsilon: float, delta: float) -> None:
-                enc.domain_run_id_ = self._charge_domains(ledger, history, enc, epsilon, delta)
-
-            out["charge"] = charge
-        return out
-
-    def _charge_domains(
-        self,
-        ledger: Any,
-        history: list[tuple[float, float, int]],
-        enc: Any,
-        epsilon: float | None = None,
-        delta: float | None = None,
-    ) -> str:
-        """Record a DP domain estimate as its own, settled ledger run (before its release
-        when the trainer fits the encoder): the training run is then composed with it."""
-        delta = float(delta if delta is not None else getattr(enc, "domain_delta_", None) or self.delta_ or 0)
-        if not 0 < delta < 1:
-            delta = ledger.budget(self.dataset_id)[1]
-        run_id = ledger.reserve(
-            self.dataset_id,
-            history=history,
-            delta=delta,
+        enc = self.encoder if self.encoder is not None else TableEncoder(domains=self.domains)
+        ledger = runs.open_ledger(self.ledger)
+        segments = runs.fit_table_encoder(
+            enc,
+            data,
+            target,
+            ledger=ledger,
+            dataset_id=self.dataset_id,
+            delta=self.delta,
+            target_epsilon=self.target_epsilon,
+            domain_epsilon=self.domain_epsilon,
             accountant=self._accountant(ledger),
-            model_name="TableEncoder domains",
-            epsilon=epsilon,
         )
-        ledger.settle(run_id, history=history)
-        return str(run_id)
+        self._domain_segments = segments
+        self.domain_history_ = list(segments)
+        self.domain_run_id_ = getattr(enc, "domain_run_id_", None)
+        self.domain_source_ = getattr(enc, "domain_source_", None)
+        self.encoder_ = enc
+        self.feature_names_ = list(enc.feature_names_)
 
-    def _setup(self, data: Any, target: str | None, val: Any) -> None:
-        from opacus.validators import ModuleValidator
-
-        device = self._resolve_device()
+    # ------------------------------------------------------------------ setup
+    def _setup(self, data: Any, target: str | None, val: Any) -> TrainingRun:
+        """Prepare data and model, plan the run (sigma, ledger reservation), build the
+        DP step: everything before the first step."""
+        device = resolve_device(self.device)
         self.device_ = str(device)
         if self.seed is not None:
             torch.manual_seed(self.seed)
@@ -513,28 +422,11 @@ class PrivateTrainer:
                 "a resumed run must see the same data"
             )
         self.n_samples_ = n
-
         # delta: the ledger's when there is one, else 1/(10 n); never >= 1/n
-        ledger = self._open_ledger()
+        ledger = runs.open_ledger(self.ledger)
         accountant = self._accountant(ledger)
-        delta = self.delta_ if resume is not None else self.delta
-        if delta is None:
-            delta = ledger.budget(self.dataset_id)[1] if ledger is not None else 1.0 / (10 * n)
-        if not 0 < delta < 1.0 / n:
-            raise UsageError(
-                f"delta={delta:g} is not below 1/n = {1.0 / n:g}: with {n} records such a "
-                "delta allows releasing a record outright"
-            )
-        self.delta_ = float(delta)
-
-        per_epoch = steps_per_epoch(n, int(self.batch_size))
-        if resume is not None:
-            per_epoch = resume["per_epoch"]
-        q = 1.0 / per_epoch
-        planned = per_epoch * int(self.epochs)
-        self.sample_rate_ = q
-        self.planned_steps_ = planned
-
+        self.delta_ = runs.resolve_delta(self.delta_ if resume else self.delta, n, ledger, self.dataset_id)
+        per_epoch = resume.per_epoch if resume else steps_per_epoch(n, int(self.batch_size))
         # A second fit continues training the fitted model: its earlier runs stay in
         # the accountant history, so the reported epsilon covers all of them.
         if resume is not None:
@@ -543,216 +435,91 @@ class PrivateTrainer:
             prior = list(self.accountant_history_)
         else:
             prior = []
-        self._prior_history = prior
-
-        # model: make it trainable with per-sample gradients
-        model = self.model_ if prior and self.model_ is not None else self.model
-        assert model is not None
-        model.train()  # validation and per-sample gradients need training mode
-        errors = ModuleValidator.validate(model, strict=False)
-        replaced: list[str] = []
-        if errors:
-            before = {name: type(m).__name__ for name, m in model.named_modules()}
-            model = ModuleValidator.fix(model)
-            after = {name: type(m).__name__ for name, m in model.named_modules()}
-            replaced = [
-                f"{name}: {before[name]} -> {after[name]}"
-                for name in before
-                if name in after and before[name] != after[name]
-            ]
-            left = ModuleValidator.validate(model, strict=False)
-            if left:
-                kinds = sorted({type(e).__name__ for e in left})
-                raise InputError(f"model has layers Opacus cannot train privately ({', '.join(kinds)})")
-        # In-place modules (ReLU(inplace=True), Dropout(inplace=True)) change a layer's
-        # output after its hooks saw it, in training mode only: switched off, same outputs.
-        replaced += [f"{name}: inplace=True -> inplace=False" for name in _out_of_place(model)]
+        prepared = model_prep.prepare_for_training(
+            self.model_ if prior and self.model_ is not None else self.model,
+            train,
+            loss=self.loss,
+            device=device,
+        )
+        model, probe = prepared.model, prepared.probe
         if resume is None:
-            self.replaced_modules_ = replaced
-        model = model.to(device)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        if not trainable:
-            raise UsageError("the model has no trainable parameters")
-
-        # task and loss, from the target and the model's output width
-        x0, y0 = train.batch(torch.arange(min(n, 2)))
-        with torch.no_grad():
-            was_training = model.training
-            model.eval()
-            out0 = model(_to(x0, device))
-            model.train(was_training)
-        self.n_outputs_ = int(out0.shape[-1]) if out0.ndim > 1 else 1
-        self.task_ = self._infer_task(train, y0)
-        criterion = self._make_loss()
-
-        # noise: calibrated for the whole planned run (prior runs are the ledger's job);
-        # this run's DP domain estimate, made before training, is composed in: domains
-        # and training together meet the target epsilon
-        domain = list(self._domain_segments)
-        if resume is not None:
-            # the same run goes on: same noise, same ledger reservation
-            sigma = float(self.noise_multiplier_ or 0.0)
-        elif self.target_epsilon == "remaining":
-            assert ledger is not None
-            sigma = ledger.calibrate_remaining(
-                self.dataset_id, sample_rate=q, steps=planned, accountant=accountant
-            )
-        else:
-            sigma = noise_multiplier_for(
-                epsilon=float(self.target_epsilon),
-                delta=self.delta_,
-                sample_rate=q,
-                steps=planned,
-                accountant=accountant,
-                prior=domain,
-            )
-        self.noise_multiplier_ = float(sigma)
-        run_eps = epsilon_of([(sigma, q, planned)], delta=self.delta_, accountant=accountant)
-        if resume is None:
-            self.run_id_ = None
-        if ledger is not None and resume is None:
-            self.run_id_ = ledger.reserve(
-                self.dataset_id,
-                history=[(sigma, q, planned)],
-                delta=self.delta_,
-                accountant=accountant,
-                model_name=type(model).__name__,
-                # what the run asked for (its calibrated own epsilon for "remaining")
-                epsilon=run_eps if self.target_epsilon == "remaining" else float(self.target_epsilon),
-            )
-        self.ledger_ = ledger
-
-        probe = forward_probe(model, _to(x0, device))
-        mode = self._choose_mode(model, _to(x0, device), probe)
+            self.replaced_modules_ = list(prepared.replaced)
+        self.n_outputs_, self.task_ = prepared.n_outputs, prepared.task
+        mode = choose_mode(self.grad_sample_mode, model, prepared.example, probe)
+        # noise for the whole planned run, this run's DP domain estimate composed in;
+        # the ledger reservation before the first step (a resumed run keeps both)
+        plan = runs.plan_run(
+            n=n,
+            per_epoch=per_epoch,
+            epochs=int(self.epochs),
+            delta=self.delta_,
+            target_epsilon=self.target_epsilon,
+            accountant=accountant,
+            prior=prior,
+            domain=list(self._domain_segments),
+            ledger=ledger,
+            dataset_id=self.dataset_id,
+            model_name=type(model).__name__,
+            resumed=None if resume is None else (float(self.noise_multiplier_ or 0.0), self.run_id_),
+        )
+        self.noise_multiplier_, self.sample_rate_, self.planned_steps_ = (
+            plan.noise_multiplier,
+            plan.sample_rate,
+            plan.planned_steps,
+        )
+        self.run_id_, self.ledger_ = plan.run_id, ledger
         self.grad_sample_mode_ = mode
+        settings = StepSettings(
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=self.max_grad_norm,
+            expected_batch_size=plan.expected_batch_size,
+            criterion=prepared.criterion,
+            shape_for_loss=partial(model_prep.shape_for_loss, self.task_),
+            make_optimizer=self._make_optimizer,
+            device=device,
+            generator=self._generator(device, 1),
+            secure=self.secure_mode,
+        )
         # "bk" hands a copy of a layer output on when an op in a forward changes it in place
-        self._copy_outputs = mode == "bk" and bool(probe.modified)
-        gsm, opt, dp_loss = self._make_private(model, criterion, sigma, q, n, device)
+        step = make_dp_step(
+            mode,
+            model,
+            settings,
+            copy_outputs=mode == "bk" and bool(probe.modified),
+            on_switch=self._switched,
+        )
         sampler = PoissonSampler(
             n,
-            q,
+            plan.sample_rate,
             generator=self._generator(torch.device("cpu"), 0),
             device=device if isinstance(train, TensorData) else "cpu",
             secure=self.secure_mode,
         )
         if isinstance(train, TensorData):
-            train = TensorData(_to(train.X, device), _to(train.y, device))
+            train = TensorData(to_device(train.X, device), to_device(train.y, device))
         self.model_ = model
         self.history_ = []
-        # the domain estimate is already a ledger run of its own (charged before its
-        # noise was drawn); here it joins the accountant's record of this model
-        self.accountant_history_ = [*prior, *domain]
-        self._prior_history = [*prior, *domain]
         self.steps_ = 0
         epoch = 0
         if resume is not None:
-            opt.original_optimizer.load_state_dict(resume["optimizer"])
-            epoch, self.steps_ = resume["epoch"], resume["steps"]
-            self.history_ = list(resume["history"])
-            if self.steps_:
-                self.accountant_history_.append((float(sigma), q, self.steps_))
+            step.optimizer.load_state_dict(resume.optimizer)
+            epoch, self.steps_ = resume.epoch, resume.steps
+            self.history_ = list(resume.history)
             self._resume = None
-        self._state = {
-            "device": device,
-            "train": train,
-            "val": valid,
-            "gsm": gsm,
-            "opt": opt,
-            "dp_loss": dp_loss,
-            "criterion": criterion,
-            "sampler": sampler,
-            "per_epoch": per_epoch,
-            "epoch": epoch,
-        }
+        self.accountant_history_ = plan.history(self.steps_)
+        return TrainingRun(
+            plan=plan,
+            dp_step=step,
+            data=train,
+            val=valid,
+            sampler=sampler,
+            device=device,
+            max_physical_batch_size=self.max_physical_batch_size,
+            epoch=epoch,
+        )
 
-    def _open_ledger(self) -> Any:
-        if self.ledger is None:
-            return None
-        if isinstance(self.ledger, str) or hasattr(self.ledger, "__fspath__"):
-            from privdl.budget.ledger import BudgetLedger
-
-            return BudgetLedger(self.ledger)
-        return self.ledger
-
-    def _infer_task(self, train: TensorData | IndexedData, y0: Any) -> str:
-        y = train.y if isinstance(train, TensorData) else y0
-        if y is None:
-            raise InputError("training data has no target")
-        if isinstance(self.loss, str):
-            return {"cross_entropy": "multiclass", "bce": "binary", "mse": "regression"}[self.loss]
-        is_float = torch.is_floating_point(y)
-        if is_float and not bool(torch.all(y == torch.round(y))):
-            return "regression"
-        if is_float and self.n_outputs_ == 1 and self.loss is not None:
-            return "regression"
-        return "binary" if self.n_outputs_ == 1 else "multiclass"
-
-    def _make_loss(self) -> nn.Module:
-        if isinstance(self.loss, nn.Module):
-            loss = self.loss
-            if not hasattr(loss, "reduction"):
-                raise UsageError("a loss module needs a 'reduction' attribute (e.g. nn.*Loss)")
-            loss.reduction = "mean"  # type: ignore[assignment]
-            return loss
-        if self.task_ == "regression":
-            return nn.MSELoss(reduction="mean")
-        if self.task_ == "binary":
-            return nn.BCEWithLogitsLoss(reduction="mean")
-        return nn.CrossEntropyLoss(reduction="mean")
-
-    def _choose_mode(self, model: nn.Module, example: Any = None, probe: Any = None) -> str:
-        if probe is None and example is not None:
-            probe = forward_probe(model, example)
-        if self.grad_sample_mode == "bk":
-            if example is not None and not bk_supports(model, example, probe):
-                raise UsageError(
-                    'grad_sample_mode="bk" needs every trainable layer to be a Linear, Conv1d, '
-                    "Conv2d, LayerNorm, GroupNorm or Embedding that owns its parameters"
-                )
-            return "bk"
-        if self.grad_sample_mode != "auto":
-            mode = str(self.grad_sample_mode)
-        elif (
-            probe is not None
-            and bk_supports(model, example, probe)
-            and all(c <= 1 for c in probe.calls.values())
-        ):
-            # a reuse the probe sees goes to Opacus' hooks (the reference for tied
-            # weights); one that only training shows is clipped correctly by bk too
-            return "bk"
-        else:
-            mode = self._opacus_mode(model, probe)
-        if probe is not None and probe.modified and mode != "ew":
-            # Opacus' per-sample hooks refuse a hooked output that is modified in place
-            # (in-place modules were switched off in _setup: this is an op in a forward)
-            raise UsageError(
-                f"the output of layer {sorted(probe.modified)[0]!r} is modified in place in "
-                f"the forward pass, which Opacus' {mode!r} mode cannot train through: use an "
-                "out-of-place operation there"
-            )
-        return mode
-
-    def _opacus_mode(self, model: nn.Module, probe: Any) -> str:
-        from opacus.grad_sample import GradSampleModuleFastGradientClipping as Ghost
-
-        # A layer run twice per forward pass (weight reuse) needs Opacus' hooks, which
-        # accumulate per-sample gradients over calls; ghost clipping refuses it. Reuse in
-        # training mode only, or for some batches only, is not in this eval-mode probe:
-        # _step then moves a ghost run to hooks (see _ghost_to_hooks).
-        if probe is not None and any(c > 1 for c in probe.calls.values()):
-            return "hooks"
-        # Ghost clipping needs a norm sampler for every layer that owns trainable
-        # parameters and no parameter shared between layers.
-        owners: dict[int, int] = {}
-        for m in model.modules():
-            direct = [p for p in m.parameters(recurse=False) if p.requires_grad]
-            if direct and type(m) not in Ghost.NORM_SAMPLERS:
-                return "hooks"
-            for p in direct:
-                owners[id(p)] = owners.get(id(p), 0) + 1
-        if any(c > 1 for c in owners.values()):
-            return "hooks"
-        return "ghost"
+    def _make_optimizer(self, params: list[Any]) -> Any:
+        return make_optimizer(self.optimizer, self._lr(), params)
 
     def _generator(self, device: Any, offset: int) -> Any:
         if self.seed is None:
@@ -761,126 +528,56 @@ class PrivateTrainer:
         g.manual_seed(int(self.seed) * 1000 + 17 + offset)
         return g
 
-    def _make_private(
-        self, model: nn.Module, criterion: nn.Module, sigma: float, q: float, n: int, device: Any
-    ) -> tuple[Any, Any, Any]:
-        from opacus import GradSampleModule
-        from opacus.grad_sample import GradSampleModuleFastGradientClipping
-        from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
-        from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
-
-        params = [p for p in model.parameters() if p.requires_grad]
-        if isinstance(self.optimizer, str):
-            cls = getattr(torch.optim, _OPTIMIZERS[self.optimizer.lower()])
-        else:
-            cls = self.optimizer
-        # foreach: one fused kernel per update instead of one per parameter
-        extra = {"foreach": True} if cls.__module__.startswith("torch.optim") else {}
-        base = cls(params, lr=self._lr(), **extra)
-        expected = max(1, round(n * q))
-        noise_gen = self._generator(device, 1)
-        dp_loss = None
-        if self.grad_sample_mode_ == "bk":
-            engine = BookKeepingEngine(
-                model,
-                base,
-                criterion,
-                noise_multiplier=sigma,
-                max_grad_norm=self.max_grad_norm,
-                expected_batch_size=expected,
-                generator=noise_gen,
-                secure=self.secure_mode,
-                copy_outputs=self._copy_outputs,
-            )
-            return engine, engine, None
-        if self.grad_sample_mode_ == "ghost":
-            gsm = GradSampleModuleFastGradientClipping(
-                model,
-                batch_first=True,
-                loss_reduction="mean",
-                max_grad_norm=self.max_grad_norm,
-                use_ghost_clipping=True,
-            )
-            opt_cls: type = _ghost_optimizer(DPOptimizerFastGradientClipping)
-        else:
-            mode = self.grad_sample_mode_
-            if mode == "ew":
-                from opacus.grad_sample import GradSampleModuleExpandedWeights
-
-                gsm = GradSampleModuleExpandedWeights(model, batch_first=True, loss_reduction="mean")
-            else:
-                gsm = GradSampleModule(
-                    model,
-                    batch_first=True,
-                    loss_reduction="mean",
-                    force_functorch=mode == "functorch",
-                )
-            opt_cls = DPOptimizer
-        if self.grad_sample_mode_ != "ew":  # ExpandedWeights checks batch sizes itself
-            _guard_rows(gsm)
-        if self.secure_mode:
-            opt_cls = _secure_noise(opt_cls)
-        opt = opt_cls(
-            base,
-            noise_multiplier=sigma,
-            max_grad_norm=self.max_grad_norm,
-            expected_batch_size=expected,
-            loss_reduction="mean",
-            generator=noise_gen,
-        )
-        if self.grad_sample_mode_ == "ghost":
-            dp_loss = DPLossFastGradientClipping(gsm, opt, criterion, loss_reduction="mean")
-        return gsm, opt, dp_loss
+    def _switched(self, note: str) -> None:
+        """The DP step moved from ghost clipping to hooks: recorded and reported."""
+        self.grad_sample_mode_ = "hooks"
+        self.replaced_modules_.append(note)
+        warnings.warn(note, UserWarning, stacklevel=2)
 
     # ------------------------------------------------------------------ training loop
-    def _train(self) -> None:
-        st = self._state
+    def _train(self, run: TrainingRun) -> None:
         t0 = time.perf_counter()
         try:
             with warnings.catch_warnings():
                 # Opacus' ghost clipping triggers this torch notice on every step when
                 # the input does not require grad, which is the normal case
                 warnings.filterwarnings("ignore", message="Full backward hook", category=UserWarning)
-                with self._progress_bar() as bar:
-                    st["bar"] = bar
-                    try:
-                        while st["epoch"] < self.epochs:
-                            self._run_epoch()
-                    finally:
-                        st.pop("bar", None)
+                with progress_bar(self.progress) as bar:
+                    while run.epoch < self.epochs:
+                        run = self._run_epoch(run, bar)
         finally:
             self.fit_seconds_ = time.perf_counter() - t0
-        self._finish()
+        # the DP step hands the plain module back; the ledger holds each run's own
+        # history (earlier runs settled already)
+        self.model_ = run.dp_step.release()
+        if self.ledger_ is not None and self.run_id_ is not None:
+            self.ledger_.settle(self.run_id_, history=self.accountant_history_[-1:])
+        self.model_.eval()
 
-    def _run_epoch(self) -> None:
-        st = self._state
-        gsm, device = st["gsm"], st["device"]
-        bar: Any = st.get("bar")
-        gsm.train()
-        loss_sum = torch.zeros((), device=device)
+    def _run_epoch(self, run: TrainingRun, bar: Any) -> TrainingRun:
+        plan = run.plan
+        run.dp_step.train()
+        loss_sum = torch.zeros((), device=run.device)
         count = 0
         task = None
         if bar is not None:
-            task = bar.add_task(f"epoch {st['epoch'] + 1}/{self.epochs}", total=st["per_epoch"], stats="")
-        for _ in range(st["per_epoch"]):
-            idx = st["sampler"].sample()
-            loss_sum += self._step(idx)
+            task = bar.add_task(f"epoch {run.epoch + 1}/{self.epochs}", total=plan.per_epoch, stats="")
+        for _ in range(plan.per_epoch):
+            idx = run.sampler.sample()
+            loss_sum += run.step(idx)
             count += len(idx)
             self.steps_ += 1
             if task is not None:
                 bar.advance(task)
-        st["epoch"] += 1
+        run = replace(run, epoch=run.epoch + 1)
         # the accountant's exact record: earlier runs of this model, then this run's
         # single segment with every step taken so far
-        self.accountant_history_ = [
-            *self._prior_history,
-            (float(self.noise_multiplier_ or 0.0), float(self.sample_rate_ or 0.0), self.steps_),
-        ]
-        metric_name, metric = (None, None)
-        if st["val"] is not None:
-            metric_name, metric = self._evaluate(st["val"])
+        self.accountant_history_ = plan.history(self.steps_)
+        metric_name, metric = (
+            (None, None) if run.val is None else outputs.evaluate(self._forward, self.task_, run.val)
+        )
         row = {
-            "epoch": st["epoch"],
+            "epoch": run.epoch,
             "loss": float(loss_sum.item()) / max(count, 1),
             "metric": metric,
             "metric_name": metric_name,
@@ -889,174 +586,32 @@ class PrivateTrainer:
         }
         self.history_.append(row)
         if task is not None:
-            bar.update(task, stats=_progress_stats(row))
+            bar.update(task, stats=progress_stats(row))
         if self.checkpoint_dir is not None:
-            from privdl.train.checkpoint import save_checkpoint
-
-            save_checkpoint(self, self.checkpoint_dir, key=self.checkpoint_key)
-
-    def _step(self, idx: Any) -> Any:
-        """One DP-SGD step on the Poisson batch ``idx``; returns the summed loss."""
-        st = self._state
-        opt, gsm, train, device = st["opt"], st["gsm"], st["train"], st["device"]
-        ghost = self.grad_sample_mode_ == "ghost"
-        chunk = self.max_physical_batch_size
-        parts = [idx] if chunk is None or len(idx) <= chunk else list(idx.split(chunk))
-        total = torch.zeros((), device=device)
-        opt.zero_grad(set_to_none=True)
-        if self.grad_sample_mode_ == "bk":
-            for part in [] if len(idx) == 0 else parts:
-                xb, yb = train.batch(part)
-                out, yb = self._shape_for_loss(gsm(_to(xb, device)), _to(yb, device))
-                losses = opt.per_sample_loss(out, yb)
-                opt.accumulate(losses)
-                total = total + losses.detach().sum()
-            opt.step()  # an empty batch is a noise-only step, and it is accounted
-            return total
-        if len(idx) == 0:
-            # An empty Poisson batch is still a step: noise only, and it is accounted.
-            for p in opt.params:
-                if ghost:
-                    p.grad = torch.zeros_like(p)
-                else:
-                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
-            opt.step()
-            return total
-        try:
-            for k, part in enumerate(parts):
-                xb, yb = train.batch(part)
-                xb, yb = _to(xb, device), _to(yb, device)
-                out = gsm(xb)
-                out, yb = self._shape_for_loss(out, yb)
-                if ghost:
-                    loss = st["dp_loss"](out, yb)
-                    loss.backward()
-                    total = total + loss.loss_per_sample.detach().sum()
-                else:
-                    loss = st["criterion"](out, yb)
-                    loss.backward()
-                    total = total + loss.detach() * len(part)
-                if k < len(parts) - 1:
-                    opt.signal_skip_step(do_skip=True)
-                    opt.step()
-                    if not ghost:
-                        opt.zero_grad(set_to_none=True)
-        except NotImplementedError as exc:
-            # Opacus' ghost clipping stops in the forward pass when a layer runs twice
-            # ("Parameter tying is not supported"): nothing of this step was applied, so
-            # the run goes on with hooks and the same batch is computed again.
-            if not ghost or "tying" not in str(exc):
-                raise
-            self._ghost_to_hooks()
-            return self._step(idx)
-        opt.step()
-        return total
-
-    def _ghost_to_hooks(self) -> None:
-        """Move this run from ghost clipping to Opacus' hooks, which sum a reused layer's
-        per-sample gradients over its calls before clipping; record the switch."""
-        st = self._state
-        old_gsm, old_opt = st["gsm"], st["opt"]
-        reused = sorted(
-            name
-            for name, m in old_gsm._module.named_modules()
-            if any(getattr(p, "_forward_counter", 0) > 1 for p in m.parameters(recurse=False))
-        )
-        model = old_gsm.to_standard_module()
-        for m in model.modules():  # the interrupted forward pass left its activations
-            for attr in ("activations", "max_batch_len"):
-                if hasattr(m, attr):
-                    delattr(m, attr)
-        self.grad_sample_mode_ = "hooks"
-        gsm, opt, dp_loss = self._make_private(
-            model,
-            st["criterion"],
-            float(self.noise_multiplier_ or 0.0),
-            float(self.sample_rate_ or 0.0),
-            int(self.n_samples_ or 0),
-            st["device"],
-        )
-        opt.original_optimizer.load_state_dict(old_opt.original_optimizer.state_dict())
-        # the same noise stream goes on: a fresh seeded generator would repeat its draws
-        opt.generator = old_opt.generator
-        st.update(gsm=gsm, opt=opt, dp_loss=dp_loss)
-        where = f"layer {reused[0]!r}" if reused else "a layer"
-        note = (
-            f"grad_sample_mode: ghost -> hooks ({where} ran more than once in a training "
-            "step; ghost clipping cannot clip a reused layer)"
-        )
-        self.replaced_modules_.append(note)
-        warnings.warn(note, UserWarning, stacklevel=3)
-
-    def _shape_for_loss(self, out: Any, y: Any) -> tuple[Any, Any]:
-        if self.task_ == "binary":
-            return out.reshape(-1), y.to(out.dtype).reshape(-1)
-        if self.task_ == "regression":
-            if out.ndim == 2 and out.shape[1] == 1 and y.ndim == 1:
-                out = out.reshape(-1)
-            return out, y.to(out.dtype)
-        return out, y.long()
-
-    def _finish(self) -> None:
-        st = self._state
-        gsm = st.get("gsm")
-        if gsm is not None:
-            self.model_ = gsm.to_standard_module()
-            st["gsm"] = None
-        if self.ledger_ is not None and self.run_id_ is not None:
-            # the ledger holds each run's own history; earlier runs settled already
-            self.ledger_.settle(self.run_id_, history=self.accountant_history_[-1:])
-        if self.model_ is not None:
-            self.model_.eval()
-
-    def _progress_bar(self) -> Any:
-        """A rich progress bar on stderr (one line per epoch), or a null context."""
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        console = Console(stderr=True)
-        show = self.progress
-        if show == "auto":
-            show = console.is_terminal or console.is_jupyter
-        if not show:
-            return contextlib.nullcontext()
-        return Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[stats]}"),
-            console=console,
-        )
+            point = ResumePoint(
+                epoch=run.epoch,
+                steps=self.steps_,
+                per_epoch=plan.per_epoch,
+                optimizer=run.dp_step.optimizer.state_dict(),
+            )
+            checkpoint.save_checkpoint(self, self.checkpoint_dir, key=self.checkpoint_key, point=point)
+        return run
 
     # ------------------------------------------------------------------ inference
     def _require_fitted(self) -> nn.Module:
         if self.model_ is None:
-            raise UsageError("the trainer is not fitted yet: call fit() first")
+            raise NotFittedError("the trainer is not fitted yet: call fit() first")
         return self.model_
-
-    def _features(self, X: Any) -> Any:
-        import pandas as pd
-
-        if isinstance(X, pd.DataFrame):
-            if self.encoder_ is None:
-                raise UsageError("a DataFrame needs the encoder the model was trained with")
-            X = self.encoder_.transform(X)
-        if isinstance(X, tuple | list) and len(X) == 2:
-            X = X[0]
-        data = as_data((X, None), what="X")
-        assert isinstance(data, TensorData)
-        return data.X
 
     def _forward(self, X: Any, batch: int = 8192) -> Any:
         model = self._require_fitted()
-        feats = self._features(X)
+        feats = outputs.features(X, self.encoder_)
         device = next(model.parameters()).device
         outs = []
         model.eval()
         with torch.no_grad():
             for start in range(0, len(feats), batch):
-                outs.append(model(_to(feats[start : start + batch], device)).float().cpu())
+                outs.append(model(to_device(feats[start : start + batch], device)).float().cpu())
         return torch.cat(outs) if outs else torch.zeros((0, self.n_outputs_ or 1))
 
     def decision_function(self, X: Any) -> np.ndarray:
@@ -1067,89 +622,40 @@ class PrivateTrainer:
         """Class probabilities, shape ``(n, n_classes)`` (classification only)."""
         if self.task_ == "regression":
             raise UsageError("predict_proba is for classification")
-        out = self._forward(X)
-        if self.task_ == "binary":
-            p1 = torch.sigmoid(out.reshape(-1))
-            return torch.stack([1 - p1, p1], dim=1).numpy()
-        return torch.softmax(out, dim=1).numpy()
+        return outputs.probabilities(self.task_, self._forward(X))
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted labels (classification) or values (regression)."""
-        out = self._forward(X)
-        if self.task_ == "regression":
-            return (out.reshape(-1) if out.ndim == 2 and out.shape[1] == 1 else out).numpy()
-        if self.task_ == "binary":
-            return (out.reshape(-1) > 0).long().numpy()
-        return out.argmax(dim=1).numpy()
+        return outputs.labels(self.task_, self._forward(X))
 
     def loss_per_sample(self, X: Any, y: Any) -> np.ndarray:
-        """Per-record loss of the trained model (for membership-inference audits).
+        """Per-record loss of the trained model (for membership-inference tests).
 
         Args:
             X: features (array, tensor, or DataFrame when trained on one).
             y: targets, or the target column name when ``X`` is a DataFrame.
         """
         out = self._forward(X)
-        yt = self._target(X, y)
+        yt = outputs.targets(X, y, self.encoder_)
         if len(yt) != len(out):
             raise InputError(f"{len(out)} feature rows but {len(yt)} targets")
-        out, yt = self._shape_for_loss(out, yt)
-        crit: Any = self._make_loss()
-        old = crit.reduction
-        crit.reduction = "none"
-        try:
-            with torch.no_grad():
-                losses = crit(out, yt)
-        finally:
-            crit.reduction = old
-        if losses.ndim > 1:
-            losses = losses.reshape(len(losses), -1).mean(dim=1)
-        return losses.numpy()
+        return outputs.per_sample_losses(self.loss, self.task_, out, yt)
 
     def score(self, X: Any, y: Any) -> float:
         """Accuracy (classification) or negative mean squared error (regression)."""
-        return self._metric(self._forward(X), self._target(X, y))[1]
-
-    def _target(self, X: Any, y: Any) -> Any:
-        import pandas as pd
-
-        if isinstance(X, pd.DataFrame) and isinstance(y, str):
-            if self.encoder_ is None:
-                raise UsageError("a DataFrame target needs the encoder the model was trained with")
-            y = _encode_target(self.encoder_, X[y])
-        return to_tensor(y, what="target")
-
-    def _evaluate(self, val: TensorData | IndexedData) -> tuple[str, float]:
-        if isinstance(val, IndexedData):
-            loader = torch.utils.data.DataLoader(val.dataset, batch_size=1024, collate_fn=val.collate_fn)
-            outs, ys = [], []
-            for xb, yb in loader:
-                outs.append(self._forward((xb, None)))
-                ys.append(yb)
-            return self._metric(torch.cat(outs), torch.cat(ys))
-        assert val.y is not None
-        return self._metric(self._forward((val.X, None)), val.y)
-
-    def _metric(self, out: Any, y: Any) -> tuple[str, float]:
-        y = y.cpu()
-        if self.task_ == "regression":
-            out = out.reshape(y.shape) if out.numel() == y.numel() else out
-            return "neg_mse", -float(((out - y.float()) ** 2).mean())
-        pred = (out.reshape(-1) > 0).long() if self.task_ == "binary" else out.argmax(dim=1)
-        return "accuracy", float((pred == y.long().reshape(-1)).float().mean())
+        return outputs.metric(self.task_, self._forward(X), outputs.targets(X, y, self.encoder_))[1]
 
     # ------------------------------------------------------------------ reports, saving
     def report(self, **kwargs: Any) -> Any:
-        """A :class:`~privdl.PrivacyReport` for this run (see its ``from_trainer``)."""
+        """A :class:`~privdl.PrivacyReport` for this run, built from :meth:`run_facts`
+        (see :meth:`PrivacyReport.from_trainer <privdl.PrivacyReport.from_trainer>`)."""
         from privdl.budget.report import PrivacyReport
 
         return PrivacyReport.from_trainer(self, **kwargs)
 
     def save(self, path: Any, *, key: Any = None) -> Any:
-        """Save the trained model (safetensors + signed JSON); see :mod:`privdl.train.checkpoint`."""
-        from privdl.train.checkpoint import save_model
-
-        return save_model(self, path, key=key)
+        """Save the trained model (safetensors + signed JSON); see :mod:`privdl.train.modelfile`."""
+        return checkpoint.save_model(self, path, key=key)
 
     @classmethod
     def resume(
@@ -1163,254 +669,39 @@ class PrivateTrainer:
     ) -> PrivateTrainer:
         """A trainer that continues the checkpointed run at ``path`` on its next ``fit``.
 
-        The run keeps its noise, sample rate, planned steps and ledger reservation.
+        The run keeps its noise, sample rate, planned steps and ledger reservation;
+        ``fit`` must get the same number of records. The ledger is the one recorded in
+        the checkpoint unless ``ledger=`` is given.
         """
-        from privdl.train.checkpoint import resume
-
-        return resume(path, model=model, key=key, ledger=ledger, audit_log=audit_log)
+        folder, point = checkpoint.read_checkpoint(path, key=key)
+        trainer = cls._from_folder(folder, model)
+        trainer.model.train()  # type: ignore[union-attr]
+        trainer.ledger = ledger if ledger is not None else checkpoint.checkpoint_ledger(folder)
+        trainer.audit_log = audit_log
+        trainer.checkpoint_dir = folder.path
+        trainer.checkpoint_key = key
+        trainer._resume = point
+        return trainer
 
     @classmethod
     def load(cls, path: Any, *, model: nn.Module | None = None, key: Any = None) -> PrivateTrainer:
-        """Load a model saved by :meth:`save`, verifying its signature first."""
-        from privdl.train.checkpoint import load_model
+        """Load a model saved by :meth:`save`, verifying its signature first.
 
-        return load_model(path, model=model, key=key)
+        Args:
+            path: the model folder.
+            model: the module to load weights into, needed when the architecture is not
+                a plain ``nn.Sequential`` of standard layers.
+            key: the Secret or Ed25519 public key it was signed with.
+        """
+        return cls._from_folder(read_model_folder(path, key=key), model)
+
+    @classmethod
+    def _from_folder(cls, folder: ModelFolder, model: nn.Module | None) -> PrivateTrainer:
+        module = checkpoint.load_weights(folder, model)
+        trainer = cls(module, **checkpoint.init_params(folder.meta))
+        checkpoint.restore_fitted(trainer, folder, module)
+        return trainer
 
     def __repr__(self) -> str:
         state = f"epsilon={self.epsilon:.3g}, steps={self.steps_}" if self.steps_ else "unfitted"
         return f"PrivateTrainer({type(self.model).__name__}, target_epsilon={self.target_epsilon!r}, {state})"
-
-
-# ---------------------------------------------------------------------------------------
-def _progress_stats(row: dict[str, Any]) -> str:
-    """One epoch's figures for the progress bar: loss, validation metric, epsilon so far.
-
-    The loss is the exact mean training loss (not DP): it is shown live on the trainer's
-    own screen and is never saved with the model or put in a report.
-    """
-    parts = [] if row.get("loss") is None else [f"loss {row['loss']:.4f}"]
-    if row.get("metric") is not None:
-        parts.append(f"val {row['metric_name']} {row['metric']:.4f}")
-    return "  ".join([*parts, f"epsilon {row['epsilon']:.3f}"])
-
-
-def _refuse_distributed(*models: Any) -> None:
-    """Refuse to train under ``torch.distributed`` (ranks would not share one DP run)."""
-    from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    # torchrun sets WORLD_SIZE on every rank before any process group exists
-    world = os.environ.get("WORLD_SIZE", "1").strip() or "1"
-    initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
-    wrapped = any(
-        isinstance(sub, DDP | DPDDP)
-        for m in models
-        if isinstance(m, nn.Module)
-        for sub in m.modules()
-    )
-    if initialized or wrapped or world not in ("0", "1"):
-        what = (
-            "a DistributedDataParallel model"
-            if wrapped
-            else "an initialized process group"
-            if initialized
-            else f"WORLD_SIZE={world}"
-        )
-        raise UsageError(
-            f"PrivateTrainer does not support torch.distributed yet ({what}): each rank would "
-            "train and charge the ledger on its own; run on one process with the plain model"
-        )
-
-
-def _row_digests(data: Any) -> list[bytes]:
-    """A 128-bit digest of each row (features and target bytes), in order."""
-    import hashlib
-
-    def as_bytes(t: Any, n: int) -> Any:
-        t = t.detach().cpu().contiguous()
-        if t.dtype == torch.bool:
-            t = t.to(torch.uint8)
-        return t.reshape(n, -1).view(torch.uint8).numpy() if t.numel() else np.zeros((n, 0), np.uint8)
-
-    n = len(data)
-    parts = [data.X] + ([] if data.y is None else [data.y])
-    out: list[bytes] = []
-    for start in range(0, n, 65536):
-        stop = min(n, start + 65536)
-        rows = np.hstack([as_bytes(t[start:stop], stop - start) for t in parts])
-        out.extend(hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows)
-    return out
-
-
-def _shared_frame_rows(data: Any, val: Any, target: str | None) -> int | None:
-    """For two DataFrames: how many ``val`` rows equal a training row on every column
-    both hold (the raw rows, pseudonyms included when given, not the encoded features:
-    distinct people who look alike after generalization are not the same record).
-    ``None`` when they are not both DataFrames."""
-    import pandas as pd
-
-    if val is None or not (isinstance(data, pd.DataFrame) and isinstance(val, pd.DataFrame)):
-        return None
-    common = [c for c in data.columns if c in val.columns]
-    if not common or (target is not None and target not in common):
-        return 0
-    try:
-        seen = set(pd.util.hash_pandas_object(data[common], index=False).to_numpy().tolist())
-        hashed = pd.util.hash_pandas_object(val[common], index=False).to_numpy()
-    except TypeError:  # unhashable cells (lists): fall back to the encoded rows
-        return None
-    return int(sum(1 for h in hashed.tolist() if h in seen))
-
-
-def _shared_rows(train: Any, val: Any) -> int | None:
-    """How many ``val`` rows equal a training row exactly (features and target).
-
-    ``None`` when it cannot be checked cheaply (a Dataset read record by record that is
-    neither the training dataset nor a Subset of the same one).
-    """
-    if val is None:
-        return None
-    if isinstance(train, TensorData) and isinstance(val, TensorData):
-        if val.X.shape[1:] != train.X.shape[1:] or (val.y is None) != (train.y is None):
-            return 0
-        # the same dtype as the training tensors, so equal values have equal bytes
-        val = TensorData(val.X.to(train.X.dtype), None if val.y is None else val.y.to(train.y.dtype))
-        seen = set(_row_digests(train))
-        return sum(d in seen for d in _row_digests(val))
-    if isinstance(train, IndexedData) and isinstance(val, IndexedData):
-        from torch.utils.data import Subset
-
-        a, b = train.dataset, val.dataset
-        if a is b:
-            return len(b)
-        if isinstance(a, Subset) and isinstance(b, Subset) and a.dataset is b.dataset:
-            return len(set(map(int, a.indices)) & set(map(int, b.indices)))
-    return None
-
-
-def _out_of_place(model: nn.Module) -> list[str]:
-    """Set ``inplace=False`` on every module that has ``inplace=True``; their names."""
-    changed = []
-    for name, m in model.named_modules():
-        if getattr(m, "inplace", False) is True:
-            m.inplace = False
-            changed.append(name)
-    return changed
-
-
-def _to(x: Any, device: Any) -> Any:
-    if x is None:
-        return None
-    if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=True)
-    if isinstance(x, dict):
-        return {k: _to(v, device) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return type(x)(_to(v, device) for v in x)
-    return x
-
-
-def _encode_target(encoder: Any, series: Any) -> Any:
-    fn = getattr(encoder, "encode_target", None) or encoder.target_encode
-    return fn(series)
-
-
-def _new_encoder(domains: str = "dp") -> Any:
-    try:
-        from privdl.train.encoding import TableEncoder
-    except ImportError as exc:  # pragma: no cover - arrives with the encoder helper
-        raise MissingDependencyError("privdl.train.encoding.TableEncoder is not available") from exc
-    return TableEncoder(domains=domains)
-
-
-def _is_table_encoder(encoder: Any) -> bool:
-    from privdl.train.encoding import TableEncoder
-
-    return isinstance(encoder, TableEncoder)
-
-
-def _guard_rows(gsm: Any) -> None:
-    """Refuse a trainable layer that runs on part of the batch (``layer(x[mask])``).
-
-    Opacus' hooks add such a call's per-sample gradients to the *first* rows of the
-    batch's (``grad_sample[:k] += ...``), so a record's gradient is split over two rows,
-    each clipped to C: its contribution can exceed C. The hooks are Opacus' own list,
-    removed with its hooks when the run ends.
-    """
-    from torch.utils._pytree import tree_leaves
-
-    rows: list[int | None] = [None]
-
-    def batch_rows(_module: Any, args: Any) -> None:
-        first = next((t for t in tree_leaves(args) if isinstance(t, torch.Tensor)), None)
-        rows[0] = int(first.shape[0]) if first is not None and first.ndim else None
-
-    def check(name: str) -> Any:
-        def hook(module: Any, inputs: Any, _output: Any) -> None:
-            if rows[0] is None or not (module.training and torch.is_grad_enabled()):
-                return
-            x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
-            if x is not None and (x.ndim == 0 or x.shape[0] != rows[0]):
-                raise UsageError(
-                    f"layer {name!r} ran on {x.shape[0] if x.ndim else 0} rows of a batch of "
-                    f"{rows[0]}: per-sample clipping needs every trainable layer to run on the "
-                    "whole batch (mask its output instead of its input)"
-                )
-
-        return hook
-
-    module = gsm._module
-    handles = gsm.autograd_grad_sample_hooks
-    handles.append(module.register_forward_pre_hook(batch_rows))
-    for name, m in module.named_modules():
-        if any(p.requires_grad for p in m.parameters(recurse=False)):
-            handles.append(m.register_forward_hook(check(name)))
-
-
-def _ghost_optimizer(base: type) -> type:
-    """Opacus' ghost-clipping optimizer without a ``deepcopy`` per parameter per step.
-
-    ``accumulate`` in Opacus 1.6 deep-copies each gradient; a detached clone is the same
-    value at a fraction of the cost (it was 8 % of a small model's DP step).
-    """
-
-    class GhostOptimizer(base):
-        def accumulate(self) -> None:
-            for p in self.params:
-                if p.summed_grad is not None:
-                    p.summed_grad.add_(p.grad)
-                else:
-                    p.summed_grad = p.grad.detach().clone()
-
-    return GhostOptimizer
-
-
-_SECURE_CLASSES: dict[type, type] = {}
-
-
-def _secure_noise(base: type) -> type:
-    """``base`` DP optimizer whose Gaussian noise comes from ChaCha20 (os.urandom key).
-
-    Like Opacus' secure mode, each coordinate is the sum of four Gaussian draws divided
-    by two (same variance), which defeats the known floating-point attacks on sampled
-    Gaussians; unlike it, the draws come from a CSPRNG instead of torchcsprng.
-    """
-    if base in _SECURE_CLASSES:
-        return _SECURE_CLASSES[base]
-    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
-
-    class SecureNoise(base):
-        def add_noise(self) -> None:
-            rng = self.__dict__.setdefault("_privdl_rng", ChaChaRandom())
-            std = self.noise_multiplier * self.max_grad_norm
-            for p in self.params:
-                _check_processed_flag(p.summed_grad)
-                count = p.summed_grad.numel()
-                z = sum(rng.normal(count) for _ in range(4)) / 2.0
-                noise = torch.from_numpy(std * z).to(p.summed_grad.device, p.summed_grad.dtype)
-                p.grad = (p.summed_grad + noise.view_as(p.summed_grad)).view_as(p)
-                _mark_as_processed(p.summed_grad)
-
-    SecureNoise.__name__ = f"Secure{base.__name__}"
-    _SECURE_CLASSES[base] = SecureNoise
-    return SecureNoise

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from privdl.anonymize.engine import generalize
+from privdl.anonymize.generalize import generalize
 from privdl.anonymize.global_recoding import global_recoding
 from privdl.anonymize.hierarchy import encode_qis
 from privdl.anonymize.metrics import encode_sensitive, measure

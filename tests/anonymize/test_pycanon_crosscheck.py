@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from privdl.anonymize.engine import generalize
+from privdl.anonymize.generalize import generalize
 from privdl.anonymize.metrics import measure
 
 pycanon = pytest.importorskip("pycanon.anonymity")

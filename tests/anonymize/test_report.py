@@ -58,8 +58,11 @@ def test_figures_are_recomputed_from_the_released_table(
 def test_json_round_trip_and_renderings(
     report: AnonymizationReport, tmp_path: Path, key: privdl.Secret
 ) -> None:
-    again = AnonymizationReport.from_json(json.loads(json.dumps(report.to_json())))
+    assert isinstance(report.to_dict(), dict) and isinstance(report.to_json(), str)
+    again = AnonymizationReport.from_json(report.to_json())
     assert again == report
+    assert AnonymizationReport.from_json(json.loads(report.to_json())) == report  # a saved file
+    assert AnonymizationReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report
     for ext in ("json", "md", "html"):
         path = report.save(tmp_path / f"r.{ext}")
         text = path.read_text()

@@ -28,7 +28,11 @@ def test_assess_risk_on_adult_matches_a_plain_groupby() -> None:
     assert report.unique_share == pytest.approx((sizes == 1).sum() / len(frame))
     assert report.prosecutor_avg == pytest.approx(len(sizes) / len(frame))
     assert report.l_distinct["salary-class"] == 1
-    assert RiskReport.from_json(json.loads(json.dumps(report.to_json()))) == report
+    # to_dict -> dict, to_json -> str; from_json reads the string or a saved file's parsed dict
+    assert isinstance(report.to_dict(), dict) and isinstance(report.to_json(), str)
+    assert RiskReport.from_json(report.to_json()) == report
+    assert RiskReport.from_json(json.loads(report.to_json())) == report
+    assert RiskReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report
 
 
 def test_check_raises_over_the_limit_without_values() -> None:

@@ -178,3 +178,26 @@ def test_signing_key_path_in_audit_log(tmp_path: Path, audit_key: Secret) -> Non
     cp = log.checkpoint(tmp_path / "cp")
     assert verify_audit_log(log.path, key=audit_key, checkpoint=tmp_path / "cp", public_key=pub)
     assert cp.size == 1
+
+
+def test_checkpoint_save_is_atomic_and_leaves_no_temp(
+    tmp_path: Path, signing_key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cp = sign_checkpoint(origin=origin_for("x"), size=0, root_hash=bytes(32), signing_key=signing_key)
+    target = tmp_path / "audit.checkpoint"
+    cp.save(target)
+    assert Checkpoint.load(target).text == cp.text
+    fsynced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsynced.append(fd), real_fsync(fd))[1])
+    later = sign_checkpoint(origin=origin_for("x"), size=1, root_hash=b"\1" * 32, signing_key=signing_key)
+
+    def broken(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken)
+    with pytest.raises(OSError, match="disk full"):
+        later.save(target)
+    assert fsynced  # the note's bytes were flushed to disk before the rename
+    assert Checkpoint.load(target).size == 0  # the old checkpoint stands
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.checkpoint"]

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from privdl.train.calibrate import epsilon_of
+from privdl.budget.accounting import epsilon_of
 
 PER_CHARGE = [(1.0, 0.01, 20)]
 DELTA = 1e-5

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from privdl.budget.accounting import epsilon_of
 from privdl.budget.ledger import BudgetLedger, BudgetStatus, RunRecord
 from privdl.errors import BudgetExceededError, InputError, PolicyError, UsageError
-from privdl.train.calibrate import epsilon_of
 from tests.budget.race import capacity, race
 
 DELTA = 1e-5
@@ -419,16 +419,16 @@ def test_two_processes_fifty_charges_each_never_overspend(tmp_path: Path) -> Non
 
 _CRASHER = textwrap.dedent(
     """
-    import sys, time
+    import sqlite3, sys, time
     from privdl.budget.ledger import BudgetLedger
     led = BudgetLedger(sys.argv[1])
     run = led.reserve("d", history=[(1.0, 0.01, 1000)], delta=1e-5, accountant="prv",
                       model_name="crashes")
     print(run, flush=True)
-    # 'training': a second ledger write transaction left open when the process dies
-    store = led._store
-    store._conn.execute("BEGIN IMMEDIATE")
-    store._conn.execute("UPDATE privdl_runs SET model_name = 'half-written'")
+    # 'training': a write transaction on the ledger file left open when the process dies
+    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("UPDATE privdl_runs SET model_name = 'half-written'")
     time.sleep(600)
     """
 )

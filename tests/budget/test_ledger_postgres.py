@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from privdl.budget.accounting import epsilon_of
 from privdl.budget.ledger import BudgetLedger
 from privdl.errors import BudgetExceededError, InputError
-from privdl.train.calibrate import epsilon_of
 from tests.budget.race import capacity, race
 
 pytestmark = pytest.mark.postgres

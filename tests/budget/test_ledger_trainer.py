@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from privdl.budget.accounting import epsilon_of
 from privdl.budget.ledger import BudgetLedger
 from privdl.errors import BudgetExceededError
-from privdl.train.calibrate import epsilon_of
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("opacus")

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from privdl.budget.ledger import BudgetLedger
-from privdl.budget.mia import dp_advantage_bound, loss_threshold_audit
-from privdl.budget.report import PrivacyReport, group_privacy
-from privdl.errors import UsageError
+from privdl.budget.membership import dp_advantage_bound, loss_threshold_test
+from privdl.budget.report import PrivacyReport, Utility, group_privacy
+from privdl.errors import NotFittedError, UsageError
 
 DELTA = 1e-5
 
@@ -54,6 +54,9 @@ class StandInTrainer:
     checkpoint_dir: Any = None
     val_overlap_: int | None = None
     domain_source_: str | None = None
+    feature_names_: list | None = None
+    task_: str | None = "binary"
+    grad_sample_mode_: str | None = "hooks"
 
     def loss_per_sample(self, X, y):
         proba = self.model_.predict_proba(X)
@@ -121,29 +124,30 @@ def test_report_from_trainer_recomputes_epsilon(data, tmp_path: Path) -> None:
     # the same history under PRV (independent recomputation with Opacus)
     prv = PRVAccountant()
     prv.history = list(trainer.accountant_history_)
-    from privdl.train.calibrate import epsilon_of
+    from privdl.budget.accounting import epsilon_of
 
     assert epsilon_of(report.history, delta=DELTA, accountant="prv") == pytest.approx(
         prv.get_epsilon(delta=DELTA), rel=0.01
     )
     # per-epoch epsilon recomputed from the history prefix, equal to Opacus' per-epoch figure
-    assert [e["epoch"] for e in report.epochs] == [1, 2, 3]
+    assert [e.epoch for e in report.epochs] == [1, 2, 3]
     for row, entry in zip(report.epochs, trainer.history_, strict=True):
-        assert row["epsilon"] == pytest.approx(entry["epsilon"], rel=0.01)
-    assert report.epochs[0]["epsilon"] < report.epochs[-1]["epsilon"]
+        assert row.epsilon == pytest.approx(entry["epsilon"], rel=0.01)
+    assert report.epochs[0].epsilon < report.epochs[-1].epsilon
     # user level by group privacy
     unit = report.privacy_unit
-    assert unit["unit"] == "user" and unit["max_records_per_user"] == 3
-    assert unit["epsilon"] == pytest.approx(3 * report.epsilon)
-    assert unit["delta"] == pytest.approx(3 * math.exp(2 * report.epsilon) * DELTA)
-    assert report.utility == {
-        "metric": "validation metric",
-        "private": pytest.approx(0.86),
-        "baseline": 0.95,
-        "difference": pytest.approx(-0.09),
-    }
-    assert report.training["noise_multiplier"] == 4.0
-    assert report.training["steps"] == trainer.steps_
+    assert unit.unit == "user" and unit.max_records_per_user == 3
+    assert unit.epsilon == pytest.approx(3 * report.epsilon)
+    assert unit.delta == pytest.approx(3 * math.exp(2 * report.epsilon) * DELTA)
+    assert report.utility == Utility(
+        metric="validation metric",
+        private=pytest.approx(0.86),
+        baseline=0.95,
+        difference=pytest.approx(-0.09),
+    )
+    assert report.training is not None
+    assert report.training.noise_multiplier == 4.0
+    assert report.training.steps == trainer.steps_
     assert any("secure_mode" in w for w in report.warnings)
     assert not any("reported" in w or "vacuous" in w for w in report.warnings)
     assert PrivacyReport.from_json(report.to_json()) == report
@@ -165,7 +169,7 @@ def test_user_level_guarantee_at_large_epsilon_is_flagged(data) -> None:
     X, y, _, _ = data
     trainer = _stand_in(LogisticRegression(max_iter=200).fit(X, y), n=len(y), sigma=1.1)
     report = PrivacyReport.from_trainer(trainer, max_records_per_user=3)
-    assert report.privacy_unit["delta"] == 1.0
+    assert report.privacy_unit.delta == 1.0
     assert any("vacuous" in w for w in report.warnings)
 
 
@@ -195,14 +199,15 @@ def test_membership_audit_detects_a_memorizing_model(data) -> None:
     leaky = PrivacyReport.from_trainer(memorizer, audit_data=(members, non_members))
     mia = leaky.membership_inference
     assert mia is not None
-    assert mia["n_members"] == 150 and mia["n_non_members"] == 150
-    assert mia["auc"] > 0.9
+    assert mia.n_members == 150 and mia.n_non_members == 150
+    assert mia.auc > 0.9
     # a strongly regularized linear model barely distinguishes members
     smooth = _stand_in(LogisticRegression(C=0.01, max_iter=500).fit(*members), n=150)
     quiet = PrivacyReport.from_trainer(smooth, audit_data=(members, non_members))
-    assert quiet.membership_inference["auc"] < 0.7
-    assert quiet.membership_inference["advantage"] < mia["advantage"]
-    assert quiet.membership_inference["dp_bound"] == pytest.approx(dp_advantage_bound(quiet.epsilon, DELTA))
+    assert quiet.membership_inference is not None
+    assert quiet.membership_inference.auc < 0.7
+    assert quiet.membership_inference.advantage < mia.advantage
+    assert quiet.membership_inference.dp_bound == pytest.approx(dp_advantage_bound(quiet.epsilon, DELTA))
 
 
 def test_loss_threshold_audit_matches_sklearn_auc() -> None:
@@ -211,7 +216,7 @@ def test_loss_threshold_audit_matches_sklearn_auc() -> None:
     rng = np.random.default_rng(1)
     m = np.round(rng.exponential(0.8, 300), 2)  # rounding creates ties
     n = np.round(rng.exponential(1.2, 200), 2)
-    audit = loss_threshold_audit(m, n)
+    audit = loss_threshold_test(m, n)
     labels = np.r_[np.ones(300), np.zeros(200)]
     assert audit.auc == pytest.approx(roc_auc_score(labels, -np.r_[m, n]))
     fpr, tpr, _ = roc_curve(labels, -np.r_[m, n])
@@ -247,10 +252,10 @@ def test_report_with_ledger_before_and_after(data, tmp_path: Path) -> None:
         report = PrivacyReport.from_trainer(trainer, ledger_before=before, ledger_after=after)
     d = report.dataset
     assert d is not None
-    assert d["total_epsilon"] == 20.0
-    assert d["spent_before"] == pytest.approx(before.spent, rel=1e-6)
-    assert d["spent_after"] == pytest.approx(after.spent, rel=1e-6)
-    assert d["spent_before"] < report.epsilon < d["spent_after"] < d["naive_sum"]
+    assert d.total_epsilon == 20.0
+    assert d.spent_before == pytest.approx(before.spent, rel=1e-6)
+    assert d.spent_after == pytest.approx(after.spent, rel=1e-6)
+    assert d.spent_before < report.epsilon < d.spent_after < d.naive_sum
 
 
 def test_report_from_ledger_and_all_formats(tmp_path: Path) -> None:
@@ -264,10 +269,8 @@ def test_report_from_ledger_and_all_formats(tmp_path: Path) -> None:
     assert report.scope == "dataset"
     assert report.epsilon == pytest.approx(status.spent)
     assert len(report.runs) == 2
-    assert (
-        report.runs[0]["composed_after"] < report.runs[1]["composed_after"] == pytest.approx(report.epsilon)
-    )
-    assert report.dataset["naive_sum"] > report.epsilon
+    assert report.runs[0].composed_after < report.runs[1].composed_after == pytest.approx(report.epsilon)
+    assert report.dataset is not None and report.dataset.naive_sum > report.epsilon
     assert any("still reserved" in w for w in report.warnings)
 
     html = report.save(tmp_path / "r.html").read_text()
@@ -296,8 +299,10 @@ def test_unfitted_trainer_is_refused() -> None:
     class Unfitted:
         accountant_history_ = None
 
-    with pytest.raises(UsageError, match="not been fitted"):
+    with pytest.raises(NotFittedError, match="not been fitted") as info:
         PrivacyReport.from_trainer(Unfitted())
+    # scikit-learn's convention: a usage error and an AttributeError
+    assert isinstance(info.value, UsageError) and isinstance(info.value, AttributeError)
 
 
 def test_data_dependent_preprocessing_is_reported(data, tmp_path: Path) -> None:
@@ -318,10 +323,10 @@ def test_data_dependent_preprocessing_is_reported(data, tmp_path: Path) -> None:
 
 # -- issue 10.2: the coverage statement and what a report leaves out ------------------------
 def _protection(report: PrivacyReport) -> dict[str, str]:
-    out = {}
-    for c in report.coverage:
-        out[c["item"]] = "dp" if c["dp_protected"] else "not covered" if c["data_dependent"] else "public"
-    return out
+    return {
+        c.item: {"DP": "dp", "NOT covered": "not covered"}.get(c.protection, "public")
+        for c in report.coverage
+    }
 
 
 def test_coverage_lists_every_released_item_and_marks_it(data, tmp_path: Path) -> None:
@@ -369,7 +374,9 @@ def test_coverage_lists_every_released_item_and_marks_it(data, tmp_path: Path) -
     assert "## Coverage: what is released" in md
     assert "NOT covered by the DP guarantee" in md and "number of training records (n)" in md
     # an encoder that learned nothing without DP: its domains' source decides; loss= fixes the task
-    trainer.encoder_ = SimpleNamespace(data_dependent_=[], domain_source_=None)
+    trainer.encoder_ = SimpleNamespace(
+        data_dependent_=[], domain_source_=None, screened_=[], domain_epsilon_=None
+    )
     for source, expected in (("dp", "dp"), ("policy", "public"), ("learned-unprotected", "not covered")):
         trainer.domain_source_, trainer.loss = source, "bce"
         again = PrivacyReport.from_trainer(trainer)
@@ -388,7 +395,7 @@ def test_report_leaves_the_training_loss_out(data, tmp_path: Path) -> None:
     for row in trainer.history_:
         row["loss"] = 0.123456789 * row["epoch"]  # as a trainer records it live
     report = PrivacyReport.from_trainer(trainer)
-    assert all("loss" not in row for row in report.epochs)
+    assert all("loss" not in row.to_dict() for row in report.epochs)
     for suffix in (".json", ".md", ".html"):
         text = report.save(tmp_path / f"r{suffix}").read_text()
         for row in trainer.history_:
@@ -407,8 +414,8 @@ def test_membership_section_has_no_mean_member_loss(data, tmp_path: Path) -> Non
     trainer = _stand_in(LogisticRegression(max_iter=200).fit(X, y), n=len(y))
     report = PrivacyReport.from_trainer(trainer, audit_data=((X[:80], y[:80]), (Xt[:80], yt[:80])))
     mia = report.membership_inference
-    assert mia is not None and "auc" in mia
-    assert "mean_loss_members" not in mia and "mean_loss_non_members" not in mia
+    assert mia is not None and mia.auc >= 0.0
+    assert not {"mean_loss_members", "mean_loss_non_members"} & set(mia.to_dict())
     member_mean = float(np.mean(trainer.loss_per_sample(X[:80], y[:80])))
     html = report.save(tmp_path / "r.html").read_text()
     assert f"{member_mean:.4g}" not in html and "mean loss" not in html
@@ -420,3 +427,92 @@ def test_ledger_report_states_its_coverage(tmp_path: Path) -> None:
         led.reserve("adult", history=[(1.1, 0.01, 1000)], delta=DELTA, model_name="lr")
         report = PrivacyReport.from_ledger(led, "adult")
     assert report.coverage and set(_protection(report).values()) == {"public"}
+
+
+# -- issue 11: values, not dicts; the explicit record a report is built from ----------------
+def test_report_is_values_with_one_serialization_contract(data, tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from privdl.budget.membership import MembershipInference
+    from privdl.budget.report import CoverageItem, Epoch, PrivacyUnit, Training
+
+    X, y, Xt, yt = data
+    trainer = _stand_in(LogisticRegression(max_iter=200).fit(X, y), n=len(y))
+    report = PrivacyReport.from_trainer(trainer, membership_data=((X[:60], y[:60]), (Xt[:60], yt[:60])))
+    assert isinstance(report.privacy_unit, PrivacyUnit) and isinstance(report.training, Training)
+    assert all(isinstance(e, Epoch) for e in report.epochs)
+    assert all(isinstance(c, CoverageItem) for c in report.coverage)
+    assert isinstance(report.membership_inference, MembershipInference)
+    # to_dict -> dict, to_json -> str, from_dict / from_json (str or parsed dict) read them back
+    assert isinstance(report.to_dict(), dict) and isinstance(report.to_json(), str)
+    assert json.loads(report.to_json()) == report.to_dict()
+    assert PrivacyReport.from_dict(report.to_dict()) == report
+    assert PrivacyReport.from_json(report.to_json()) == report
+    assert PrivacyReport.from_json(json.loads(report.to_json())) == report
+    saved = report.save(tmp_path / "r.json").read_text()
+    assert PrivacyReport.from_json(saved) == report
+    with pytest.raises(Exception, match="not a privdl privacy report"):
+        PrivacyReport.from_json('{"scope": "run"}')
+    # a dataset report keeps its saved shape: no training block
+    with BudgetLedger(tmp_path / "b.db") as led:
+        led.set_budget("d", epsilon=6.0, delta=DELTA)
+        led.reserve("d", history=[(1.1, 0.01, 1000)], delta=DELTA, model_name="lr")
+        ledger_report = PrivacyReport.from_ledger(led, "d")
+    assert ledger_report.training is None and ledger_report.to_dict()["training"] == {}
+    assert ledger_report.runs[0].steps == 1000
+    assert PrivacyReport.from_json(ledger_report.to_json()) == ledger_report
+
+
+def test_audit_data_is_an_alias_of_membership_data(data) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    X, y, Xt, yt = data
+    trainer = _stand_in(LogisticRegression(max_iter=200).fit(X, y), n=len(y))
+    split = ((X[:60], y[:60]), (Xt[:60], yt[:60]))
+    new = PrivacyReport.from_trainer(trainer, membership_data=split)
+    old = PrivacyReport.from_trainer(trainer, audit_data=split)
+    assert new.membership_inference == old.membership_inference is not None
+    with pytest.raises(UsageError, match="not both"):
+        PrivacyReport.from_trainer(trainer, membership_data=split, audit_data=split)
+
+
+def test_report_is_built_from_run_facts_read_explicitly(data) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from privdl.budget.facts import RunFacts
+
+    X, y, _, _ = data
+    trainer = _stand_in(LogisticRegression(max_iter=200).fit(X, y), n=len(y), target_epsilon=1.0)
+    facts = RunFacts.of(trainer)
+    assert facts.steps == trainer.steps_ and facts.accountant == "rdp"
+    assert facts.n_samples == len(y) and facts.target_epsilon == 1.0
+    assert all(not hasattr(row, "loss") for row in facts.history)  # the exact loss is no fact
+    # the same report from the record alone
+    a = PrivacyReport.from_facts(facts)
+    b = PrivacyReport.from_trainer(trainer)
+    assert a.to_dict() | {"created_at": ""} == b.to_dict() | {"created_at": ""}
+    # a trainer's own run_facts() is preferred
+    trainer.run_facts = lambda: facts  # type: ignore[attr-defined]
+    assert PrivacyReport.from_trainer(trainer).epsilon == a.epsilon
+    # a renamed attribute is an error, not a silent None in a privacy statement
+    renamed = SimpleNamespace(
+        **{k: v for k, v in vars(trainer).items() if k not in ("n_samples_", "run_facts")}
+    )
+    with pytest.raises(AttributeError, match="n_samples_"):
+        RunFacts.of(renamed)
+    # the membership test takes the per-record loss as a callable, not the trainer
+    split = ((X[:40], y[:40]), (X[200:240], y[200:240]))
+    with pytest.raises(UsageError, match="loss_per_sample"):
+        PrivacyReport.from_facts(facts, membership_data=split)
+    report = PrivacyReport.from_facts(facts, membership_data=split, loss_per_sample=trainer.loss_per_sample)
+    assert report.membership_inference is not None and report.membership_inference.n_members == 40
+
+
+def test_membership_result_loads_older_records_without_their_mean_losses() -> None:
+    from privdl.budget.membership import MembershipInference
+
+    r = loss_threshold_test([0.1, 0.2, 0.3], [0.9, 1.0, 1.1], epsilon=1.0, delta=DELTA)
+    assert r.auc == 1.0 and r.dp_bound == pytest.approx(dp_advantage_bound(1.0, DELTA))
+    assert MembershipInference.from_json(r.to_json()) == r
+    old = {**r.to_dict(), "mean_loss_members": 0.2, "mean_loss_non_members": 1.0}
+    assert MembershipInference.from_json(old) == r

@@ -67,13 +67,14 @@ def test_real_run_report_matches_opacus_and_ledger(data, tmp_path: Path) -> None
     acc.history = hist
     assert report.epsilon == pytest.approx(acc.get_epsilon(delta=DELTA), rel=0.01)
     assert report.epsilon <= 2.0 * 1.001
-    assert report.dataset["spent_before"] == 0.0
-    assert report.dataset["spent_after"] == pytest.approx(report.epsilon, rel=1e-6)
-    assert report.dataset["remaining"] == pytest.approx(2.5 - report.epsilon, rel=1e-6)
-    assert len(report.epochs) == 2 and report.epochs[-1]["epsilon"] == pytest.approx(report.epsilon)
-    assert report.utility["metric"] == "accuracy" and report.utility["baseline"] == 0.97
+    assert report.dataset is not None and report.dataset.spent_before == 0.0
+    assert report.dataset.spent_after == pytest.approx(report.epsilon, rel=1e-6)
+    assert report.dataset.remaining == pytest.approx(2.5 - report.epsilon, rel=1e-6)
+    assert len(report.epochs) == 2 and report.epochs[-1].epsilon == pytest.approx(report.epsilon)
+    assert report.utility is not None
+    assert report.utility.metric == "accuracy" and report.utility.baseline == 0.97
     mia = report.membership_inference
-    assert mia["n_members"] == 200 and 0.0 <= mia["advantage"] <= 1.0
+    assert mia is not None and mia.n_members == 200 and 0.0 <= mia.advantage <= 1.0
     assert not any("recomputation" in w for w in report.warnings)
     html = report.save(tmp_path / "run.html").read_text()
     assert "Membership-inference audit" in html and "data:image/png;base64," in html
@@ -89,10 +90,10 @@ def test_report_of_a_second_fit_recomputes_each_epoch_over_both_runs(data) -> No
     trainer.fit((X[:300], y[:300]))  # continues the model as a second run: epsilon composes both
     report = trainer.report()
     assert len(trainer.accountant_history_) == 2
-    assert [e["epoch"] for e in report.epochs] == [1, 2]
+    assert [e.epoch for e in report.epochs] == [1, 2]
     # each epoch of the second run is the first run plus that epoch's steps
-    assert first < report.epochs[0]["epsilon"] < report.epochs[1]["epsilon"]
-    assert report.epochs[1]["epsilon"] == pytest.approx(report.epsilon, rel=1e-6)
+    assert first < report.epochs[0].epsilon < report.epochs[1].epsilon
+    assert report.epochs[1].epsilon == pytest.approx(report.epsilon, rel=1e-6)
     for row, entry in zip(report.epochs, trainer.history_, strict=True):
-        assert row["epsilon"] == pytest.approx(entry["epsilon"], rel=0.01)
+        assert row.epsilon == pytest.approx(entry["epsilon"], rel=0.01)
     assert not any("reported" in w for w in report.warnings)

@@ -45,7 +45,7 @@ def test_save_load_modes_and_roundtrip(tmp_path, keys):
     loaded = HEKeys.load(folder)
     assert loaded.key_id == keys.key_id and loaded.params == keys.params
     batch = keys.encrypt(np.array([[1.5], [-2.0]]))
-    from privdl.encrypted.keys import decrypt_block
+    from privdl.encrypted.ciphertext import decrypt_block
 
     assert np.allclose(decrypt_block(loaded.context(), batch.chunks[0])[:, 0], [1.5, -2.0], atol=1e-6)
     public = PublicKeys.load(folder)

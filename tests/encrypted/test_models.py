@@ -14,7 +14,7 @@ from privdl.encrypted.models import (
     approximate,
     as_model,
     export_linear_model,
-    load_model,
+    load_model_spec,
 )
 from privdl.errors import FormatError, InputError, UsageError
 
@@ -80,12 +80,12 @@ def test_mlp_activation_is_a_polynomial_with_a_true_error():
 
 @pytest.mark.parametrize("name,degree", [("sigmoid", 3), ("tanh", 3), ("gelu", 2), ("silu", 2)])
 def test_approximation_errors_are_measured(name, degree):
-    from privdl.encrypted.models import _activation_fn
+    from privdl.encrypted.polynomial import activation_function
 
     poly = approximate(name, degree=degree, range=(-4, 4))
     grid = np.linspace(-4, 4, 9999)
     assert poly.max_error == pytest.approx(
-        np.max(np.abs(poly(grid) - _activation_fn(name)(grid))), rel=1e-2, abs=1e-6
+        np.max(np.abs(poly(grid) - activation_function(name)(grid))), rel=1e-2, abs=1e-6
     )
 
 
@@ -140,7 +140,7 @@ def test_export_and_load_linear_json(tmp_path):
     assert data["format"] == LINEAR_FORMAT and data["link"] == "logit"
     assert data["columns"] == ["age", "sex=F"] and len(data["weights"]) == 2
     assert set(data["scaler"]) == {"mean", "scale"}
-    spec = load_model(path)
+    spec = load_model_spec(path)
     assert np.allclose(spec.predict(x)[:, 0], clf.decision_function(scaler.transform(x)))
 
 
@@ -149,7 +149,7 @@ def test_export_and_load_mlp_json(tmp_path):
     net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
     path = export_linear_model(net, tmp_path / "mlp.json", columns=["a", "b", "c"])
     assert json.loads(path.read_text())["format"] == MLP_FORMAT
-    spec = load_model(path)
+    spec = load_model_spec(path)
     assert spec == as_model(net, columns=["a", "b", "c"])
 
 
@@ -160,7 +160,7 @@ def test_safetensors_with_sidecar(tmp_path):
     net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp_path / "model.safetensors")
     with pytest.raises(InputError, match="sidecar"):
-        load_model(tmp_path / "model.safetensors")
+        load_model_spec(tmp_path / "model.safetensors")
     (tmp_path / "model.json").write_text(
         json.dumps(
             {
@@ -171,7 +171,7 @@ def test_safetensors_with_sidecar(tmp_path):
             }
         )
     )
-    spec = load_model(tmp_path / "model.safetensors")
+    spec = load_model_spec(tmp_path / "model.safetensors")
     assert spec.columns == ("a", "b", "c") and len(spec.layers) == 2 and spec.link == "logit"
     x = _x(30, 3)
     with torch.no_grad():
@@ -182,18 +182,18 @@ def test_safetensors_with_sidecar(tmp_path):
 def test_malformed_model_files(tmp_path):
     (tmp_path / "a.json").write_text("{not json")
     with pytest.raises(FormatError):
-        load_model(tmp_path / "a.json")
+        load_model_spec(tmp_path / "a.json")
     (tmp_path / "b.json").write_text(json.dumps({"format": "other/9"}))
     with pytest.raises(FormatError, match="unknown model format"):
-        load_model(tmp_path / "b.json")
+        load_model_spec(tmp_path / "b.json")
     (tmp_path / "c.json").write_text(
         json.dumps({"format": LINEAR_FORMAT, "columns": ["a"], "weights": [1, 2], "bias": 0})
     )
     with pytest.raises(InputError):
-        load_model(tmp_path / "c.json")
+        load_model_spec(tmp_path / "c.json")
     (tmp_path / "d.pt").write_bytes(b"\x80\x04pickle")
     with pytest.raises(FormatError):
-        load_model(tmp_path / "d.pt")
+        load_model_spec(tmp_path / "d.pt")
 
 
 def test_model_id_changes_with_weights():

@@ -11,7 +11,7 @@ from torch import nn
 pytest.importorskip("opacus")
 
 from privdl.cli import main
-from privdl.encrypted.models import load_model
+from privdl.encrypted.models import load_model_spec
 
 COLUMNS = ["age", "sex", "race", "salary-class"]
 
@@ -46,7 +46,7 @@ def saved(tmp_path_factory, adult):
 
 def test_load_saved_model(saved):
     d, _, _ = saved
-    spec = load_model(d / "model")
+    spec = load_model_spec(d / "model")
     assert spec.link == "logit" and spec.is_linear
     assert spec.columns[:3] == ("age:mid", "age:width", "age:missing")
     assert "encoder" in spec.info
@@ -100,7 +100,7 @@ def test_api_with_the_encoder(saved):
     from privdl.encrypted.scorer import EncryptedScorer
 
     d, frame, expected = saved
-    spec = load_model(d / "model")
+    spec = load_model_spec(d / "model")
     keys = HEKeys.generate()
     sensitive = [c for c in spec.columns if c.startswith(("age", "sex"))]
     batch = keys.encrypt(frame[["age", "sex"]], columns=sensitive, encoder=spec.info["encoder"])
@@ -113,7 +113,7 @@ def test_cli_scores_signed_models_with_their_verifying_key(saved, tmp_path, monk
 
     from privdl.audit.checkpoint import verifier_key
     from privdl.keys import Secret
-    from privdl.train.checkpoint import load_model as load_trainer
+    from privdl.train.checkpoint import load_model_spec as load_trainer
 
     d, _, expected = saved
     trainer = load_trainer(d / "model")

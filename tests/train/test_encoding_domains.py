@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from privdl.budget.accounting import epsilon_of
 from privdl.errors import BudgetExceededError, InputError
-from privdl.train.calibrate import epsilon_of
 from privdl.train.encoding import HASH_BUCKETS, TableEncoder, _bucket
 
 WORDS = [

@@ -1,4 +1,4 @@
-"""The one-backward book-keeping engine computes exactly Opacus' clipped gradient sum."""
+"""The one-backward book-keeping DP step computes exactly Opacus' clipped gradient sum."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from opacus import GradSampleModule  # noqa: E402
 from torch import nn  # noqa: E402
 
 from privdl.errors import UsageError  # noqa: E402
-from privdl.train.engine import BookKeepingEngine, bk_supports, forward_probe  # noqa: E402
+from privdl.train.bookkeeping import BookKeeping, bk_supports, forward_probe  # noqa: E402
 
 
 def opacus_clipped_sum(model, x, y, criterion, clip):
@@ -33,7 +33,7 @@ def opacus_clipped_sum(model, x, y, criterion, clip):
 
 def engine_clipped_sum(model, x, y, criterion, clip, copy_outputs=False):
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
-    engine = BookKeepingEngine(
+    engine = BookKeeping(
         model,
         opt,
         criterion,
@@ -98,7 +98,7 @@ def test_noise_has_the_calibrated_scale():
     torch.manual_seed(0)
     model = nn.Linear(50, 40)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    engine = BookKeepingEngine(
+    engine = BookKeeping(
         model,
         opt,
         nn.CrossEntropyLoss(),
@@ -413,7 +413,7 @@ def test_the_engine_counts_the_calls_of_every_step():
     torch.manual_seed(9)
     model = Reuse(nn.Linear(5, 4), nn.Linear(4, 4), nn.Linear(4, 2), again=2, train_only=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    engine = BookKeepingEngine(
+    engine = BookKeeping(
         model, opt, nn.MSELoss(), noise_multiplier=0.0, max_grad_norm=1.0, expected_batch_size=4
     )
     assert forward_probe(model, torch.randn(2, 5)).calls["body"] == 1  # eval mode: one call

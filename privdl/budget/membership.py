@@ -1,4 +1,4 @@
-"""Empirical membership-inference audit: the loss-threshold attack (Yeom et al., 2018).
+"""The membership-inference test: the loss-threshold attack (Yeom et al., 2018).
 
 The attacker guesses "member" when a record's loss under the model is below a
 threshold. Over held-out training records (members) and records never trained on
@@ -7,6 +7,12 @@ true-positive rate minus false-positive rate) measure how much the model reveals
 membership. (epsilon, delta)-DP bounds the advantage of *any* attack by
 ``(e^epsilon - 1 + 2 delta) / (e^epsilon + 1)``; the audit is a sanity check that can
 find leaks, never a proof of privacy.
+
+("audit" in privdl names the GDPR evidence log, :mod:`privdl.audit`; this module is
+the empirical *membership* test a privacy report can include.)
+
+The result holds no mean loss: the mean loss on the members is the exact training loss
+of those records, computed without noise, and is not released.
 """
 
 from __future__ import annotations
@@ -15,17 +21,17 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from privdl.errors import InputError
 
-__all__ = ["MembershipAudit", "dp_advantage_bound", "loss_threshold_audit"]
+__all__ = ["MembershipInference", "dp_advantage_bound", "loss_threshold_test"]
 
 
 @dataclass(frozen=True)
-class MembershipAudit:
+class MembershipInference:
     """Result of a loss-threshold membership-inference attack.
 
     Attributes:
@@ -33,8 +39,6 @@ class MembershipAudit:
         advantage: max over thresholds of TPR - FPR (0 = guessing, 1 = perfect).
         n_members: number of member records attacked.
         n_non_members: number of non-member records attacked.
-        mean_loss_members: mean loss on members.
-        mean_loss_non_members: mean loss on non-members.
         dp_bound: the largest advantage (epsilon, delta)-DP allows any attack, or None.
     """
 
@@ -42,18 +46,45 @@ class MembershipAudit:
     advantage: float
     n_members: int
     n_non_members: int
-    mean_loss_members: float
-    mean_loss_non_members: float
     dp_bound: float | None = None
 
+    # read by from_dict and dropped: files written before the result left them out
+    _DROPPED: ClassVar[tuple[str, ...]] = ("mean_loss_members", "mean_loss_non_members")
+
+    def __getitem__(self, name: str) -> Any:
+        # read access by name, kept for code written when this was a dict in a report
+        if name in self.__dataclass_fields__:
+            return getattr(self, name)
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.__dataclass_fields__
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """Read access by name, as :meth:`dict.get`."""
+        return getattr(self, name) if name in self.__dataclass_fields__ else default
+
+    def to_dict(self) -> dict[str, Any]:
+        """As plain JSON-compatible data."""
+        return asdict(self)
+
     def to_json(self) -> str:
-        """Serialize to a JSON string."""
-        return json.dumps(asdict(self), sort_keys=True)
+        """Serialize to a JSON string (sorted keys)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str | Mapping[str, Any]) -> MembershipAudit:
-        """Load from :meth:`to_json` output (a string or the parsed dict)."""
-        return cls(**(json.loads(text) if isinstance(text, str) else dict(text)))
+    def from_dict(cls, data: Mapping[str, Any]) -> MembershipInference:
+        """Load from :meth:`to_dict` output (older results with mean losses too)."""
+        try:
+            kept = {k: v for k, v in dict(data).items() if k not in cls._DROPPED}
+            return cls(**kept)
+        except TypeError as exc:
+            raise InputError("not a privdl membership-inference result") from exc
+
+    @classmethod
+    def from_json(cls, text: str | Mapping[str, Any]) -> MembershipInference:
+        """Load from :meth:`to_json` output (a JSON string or the parsed dict)."""
+        return cls.from_dict(json.loads(text) if isinstance(text, str) else text)
 
 
 def dp_advantage_bound(epsilon: float, delta: float) -> float:
@@ -74,13 +105,13 @@ def _losses(values: Any, what: str) -> np.ndarray:
     return arr
 
 
-def loss_threshold_audit(
+def loss_threshold_test(
     member_losses: Any,
     non_member_losses: Any,
     *,
     epsilon: float | None = None,
     delta: float | None = None,
-) -> MembershipAudit:
+) -> MembershipInference:
     """Run the loss-threshold attack on per-record losses.
 
     Args:
@@ -93,7 +124,7 @@ def loss_threshold_audit(
         The attack's AUC and advantage.
 
     Example:
-        >>> r = loss_threshold_audit([0.1, 0.2, 0.3], [0.9, 1.0, 1.1])
+        >>> r = loss_threshold_test([0.1, 0.2, 0.3], [0.9, 1.0, 1.1])
         >>> r.auc, r.advantage
         (1.0, 1.0)
     """
@@ -115,12 +146,10 @@ def loss_threshold_audit(
     fpr = np.searchsorted(np.sort(n), thresholds, side="right") / n.size
     advantage = float(max(0.0, np.max(tpr - fpr)))
     bound = dp_advantage_bound(epsilon, delta or 0.0) if epsilon is not None else None
-    return MembershipAudit(
+    return MembershipInference(
         auc=float(auc),
         advantage=advantage,
         n_members=int(m.size),
         n_non_members=int(n.size),
-        mean_loss_members=float(m.mean()),
-        mean_loss_non_members=float(n.mean()),
         dp_bound=bound,
     )

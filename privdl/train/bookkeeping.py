@@ -1,4 +1,4 @@
-"""A one-backward DP-SGD step (book-keeping with ghost norms) for common layer types.
+"""The book-keeping DP step: one backward pass (ghost norms) for common layer types.
 
 Profiling the DP step of a small MLP (100-64-2, batch 256, CPU) with Opacus' fastest
 mode, ghost clipping, showed two full backward passes (one for the per-sample norms,
@@ -30,7 +30,7 @@ calls (adding those under-clips: a record's clipped contribution then exceeds C 
 to ``sqrt(calls)``). For Linear, Conv (ghost branch) and Embedding the calls join along
 the position axis (the sum is one product over all positions, so the ghost norm gains
 the cross terms ``<A_c A_c'^T, G_c G_c'^T>``); for the others the per-sample gradients
-of the calls are added. ``BookKeepingEngine.calls_`` records the reused layers. A call
+of the calls are added. ``BookKeeping.calls_`` records the reused layers. A call
 on part of the batch (``layer(x[mask])``) cannot be attributed to records and is refused.
 
 The result is the same clipped sum Opacus computes (the tests compare the two on the
@@ -43,13 +43,17 @@ contribution exceeds C.
 
 A layer output that the next operation modifies in place (``ReLU(inplace=True)``,
 ``x.relu_()``) would make the gradient with respect to it wrong; :func:`forward_probe`
-detects it and the engine then hands the next operation a copy.
+detects it and :class:`BookKeeping` then hands the next operation a copy.
+
+:class:`BookKeepingStep` is the :class:`~privdl.train.dp_step.DPStep` the trainer drives
+(``grad_sample_mode="bk"``); Opacus' modes are the other implementation
+(:mod:`privdl.train.opacus_step`).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +65,8 @@ from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 __all__ = [
-    "BookKeepingEngine",
+    "BookKeeping",
+    "BookKeepingStep",
     "ForwardProbe",
     "bk_supports",
     "forward_probe",
@@ -73,7 +78,7 @@ _Part = tuple[Any, Any, Callable[[Any], Any]]
 
 
 def supported_layer(module: nn.Module) -> bool:
-    """True when the engine computes exact per-sample gradients for this layer type."""
+    """True when book-keeping computes exact per-sample gradients for this layer type."""
     kind = type(module)
     layer: Any = module
     if kind is nn.Conv1d or kind is nn.Conv2d:
@@ -120,9 +125,9 @@ def forward_probe(model: nn.Module, example: Any) -> ForwardProbe:
     outputs that later operations modified in place.
 
     The counts are what eval mode shows on ``example``: a layer reused in training mode
-    only, or for some batches only, is not counted here. The engines count calls in
+    only, or for some batches only, is not counted here. The DP steps count calls in
     every training step instead (see the module docstring); the probe only guides the
-    choice of engine."""
+    choice of ``grad_sample_mode``."""
     owners = {
         name: m
         for name, m in model.named_modules()
@@ -157,7 +162,7 @@ def bk_supports(model: nn.Module, example: Any = None, probe: ForwardProbe | Non
     """True when every trainable layer is a supported type that owns its parameters.
 
     A layer may run any number of times per forward pass, in training mode only or for
-    some batches only: the engine counts the calls of every layer in every step and
+    some batches only: book-keeping counts the calls of every layer in every step and
     clips the sum of a record's calls as one gradient. ``example`` and ``probe`` are
     accepted for compatibility; one eval-mode forward cannot show how often a layer
     runs in training, so they no longer decide anything.
@@ -367,7 +372,7 @@ _PARTS: dict[type, Callable[[Any, list[tuple[Any, Any]]], list[_Part]]] = {
 }
 
 
-class BookKeepingEngine:
+class BookKeeping:
     """DP-SGD with per-sample clipping and Gaussian noise, from one backward pass.
 
     Used by :class:`~privdl.PrivateTrainer` (``grad_sample_mode="bk"``); it plays the
@@ -405,7 +410,7 @@ class BookKeepingEngine:
         layers = _trainable_layers(model)
         if layers is None:
             raise UsageError(
-                "the book-keeping DP engine needs every trainable layer to be one of "
+                "book-keeping DP-SGD needs every trainable layer to be one of "
                 "Linear, Conv1d, Conv2d, LayerNorm, GroupNorm or Embedding, owning its parameters"
             )
         self.module = model
@@ -439,7 +444,7 @@ class BookKeepingEngine:
     def __call__(self, x: Any) -> Any:
         return self.module(x)
 
-    def train(self, mode: bool = True) -> BookKeepingEngine:
+    def train(self, mode: bool = True) -> BookKeeping:
         self.module.train(mode)
         return self
 
@@ -470,7 +475,7 @@ class BookKeepingEngine:
             return
         if any(out._version != version for _, _, out, version in captured):
             raise UsageError(
-                "a layer's output was modified in place after the engine was set up; "
+                "a layer's output was modified in place after book-keeping was set up; "
                 "use out-of-place operations (e.g. ReLU(inplace=False))"
             )
         batch = losses.shape[0]
@@ -555,3 +560,59 @@ class BookKeepingEngine:
             p.grad = g
         self._sums = {}
         self.original_optimizer.step()
+
+
+class BookKeepingStep:
+    """The :class:`~privdl.train.dp_step.DPStep` of ``grad_sample_mode="bk"``.
+
+    Args:
+        model: the module to train (every trainable layer supported, see
+            :func:`supported_layer`).
+        settings: the mechanism and the loss (:class:`~privdl.train.dp_step.StepSettings`).
+        copy_outputs: hand the next operation a copy of each layer output (a forward
+            that modifies one in place, see :func:`forward_probe`).
+    """
+
+    mode = "bk"
+
+    def __init__(self, model: nn.Module, settings: Any, *, copy_outputs: bool = False) -> None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.settings = settings
+        self.engine = BookKeeping(
+            model,
+            settings.make_optimizer(params),
+            settings.criterion,
+            noise_multiplier=settings.noise_multiplier,
+            max_grad_norm=settings.max_grad_norm,
+            expected_batch_size=settings.expected_batch_size,
+            generator=settings.generator,
+            secure=settings.secure,
+            copy_outputs=copy_outputs,
+        )
+
+    @property
+    def optimizer(self) -> Any:
+        return self.engine.original_optimizer
+
+    @property
+    def copy_outputs(self) -> bool:
+        return self.engine.copy_outputs
+
+    def train(self) -> None:
+        self.engine.train()
+
+    def step(self, chunks: Sequence[Any], load: Callable[[Any], tuple[Any, Any]]) -> Any:
+        engine, shape = self.engine, self.settings.shape_for_loss
+        engine.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.settings.device)
+        for part in chunks:
+            xb, yb = load(part)
+            out, yb = shape(engine(xb), yb)
+            losses = engine.per_sample_loss(out, yb)
+            engine.accumulate(losses)
+            total = total + losses.detach().sum()
+        engine.step()  # an empty batch is a noise-only step, and it is accounted
+        return total
+
+    def release(self) -> nn.Module:
+        return self.engine.to_standard_module()

@@ -1,4 +1,4 @@
-"""Reading ``privdl.toml``: audit defaults and the Art. 30 facts only people can supply.
+"""Reading ``privdl.toml``, and the default names of privdl's environment variables.
 
 The file is found at the path given, else ``$PRIVDL_CONFIG``, else ``./privdl.toml``;
 none of them is needed. Recognised tables::
@@ -41,6 +41,15 @@ none of them is needed. Recognised tables::
 
     [retention]
     default = "36 months"
+
+Environment variables (their names are defined here only):
+
+======================  ==========================================================
+``PRIVDL_KEY``          the pseudonymization master key (:data:`KEY_ENV`)
+``PRIVDL_AUDIT_KEY``    the audit log's MAC key (:data:`AUDIT_KEY_ENV`)
+``PRIVDL_ACTOR``        who runs privdl, for audit entries (:data:`ACTOR_ENV`)
+``PRIVDL_CONFIG``       the config file (:data:`CONFIG_ENV`)
+======================  ==========================================================
 """
 
 from __future__ import annotations
@@ -52,8 +61,21 @@ from typing import Any
 
 from privdl.errors import InputError
 
-__all__ = ["audit_defaults", "default_audit_log", "find_config", "load_config"]
+__all__ = [
+    "ACTOR_ENV",
+    "AUDIT_KEY_ENV",
+    "CONFIG_ENV",
+    "CONFIG_NAME",
+    "KEY_ENV",
+    "audit_defaults",
+    "default_audit_log",
+    "find_config",
+    "load_config",
+]
 
+KEY_ENV = "PRIVDL_KEY"
+AUDIT_KEY_ENV = "PRIVDL_AUDIT_KEY"
+ACTOR_ENV = "PRIVDL_ACTOR"
 CONFIG_ENV = "PRIVDL_CONFIG"
 CONFIG_NAME = "privdl.toml"
 

@@ -1,0 +1,193 @@
+"""Making a model trainable with per-sample gradients: layer fixes, task and loss.
+
+* :func:`prepare_model` replaces the layers Opacus cannot train privately (BatchNorm
+  becomes GroupNorm, see :func:`~privdl.train.opacus_step.fix_for_opacus`) and switches
+  in-place modules (``ReLU(inplace=True)``) out of place: such a module changes a layer's
+  output after the per-sample hooks saw it, in training mode only; out of place the
+  outputs are the same. Every change is named for the report.
+* :func:`infer_task`, :func:`make_loss` and :func:`shape_for_loss` choose the task
+  (``"binary"``, ``"multiclass"``, ``"regression"``) from the target and the model's
+  output width, and the loss for it.
+* :func:`refuse_distributed` refuses ``torch.distributed``: each rank would train and
+  charge the ledger on its own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from privdl.errors import InputError, UsageError, require
+from privdl.train.opacus_step import distributed_types, fix_for_opacus
+
+torch: Any = require("torch", "train")
+from torch import nn  # noqa: E402
+
+__all__ = [
+    "LOSSES",
+    "PreparedModel",
+    "infer_task",
+    "make_loss",
+    "output_width",
+    "prepare_for_training",
+    "prepare_model",
+    "refuse_distributed",
+    "shape_for_loss",
+]
+
+LOSSES = ("cross_entropy", "bce", "mse")
+_TASK_OF_LOSS = {"cross_entropy": "multiclass", "bce": "binary", "mse": "regression"}
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    """A model made ready for DP training, and what was learned about it on the way.
+
+    Attributes:
+        model: the module, fixed and on the device.
+        replaced: the changes made (``"name: Before -> After"``).
+        n_outputs: the width of its output.
+        task: ``"binary"``, ``"multiclass"`` or ``"regression"``.
+        criterion: the loss module.
+        example: a batch of (at most) two training inputs on the device.
+        probe: what one eval-mode forward pass on ``example`` shows
+            (:class:`~privdl.train.bookkeeping.ForwardProbe`).
+    """
+
+    model: Any
+    replaced: tuple[str, ...]
+    n_outputs: int
+    task: str
+    criterion: Any
+    example: Any = field(repr=False)
+    probe: Any = field(repr=False)
+
+
+def prepare_for_training(model: nn.Module, train: Any, *, loss: Any, device: Any) -> PreparedModel:
+    """:func:`prepare_model`, moved to ``device``, with its task and loss from the
+    training data ``train`` (TensorData or IndexedData) and the model's output width."""
+    from privdl.train.bookkeeping import forward_probe
+    from privdl.train.data import TensorData, to_device
+
+    model, replaced = prepare_model(model)
+    model = model.to(device)
+    x0, y0 = train.batch(torch.arange(min(len(train), 2)))
+    x0 = to_device(x0, device)
+    width = output_width(model, x0)
+    task = infer_task(loss, train.y if isinstance(train, TensorData) else y0, width)
+    return PreparedModel(
+        model=model,
+        replaced=tuple(replaced),
+        n_outputs=width,
+        task=task,
+        criterion=make_loss(loss, task),
+        example=x0,
+        probe=forward_probe(model, x0),
+    )
+
+
+def prepare_model(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """``model`` made trainable with per-sample gradients, and what was changed.
+
+    Returns:
+        ``(model, replaced)``: ``replaced`` holds ``"name: Before -> After"`` notes
+        (layer replacements, ``inplace=True -> inplace=False``).
+
+    Raises:
+        InputError: a layer Opacus cannot train privately is left.
+        UsageError: the model has no trainable parameters.
+    """
+    model.train()  # validation and per-sample gradients need training mode
+    model, replaced = fix_for_opacus(model)
+    replaced += [f"{name}: inplace=True -> inplace=False" for name in _out_of_place(model)]
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UsageError("the model has no trainable parameters")
+    return model, replaced
+
+
+def _out_of_place(model: nn.Module) -> list[str]:
+    """Set ``inplace=False`` on every module that has ``inplace=True``; their names."""
+    changed = []
+    for name, m in model.named_modules():
+        if getattr(m, "inplace", False) is True:
+            m.inplace = False
+            changed.append(name)
+    return changed
+
+
+def output_width(model: nn.Module, x: Any) -> int:
+    """The width of the model's output on a small batch ``x`` (eval mode, no grad)."""
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        out = model(x)
+        model.train(was_training)
+    return int(out.shape[-1]) if out.ndim > 1 else 1
+
+
+def infer_task(loss: Any, y: Any, n_outputs: int) -> str:
+    """``"binary"``, ``"multiclass"`` or ``"regression"`` from the loss and the target.
+
+    A named loss decides; else float targets that are not whole numbers (or float
+    targets with a one-output model and a loss module) are a regression, and integer
+    labels a classification (binary for one output).
+    """
+    if y is None:
+        raise InputError("training data has no target")
+    if isinstance(loss, str):
+        return _TASK_OF_LOSS[loss]
+    is_float = torch.is_floating_point(y)
+    if is_float and not bool(torch.all(y == torch.round(y))):
+        return "regression"
+    if is_float and n_outputs == 1 and loss is not None:
+        return "regression"
+    return "binary" if n_outputs == 1 else "multiclass"
+
+
+def make_loss(loss: Any, task: str | None) -> nn.Module:
+    """The loss module (``reduction="mean"``): the one given, or the task's."""
+    if isinstance(loss, nn.Module):
+        if not hasattr(loss, "reduction"):
+            raise UsageError("a loss module needs a 'reduction' attribute (e.g. nn.*Loss)")
+        loss.reduction = "mean"  # type: ignore[assignment]
+        return loss
+    if task == "regression":
+        return nn.MSELoss(reduction="mean")
+    if task == "binary":
+        return nn.BCEWithLogitsLoss(reduction="mean")
+    return nn.CrossEntropyLoss(reduction="mean")
+
+
+def shape_for_loss(task: str | None, out: Any, y: Any) -> tuple[Any, Any]:
+    """Model output and target shaped and typed as the task's loss wants them."""
+    if task == "binary":
+        return out.reshape(-1), y.to(out.dtype).reshape(-1)
+    if task == "regression":
+        if out.ndim == 2 and out.shape[1] == 1 and y.ndim == 1:
+            out = out.reshape(-1)
+        return out, y.to(out.dtype)
+    return out, y.long()
+
+
+def refuse_distributed(*models: Any) -> None:
+    """Refuse to train under ``torch.distributed`` (ranks would not share one DP run)."""
+    # torchrun sets WORLD_SIZE on every rank before any process group exists
+    world = os.environ.get("WORLD_SIZE", "1").strip() or "1"
+    initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
+    wrappers = distributed_types()
+    wrapped = any(
+        isinstance(sub, wrappers) for m in models if isinstance(m, nn.Module) for sub in m.modules()
+    )
+    if initialized or wrapped or world not in ("0", "1"):
+        what = (
+            "a DistributedDataParallel model"
+            if wrapped
+            else "an initialized process group"
+            if initialized
+            else f"WORLD_SIZE={world}"
+        )
+        raise UsageError(
+            f"PrivateTrainer does not support torch.distributed yet ({what}): each rank would "
+            "train and charge the ledger on its own; run on one process with the plain model"
+        )

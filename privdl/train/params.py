@@ -1,0 +1,99 @@
+"""The trainer's parameters: defaults, their checks and the optimizer they name.
+
+:class:`~privdl.PrivateTrainer` stores its parameters untouched (scikit-learn's
+convention) and checks them when ``fit`` starts, with :func:`check_params`. A bad
+privacy parameter (epsilon, accountant) is a
+:class:`~privdl.errors.PrivacyParameterError` from
+:mod:`privdl.budget.accounting`'s one validator, as from every other entry point.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+from privdl.budget.accounting import check_accountant, check_epsilon
+from privdl.errors import PrivacyParameterError, SecurityError, UsageError
+
+__all__ = ["DEFAULTS", "OPTIMIZERS", "check_params", "default_lr", "make_optimizer"]
+
+#: Defaults chosen so that a user passes only the model, epsilon and the data
+#: (benchmarks/train.py checks them against the utility anchors; see docs/train.md).
+DEFAULTS: dict[str, Any] = {
+    "epochs": 20,
+    "batch_size": 256,
+    "optimizer": "adam",
+    "lr": {"adam": 2e-2, "adamw": 2e-2, "sgd": 0.5, "rmsprop": 1e-2},
+    "max_grad_norm": 1.0,
+}
+
+#: optimizer names -> ``torch.optim`` classes
+OPTIMIZERS = {
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "sgd": "SGD",
+    "rmsprop": "RMSprop",
+}
+
+
+def default_lr(lr: float | None, optimizer: str | type) -> float:
+    """``lr``, or the default learning rate of the named optimizer."""
+    if lr is not None:
+        return float(lr)
+    name = optimizer.lower() if isinstance(optimizer, str) else ""
+    return float(DEFAULTS["lr"].get(name, 1e-3))
+
+
+def make_optimizer(optimizer: str | type, lr: float, params: list[Any]) -> Any:
+    """The torch optimizer ``optimizer`` names (or is) over ``params``."""
+    import torch
+
+    cls = getattr(torch.optim, OPTIMIZERS[optimizer.lower()]) if isinstance(optimizer, str) else optimizer
+    # foreach: one fused kernel per update instead of one per parameter
+    extra = {"foreach": True} if cls.__module__.startswith("torch.optim") else {}
+    return cls(params, lr=lr, **extra)
+
+
+def check_params(trainer: Any) -> None:
+    """Check a trainer's parameters before a fit.
+
+    Raises:
+        PrivacyParameterError: epsilon or the accountant is out of range.
+        UsageError: another parameter is, or two do not fit together.
+        SecurityError: ``secure_mode`` with a seed.
+    """
+    from torch import nn
+
+    from privdl.train.dp_step import GRAD_SAMPLE_MODES
+    from privdl.train.model_prep import LOSSES
+
+    if trainer.model is None or not isinstance(trainer.model, nn.Module):
+        raise UsageError("PrivateTrainer needs a torch.nn.Module as model")
+    eps = trainer.target_epsilon
+    if eps == "remaining":
+        if trainer.ledger is None:
+            raise UsageError('epsilon="remaining" needs a ledger= and a dataset_id=')
+    elif isinstance(eps, str):
+        raise PrivacyParameterError('epsilon must be a positive number or "remaining"')
+    else:
+        check_epsilon(eps)
+    if trainer.ledger is not None and not trainer.dataset_id:
+        raise UsageError("a ledger needs a dataset_id= to charge")
+    check_accountant(trainer.accountant)
+    if not (isinstance(trainer.epochs, numbers.Integral) and trainer.epochs >= 1):
+        raise UsageError("epochs must be a positive integer")
+    if not (isinstance(trainer.batch_size, numbers.Integral) and trainer.batch_size >= 1):
+        raise UsageError("batch_size must be a positive integer")
+    if not (trainer.max_grad_norm > 0 and math.isfinite(trainer.max_grad_norm)):
+        raise UsageError("max_grad_norm must be positive")
+    if trainer.max_physical_batch_size is not None and trainer.max_physical_batch_size < 1:
+        raise UsageError("max_physical_batch_size must be a positive integer")
+    if trainer.grad_sample_mode not in GRAD_SAMPLE_MODES:
+        raise UsageError(f"grad_sample_mode must be one of {', '.join(GRAD_SAMPLE_MODES)}")
+    if isinstance(trainer.optimizer, str) and trainer.optimizer.lower() not in OPTIMIZERS:
+        raise UsageError(f"optimizer must be one of {', '.join(OPTIMIZERS)} or a class")
+    if isinstance(trainer.loss, str) and trainer.loss not in LOSSES:
+        raise UsageError(f"loss must be one of {', '.join(LOSSES)} or a module")
+    if trainer.secure_mode and trainer.seed is not None:
+        raise SecurityError("secure_mode draws from a CSPRNG and cannot take a seed")
