@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from privdl._version import __version__
 from privdl.errors import (
     BudgetExceededError,
     CheckFailedError,
@@ -23,7 +24,6 @@ from privdl.errors import (
     SecurityError,
     TamperDetectedError,
 )
-from privdl._version import __version__
 from privdl.keys import Secret, key_id
 
 # public name -> module that defines it (imported on first use)

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from privdl._version import __version__
 from privdl.errors import InputError
 from privdl.fingerprint import fingerprint_bytes, fingerprint_file
 
@@ -102,7 +103,6 @@ class RunManifest:
             model_state: name → serialized bytes (e.g. safetensors); the manifest keeps
                 their SHA-256.
         """
-        from privdl._version import __version__
         return cls(
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             privdl_version=__version__,

@@ -37,5 +37,9 @@ def test_mapping_table_array_and_bytes(tmp_path):
     frame = pd.DataFrame({"a": [1, 2]})
     assert fingerprint(frame)["kind"] == "table" and fingerprint(frame)["rows"] == 2
     assert fingerprint(np.zeros((2, 3)))["columns"] == 3
-    assert fingerprint_bytes(b"abc") == {"kind": "bytes", "sha256": hashlib.sha256(b"abc").hexdigest(), "bytes": 3}
+    assert fingerprint_bytes(b"abc") == {
+        "kind": "bytes",
+        "sha256": hashlib.sha256(b"abc").hexdigest(),
+        "bytes": 3,
+    }
     assert fingerprint(b"raw") == {"kind": "<bytes>"}  # raw bytes may be a key: not hashed by default

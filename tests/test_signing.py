@@ -15,7 +15,10 @@ def test_hmac_signature_verifies_and_binds_files_and_kind():
     sig = signing.sign_digests(FILES, kind="privdl-model/1", key=key, purpose="model-signature")
     assert sig["alg"] == "hmac-sha256" and sig["key_id"] == key.derive("model-signature").key_id
     signing.verify_digests(sig, key, purpose="model-signature", label="m")
-    for changed in ({**sig, "kind": "privdl-checkpoint/1"}, {**sig, "files": {**FILES, "meta.json": "0" * 64}}):
+    for changed in (
+        {**sig, "kind": "privdl-checkpoint/1"},
+        {**sig, "files": {**FILES, "meta.json": "0" * 64}},
+    ):
         with pytest.raises(TamperDetectedError) as err:
             signing.verify_digests(changed, key, purpose="model-signature", label="m")
         assert err.value.kind == "signature"
@@ -46,7 +49,10 @@ def test_unsigned_records_and_wrong_key_types():
         signing.verify_digests(sig, Secret.generate(), purpose="p", label="m")
     with pytest.raises(KeyMissingError):
         signing.verify_digests(
-            signing.sign_digests(FILES, kind="k", key=Secret.generate(), purpose="p"), None, purpose="p", label="m"
+            signing.sign_digests(FILES, kind="k", key=Secret.generate(), purpose="p"),
+            None,
+            purpose="p",
+            label="m",
         )
     with pytest.raises(UsageError):
         signing.sign_digests(FILES, kind="k", key=b"raw bytes", purpose="p")
@@ -62,3 +68,17 @@ def test_ed25519_primitives_and_constant_time_compare():
     assert len(signing.public_bytes(key)) == 32 == len(signing.public_bytes(key.public_key()))
     assert signing.digests_match("ab", "ab") and not signing.digests_match("ab", "ac")
     assert not signing.digests_match("\u00e9", "e")  # non-ASCII text does not raise
+
+
+def test_format_is_that_of_folders_signed_before_signing_py():
+    # computed with the signer privdl shipped before the one-signer redesign
+    import hashlib
+
+    files = {
+        "model.safetensors": hashlib.sha256(b"weights").hexdigest(),
+        "meta.json": hashlib.sha256(b'{"format": "privdl-model/1"}').hexdigest(),
+    }
+    key = Secret(bytes(range(32)))
+    sig = signing.sign_digests(files, kind="privdl-model/1", key=key, purpose="model-signature")
+    assert sig["mac"] == "b1adbf2c7d4e1a3fee07c84fb53475d2a0c0999c6ebd0f3545a12f4b50c51cd8"
+    assert sig["key_id"] == "kid_8d36985e549ce982"

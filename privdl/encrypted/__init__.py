@@ -13,13 +13,15 @@ and computes on ciphertexts::
     probabilities = keys.decrypt(scores)                       # data owner
 
 Modules: :mod:`~privdl.encrypted.params` (parameter sets, the 128-bit check),
-:mod:`~privdl.encrypted.keys`, :mod:`~privdl.encrypted.packing`,
-:mod:`~privdl.encrypted.models` (torch / scikit-learn / file models, polynomial
-activations), :mod:`~privdl.encrypted.approximation` (the measured gap between the
-encrypted circuit and the exact model), :mod:`~privdl.encrypted.activations`
-(``Square``, ``PolynomialActivation``: torch modules to train HE-friendly networks
-with), :mod:`~privdl.encrypted.scorer`, :mod:`~privdl.encrypted.wire` (the
-versioned container), :mod:`~privdl.encrypted.pool` (worker processes).
+:mod:`~privdl.encrypted.wire` (the versioned container and its value types),
+:mod:`~privdl.encrypted.ciphertext` (CKKS operations on one block of rows),
+:mod:`~privdl.encrypted.pool` (worker processes), :mod:`~privdl.encrypted.keys`,
+:mod:`~privdl.encrypted.packing`, :mod:`~privdl.encrypted.polynomial` (the polynomial
+stand-ins for activations), :mod:`~privdl.encrypted.models` (torch / scikit-learn /
+file models: :func:`load_model_spec`), :mod:`~privdl.encrypted.approximation` (the
+measured gap between the encrypted circuit and the exact model),
+:mod:`~privdl.encrypted.activations` (``Square``, ``PolynomialActivation``: torch
+modules to train HE-friendly networks with), :mod:`~privdl.encrypted.scorer`.
 
 TenSEAL is imported only when keys are made or ciphertexts touched (``privdl[he]``).
 """

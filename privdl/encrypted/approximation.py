@@ -2,7 +2,7 @@
 
 An MLP with ReLU (Tanh, GELU...) cannot be evaluated on CKKS ciphertexts as it is:
 each activation is replaced by a low-degree polynomial fitted on an input interval
-(:func:`~privdl.encrypted.models.approximate`), and an encrypted probability replaces
+(:func:`~privdl.encrypted.polynomial.approximate`), and an encrypted probability replaces
 the sigmoid by one too. Inside the interval the polynomial is off by its fitted
 ``max_error``; outside it, the polynomial grows without bound. What a user gets is
 off by the propagation of both through the network, which depends on the inputs.

@@ -564,10 +564,14 @@ def load_model_spec(
 
 
 def _from_privdl_model(folder: Path, *, key: Any, degree: int, rng: tuple[float, float]) -> ModelSpec:
-    from privdl.train.checkpoint import read_model_files
+    import numpy as np
 
-    meta, state, encoder_json = read_model_files(folder, key=key)
-    arrays = {k: v.detach().cpu().double().numpy() for k, v in state.items()}
+    # the torch-free reader: a scoring server verifies and reads the folder without torch
+    from privdl.train.modelfile import read_model_folder
+
+    saved = read_model_folder(folder, key=key)
+    meta, encoder_json = saved.meta, saved.encoder_json
+    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in saved.arrays().items()}
     container = meta.get("container")
     described = meta.get("layers") or []
     if container not in ("sequential", "single") or not described:

@@ -42,6 +42,7 @@ __all__ = [
     "steps_per_epoch",
     "to_device",
     "to_tensor",
+    "val_overlap",
 ]
 
 
@@ -385,3 +386,22 @@ def audit_inputs(data: Any) -> list[Any]:
     if hasattr(data, "columns") or hasattr(data, "shape"):
         return [data]
     return [{"kind": type(data).__name__, "sha256": None}]
+
+
+def val_overlap(data: Any, val: Any, target: str | None, train: Any, valid: Any) -> int | None:
+    """How many ``val`` rows are training rows (raw DataFrame rows when both are frames,
+    else the prepared ``train`` / ``valid``); warns when there are some. The count is
+    for the trainer's own screen only, never for a report (it is not DP)."""
+    import warnings
+
+    shared = shared_frame_rows(data, val, target)
+    if shared is None:
+        shared = shared_rows(train, valid)
+    if shared:
+        warnings.warn(
+            f"val shares {shared} row(s) with the training data: its metric is then "
+            "computed partly on training records, without DP",
+            UserWarning,
+            stacklevel=3,
+        )
+    return shared

@@ -1,5 +1,7 @@
 """What a trained model's outputs mean for its task: labels, probabilities, loss, metric.
 
+:class:`Predictions` is the inference half of :class:`~privdl.PrivateTrainer`.
+
 The task (``"binary"``: one logit; ``"multiclass"``: one logit per class;
 ``"regression"``: values) is chosen when the model is prepared
 (:func:`~privdl.train.model_prep.infer_task`); these functions read raw outputs (CPU
@@ -11,12 +13,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from privdl.errors import UsageError, require
+import numpy as np
+
+from privdl.errors import InputError, NotFittedError, UsageError, require
 from privdl.train.model_prep import make_loss, shape_for_loss
 
 torch: Any = require("torch", "train")
 
 __all__ = [
+    "Predictions",
     "encode_target",
     "evaluate",
     "features",
@@ -121,3 +126,71 @@ def evaluate(forward: Any, task: str | None, val: Any) -> tuple[str, float]:
         return metric(task, torch.cat([o for o, _ in pairs]), torch.cat([y for _, y in pairs]))
     assert val.y is not None
     return metric(task, forward((val.X, None)), val.y)
+
+
+class Predictions:
+    """``predict``, ``predict_proba``, ``decision_function``, ``loss_per_sample`` and
+    ``score`` of a fitted model (the inference half of :class:`~privdl.PrivateTrainer`).
+
+    Reads the fitted ``model_``, ``task_``, ``n_outputs_``, ``encoder_`` and the
+    ``loss`` parameter of the class it is mixed into.
+    """
+
+    model_: Any
+    task_: str | None
+    n_outputs_: int | None
+    encoder_: Any
+    loss: Any
+
+    def _require_fitted(self) -> Any:
+        if self.model_ is None:
+            raise NotFittedError("the trainer is not fitted yet: call fit() first")
+        return self.model_
+
+    def _forward(self, X: Any, batch: int = 8192) -> Any:
+        """Raw outputs (float32, CPU) of the model on ``X``, in batches, eval mode."""
+        from privdl.train.data import to_device
+
+        model = self._require_fitted()
+        feats = features(X, self.encoder_)
+        device = next(model.parameters()).device
+        outs = []
+        model.eval()
+        with torch.no_grad():
+            for start in range(0, len(feats), batch):
+                outs.append(model(to_device(feats[start : start + batch], device)).float().cpu())
+        return torch.cat(outs) if outs else torch.zeros((0, self.n_outputs_ or 1))
+
+    def _evaluate(self, val: Any) -> tuple[str, float]:
+        return evaluate(self._forward, self.task_, val)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Raw model outputs (logits) as a numpy array."""
+        return self._forward(X).numpy()
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, shape ``(n, n_classes)`` (classification only)."""
+        if self.task_ == "regression":
+            raise UsageError("predict_proba is for classification")
+        return probabilities(self.task_, self._forward(X))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted labels (classification) or values (regression)."""
+        return labels(self.task_, self._forward(X))
+
+    def loss_per_sample(self, X: Any, y: Any) -> np.ndarray:
+        """Per-record loss of the trained model (for membership-inference tests).
+
+        Args:
+            X: features (array, tensor, or DataFrame when trained on one).
+            y: targets, or the target column name when ``X`` is a DataFrame.
+        """
+        out = self._forward(X)
+        yt = targets(X, y, self.encoder_)
+        if len(yt) != len(out):
+            raise InputError(f"{len(out)} feature rows but {len(yt)} targets")
+        return per_sample_losses(self.loss, self.task_, out, yt)
+
+    def score(self, X: Any, y: Any) -> float:
+        """Accuracy (classification) or negative mean squared error (regression)."""
+        return metric(self.task_, self._forward(X), targets(X, y, self.encoder_))[1]

@@ -16,7 +16,7 @@ from typing import Any
 from privdl.budget.accounting import check_accountant, check_epsilon
 from privdl.errors import PrivacyParameterError, SecurityError, UsageError
 
-__all__ = ["DEFAULTS", "OPTIMIZERS", "check_params", "default_lr", "make_optimizer"]
+__all__ = ["DEFAULTS", "OPTIMIZERS", "check_params", "default_lr", "make_optimizer", "params_record"]
 
 #: Defaults chosen so that a user passes only the model, epsilon and the data
 #: (benchmarks/train.py checks them against the utility anchors; see docs/train.md).
@@ -97,3 +97,32 @@ def check_params(trainer: Any) -> None:
         raise UsageError(f"loss must be one of {', '.join(LOSSES)} or a module")
     if trainer.secure_mode and trainer.seed is not None:
         raise SecurityError("secure_mode draws from a CSPRNG and cannot take a seed")
+
+
+def params_record(trainer: Any) -> dict[str, Any]:
+    """A trainer's configuration as plain data, as it goes into the audit record, the
+    report and a saved model's meta.json (``seed_given``, never the seed)."""
+    opt = trainer.optimizer if isinstance(trainer.optimizer, str) else trainer.optimizer.__name__
+    loss = (
+        trainer.loss if trainer.loss is None or isinstance(trainer.loss, str) else type(trainer.loss).__name__
+    )
+    return {
+        "model": type(trainer.model).__name__ if trainer.model is not None else None,
+        "epsilon": trainer.target_epsilon,
+        "delta": trainer.delta,
+        "max_grad_norm": trainer.max_grad_norm,
+        "epochs": trainer.epochs,
+        "batch_size": trainer.batch_size,
+        "lr": default_lr(trainer.lr, trainer.optimizer),
+        "optimizer": opt,
+        "loss": loss,
+        "accountant": trainer.accountant,
+        "dataset_id": trainer.dataset_id,
+        "device": trainer.device,
+        "seed_given": trainer.seed is not None,
+        "secure_mode": trainer.secure_mode,
+        "max_physical_batch_size": trainer.max_physical_batch_size,
+        "grad_sample_mode": trainer.grad_sample_mode,
+        "domains": trainer.domains,
+        "domain_epsilon": trainer.domain_epsilon,
+    }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from privdl.budget.accounting import epsilon_of, noise_multiplier_for
@@ -37,6 +38,7 @@ __all__ = [
     "plan_run",
     "reserve",
     "resolve_delta",
+    "start_run",
 ]
 
 # one accountant segment: (noise multiplier, sample rate, steps), as
@@ -372,3 +374,73 @@ def open_ledger(ledger: Any) -> Any:
 
         return BudgetLedger(ledger)
     return ledger
+
+
+def start_run(
+    plan: RunPlan,
+    prepared: Any,
+    mode: str,
+    data: TensorData | IndexedData,
+    val: TensorData | IndexedData | None,
+    *,
+    device: Any,
+    max_grad_norm: float,
+    make_optimizer: Callable[[list[Any]], Any],
+    generator: Callable[[Any, int], Any],
+    secure: bool,
+    max_physical_batch_size: int | None,
+    on_switch: Callable[[str], None] | None = None,
+    resume: ResumePoint | None = None,
+) -> TrainingRun:
+    """The run, ready for its first (or next) step: the DP step over the prepared model
+    (a :class:`~privdl.train.model_prep.PreparedModel`), the Poisson sampler, in-memory
+    data on the device, and a resumed run's optimizer state and epoch.
+
+    ``generator(device, offset)`` gives the seeded torch generator (or ``None``) for the
+    sampler (offset 0) and the noise (offset 1).
+    """
+    from privdl.train.dp_step import StepSettings, make_dp_step
+    from privdl.train.model_prep import shape_for_loss
+
+    settings = StepSettings(
+        noise_multiplier=plan.noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=plan.expected_batch_size,
+        criterion=prepared.criterion,
+        shape_for_loss=partial(shape_for_loss, prepared.task),
+        make_optimizer=make_optimizer,
+        device=device,
+        generator=generator(device, 1),
+        secure=secure,
+    )
+    # "bk" hands a copy of a layer output on when an op in a forward changes it in place
+    copy_outputs = mode == "bk" and bool(prepared.probe.modified)
+    step = make_dp_step(mode, prepared.model, settings, copy_outputs=copy_outputs, on_switch=on_switch)
+    in_memory = isinstance(data, TensorData)
+    sampler = PoissonSampler(
+        plan.n_samples,
+        plan.sample_rate,
+        generator=generator(_cpu(), 0),
+        device=device if in_memory else "cpu",
+        secure=secure,
+    )
+    if isinstance(data, TensorData):
+        data = TensorData(to_device(data.X, device), to_device(data.y, device))
+    if resume is not None:
+        step.optimizer.load_state_dict(resume.optimizer)
+    return TrainingRun(
+        plan=plan,
+        dp_step=step,
+        data=data,
+        val=val,
+        sampler=sampler,
+        device=device,
+        max_physical_batch_size=max_physical_batch_size,
+        epoch=0 if resume is None else resume.epoch,
+    )
+
+
+def _cpu() -> Any:
+    import torch
+
+    return torch.device("cpu")

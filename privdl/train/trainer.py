@@ -22,35 +22,18 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import replace
-from functools import partial
 from typing import Any
-
-import numpy as np
 
 from privdl.budget.accounting import epsilon_of
 from privdl.budget.facts import RunFacts
-from privdl.errors import (
-    InputError,
-    NotFittedError,
-    UsageError,
-    require,
-)
+from privdl.errors import InputError, UsageError, require
 from privdl.train import checkpoint, model_prep, outputs
 from privdl.train import run as runs
-from privdl.train.data import (
-    PoissonSampler,
-    TensorData,
-    as_data,
-    audit_inputs,
-    resolve_device,
-    shared_frame_rows,
-    shared_rows,
-    steps_per_epoch,
-    to_device,
-)
-from privdl.train.dp_step import StepSettings, choose_mode, make_dp_step
+from privdl.train.data import as_data, audit_inputs, resolve_device, steps_per_epoch, val_overlap
+from privdl.train.dp_step import choose_mode
 from privdl.train.modelfile import ModelFolder, read_model_folder
-from privdl.train.params import DEFAULTS, check_params, default_lr, make_optimizer
+from privdl.train.outputs import Predictions
+from privdl.train.params import DEFAULTS, check_params, default_lr, make_optimizer, params_record
 from privdl.train.progress import progress_bar, progress_stats
 from privdl.train.run import ResumePoint, TrainingRun
 
@@ -60,7 +43,7 @@ from torch import nn  # noqa: E402
 __all__ = ["DEFAULTS", "PrivateTrainer"]
 
 
-class PrivateTrainer:
+class PrivateTrainer(Predictions):
     """Train a torch model with (epsilon, delta)-differential privacy (DP-SGD).
 
     Args:
@@ -93,7 +76,7 @@ class PrivateTrainer:
             ``os.urandom``) and use Opacus' defence against floating-point attacks.
         max_physical_batch_size: split each sampled batch into chunks of at most this
             many records (same privacy, less memory).
-        grad_sample_mode: ``"auto"``: ``"bk"`` (privdl.s one-backward book-keeping, see
+        grad_sample_mode: ``"auto"``: ``"bk"`` (privdl's one-backward book-keeping, see
             :mod:`privdl.train.bookkeeping`) when every trainable layer is a ``Linear``,
             ``Conv1d``/``Conv2d``, ``LayerNorm``, ``GroupNorm`` or ``Embedding`` run once
             per forward pass, else Opacus' ghost clipping when every trainable layer
@@ -166,17 +149,14 @@ class PrivateTrainer:
         self.checkpoint_key = checkpoint_key
         self.domains = domains
         self.domain_epsilon = domain_epsilon
-        # learned state, set by fit()
-        # where the encoder's domains came from ("policy" | "dp" | "learned-unprotected";
-        # None without a table), and the DP domain estimate's accountant segments (they
-        # are in accountant_history_ too) and ledger run
+        # learned state, set by fit(); domain_*: where the encoder's domains came from
+        # ("policy", "dp", "learned-unprotected"), a DP estimate's segments and ledger run
         self.domain_source_: str | None = None
         self.domain_history_: list[tuple[float, float, int]] = []
         self.domain_run_id_: str | None = None
         self._domain_segments: list[tuple[float, float, int]] = []
         self.model_: nn.Module | None = None
-        # per epoch; the exact training "loss" is for the live progress bar and this
-        # process only: save() and report() leave it out (it is not DP)
+        # per epoch; its exact training "loss" is for the live progress bar only (not DP)
         self.history_: list[dict[str, Any]] = []
         self.val_overlap_: int | None = None
         self.accountant_history_: list[tuple[float, float, int]] = []
@@ -204,28 +184,7 @@ class PrivateTrainer:
     # ------------------------------------------------------------------ parameters
     def get_params(self) -> dict[str, Any]:
         """The run's configuration, as it goes into the audit record and the report."""
-        opt = self.optimizer if isinstance(self.optimizer, str) else self.optimizer.__name__
-        loss = self.loss if self.loss is None or isinstance(self.loss, str) else type(self.loss).__name__
-        return {
-            "model": type(self.model).__name__ if self.model is not None else None,
-            "epsilon": self.target_epsilon,
-            "delta": self.delta,
-            "max_grad_norm": self.max_grad_norm,
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "lr": self._lr(),
-            "optimizer": opt,
-            "loss": loss,
-            "accountant": self.accountant,
-            "dataset_id": self.dataset_id,
-            "device": self.device,
-            "seed_given": self.seed is not None,
-            "secure_mode": self.secure_mode,
-            "max_physical_batch_size": self.max_physical_batch_size,
-            "grad_sample_mode": self.grad_sample_mode,
-            "domains": self.domains,
-            "domain_epsilon": self.domain_epsilon,
-        }
+        return params_record(self)
 
     def _lr(self) -> float:
         return default_lr(self.lr, self.optimizer)
@@ -301,17 +260,7 @@ class PrivateTrainer:
             if subjects is not None:
                 op.update(subjects=subjects)
             run = self._setup(data, target, val)
-            self.val_overlap_ = shared_frame_rows(data, val, target)
-            if self.val_overlap_ is None:
-                self.val_overlap_ = shared_rows(run.data, run.val)
-            if self.val_overlap_:
-                # the count goes to the trainer's own screen only, never into a report
-                warnings.warn(
-                    f"val shares {self.val_overlap_} row(s) with the training data: its "
-                    "metric is then computed partly on training records, without DP",
-                    UserWarning,
-                    stacklevel=2,
-                )
+            self.val_overlap_ = val_overlap(data, val, target, run.data, run.val)
             op.update(
                 params={
                     "n_samples": self.n_samples_,
@@ -462,61 +411,31 @@ class PrivateTrainer:
             model_name=type(model).__name__,
             resumed=None if resume is None else (float(self.noise_multiplier_ or 0.0), self.run_id_),
         )
-        self.noise_multiplier_, self.sample_rate_, self.planned_steps_ = (
-            plan.noise_multiplier,
-            plan.sample_rate,
-            plan.planned_steps,
-        )
+        self.noise_multiplier_, self.sample_rate_ = plan.noise_multiplier, plan.sample_rate
+        self.planned_steps_ = plan.planned_steps
         self.run_id_, self.ledger_ = plan.run_id, ledger
         self.grad_sample_mode_ = mode
-        settings = StepSettings(
-            noise_multiplier=plan.noise_multiplier,
-            max_grad_norm=self.max_grad_norm,
-            expected_batch_size=plan.expected_batch_size,
-            criterion=prepared.criterion,
-            shape_for_loss=partial(model_prep.shape_for_loss, self.task_),
-            make_optimizer=self._make_optimizer,
-            device=device,
-            generator=self._generator(device, 1),
-            secure=self.secure_mode,
-        )
-        # "bk" hands a copy of a layer output on when an op in a forward changes it in place
-        step = make_dp_step(
+        run = runs.start_run(
+            plan,
+            prepared,
             mode,
-            model,
-            settings,
-            copy_outputs=mode == "bk" and bool(probe.modified),
-            on_switch=self._switched,
-        )
-        sampler = PoissonSampler(
-            n,
-            plan.sample_rate,
-            generator=self._generator(torch.device("cpu"), 0),
-            device=device if isinstance(train, TensorData) else "cpu",
-            secure=self.secure_mode,
-        )
-        if isinstance(train, TensorData):
-            train = TensorData(to_device(train.X, device), to_device(train.y, device))
-        self.model_ = model
-        self.history_ = []
-        self.steps_ = 0
-        epoch = 0
-        if resume is not None:
-            step.optimizer.load_state_dict(resume.optimizer)
-            epoch, self.steps_ = resume.epoch, resume.steps
-            self.history_ = list(resume.history)
-            self._resume = None
-        self.accountant_history_ = plan.history(self.steps_)
-        return TrainingRun(
-            plan=plan,
-            dp_step=step,
-            data=train,
-            val=valid,
-            sampler=sampler,
+            train,
+            valid,
             device=device,
+            max_grad_norm=self.max_grad_norm,
+            make_optimizer=self._make_optimizer,
+            generator=self._generator,
+            secure=self.secure_mode,
             max_physical_batch_size=self.max_physical_batch_size,
-            epoch=epoch,
+            on_switch=self._switched,
+            resume=resume,
         )
+        self.model_ = model
+        self.history_ = [] if resume is None else list(resume.history)
+        self.steps_ = 0 if resume is None else resume.steps
+        self._resume = None
+        self.accountant_history_ = plan.history(self.steps_)
+        return run
 
     def _make_optimizer(self, params: list[Any]) -> Any:
         return make_optimizer(self.optimizer, self._lr(), params)
@@ -573,9 +492,7 @@ class PrivateTrainer:
         # the accountant's exact record: earlier runs of this model, then this run's
         # single segment with every step taken so far
         self.accountant_history_ = plan.history(self.steps_)
-        metric_name, metric = (
-            (None, None) if run.val is None else outputs.evaluate(self._forward, self.task_, run.val)
-        )
+        metric_name, metric = (None, None) if run.val is None else self._evaluate(run.val)
         row = {
             "epoch": run.epoch,
             "loss": float(loss_sum.item()) / max(count, 1),
@@ -588,62 +505,9 @@ class PrivateTrainer:
         if task is not None:
             bar.update(task, stats=progress_stats(row))
         if self.checkpoint_dir is not None:
-            point = ResumePoint(
-                epoch=run.epoch,
-                steps=self.steps_,
-                per_epoch=plan.per_epoch,
-                optimizer=run.dp_step.optimizer.state_dict(),
-            )
+            point = ResumePoint(run.epoch, self.steps_, plan.per_epoch, run.dp_step.optimizer.state_dict())
             checkpoint.save_checkpoint(self, self.checkpoint_dir, key=self.checkpoint_key, point=point)
         return run
-
-    # ------------------------------------------------------------------ inference
-    def _require_fitted(self) -> nn.Module:
-        if self.model_ is None:
-            raise NotFittedError("the trainer is not fitted yet: call fit() first")
-        return self.model_
-
-    def _forward(self, X: Any, batch: int = 8192) -> Any:
-        model = self._require_fitted()
-        feats = outputs.features(X, self.encoder_)
-        device = next(model.parameters()).device
-        outs = []
-        model.eval()
-        with torch.no_grad():
-            for start in range(0, len(feats), batch):
-                outs.append(model(to_device(feats[start : start + batch], device)).float().cpu())
-        return torch.cat(outs) if outs else torch.zeros((0, self.n_outputs_ or 1))
-
-    def decision_function(self, X: Any) -> np.ndarray:
-        """Raw model outputs (logits) as a numpy array."""
-        return self._forward(X).numpy()
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities, shape ``(n, n_classes)`` (classification only)."""
-        if self.task_ == "regression":
-            raise UsageError("predict_proba is for classification")
-        return outputs.probabilities(self.task_, self._forward(X))
-
-    def predict(self, X: Any) -> np.ndarray:
-        """Predicted labels (classification) or values (regression)."""
-        return outputs.labels(self.task_, self._forward(X))
-
-    def loss_per_sample(self, X: Any, y: Any) -> np.ndarray:
-        """Per-record loss of the trained model (for membership-inference tests).
-
-        Args:
-            X: features (array, tensor, or DataFrame when trained on one).
-            y: targets, or the target column name when ``X`` is a DataFrame.
-        """
-        out = self._forward(X)
-        yt = outputs.targets(X, y, self.encoder_)
-        if len(yt) != len(out):
-            raise InputError(f"{len(out)} feature rows but {len(yt)} targets")
-        return outputs.per_sample_losses(self.loss, self.task_, out, yt)
-
-    def score(self, X: Any, y: Any) -> float:
-        """Accuracy (classification) or negative mean squared error (regression)."""
-        return outputs.metric(self.task_, self._forward(X), outputs.targets(X, y, self.encoder_))[1]
 
     # ------------------------------------------------------------------ reports, saving
     def report(self, **kwargs: Any) -> Any:
@@ -677,9 +541,7 @@ class PrivateTrainer:
         trainer = cls._from_folder(folder, model)
         trainer.model.train()  # type: ignore[union-attr]
         trainer.ledger = ledger if ledger is not None else checkpoint.checkpoint_ledger(folder)
-        trainer.audit_log = audit_log
-        trainer.checkpoint_dir = folder.path
-        trainer.checkpoint_key = key
+        trainer.audit_log, trainer.checkpoint_dir, trainer.checkpoint_key = audit_log, folder.path, key
         trainer._resume = point
         return trainer
 

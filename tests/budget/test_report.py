@@ -210,7 +210,7 @@ def test_membership_audit_detects_a_memorizing_model(data) -> None:
     assert quiet.membership_inference.dp_bound == pytest.approx(dp_advantage_bound(quiet.epsilon, DELTA))
 
 
-def test_loss_threshold_audit_matches_sklearn_auc() -> None:
+def test_loss_threshold_test_matches_sklearn_auc() -> None:
     from sklearn.metrics import roc_auc_score, roc_curve
 
     rng = np.random.default_rng(1)

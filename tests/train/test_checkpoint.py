@@ -26,6 +26,7 @@ from privdl.errors import (  # noqa: E402
 from privdl.keys import Secret  # noqa: E402
 from privdl.train.checkpoint import read_model_files  # noqa: E402
 from privdl.train.trainer import PrivateTrainer  # noqa: E402
+from tests.train.crash import CrashingLoss  # noqa: E402
 
 
 def blobs(n=300, d=5, seed=0):
@@ -233,7 +234,7 @@ def test_unfitted_trainer_cannot_be_saved(tmp_path):
         PrivateTrainer(nn.Linear(2, 2), epsilon=1.0).save(tmp_path / "m")
 
 
-def test_resume_continues_the_same_ledger_reservation(tmp_path, monkeypatch):
+def test_resume_continues_the_same_ledger_reservation(tmp_path):
     from privdl.budget.ledger import BudgetLedger
 
     X, y = blobs()
@@ -253,17 +254,9 @@ def test_resume_continues_the_same_ledger_reservation(tmp_path, monkeypatch):
         checkpoint_dir=ckpt,
         checkpoint_key=key,
     )
-    original = PrivateTrainer._run_epoch
-
-    def crash_after_two(self):
-        if self._state["epoch"] == 2:
-            raise RuntimeError("power cut")
-        original(self)
-
-    monkeypatch.setattr(PrivateTrainer, "_run_epoch", crash_after_two)
-    with pytest.raises(RuntimeError):
+    tr.loss = CrashingLoss(steps=2 * 6)  # the power goes off in epoch 3
+    with pytest.raises(RuntimeError, match="power cut"):
         tr.fit((X, y))
-    monkeypatch.setattr(PrivateTrainer, "_run_epoch", original)
     reserved = ledger.runs("ds")
     assert [r.status for r in reserved] == ["reserved"]
 
@@ -315,23 +308,15 @@ def test_table_model_round_trip_keeps_the_encoder(tmp_path):
         PrivateTrainer.load(folder, key=key)
 
 
-def test_checkpoints_hold_no_training_loss_and_resume_without_it(tmp_path, capsys, monkeypatch):
+def test_checkpoints_hold_no_training_loss_and_resume_without_it(tmp_path, capsys):
     X, y = blobs()
     ckpt = tmp_path / "ckpt"
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
     tr = PrivateTrainer(model, epsilon=2.0, epochs=2, batch_size=50, seed=0, checkpoint_dir=ckpt)
-    original = PrivateTrainer._run_epoch
-
-    def crash_in_the_second_epoch(self):
-        if self._state["epoch"] == 1:
-            raise RuntimeError("power cut")
-        original(self)
-
-    monkeypatch.setattr(PrivateTrainer, "_run_epoch", crash_in_the_second_epoch)
-    with pytest.raises(RuntimeError):
+    tr.loss = CrashingLoss(steps=6)  # 300 records, 6 steps per epoch
+    with pytest.raises(RuntimeError, match="power cut"):
         tr.fit((X, y), val=(X[:40] + 3.0, y[:40]))
-    monkeypatch.setattr(PrivateTrainer, "_run_epoch", original)
     (live,) = [row["loss"] for row in tr.history_]
     text = (ckpt / "meta.json").read_text()
     meta = json.loads(text)

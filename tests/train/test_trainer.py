@@ -17,7 +17,10 @@ from torch import nn  # noqa: E402
 
 from privdl.errors import BudgetExceededError, SecurityError, UsageError  # noqa: E402
 from privdl.keys import Secret  # noqa: E402
+from privdl.train.bookkeeping import forward_probe  # noqa: E402
+from privdl.train.dp_step import DPStep, StepSettings, choose_mode, make_dp_step  # noqa: E402
 from privdl.train.trainer import PrivateTrainer  # noqa: E402
+from tests.train.crash import CrashingLoss  # noqa: E402
 
 
 def blobs(n=600, d=6, classes=2, seed=0):
@@ -130,15 +133,30 @@ def test_frozen_layers_stay_frozen():
     assert not torch.equal(before[2], after[2])
 
 
+def dp_step(mode, model, **overrides):
+    """A DPStep over ``model`` as the trainer builds one (sigma 1, C 1)."""
+    settings = StepSettings(
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        expected_batch_size=5,
+        criterion=nn.CrossEntropyLoss(),
+        shape_for_loss=lambda out, y: (out, y.long()),
+        make_optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+        **overrides,
+    )
+    return make_dp_step(mode, model, settings)
+
+
 @pytest.mark.parametrize("mode", ["bk", "ghost", "hooks"])
 def test_empty_poisson_batch_is_a_noise_only_step(mode):
-    X, y = blobs(n=40)
-    tr = PrivateTrainer(mlp(), epsilon=2.0, epochs=1, batch_size=8, grad_sample_mode=mode)
-    tr._check_params()
-    tr._setup((X, y), None, None)
-    before = params_of(tr.model_)
-    tr._step(torch.zeros(0, dtype=torch.int64))
-    after = params_of(tr.model_)
+    model = mlp()
+    step = dp_step(mode, model)
+    assert isinstance(step, DPStep) and step.mode == mode
+    before = params_of(model)
+    step.train()
+    loss = step.step([], lambda part: (None, None))
+    after = params_of(step.release())
+    assert float(loss) == 0.0
     assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
     assert all(torch.isfinite(a).all() for a in after)
 
@@ -177,11 +195,11 @@ def test_auto_mode_picks_the_fastest_exact_engine():
             return self.out(self.emb(x.abs().long() % 10).mean(dim=1))
 
     emb = Embedded()
-    assert PrivateTrainer(emb, epsilon=2.0)._choose_mode(emb, example) == "ghost"
+    assert choose_mode("auto", emb, example) == "ghost"
     normed = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 2))
-    assert PrivateTrainer(normed, epsilon=2.0)._choose_mode(normed, example) == "bk"
+    assert choose_mode("auto", normed, example) == "bk"
     rms = nn.Sequential(nn.Linear(6, 8), nn.RMSNorm(8), nn.Linear(8, 2))
-    assert PrivateTrainer(rms, epsilon=2.0)._choose_mode(rms, example) == "hooks"
+    assert choose_mode("auto", rms, example) == "hooks"
 
     class Reused(nn.Module):
         def __init__(self):
@@ -193,10 +211,10 @@ def test_auto_mode_picks_the_fastest_exact_engine():
             return self.out(self.a(self.a(x)))
 
     reused = Reused()
-    assert PrivateTrainer(reused, epsilon=2.0)._choose_mode(reused, example) == "hooks"
+    assert choose_mode("auto", reused, example) == "hooks"
     shared = nn.Sequential(nn.Linear(6, 6), nn.Linear(6, 6))
     shared[1].weight = shared[0].weight
-    assert PrivateTrainer(shared, epsilon=2.0)._choose_mode(shared, example) == "hooks"
+    assert choose_mode("auto", shared, example) == "hooks"
     with pytest.raises(UsageError):
         PrivateTrainer(rms, epsilon=2.0, grad_sample_mode="bk").fit((X, y))
     # the reused layer trains with hooks, end to end
@@ -247,8 +265,9 @@ def test_secure_mode_trains_and_refuses_a_seed():
     ghost = PrivateTrainer(
         mlp(), epsilon=4.0, epochs=3, batch_size=32, secure_mode=True, grad_sample_mode="ghost"
     ).fit((X, y))
-    assert type(ghost._state["opt"]).__name__.startswith("Secure")
-    assert ghost.score(X, y) > 0.7
+    assert ghost.grad_sample_mode_ == "ghost" and ghost.score(X, y) > 0.7
+    secure = dp_step("ghost", mlp(), secure=True)
+    assert type(secure.dp_optimizer).__name__.startswith("Secure")
 
 
 def test_dataloader_and_generic_dataset_inputs():
@@ -328,23 +347,15 @@ def test_ledger_reserves_before_the_first_step_and_refuses_overspending(tmp_path
     assert 1.95 < ledger.spent("ds") <= 2.0 * (1 + 1e-6)
 
 
-def test_a_crashed_run_keeps_its_reservation(tmp_path, monkeypatch):
+def test_a_crashed_run_keeps_its_reservation(tmp_path):
     from privdl.budget.ledger import BudgetLedger
 
     X, y = blobs(n=300)
     ledger = BudgetLedger(tmp_path / "budget.db")
     ledger.set_budget("ds", epsilon=3.0, delta=1e-5)
     tr = PrivateTrainer(mlp(), epsilon=1.0, epochs=3, batch_size=50, ledger=ledger, dataset_id="ds")
-    calls = {"n": 0}
-    original = PrivateTrainer._run_epoch
-
-    def crash_after_one(self):
-        if calls["n"] == 1:
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        original(self)
-
-    monkeypatch.setattr(PrivateTrainer, "_run_epoch", crash_after_one)
+    # the power goes off in the second epoch (6 steps per epoch)
+    tr.loss = CrashingLoss(steps=6, error=KeyboardInterrupt)
     with pytest.raises(KeyboardInterrupt):
         tr.fit((X, y))
     runs = ledger.runs("ds")
@@ -434,7 +445,8 @@ def test_an_in_place_op_in_forward_trains_exactly_like_its_out_of_place_twin():
         torch.manual_seed(0)
         tr = PrivateTrainer(Relu(in_place), **common).fit((X, y))
         assert tr.grad_sample_mode_ == "bk"
-        assert tr._copy_outputs is in_place  # the engine copies the output before relu_
+        # the DP step copies the layer output before relu_ modifies it
+        assert forward_probe(tr.model_, torch.tensor(X[:2])).modified == ({"a"} if in_place else set())
         results.append(params_of(tr.model_))
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
