@@ -117,6 +117,7 @@ def speed(quick: bool) -> None:
     from torch import nn
 
     from privdl import PrivateTrainer
+    from privdl.train.params import check_params
 
     n, d, batch = 30_000, 100, 256
     gen = torch.Generator().manual_seed(0)
@@ -158,14 +159,13 @@ def speed(quick: bool) -> None:
     plain = [fast_plain_epoch(model, opt, nn.CrossEntropyLoss()) for _ in range(reps)]
 
     tr = PrivateTrainer(mlp(), epsilon=1.0, epochs=reps, batch_size=batch, progress=False)
-    tr._check_params()
-    tr._setup((X, y), None, None)
-    st = tr._state
+    check_params(tr)
+    run = tr._setup((X, y), None, None)
     dp = []
     for _ in range(reps):
         t = time.perf_counter()
-        for _ in range(st["per_epoch"]):
-            tr._step(st["sampler"].sample())
+        for _ in range(run.plan.per_epoch):
+            run.step(run.sampler.sample())
         dp.append(time.perf_counter() - t)
     ratio = statistics.median(dp) / statistics.median(plain)
     line(
@@ -180,11 +180,11 @@ def speed(quick: bool) -> None:
     tr_g = PrivateTrainer(
         mlp(), epsilon=1.0, epochs=1, batch_size=batch, grad_sample_mode="ghost", progress=False
     )
-    tr_g._check_params()
-    tr_g._setup((X, y), None, None)
+    check_params(tr_g)
+    run_g = tr_g._setup((X, y), None, None)
     t = time.perf_counter()
-    for _ in range(tr_g._state["per_epoch"]):
-        tr_g._step(tr_g._state["sampler"].sample())
+    for _ in range(run_g.plan.per_epoch):
+        run_g.step(run_g.sampler.sample())
     ghost = time.perf_counter() - t
     line(
         "  same, Opacus ghost clipping with Poisson indexing",

@@ -88,6 +88,7 @@ def plain_throughput(torch, make, X, y, batch, steps, device):
 
 def dp_throughput(torch, make, X, y, batch, steps, device, mode):
     from privdl import PrivateTrainer
+    from privdl.train.params import check_params
 
     torch.manual_seed(0)
     tr = PrivateTrainer(
@@ -99,17 +100,16 @@ def dp_throughput(torch, make, X, y, batch, steps, device, mode):
         grad_sample_mode=mode,
         progress=False,
     )
-    tr._check_params()
-    tr._setup((X, y), None, None)
-    st = tr._state
+    check_params(tr)
+    run = tr._setup((X, y), None, None)
     for _ in range(5):
-        tr._step(st["sampler"].sample())
+        run.step(run.sampler.sample())
     sync(torch, device)
     t = time.perf_counter()
     records = 0
     for _ in range(steps):
-        idx = st["sampler"].sample()
-        tr._step(idx)
+        idx = run.sampler.sample()
+        run.step(idx)
         records += len(idx)
     sync(torch, device)
     return records / (time.perf_counter() - t), tr.grad_sample_mode_

@@ -47,7 +47,7 @@ __all__ = [
     "SecurityError",
     "TamperDetectedError",
     "UsageError",
-    "require",
+    
 ]
 
 
@@ -166,18 +166,3 @@ class ApproximationWarning(PrivdlError, UserWarning):
     never a data value.
     """
 
-
-def require(module: str, extra: str) -> object:
-    """Import an optional heavy dependency, or say which extra installs it.
-
-    Example:
-        >>> torch = require("torch", "train")  # doctest: +SKIP
-    """
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"{module} is not installed: run `pip install 'privdl[{extra}]'`"
-        ) from exc

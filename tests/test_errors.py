@@ -36,7 +36,3 @@ def test_budget_error_carries_structured_fields():
     exc = errors.BudgetExceededError("over", requested=2.0, remaining=0.5, dataset_id="d")
     assert (exc.requested, exc.remaining, exc.dataset_id, exc.exit_code) == (2.0, 0.5, "d", 1)
 
-
-def test_require_names_the_extra():
-    with pytest.raises(errors.MissingDependencyError, match=r"privdl\[he\]"):
-        errors.require("surely_not_a_module_privdl", "he")

@@ -15,6 +15,7 @@ quasi-identifiers.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -255,14 +256,23 @@ class TableMetrics:
     discernibility: float
     avg_class_size: float
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def to_json(self) -> str:
+        """:meth:`to_dict` as a JSON string."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> TableMetrics:
-        """Inverse of :meth:`to_json`."""
+    def from_dict(cls, data: Mapping[str, Any]) -> TableMetrics:
+        """Inverse of :meth:`to_dict`."""
         return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+    @classmethod
+    def from_json(cls, data: str | Mapping[str, Any]) -> TableMetrics:
+        """Inverse of :meth:`to_json` (a parsed dict is read too)."""
+        return cls.from_dict(json.loads(data) if isinstance(data, str) else data)
 
 
 def measure(

@@ -48,7 +48,7 @@ class RiskReport(TableMetrics):
         """As plain JSON-compatible data (what a saved ``.json`` report holds)."""
         return asdict(self)
 
-    def to_json(self) -> str:  # type: ignore[override]
+    def to_json(self) -> str:
         """Serialize to a JSON string (sorted keys)."""
         return json.dumps(self.to_dict(), sort_keys=True, indent=2, allow_nan=False)
 
@@ -65,7 +65,7 @@ class RiskReport(TableMetrics):
             raise InputError("not a privdl risk report") from exc
 
     @classmethod
-    def from_json(cls, text: str | Mapping[str, Any]) -> RiskReport:  # type: ignore[override]
+    def from_json(cls, text: str | Mapping[str, Any]) -> RiskReport:
         """Rebuild a report from :meth:`to_json` output (a JSON string, or the parsed dict
         of a saved ``.json`` report).
 

@@ -57,7 +57,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from privdl.errors import UsageError, require
+from privdl._optional import require
+from privdl.errors import UsageError
 from privdl.train.data import ChaChaRandom
 
 torch: Any = require("torch", "train")

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from privdl.errors import InputError, UsageError, require
+from privdl._optional import require
+from privdl.errors import InputError, UsageError
 
 if TYPE_CHECKING:
     import torch

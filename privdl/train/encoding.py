@@ -392,14 +392,11 @@ class TableEncoder:
         if need and mode == "dp":
             n = len(frame)
             eps = domain_epsilon if domain_epsilon is not None else self.domain_epsilon
-            eps = DEFAULT_DOMAIN_EPSILON if eps is None else float(eps)
+            from privdl.budget.accounting import check_delta, check_epsilon, noise_multiplier_for
+
+            eps = check_epsilon(DEFAULT_DOMAIN_EPSILON if eps is None else eps, name="domain_epsilon")
             delta = domain_delta if domain_delta is not None else self.domain_delta
-            delta = 1.0 / (10 * max(n, 1)) if delta is None else float(delta)
-            if not (math.isfinite(eps) and eps > 0):
-                raise UsageError("domain_epsilon must be a positive number")
-            if not 0 < delta < 1:
-                raise UsageError("domain_delta must be in (0, 1)")
-            from privdl.budget.accounting import noise_multiplier_for
+            delta = check_delta(1.0 / (10 * max(n, 1)) if delta is None else delta, name="domain_delta")
 
             sigma = noise_multiplier_for(
                 epsilon=eps, delta=delta, sample_rate=1.0, steps=len(need), accountant=accountant

@@ -18,7 +18,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from privdl.errors import InputError, UsageError, require
+from privdl._optional import require
+from privdl.errors import InputError, UsageError
 from privdl.train.opacus_step import distributed_types, fix_for_opacus
 
 torch: Any = require("torch", "train")

@@ -25,7 +25,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from privdl.errors import InputError, UsageError, require
+from privdl._optional import require
+from privdl.errors import InputError, UsageError
 from privdl.train.data import ChaChaRandom
 
 torch: Any = require("torch", "train")

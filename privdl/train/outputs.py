@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from privdl.errors import InputError, NotFittedError, UsageError, require
+from privdl._optional import require
+from privdl.errors import InputError, NotFittedError, UsageError
 from privdl.train.model_prep import make_loss, shape_for_loss
 
 torch: Any = require("torch", "train")

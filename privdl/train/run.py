@@ -19,8 +19,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from privdl.budget.accounting import epsilon_of, noise_multiplier_for
-from privdl.errors import PrivacyParameterError
+from privdl.budget.accounting import check_delta, epsilon_of, noise_multiplier_for
 from privdl.train.data import IndexedData, PoissonSampler, TensorData, to_device
 
 if TYPE_CHECKING:
@@ -156,12 +155,7 @@ def resolve_delta(delta: float | None, n: int, ledger: Any, dataset_id: str | No
     """
     if delta is None:
         delta = ledger.budget(dataset_id)[1] if ledger is not None else 1.0 / (10 * n)
-    if n >= 1 and not 0 < delta < 1.0 / n:
-        raise PrivacyParameterError(
-            f"delta={delta:g} is not below 1/n = {1.0 / n:g}: with {n} records such a "
-            "delta allows releasing a record outright"
-        )
-    return float(delta)
+    return check_delta(delta, records=n)
 
 
 def calibrate(

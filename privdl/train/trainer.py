@@ -24,9 +24,10 @@ import warnings
 from dataclasses import replace
 from typing import Any
 
+from privdl._optional import require
 from privdl.budget.accounting import epsilon_of
 from privdl.budget.facts import RunFacts
-from privdl.errors import InputError, UsageError, require
+from privdl.errors import InputError, UsageError
 from privdl.train import checkpoint, model_prep, outputs
 from privdl.train import run as runs
 from privdl.train.data import as_data, audit_inputs, resolve_device, steps_per_epoch, val_overlap

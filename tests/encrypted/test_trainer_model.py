@@ -113,7 +113,7 @@ def test_cli_scores_signed_models_with_their_verifying_key(saved, tmp_path, monk
 
     from privdl.audit.checkpoint import verifier_key
     from privdl.keys import Secret
-    from privdl.train.checkpoint import load_model_spec as load_trainer
+    from privdl.train.checkpoint import load_model as load_trainer
 
     d, _, expected = saved
     trainer = load_trainer(d / "model")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from privdl.errors import require
+from privdl._optional import require
 
 __all__ = ["RDP_ORDERS", "rdp_epsilon", "rdp_one_step", "scipy_special"]
 
