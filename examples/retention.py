@@ -143,7 +143,7 @@ def main() -> None:
     baseline_acc = baseline.score(x_test, test["retained"])
     report = trainer.report(
         baseline={"metric": "accuracy", "value": baseline_acc},
-        audit_data=((train[features], train["retained"]), (test[features], test["retained"])),
+        membership_data=((train[features], train["retained"]), (test[features], test["retained"])),
         ledger_before=before,
         ledger_after=ledger.status(DATASET_ID),
     )

@@ -111,12 +111,12 @@ def test_api_with_the_encoder(saved):
 def test_cli_scores_signed_models_with_their_verifying_key(saved, tmp_path, monkeypatch, capsys):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from privdl import PrivateTrainer
     from privdl.audit.checkpoint import verifier_key
     from privdl.keys import Secret
-    from privdl.train.checkpoint import load_model as load_trainer
 
     d, _, expected = saved
-    trainer = load_trainer(d / "model")
+    trainer = PrivateTrainer.load(d / "model")
     mac_key = "hex:" + "5c" * 32
     monkeypatch.setenv("MODEL_KEY", mac_key)
     trainer.save(tmp_path / "hmac", key=Secret.from_env("MODEL_KEY"))
