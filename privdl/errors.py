@@ -47,7 +47,6 @@ __all__ = [
     "SecurityError",
     "TamperDetectedError",
     "UsageError",
-    
 ]
 
 
