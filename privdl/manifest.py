@@ -28,6 +28,7 @@ from typing import Any
 from privdl._version import __version__
 from privdl.errors import InputError
 from privdl.fingerprint import fingerprint_bytes, fingerprint_file
+from privdl.serialize import JSONSerializable
 
 __all__ = ["RunManifest", "diff_manifests"]
 
@@ -72,7 +73,7 @@ def _hardware() -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class RunManifest:
+class RunManifest(JSONSerializable):
     """Facts that make a run reproducible; JSON-serializable, holds no secret."""
 
     created: str
@@ -85,6 +86,10 @@ class RunManifest:
     config: Mapping[str, Any] = field(default_factory=dict)
     data: Mapping[str, Any] = field(default_factory=dict)
     model_state: Mapping[str, str] = field(default_factory=dict)
+
+    # from_dict / to_json / from_json: privdl.serialize.JSONSerializable
+    _json_kind = "run manifest"
+    _json_indent = 2
 
     @classmethod
     def collect(
@@ -119,40 +124,6 @@ class RunManifest:
     def to_dict(self) -> dict[str, Any]:
         """As plain JSON-compatible data (what a manifest file holds)."""
         return dict(json.loads(json.dumps(asdict(self), default=str)))
-
-    def to_json(self) -> str:
-        """Serialize to a JSON string (sorted keys)."""
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RunManifest:
-        """Rebuild a manifest from :meth:`to_dict` output (unknown fields are ignored).
-
-        Raises:
-            InputError: not a run manifest.
-        """
-        names = {f for f in cls.__dataclass_fields__}
-        try:
-            return cls(**{k: v for k, v in data.items() if k in names})
-        except TypeError as exc:
-            raise InputError("not a privdl run manifest") from exc
-
-    @classmethod
-    def from_json(cls, text: str | Mapping[str, Any]) -> RunManifest:
-        """Rebuild a manifest from :meth:`to_json` output (a JSON string, or the parsed
-        dict of a manifest file).
-
-        Raises:
-            InputError: not a run manifest.
-        """
-        if isinstance(text, str):
-            try:
-                text = json.loads(text)
-            except ValueError as exc:
-                raise InputError("not a privdl run manifest: not JSON") from exc
-        if not isinstance(text, Mapping):
-            raise InputError("not a privdl run manifest")
-        return cls.from_dict(text)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         from privdl.io import atomic_write

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
 from privdl.anonymize.hierarchy import EncodedQI
-from privdl.anonymize.metrics import SensitiveCodes, diversity, emd
+from privdl.anonymize.metrics import SensitiveCodes, emd
+from privdl.anonymize.requirements import ClassRequirements
 from privdl.errors import PolicyError, PolicyNotMetError
 
 __all__ = ["DEFAULT_MAX_NODES", "Recoding", "global_recoding"]
@@ -119,7 +120,8 @@ def global_recoding(
     budget = math.floor(max_suppression * n + 1e-9)
     dims = len(qis)
     # sensitive values only matter for l and t; without them the table is smaller
-    sens = list(sensitive) if (l is not None or t is not None) else []
+    sens = tuple(sensitive) if (l is not None or t is not None) else ()
+    req = ClassRequirements(k, sens, l, l_kind, t)
     radices = [[len(tree.labels[lv]) for lv in range(tree.height + 1)] for tree in trees]
     node_loss = [
         [
@@ -150,11 +152,7 @@ def global_recoding(
             evaluated += 1
             loss = base.evaluate(
                 [trees[d].node_of[lv] for d, lv in enumerate(levels)],
-                k=k,
-                sens=sens,
-                l=l,
-                l_kind=l_kind,
-                t=t,
+                req=req,
                 budget=budget,
                 node_loss=[node_loss[d][lv] for d, lv in enumerate(levels)],
                 radices=[radices[d][lv] for d, lv in enumerate(levels)],
@@ -175,30 +173,8 @@ def global_recoding(
             f"suppression budget of {budget} rows"
         )
     loss, _, chosen = best
-    kept = _kept_records(qis, chosen, radices, sens, k=k, l=l, l_kind=l_kind, t=t)
+    kept = _kept_records(qis, chosen, radices, req)
     return Recoding(chosen, kept, loss, size, evaluated)
-
-
-def _bad_classes(
-    ids: np.ndarray,
-    n_classes: int,
-    weights: np.ndarray | None,
-    sens: Sequence[SensitiveCodes],
-    *,
-    k: int,
-    l: int | None,  # noqa: E741 - the standard name of the l-diversity target
-    l_kind: str,
-    t: float | None,
-) -> np.ndarray:
-    sizes = np.bincount(ids, weights=weights, minlength=n_classes)
-    bad = sizes < k
-    for s_ in sens:
-        if l is not None:
-            distinct, entropy = diversity(ids, n_classes, s_, weights)
-            bad |= entropy < np.log(l) - 1e-12 if l_kind == "entropy" else distinct < l
-        if t is not None:
-            bad |= emd(ids, n_classes, s_, weights) > t + 1e-12
-    return bad
 
 
 def _t_holds_on_kept(
@@ -226,12 +202,7 @@ def _kept_records(
     qis: Sequence[EncodedQI],
     levels: tuple[int, ...],
     radices: list[list[int]],
-    sens: Sequence[SensitiveCodes],
-    *,
-    k: int,
-    l: int | None,  # noqa: E741 - the standard name of the l-diversity target
-    l_kind: str,
-    t: float | None,
+    req: ClassRequirements,
 ) -> np.ndarray:
     n = len(qis[0].codes)
     ids = _class_ids(
@@ -239,9 +210,7 @@ def _kept_records(
         [radices[d][lv] for d, lv in enumerate(levels)],
         n,
     )
-    n_classes = int(ids.max()) + 1
-    bad = _bad_classes(ids, n_classes, None, sens, k=k, l=l, l_kind=l_kind, t=t)
-    return ~bad[ids]
+    return req.met(ids, int(ids.max()) + 1)[ids]
 
 
 @dataclass(frozen=True, eq=False)
@@ -282,11 +251,7 @@ class _Table:
         self,
         node_of: list[np.ndarray],
         *,
-        k: int,
-        sens: Sequence[SensitiveCodes],
-        l: int | None,  # noqa: E741 - the literature's name
-        l_kind: str,
-        t: float | None,
+        req: ClassRequirements,
         budget: int,
         node_loss: list[np.ndarray],
         radices: list[int],
@@ -299,19 +264,19 @@ class _Table:
         n_classes = int(ids.max()) + 1
         local = [
             SensitiveCodes(s_.column, self.sens[:, j], s_.n_values, s_.ordered, s_.overall)
-            for j, s_ in enumerate(sens)
+            for j, s_ in enumerate(req.sensitive)
         ]
-        bad = _bad_classes(ids, n_classes, self.counts, local, k=k, l=l, l_kind=l_kind, t=t)
+        bad = ~replace(req, sensitive=tuple(local)).met(ids, n_classes, weights=self.counts)
         suppressed = float(self.counts[bad[ids]].sum())
         if suppressed > budget + 1e-9:
             return None
         kept = ~bad[ids]
         if (
-            t is not None
+            req.t is not None
             and local
             and suppressed > 0
             and kept.any()
-            and not _t_holds_on_kept(ids, self.counts, kept, local, t)
+            and not _t_holds_on_kept(ids, self.counts, kept, local, req.t)
         ):
             return None
         lost = sum(float((node_loss[d][codes[kept]] * self.counts[kept]).sum()) for d, codes in enumerate(qi))

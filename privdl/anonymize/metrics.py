@@ -15,16 +15,16 @@ quasi-identifiers.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from privdl.anonymize.hierarchy import MISSING_LABEL, ROOT_LABEL, EncodedQI
+from privdl.serialize import JSONSerializable
 
 __all__ = [
     "SIZE_BUCKETS",
@@ -212,7 +212,7 @@ SIZE_BUCKETS: tuple[tuple[str, int, int], ...] = (
 
 
 @dataclass(frozen=True)
-class TableMetrics:
+class TableMetrics(JSONSerializable):
     """Privacy figures of one table on its quasi-identifiers, from one groupby.
 
     Risk follows El Emam's models with the table itself as the population (no
@@ -256,23 +256,8 @@ class TableMetrics:
     discernibility: float
     avg_class_size: float
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def to_json(self) -> str:
-        """:meth:`to_dict` as a JSON string."""
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TableMetrics:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
-
-    @classmethod
-    def from_json(cls, data: str | Mapping[str, Any]) -> TableMetrics:
-        """Inverse of :meth:`to_json` (a parsed dict is read too)."""
-        return cls.from_dict(json.loads(data) if isinstance(data, str) else data)
+    # to_dict / from_dict / to_json / from_json: privdl.serialize.JSONSerializable
+    _json_kind = "table metrics"
 
 
 def measure(

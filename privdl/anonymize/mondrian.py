@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from privdl.anonymize.hierarchy import EncodedQI
-from privdl.anonymize.metrics import SensitiveCodes, diversity, emd
+from privdl.anonymize.metrics import SensitiveCodes
+from privdl.anonymize.requirements import ClassRequirements
 from privdl.errors import PolicyNotMetError
 
 __all__ = ["Partitioning", "mondrian"]
@@ -70,34 +71,6 @@ class Partitioning:
         return np.minimum.reduceat(gathered, starts), np.maximum.reduceat(gathered, starts)
 
 
-@dataclass(frozen=True)
-class _Requirements:
-    k: int
-    sensitive: tuple[SensitiveCodes, ...]
-    l: int | None  # noqa: E741 - the standard name of the l-diversity target
-    l_kind: str
-    t: float | None
-
-    def satisfied(self, ids: np.ndarray, n_groups: int, rows: np.ndarray) -> np.ndarray:
-        """Per group of ``rows`` (group ``ids``): do l and t hold?"""
-        ok = np.ones(n_groups, dtype=bool)
-        for sens in self.sensitive:
-            sub = sens.subset(rows)
-            if self.l is not None:
-                distinct, entropy = diversity(ids, n_groups, sub)
-                if self.l_kind == "entropy":
-                    ok &= entropy >= np.log(self.l) - 1e-12
-                else:
-                    ok &= distinct >= self.l
-            if self.t is not None:
-                ok &= emd(ids, n_groups, sub) <= self.t + 1e-12
-        return ok
-
-    @property
-    def checks_sensitive(self) -> bool:
-        return bool(self.sensitive) and (self.l is not None or self.t is not None)
-
-
 def _widths(qis: Sequence[EncodedQI], perm: np.ndarray, starts: np.ndarray):
     lo = np.empty((len(starts), len(qis)), dtype=np.int64)
     hi = np.empty_like(lo)
@@ -117,7 +90,7 @@ def _try_cuts(
     sizes: np.ndarray,
     lo: np.ndarray,
     hi: np.ndarray,
-    req: _Requirements,
+    req: ClassRequirements,
     relaxed: bool,
     off_centre: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -176,7 +149,7 @@ def _try_cuts(
         if req.checks_sensitive:
             rec = todo[local]
             groups = 2 * local[rec] + (rank[rec] >= cand[local[rec]])
-            ok = req.satisfied(groups, 2 * nb, perm[pos[rec]])
+            ok = req.diverse(groups, 2 * nb, rows=perm[pos[rec]])
             good = todo & ok[0::2] & ok[1::2]
         else:
             good = todo
@@ -214,8 +187,8 @@ def mondrian(
         raise PolicyNotMetError(f"k must be at least 1 (got {k})")
     if n < k:
         raise PolicyNotMetError(f"k={k} cannot be met: the table has {n} rows")
-    req = _Requirements(int(k), tuple(sensitive), l, l_kind, t)
-    if req.checks_sensitive and not req.satisfied(np.zeros(n, dtype=np.int64), 1, np.arange(n))[0]:
+    req = ClassRequirements(int(k), tuple(sensitive), l, l_kind, t)
+    if req.checks_sensitive and not req.diverse(np.zeros(n, dtype=np.int64), 1)[0]:
         raise PolicyNotMetError(
             f"l={l} ({l_kind} l-diversity) cannot be met: even the whole table as one "
             "class is not that diverse in its sensitive column(s)"

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from privdl.anonymize.metrics import information_loss, measure
-from privdl.errors import InputError
+from privdl.serialize import JSONSerializable
 
 if TYPE_CHECKING:
     import os
@@ -84,7 +84,7 @@ def _jsonable(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class AnonymizationReport:
+class AnonymizationReport(JSONSerializable):
     """Facts about one anonymization run (a frozen value; build with :meth:`build`).
 
     Attributes:
@@ -129,6 +129,11 @@ class AnonymizationReport:
     notice: str = RECITAL_26
     linkable: dict[str, str] = field(default_factory=dict)
     linkable_risk: dict[str, Any] | None = None
+
+    # to_dict / from_dict / to_json / from_json: privdl.serialize.JSONSerializable
+    _json_kind = "anonymization report"
+    _json_indent = 2
+    _json_allow_nan = False
 
     @classmethod
     def build(
@@ -263,36 +268,6 @@ class AnonymizationReport:
         if self.information_loss is not None:
             out["ncp"] = self.information_loss["ncp"]
         return out
-
-    def to_dict(self) -> dict[str, Any]:
-        """As plain JSON-compatible data (what a saved ``.json`` report holds)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def to_json(self) -> str:
-        """Serialize to a JSON string (sorted keys)."""
-        return json.dumps(self.to_dict(), sort_keys=True, indent=2, allow_nan=False)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AnonymizationReport:
-        """Rebuild a report from :meth:`to_dict` output (fields it does not know are ignored).
-
-        Raises:
-            InputError: not an anonymization report.
-        """
-        try:
-            return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
-        except TypeError as exc:
-            raise InputError("not a privdl anonymization report") from exc
-
-    @classmethod
-    def from_json(cls, text: str | Mapping[str, Any]) -> AnonymizationReport:
-        """Rebuild a report from :meth:`to_json` output (a JSON string, or the parsed dict
-        of a saved ``.json`` report).
-
-        Raises:
-            InputError: not an anonymization report.
-        """
-        return cls.from_dict(_parse(text, "anonymization report"))
 
     # ------------------------------------------------------------------ rendering
     def to_document(self, *, figures: bool = True) -> Any:
@@ -527,18 +502,6 @@ class AnonymizationReport:
         suffix = Path(path).suffix.lower()
         doc = self.to_document(figures=suffix in (".html", ".htm"))
         return render.save(doc, path, self.to_dict())
-
-
-def _parse(text: str | Mapping[str, Any], what: str) -> Mapping[str, Any]:
-    """A JSON string or an already parsed mapping, as a mapping."""
-    if isinstance(text, str):
-        try:
-            text = json.loads(text)
-        except ValueError as exc:
-            raise InputError(f"not a privdl {what}: not JSON") from exc
-    if not isinstance(text, Mapping):
-        raise InputError(f"not a privdl {what}")
-    return text
 
 
 def _hint(column: str, why: str) -> str:

@@ -13,9 +13,8 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,42 +43,10 @@ class RiskReport(TableMetrics):
     sensitive: list[str] = field(default_factory=list)
     source: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """As plain JSON-compatible data (what a saved ``.json`` report holds)."""
-        return asdict(self)
-
-    def to_json(self) -> str:
-        """Serialize to a JSON string (sorted keys)."""
-        return json.dumps(self.to_dict(), sort_keys=True, indent=2, allow_nan=False)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RiskReport:
-        """Rebuild a report from :meth:`to_dict` output (fields it does not know are ignored).
-
-        Raises:
-            InputError: not a risk report.
-        """
-        try:
-            return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
-        except TypeError as exc:
-            raise InputError("not a privdl risk report") from exc
-
-    @classmethod
-    def from_json(cls, text: str | Mapping[str, Any]) -> RiskReport:
-        """Rebuild a report from :meth:`to_json` output (a JSON string, or the parsed dict
-        of a saved ``.json`` report).
-
-        Raises:
-            InputError: not a risk report.
-        """
-        if isinstance(text, str):
-            try:
-                text = json.loads(text)
-            except ValueError as exc:
-                raise InputError("not a privdl risk report: not JSON") from exc
-        if not isinstance(text, Mapping):
-            raise InputError("not a privdl risk report")
-        return cls.from_dict(text)
+    # to_dict / from_dict / to_json / from_json: privdl.serialize.JSONSerializable
+    _json_kind = "risk report"
+    _json_indent = 2
+    _json_allow_nan = False
 
     def check(self, *, max_risk: float) -> None:
         """Raise :class:`~privdl.errors.RiskExceededError` when prosecutor max > ``max_risk``."""

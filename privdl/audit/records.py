@@ -148,6 +148,18 @@ def _describe(value: Any) -> str:
     return str(value)
 
 
+def _new_group() -> dict[str, Any]:
+    """What one processing activity (purpose) collects while the log is read."""
+    return {
+        "measures": _Measures(),
+        "events": Counter(),
+        "outcomes": Counter(),
+        "bases": set(),
+        "first": None,
+        "last": None,
+    }
+
+
 def build_records(
     log: str | os.PathLike[str],
     *,
@@ -175,17 +187,7 @@ def build_records(
     for entry in iter_entries(log):
         total += 1
         purpose = entry.get("purpose") or NO_PURPOSE
-        g = groups.setdefault(
-            purpose,
-            {
-                "measures": _Measures(),
-                "events": Counter(),
-                "outcomes": Counter(),
-                "bases": set(),
-                "first": None,
-                "last": None,
-            },
-        )
+        g = groups.setdefault(purpose, _new_group())
         start = entry.get("started")
         if isinstance(start, int) and start in open_starts:
             # the final entry of an operation already counted by its started entry
@@ -214,17 +216,7 @@ def build_records(
             if str(entry.get("event", "")).startswith(("he.", "encrypt")):
                 g["measures"].encrypted_events += 1
     for pid in purposes_cfg:  # configured purposes with no processing yet still belong in it
-        groups.setdefault(
-            pid,
-            {
-                "measures": _Measures(),
-                "events": Counter(),
-                "outcomes": Counter(),
-                "bases": set(),
-                "first": None,
-                "last": None,
-            },
-        )
+        groups.setdefault(pid, _new_group())
 
     activities = []
     for purpose in sorted(groups):

@@ -53,7 +53,7 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from privdl.audit.canonical import canonical_json
 from privdl.audit.chain import (
@@ -71,10 +71,15 @@ from privdl.audit.chain import (
 from privdl.config import AUDIT_KEY_ENV
 from privdl.errors import InputError, TamperDetectedError
 from privdl.keys import Secret
+from privdl.serialize import JSONSerializable
+
+if TYPE_CHECKING:
+    from privdl.audit.checkpoint import Checkpoint
 
 __all__ = [
     "DEFAULT_KEY_ENV",
     "VerifyResult",
+    "checkpoint_log",
     "iter_entries",
     "resolve_audit_key",
     "verify_audit_log",
@@ -90,7 +95,7 @@ _MAC_AT = MAC_LEN + 2  # the MAC's start, counted from the end
 
 
 @dataclasses.dataclass(frozen=True)
-class VerifyResult:
+class VerifyResult(JSONSerializable):
     """What a successful verification established.
 
     Attributes:
@@ -118,6 +123,10 @@ class VerifyResult:
     first_time: str | None = None
     last_time: str | None = None
     unfinished: tuple[int, ...] = ()
+
+    # to_json / from_json: privdl.serialize.JSONSerializable
+    _json_kind = "audit verification result"
+    _json_indent = 2
 
     def summary(self) -> str:
         """One line for humans, e.g. ``audit.jsonl: OK, 12 entries, head 3f2a9c01…``."""
@@ -147,10 +156,6 @@ class VerifyResult:
         data["unfinished"] = list(self.unfinished)
         return data
 
-    def to_json(self) -> str:
-        """Serialize to a JSON string (sorted keys)."""
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VerifyResult:
         """Rebuild a result from :meth:`to_dict` output.
@@ -164,22 +169,6 @@ class VerifyResult:
             return cls(**fields)
         except (TypeError, ValueError) as exc:
             raise InputError("not a privdl audit verification result") from exc
-
-    @classmethod
-    def from_json(cls, text: str | Mapping[str, Any]) -> VerifyResult:
-        """Rebuild a result from :meth:`to_json` output (a JSON string, or the parsed dict).
-
-        Raises:
-            InputError: not a verification result.
-        """
-        if isinstance(text, str):
-            try:
-                text = json.loads(text)
-            except ValueError as exc:
-                raise InputError("not a privdl audit verification result: not JSON") from exc
-        if not isinstance(text, Mapping):
-            raise InputError("not a privdl audit verification result")
-        return cls.from_dict(text)
 
 
 @dataclasses.dataclass
@@ -299,6 +288,48 @@ def verify_audit_log(
         last_time=scan.last_time,
         unfinished=_unfinished(scan.started),
     )
+
+
+def checkpoint_log(
+    path: str | os.PathLike[str],
+    *,
+    signing_key: Any,
+    key: Secret | bytes | None = None,
+    output: str | os.PathLike[str] | None = None,
+    key_env: str = DEFAULT_KEY_ENV,
+) -> Checkpoint:
+    """Verify the log at ``path``, then sign a checkpoint of what was verified.
+
+    The one way to checkpoint a log someone else writes (``privdl audit checkpoint``);
+    a writer holding the log open signs with :meth:`AuditLog.checkpoint` instead.
+    Store the note apart from the log: with it, :func:`verify_audit_log` detects
+    truncation.
+
+    Args:
+        path: the JSON Lines log.
+        signing_key: an Ed25519 private key or its PEM file (mode 0600); a bad key
+            is refused before the log is read.
+        key: the audit key; by default read from the variable ``key_env``.
+        output: also write the note here, atomically.
+
+    Returns:
+        The signed :class:`~privdl.audit.checkpoint.Checkpoint`.
+
+    Raises:
+        TamperDetectedError: the log does not verify (nothing is signed).
+        InputError: the log is empty or missing.
+        KeyMissingError / SecurityError: a missing audit key, or a missing or
+            group-readable signing key file.
+
+    Example:
+        >>> checkpoint_log("audit.jsonl", signing_key="audit.key",
+        ...                output="elsewhere/audit.checkpoint")  # doctest: +SKIP
+    """
+    from privdl.audit.checkpoint import checkpoint_verified, load_signing_key
+
+    signer = load_signing_key(signing_key)
+    verified = verify_audit_log(path, key=key, key_env=key_env)
+    return checkpoint_verified(verified, signing_key=signer, output=output)
 
 
 def _unfinished(marked: list[tuple[int, bytes]]) -> tuple[int, ...]:

@@ -3,6 +3,7 @@
 * ``privdl.budget.accounting``: the accountant histories (``Segment``, ``History``), the
   one privacy-parameter validator, the RDP and PRV accountants and noise calibration;
 * ``privdl.budget.ledger``: ``BudgetLedger``, the single source of truth for spent budget;
+* ``privdl.budget.store``: the SQLite / PostgreSQL stores and the schema the ledger keeps its records in;
 * ``privdl.budget.report``: ``PrivacyReport``.
 
 budget/ imports only the base modules and ``privdl.audit``, never ``privdl.train``: the

@@ -17,9 +17,9 @@ A run that would exceed the total is refused with
 training the run settles with its actual history. A run that crashes keeps its
 reservation: spent budget is never lost.
 
-Storage: a SQLite file (stdlib ``sqlite3``, WAL journal, full fsync) for a path or a
-``sqlite:///`` URL; PostgreSQL (SQLAlchemy + psycopg, ``pip install
-'privdl[postgres]'``) for a ``postgresql://`` URL.
+Storage (:mod:`privdl.budget.store`): a SQLite file (stdlib ``sqlite3``, WAL journal,
+full fsync) for a path or a ``sqlite:///`` URL; PostgreSQL (SQLAlchemy + psycopg,
+``pip install 'privdl[postgres]'``) for a ``postgresql://`` URL.
 
 Example:
     >>> ledger = BudgetLedger("budget.db")                       # doctest: +SKIP
@@ -35,18 +35,13 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
-import threading
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from privdl._optional import require
 from privdl.audit.operation import operation
 from privdl.budget.accounting import (
     History,
@@ -57,6 +52,7 @@ from privdl.budget.accounting import (
     naive_epsilon_sum,
     noise_multiplier_for,
 )
+from privdl.budget.store import RUN_COLUMNS, Store, Transaction, open_store
 from privdl.errors import (
     BudgetExceededError,
     InputError,
@@ -64,52 +60,16 @@ from privdl.errors import (
     PrivacyParameterError,
     UsageError,
 )
+from privdl.serialize import JSONSerializable
 
 __all__ = ["MAX_DELTA", "BudgetLedger", "BudgetStatus", "RunRecord", "check_budget"]
 
-SCHEMA_VERSION = 1
-APPLICATION = "privdl-budget-ledger"
-# SQLite header field that marks the file as ours ("pdlb"), checked before any table.
-_APPLICATION_ID = 0x70646C62
 # Composition is computed in floating point twice (calibration, then the check); a run
 # calibrated to spend exactly what is left must not be refused for rounding.
 _REL_TOL = 1e-9
-_BUSY_TIMEOUT_S = 120.0
 # A dataset's delta above this is refused unless forced: delta is the probability the
 # epsilon guarantee fails outright, and must be far below 1/n (usually 1e-5 or less).
 MAX_DELTA = 1e-3
-
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS privdl_meta (
-        key TEXT PRIMARY KEY,
-        value TEXT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS privdl_datasets (
-        dataset_id TEXT PRIMARY KEY,
-        epsilon DOUBLE PRECISION NOT NULL,
-        delta DOUBLE PRECISION NOT NULL,
-        accountant TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS privdl_runs (
-        run_id TEXT PRIMARY KEY,
-        dataset_id TEXT NOT NULL REFERENCES privdl_datasets(dataset_id),
-        created_at TEXT NOT NULL,
-        settled_at TEXT,
-        status TEXT NOT NULL,
-        model_name TEXT NOT NULL,
-        privdl_version TEXT NOT NULL,
-        opacus_version TEXT NOT NULL,
-        accountant TEXT NOT NULL,
-        delta DOUBLE PRECISION NOT NULL,
-        requested_epsilon DOUBLE PRECISION,
-        epsilon DOUBLE PRECISION NOT NULL,
-        history TEXT NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS privdl_runs_dataset ON privdl_runs (dataset_id, created_at)",
-)
-_RUN_COLUMNS = (
-    "run_id, dataset_id, created_at, settled_at, status, model_name, privdl_version, "
-    "opacus_version, accountant, delta, requested_epsilon, epsilon, history"
-)
 
 
 def _now() -> str:
@@ -129,7 +89,7 @@ def _versions() -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
-class RunRecord:
+class RunRecord(JSONSerializable):
     """One run charged to a dataset.
 
     Attributes:
@@ -165,6 +125,9 @@ class RunRecord:
     epsilon: float
     history: History = field(default_factory=History)
 
+    # to_json / from_json: privdl.serialize.JSONSerializable
+    _json_kind = "ledger run record"
+
     def __post_init__(self) -> None:
         # a record built by hand from (sigma, q, steps) tuples holds the same validated value
         object.__setattr__(self, "history", History(self.history))
@@ -175,10 +138,6 @@ class RunRecord:
         data["history"] = [list(seg) for seg in self.history]
         return data
 
-    def to_json(self) -> str:
-        """Serialize to a JSON string."""
-        return json.dumps(self.to_dict(), sort_keys=True)
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunRecord:
         """Load from :meth:`to_dict` output."""
@@ -186,14 +145,9 @@ class RunRecord:
         data["history"] = History(data.get("history", ()))
         return cls(**data)
 
-    @classmethod
-    def from_json(cls, text: str | Mapping[str, Any]) -> RunRecord:
-        """Load from :meth:`to_json` output (a JSON string, or the parsed dict)."""
-        return cls.from_dict(json.loads(text) if isinstance(text, str) else text)
-
 
 @dataclass(frozen=True)
-class BudgetStatus:
+class BudgetStatus(JSONSerializable):
     """A snapshot of one dataset's budget, as the ledger computes it.
 
     Attributes:
@@ -221,256 +175,8 @@ class BudgetStatus:
     reserved: int
     taken_at: str
 
-    def to_dict(self) -> dict[str, Any]:
-        """As plain JSON-compatible data."""
-        return asdict(self)
-
-    def to_json(self) -> str:
-        """Serialize to a JSON string."""
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> BudgetStatus:
-        """Load from :meth:`to_dict` output."""
-        return cls(**dict(data))
-
-    @classmethod
-    def from_json(cls, text: str | Mapping[str, Any]) -> BudgetStatus:
-        """Load from :meth:`to_json` output (a JSON string, or the parsed dict)."""
-        return cls.from_dict(json.loads(text) if isinstance(text, str) else text)
-
-
-class _Tx(Protocol):
-    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]: ...
-
-
-class _Store(Protocol):
-    location: str
-
-    def transaction(self, *, write: bool) -> AbstractContextManager[_Tx]: ...
-
-    def lock_dataset_sql(self) -> str: ...
-
-    def close(self) -> None: ...
-
-
-class _SQLiteTx:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        return list(self._conn.execute(sql, dict(params or {})).fetchall())
-
-
-class _SQLiteStore:
-    """stdlib sqlite3, autocommit connection with explicit BEGIN, WAL journal."""
-
-    def __init__(self, path: Path, *, create: bool) -> None:
-        self.path = path
-        self.location = str(path)
-        self._create = create
-        self._thread_lock = threading.RLock()
-        if not path.parent.is_dir():
-            raise InputError(f"ledger {path}: folder {path.parent} does not exist")
-        fresh = not path.exists() or path.stat().st_size == 0
-        if fresh and not create:
-            raise InputError(f"no budget ledger at {path}")
-        if path.exists() and not path.is_file():
-            raise InputError(f"ledger {path} is not a file")
-        try:
-            self._conn = sqlite3.connect(
-                str(path), timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise InputError(f"cannot open ledger {path}: {type(exc).__name__}") from exc
-        try:
-            self._check_or_init(fresh)
-        except sqlite3.DatabaseError as exc:
-            self._conn.close()
-            raise self._error(exc) from exc
-        except BaseException:
-            self._conn.close()
-            raise
-
-    def _error(self, exc: sqlite3.Error) -> InputError:
-        text = str(exc).lower()
-        if "locked" in text or "busy" in text:
-            return InputError(
-                f"ledger {self.path} is locked by another process for more than {_BUSY_TIMEOUT_S:.0f} s"
-            )
-        if "not a database" in text or "malformed" in text or "corrupt" in text:
-            return InputError(f"{self.path} is not a privdl budget ledger (corrupt or not SQLite)")
-        return InputError(f"ledger {self.path}: database error ({type(exc).__name__})")
-
-    def _check_or_init(self, fresh: bool) -> None:
-        conn = self._conn
-        # Reading the header first makes a non-SQLite file fail here, before any write.
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if app_id != _APPLICATION_ID:
-            if tables:
-                raise InputError(f"{self.path} is not a privdl budget ledger (foreign SQLite file)")
-            if not fresh and not self._create:
-                raise InputError(f"no budget ledger at {self.path} (empty SQLite file)")
-            self._init_schema()
-            return
-        conn.execute("PRAGMA synchronous=FULL")
-        _check_meta(self.transaction(write=False), self.location)
-
-    def _init_schema(self) -> None:
-        conn = self._conn
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":  # e.g. a network file system without shared memory
-            conn.execute("PRAGMA journal_mode=DELETE")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Another process may have initialized the file while we waited for the lock.
-            if conn.execute("PRAGMA application_id").fetchone()[0] != _APPLICATION_ID:
-                for stmt in _SCHEMA:
-                    conn.execute(stmt)
-                conn.execute(
-                    "INSERT INTO privdl_meta (key, value) VALUES ('application', :a), ('schema_version', :v)",
-                    {"a": APPLICATION, "v": str(SCHEMA_VERSION)},
-                )
-                conn.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    @contextmanager
-    def transaction(self, *, write: bool) -> Iterator[_Tx]:
-        # One connection per ledger object: threads sharing it take turns.
-        with self._thread_lock:
-            yield from self._transaction(write=write)
-
-    def _transaction(self, *, write: bool) -> Iterator[_Tx]:
-        conn = self._conn
-        try:
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        except sqlite3.DatabaseError as exc:
-            raise self._error(exc) from exc
-        try:
-            yield _SQLiteTx(conn)
-        except sqlite3.DatabaseError as exc:
-            conn.execute("ROLLBACK")
-            raise self._error(exc) from exc
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.DatabaseError as exc:
-            raise self._error(exc) from exc
-
-    def lock_dataset_sql(self) -> str:
-        # BEGIN IMMEDIATE already holds SQLite's single write lock.
-        return "SELECT epsilon, delta, accountant FROM privdl_datasets WHERE dataset_id = :d"
-
-    def close(self) -> None:
-        self._conn.close()
-
-
-class _SQLAlchemyTx:
-    def __init__(self, conn: Any, text: Any) -> None:
-        self._conn = conn
-        self._text = text
-
-    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        result = self._conn.execute(self._text(sql), dict(params or {}))
-        return [tuple(r) for r in result.fetchall()] if result.returns_rows else []
-
-
-class _PostgresStore:
-    """PostgreSQL through SQLAlchemy; READ COMMITTED plus a row lock per dataset."""
-
-    def __init__(self, url: str, *, create: bool) -> None:
-        sqlalchemy: Any = require("sqlalchemy", "postgres")
-        require("psycopg", "postgres")
-        self._sa: Any = sqlalchemy
-        driver_url = "postgresql+psycopg://" + url.split("://", 1)[1]
-        # The location shown in messages never includes the password.
-        self.location = str(sqlalchemy.engine.make_url(driver_url).render_as_string(True))
-        self.location = self.location.replace("postgresql+psycopg://", "postgresql://")
-        self._engine = sqlalchemy.create_engine(
-            driver_url, isolation_level="READ COMMITTED", pool_pre_ping=True
-        )
-        try:
-            with self._engine.begin() as conn:
-                tables = set(sqlalchemy.inspect(conn).get_table_names())
-            if "privdl_meta" not in tables:
-                if {"privdl_datasets", "privdl_runs"} & tables:
-                    raise InputError(f"{self.location} is not a privdl budget ledger")
-                if not create:
-                    raise InputError(f"no budget ledger at {self.location}")
-                self._init_schema()
-            _check_meta(self.transaction(write=False), self.location)
-        except sqlalchemy.exc.SQLAlchemyError as exc:
-            raise InputError(
-                f"cannot use ledger {self.location}: database error ({type(exc).__name__})"
-            ) from exc
-
-    def _init_schema(self) -> None:
-        sa = self._sa
-        with self._engine.begin() as conn:
-            # One creator at a time; the others see the finished schema.
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7064686)"))
-            for stmt in _SCHEMA:
-                conn.execute(sa.text(stmt))
-            conn.execute(
-                sa.text(
-                    "INSERT INTO privdl_meta (key, value) VALUES ('application', :a), "
-                    "('schema_version', :v) ON CONFLICT (key) DO NOTHING"
-                ),
-                {"a": APPLICATION, "v": str(SCHEMA_VERSION)},
-            )
-
-    @contextmanager
-    def transaction(self, *, write: bool) -> Iterator[_Tx]:
-        sa = self._sa
-        try:
-            with self._engine.begin() as conn:
-                yield _SQLAlchemyTx(conn, sa.text)
-        except sa.exc.SQLAlchemyError as exc:
-            raise InputError(f"ledger {self.location}: database error ({type(exc).__name__})") from exc
-
-    def lock_dataset_sql(self) -> str:
-        return "SELECT epsilon, delta, accountant FROM privdl_datasets WHERE dataset_id = :d FOR UPDATE"
-
-    def close(self) -> None:
-        self._engine.dispose()
-
-
-def _check_meta(tx_cm: AbstractContextManager[_Tx], location: str) -> None:
-    try:
-        with tx_cm as tx:
-            meta = {str(k): str(v) for k, v in tx.rows("SELECT key, value FROM privdl_meta")}
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"{location} is not a privdl budget ledger (no ledger tables)") from exc
-    if meta.get("application") != APPLICATION:
-        raise InputError(f"{location} is not a privdl budget ledger")
-    version = meta.get("schema_version")
-    if version != str(SCHEMA_VERSION):
-        raise InputError(
-            f"ledger {location} has schema version {version}; this privdl reads version {SCHEMA_VERSION}"
-        )
-
-
-def _open_store(url_or_path: str | os.PathLike[str], *, create: bool) -> _Store:
-    text = os.fspath(url_or_path)
-    if text.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
-        return _PostgresStore(text, create=create)
-    if text.startswith("sqlite:///"):
-        return _SQLiteStore(Path(text[len("sqlite:///") :]), create=create)
-    if "://" in text:
-        raise UsageError(
-            "ledger location must be a file path, sqlite:///PATH or postgresql://...; "
-            f"got scheme {text.split('://', 1)[0]!r}"
-        )
-    return _SQLiteStore(Path(text), create=create)
+    # to_dict / from_dict / to_json / from_json: privdl.serialize.JSONSerializable
+    _json_kind = "budget status"
 
 
 def _run_from_row(row: Sequence[Any]) -> RunRecord:
@@ -500,7 +206,7 @@ class BudgetLedger:
     """
 
     def __init__(self, url_or_path: str | os.PathLike[str], *, create: bool = True) -> None:
-        self._store: _Store = _open_store(url_or_path, create=create)
+        self._store: Store = open_store(url_or_path, create=create)
         self.location = self._store.location
 
     def __repr__(self) -> str:
@@ -575,7 +281,7 @@ class BudgetLedger:
         # the entry is written inside the transaction: if it cannot be, the change rolls back
         with (
             self._store.transaction(write=True) as tx,
-            _operation(audit_log, "budget.set", params=params) as op,
+            operation(audit_log, "budget.set", params=params) as op,
         ):
             existing = tx.rows(self._store.lock_dataset_sql(), {"d": dataset_id})
             now = _now()
@@ -662,13 +368,7 @@ class BudgetLedger:
             InputError: no such run.
         """
         with self._store.transaction(write=False) as tx:
-            rows = tx.rows(
-                f"SELECT {_RUN_COLUMNS} FROM privdl_runs WHERE run_id = :r",  # noqa: S608 (constant)
-                {"r": run_id},
-            )
-        if not rows:
-            raise InputError(f"ledger {self.location} has no run {run_id!r}")
-        return _run_from_row(rows[0])
+            return self._run(tx, run_id)
 
     def history(self, dataset_id: str) -> History:
         """All segments of every run (settled and reserved) on the dataset, oldest first."""
@@ -773,7 +473,7 @@ class BudgetLedger:
             "epsilon": epsilon,
             "ledger": self.location,
         }
-        with _operation(audit_log, "budget.reserve", params=params) as op:
+        with operation(audit_log, "budget.reserve", params=params) as op:
             # Composition under PRV can take seconds for many distinct runs, so it is
             # computed on a snapshot outside the write lock; under the lock the snapshot
             # is compared with the ledger and only recomputed if another run got in
@@ -801,7 +501,7 @@ class BudgetLedger:
                         dataset_id=dataset_id,
                     )
                 tx.rows(
-                    f"INSERT INTO privdl_runs ({_RUN_COLUMNS}) VALUES (:r, :d, :t, NULL, "  # noqa: S608
+                    f"INSERT INTO privdl_runs ({RUN_COLUMNS}) VALUES (:r, :d, :t, NULL, "  # noqa: S608
                     "'reserved', :m, :pv, :ov, :a, :dl, :req, :e, :h)",
                     {
                         "r": run_id,
@@ -842,22 +542,16 @@ class BudgetLedger:
             BudgetExceededError: the recorded history takes the dataset over its total.
         """
         hist = History(history)
-        with _operation(
+        with operation(
             audit_log,
             "budget.settle",
             params={"run_id": run_id, "history": hist, "ledger": self.location},
         ) as op:
             with self._store.transaction(write=True) as tx:
-                rows = tx.rows(
-                    f"SELECT {_RUN_COLUMNS} FROM privdl_runs WHERE run_id = :r",  # noqa: S608 (constant)
-                    {"r": run_id},
-                )
-                if not rows:
-                    raise InputError(f"ledger {self.location} has no run {run_id!r}")
-                run = _run_from_row(rows[0])
+                run = self._run(tx, run_id)
                 if run.status != "reserved":
                     raise UsageError(f"run {run_id!r} is already settled")
-                _, _, ds_accountant = self._lock(tx, run.dataset_id)
+                _, _, ds_accountant = self._dataset(tx, run.dataset_id, lock=True)
                 run_eps = epsilon_of(hist, delta=run.delta, accountant=ds_accountant)
                 tx.rows(
                     "UPDATE privdl_runs SET status = 'settled', settled_at = :t, history = :h, "
@@ -924,10 +618,10 @@ class BudgetLedger:
 
     # -- internals ------------------------------------------------------------
 
-    def _snapshot(self, tx: _Tx, dataset_id: str, *, lock: bool = False) -> tuple[Any, ...]:
+    def _snapshot(self, tx: Transaction, dataset_id: str, *, lock: bool = False) -> tuple[Any, ...]:
         """(total, delta, accountant, every run's history) of a dataset; with ``lock``,
         under the row lock."""
-        total, delta, accountant = self._lock(tx, dataset_id) if lock else self._dataset(tx, dataset_id)
+        total, delta, accountant = self._dataset(tx, dataset_id, lock=lock)
         runs = self._runs(tx, dataset_id)
         return total, delta, accountant, tuple((r.run_id, r.history) for r in runs)
 
@@ -945,24 +639,30 @@ class BudgetLedger:
         after = epsilon_of(prior + hist, delta=delta, accountant=accountant)
         return total, delta, before, after
 
-    def _dataset(self, tx: _Tx, dataset_id: str) -> tuple[float, float, str]:
+    def _dataset(self, tx: Transaction, dataset_id: str, *, lock: bool = False) -> tuple[float, float, str]:
+        """(total, delta, accountant) of a dataset; with ``lock``, under its write lock."""
+        sql = (
+            self._store.lock_dataset_sql()
+            if lock
+            else "SELECT epsilon, delta, accountant FROM privdl_datasets WHERE dataset_id = :d"
+        )
+        rows = tx.rows(sql, {"d": dataset_id})
+        if not rows:
+            raise PolicyError(f"dataset {dataset_id!r} has no budget in {self.location}")
+        return float(rows[0][0]), float(rows[0][1]), str(rows[0][2])
+
+    def _run(self, tx: Transaction, run_id: str) -> RunRecord:
         rows = tx.rows(
-            "SELECT epsilon, delta, accountant FROM privdl_datasets WHERE dataset_id = :d",
-            {"d": dataset_id},
+            f"SELECT {RUN_COLUMNS} FROM privdl_runs WHERE run_id = :r",  # noqa: S608 (constant)
+            {"r": run_id},
         )
         if not rows:
-            raise PolicyError(f"dataset {dataset_id!r} has no budget in {self.location}")
-        return float(rows[0][0]), float(rows[0][1]), str(rows[0][2])
+            raise InputError(f"ledger {self.location} has no run {run_id!r}")
+        return _run_from_row(rows[0])
 
-    def _lock(self, tx: _Tx, dataset_id: str) -> tuple[float, float, str]:
-        rows = tx.rows(self._store.lock_dataset_sql(), {"d": dataset_id})
-        if not rows:
-            raise PolicyError(f"dataset {dataset_id!r} has no budget in {self.location}")
-        return float(rows[0][0]), float(rows[0][1]), str(rows[0][2])
-
-    def _runs(self, tx: _Tx, dataset_id: str) -> list[RunRecord]:
+    def _runs(self, tx: Transaction, dataset_id: str) -> list[RunRecord]:
         rows = tx.rows(
-            f"SELECT {_RUN_COLUMNS} FROM privdl_runs WHERE dataset_id = :d "  # noqa: S608
+            f"SELECT {RUN_COLUMNS} FROM privdl_runs WHERE dataset_id = :d "  # noqa: S608
             "ORDER BY created_at, run_id",
             {"d": dataset_id},
         )
@@ -997,8 +697,3 @@ def check_budget(*, epsilon: float, delta: float, force: bool = False) -> None:
             "guarantee fails outright and must be far below 1/n (1e-5 or less is usual); "
             "pass force=True (CLI: --force) to set it anyway"
         )
-
-
-def _operation(audit_log: Any, name: str, *, params: dict[str, Any]) -> Any:
-    """One audit entry per budget change (``audit_log=None``: the one null audit)."""
-    return operation(audit_log, name, params=params)

@@ -39,7 +39,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -55,6 +54,7 @@ from privdl.budget.accounting import epsilon_of, normalize_history
 from privdl.budget.facts import RunFacts
 from privdl.budget.membership import MembershipInference, loss_threshold_test
 from privdl.errors import InputError, UsageError
+from privdl.serialize import JSONSerializable
 
 __all__ = [
     "CoverageItem",
@@ -105,7 +105,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class _Value:
+class _Value(JSONSerializable):
     """A frozen report value: ``to_dict()`` / ``to_json()``; read access by name too.
 
     ``value["name"]``, ``value.get("name")`` and ``"name" in value`` read the fields
@@ -124,13 +124,13 @@ class _Value:
         """Read a field by name, as :meth:`dict.get`."""
         return getattr(self, name) if name in self else default
 
+    # to_json / from_json: privdl.serialize.JSONSerializable
+    _json_indent = 2
+    _json_allow_nan = False
+
     def to_dict(self) -> dict[str, Any]:
         """As plain JSON-compatible data."""
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
-
-    def to_json(self) -> str:
-        """Serialize to a JSON string (sorted keys)."""
-        return json.dumps(self.to_dict(), sort_keys=True, indent=2, allow_nan=False)
 
 
 def _segments(history: Iterable[Sequence[Any]]) -> tuple[Segment, ...]:
@@ -412,6 +412,8 @@ class PrivacyReport(_Value):
     warnings: tuple[str, ...] = ()
     created_at: str = ""
     coverage: tuple[CoverageItem, ...] = ()
+
+    _json_kind = "privacy report"
 
     # -- construction -----------------------------------------------------------
 
@@ -706,22 +708,6 @@ class PrivacyReport(_Value):
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError("not a privdl privacy report") from exc
-
-    @classmethod
-    def from_json(cls, text: str | Mapping[str, Any]) -> PrivacyReport:
-        """Load from :meth:`to_json` output (a JSON string, or the parsed dict).
-
-        Raises:
-            InputError: not a privacy report.
-        """
-        if isinstance(text, str):
-            try:
-                text = json.loads(text)
-            except ValueError as exc:
-                raise InputError("not a privdl privacy report") from exc
-        if not isinstance(text, Mapping):
-            raise InputError("not a privdl privacy report")
-        return cls.from_dict(text)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the report: ``.json`` (data), ``.md`` or self-contained ``.html``."""

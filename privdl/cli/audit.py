@@ -66,13 +66,11 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Verify the log, then sign a checkpoint of it (store it apart from the log)."""
-        from privdl.audit.checkpoint import checkpoint_verified, load_signing_key
-        from privdl.audit.verify import verify_audit_log
+        from privdl.audit.verify import checkpoint_log
         from privdl.keys import Secret
 
         key = Secret.from_env(audit_key_env)
-        sk = load_signing_key(signing_key)  # a bad key file is refused before the log is read
-        cp = checkpoint_verified(verify_audit_log(log, key=key), signing_key=sk, output=out)
+        cp = checkpoint_log(log, key=key, signing_key=signing_key, output=out)
         print(f"{out}: checkpoint of {log}: {cp.size} entries, head {cp.root_hash.hex()[:16]}")
 
     @audit.command("records")

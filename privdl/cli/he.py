@@ -26,6 +26,8 @@ ModelPublicKey = Annotated[
     str | None,
     typer.Option("--model-public-key", help="Ed25519 public key (PEM) of a signed model folder."),
 ]
+AuditLogPath = Annotated[Path | None, typer.Option("--audit-log", help=AUDIT_HELP)]
+AuditKeyEnv = Annotated[str, typer.Option("--audit-key-env")]
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -60,25 +62,17 @@ def keygen(
     galois_keys: bool = typer.Option(
         False, "--galois-keys", help="Add rotation keys (~17 MB) for --packing row queries."
     ),
-    audit_log: Path | None = typer.Option(None, "--audit-log", help=AUDIT_HELP),
-    audit_key_env: str = typer.Option("PRIVDL_AUDIT_KEY", "--audit-key-env"),
+    audit_log: AuditLogPath = None,
+    audit_key_env: AuditKeyEnv = "PRIVDL_AUDIT_KEY",
 ) -> None:
     """Generate a CKKS key set for a model; print its key id and file sizes."""
-    from privdl.encrypted.keys import PUBLIC_FILE, SECRET_FILE
-    from privdl.errors import UsageError
+    from privdl.cli.options import cli_audit_log
+    from privdl.encrypted.keys import PUBLIC_FILE, SECRET_FILE, HEKeys
 
-    if model is not None and depth is not None:
-        raise UsageError("give --depth or --model, not both")
-    if (out / SECRET_FILE).exists():  # checked here: the keys are written to a staged folder
-        raise UsageError(f"{out / SECRET_FILE} already exists; choose another folder")
-    from privdl.audit import operation
-
-    with operation(_audit(audit_log, audit_key_env), "he.keygen") as op:
-        keys = _generate(model, depth, output, security, encryption, galois_keys)
-        # the key files appear only once the entry is written; their hashes are not logged
-        keys.save(op.stage(out, folder=True, record=False))
-        # a new key set is a key rotation for the data owner: recorded by key_id only
-        op.update(params={"key_id": keys.key_id, "he_params": keys.params.to_dict()})
+    keys = HEKeys.generate_into(
+        out, model=model, depth=depth, output=output, security=security, encryption=encryption,
+        galois_keys=galois_keys, audit_log=cli_audit_log(audit_log, audit_key_env),
+    )  # fmt: skip
     p = keys.params
     typer.echo(
         f"key set {keys.key_id}: N={p.poly_modulus_degree}, moduli {list(p.coeff_mod_bit_sizes)}, "
@@ -86,21 +80,6 @@ def keygen(
     )
     typer.echo(f"  {out / SECRET_FILE} ({(out / SECRET_FILE).stat().st_size} bytes, keep private)")
     typer.echo(f"  {out / PUBLIC_FILE} ({(out / PUBLIC_FILE).stat().st_size} bytes, for the scorer)")
-
-
-def _generate(
-    model: str | None, depth: int | None, output: str, security: str, encryption: str, galois_keys: bool
-) -> Any:
-    from privdl.encrypted.keys import HEKeys
-
-    if model is not None:
-        return HEKeys.for_model(
-            model, output=output, security=security, encryption=encryption,
-            galois_keys=galois_keys,
-        )  # fmt: skip
-    return HEKeys.generate(
-        depth=depth or 1, security=security, encryption=encryption, galois_keys=galois_keys
-    )
 
 
 def encrypt(
@@ -121,15 +100,13 @@ def encrypt(
     model_key_env: ModelKeyEnv = None,
     model_key_file: ModelKeyFile = None,
     model_public_key: ModelPublicKey = None,
-    audit_log: Path | None = typer.Option(None, "--audit-log", help=AUDIT_HELP),
-    audit_key_env: str = typer.Option("PRIVDL_AUDIT_KEY", "--audit-key-env"),
+    audit_log: AuditLogPath = None,
+    audit_key_env: AuditKeyEnv = "PRIVDL_AUDIT_KEY",
 ) -> None:
     """Encrypt COLUMNS of INPUT feature-major with the secret key set."""
-    from privdl import io
     from privdl.cli.options import load_model_key
     from privdl.encrypted.keys import HEKeys
 
-    io.check_distinct_paths(input, output)
     keys = HEKeys.load(keys_dir)
     log = _audit(audit_log, audit_key_env)
     header = keys.encrypt_table(
@@ -161,17 +138,15 @@ def score(
     model_key_env: ModelKeyEnv = None,
     model_key_file: ModelKeyFile = None,
     model_public_key: ModelPublicKey = None,
-    audit_log: Path | None = typer.Option(None, "--audit-log", help=AUDIT_HELP),
-    audit_key_env: str = typer.Option("PRIVDL_AUDIT_KEY", "--audit-key-env"),
+    audit_log: AuditLogPath = None,
+    audit_key_env: AuditKeyEnv = "PRIVDL_AUDIT_KEY",
 ) -> None:
     """Score ENCRYPTED with MODEL using public material only."""
-    from privdl import io
     from privdl.cli.options import load_model_key
     from privdl.encrypted.keys import PublicKeys
     from privdl.encrypted.scorer import EncryptedScorer
     from privdl.errors import UsageError
 
-    io.check_distinct_paths(encrypted, output)
     pcols = _split(plain_columns)
     if pcols and plain is None:
         raise UsageError("--plain-columns needs --plain")
@@ -204,14 +179,12 @@ def decrypt(
     output: str = typer.Option(..., "-o", "--output", help="Table to write (.csv, .parquet...)."),
     raw: bool = typer.Option(False, "--raw", help="Keep the logit (no sigmoid on this side)."),
     decimals: int | None = typer.Option(None, "--decimals", help="Round released scores."),
-    audit_log: Path | None = typer.Option(None, "--audit-log", help=AUDIT_HELP),
-    audit_key_env: str = typer.Option("PRIVDL_AUDIT_KEY", "--audit-key-env"),
+    audit_log: AuditLogPath = None,
+    audit_key_env: AuditKeyEnv = "PRIVDL_AUDIT_KEY",
 ) -> None:
     """Decrypt SCORES with the secret key set into a table (rows in input order)."""
-    from privdl import io
     from privdl.encrypted.keys import HEKeys
 
-    io.check_distinct_paths(scores, output)
     keys = HEKeys.load(keys_dir)
     frame = keys.decrypt_to_table(
         scores, output, raw=raw, decimals=decimals, audit_log=_audit(audit_log, audit_key_env)

@@ -23,12 +23,13 @@ exact: the encrypted result differs from the model only by CKKS noise.
 
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from privdl.errors import FormatError, InputError, UsageError
+from privdl.serialize import JSONSerializable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -61,7 +62,7 @@ STATUSES = ("exact", "measured", "unmeasured")
 
 
 @dataclass(frozen=True)
-class ActivationRange:
+class ActivationRange(JSONSerializable):
     """One polynomial of the circuit and the inputs it met.
 
     Attributes:
@@ -84,6 +85,11 @@ class ActivationRange:
     seen_range: tuple[float, float] | None = None
     share_outside: float | None = None
 
+    # to_json / from_json: privdl.serialize.JSONSerializable
+    _json_kind = "activation range"
+    _json_indent = 2
+    _json_error = FormatError
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "position": self.position,
@@ -97,7 +103,7 @@ class ActivationRange:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ActivationRange:
+    def from_dict(cls, data: Mapping[str, Any]) -> ActivationRange:
         seen = data.get("seen_range")
         share = data.get("share_outside")
         return cls(
@@ -119,7 +125,7 @@ class ActivationRange:
 
 
 @dataclass(frozen=True)
-class ApproximationReport:
+class ApproximationReport(JSONSerializable):
     """The gap between the encrypted circuit and the exact model (aggregates only).
 
     Attributes:
@@ -144,6 +150,11 @@ class ApproximationReport:
     rows: int = 0
     max_abs_error: float | None = None
     mean_abs_error: float | None = None
+
+    # to_json / from_json: privdl.serialize.JSONSerializable
+    _json_kind = "approximation report"
+    _json_indent = 2
+    _json_error = FormatError
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -221,8 +232,8 @@ class ApproximationReport:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ApproximationReport:
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+    def from_dict(cls, data: Mapping[str, Any]) -> ApproximationReport:
+        if not isinstance(data, Mapping) or data.get("format") != FORMAT:
             raise FormatError(f"approximation report: expected format {FORMAT}")
         try:
             return cls(
@@ -237,20 +248,6 @@ class ApproximationReport:
             )
         except (KeyError, TypeError, ValueError, IndexError):
             raise FormatError("approximation report: malformed") from None
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str | dict[str, Any]) -> ApproximationReport:
-        """Load from :meth:`to_json` output (a JSON string, or the parsed dict)."""
-        if isinstance(text, dict):
-            return cls.from_dict(text)
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            raise FormatError("approximation report: not valid JSON") from None
-        return cls.from_dict(data)
 
 
 def _opt_float(value: Any) -> float | None:

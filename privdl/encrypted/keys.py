@@ -18,16 +18,24 @@ Keys are cheap (tens of milliseconds): rotate them per session.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from privdl.audit.operation import operation
-from privdl.encrypted.ciphertext import decrypt_block, encrypt_block, encrypt_row, tenseal
+from privdl.encrypted.ciphertext import (
+    decrypt_block,
+    decrypt_task,
+    encrypt_block,
+    encrypt_row,
+    encrypt_task,
+    tenseal,
+)
 from privdl.encrypted.params import ParameterSet, choose_parameters
 from privdl.encrypted.wire import BatchHeader, Chunk, EncryptedBatch
 from privdl.errors import InputError, KeyMissingError, SecurityError, UsageError
@@ -74,6 +82,28 @@ def _load_context(blob: bytes, source: str) -> Any:
         return ts.context_from(blob, n_threads=1)
     except Exception:
         raise InputError(f"{source}: the CKKS context cannot be read") from None
+
+
+def _features_header(
+    params: ParameterSet, key_id: str, names: Sequence[str], rows: int, *, packing: str = "feature-major"
+) -> BatchHeader:
+    """The header of a batch of encrypted features."""
+    return BatchHeader(
+        kind="features", params=params, key_id=key_id, columns=tuple(names), rows=rows, packing=packing
+    )
+
+
+def _serialize(ctx: Any, params: ParameterSet, *, secret: bool) -> bytes:
+    """The context as ``params`` asks for it: relinearization and Galois keys only when
+    needed, the public key only for public-key encryption, the secret key only if asked."""
+    return bytes(
+        ctx.serialize(
+            save_public_key=params.encryption == "public-key",
+            save_secret_key=secret,
+            save_galois_keys=params.galois_keys,
+            save_relin_keys=params.relin_keys,
+        )
+    )
 
 
 def _container_blob(batch: EncryptedBatch, source: str) -> bytes:
@@ -141,13 +171,7 @@ class PublicKeys:
                 "generate keys with encryption='public-key' to let others encrypt"
             )
         matrix, names = as_matrix(data, columns)
-        header = BatchHeader(
-            kind="features",
-            params=self.params,
-            key_id=self.key_id,
-            columns=tuple(names),
-            rows=int(matrix.shape[0]),
-        )
+        header = _features_header(self.params, self.key_id, names, int(matrix.shape[0]))
         bounds = chunk_bounds(matrix.shape[0], self.params.slots)
         return EncryptedBatch(header, tuple(encrypt_block(self._ctx, matrix[a:b]) for a, b in bounds))
 
@@ -261,6 +285,56 @@ class HEKeys:
         depth = spec.depth(output=output)
         return cls.generate(depth=depth, **options)
 
+    @classmethod
+    def generate_into(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        model: Any = None,
+        depth: int | None = None,
+        output: str = "logit",
+        audit_log: Any = None,
+        **options: Any,
+    ) -> HEKeys:
+        """Generate a key set and write it to ``DIR/secret.he`` and ``DIR/public.he``.
+
+        What ``privdl he keygen`` does: one ``he.keygen`` audit entry records the new
+        key set by its key id and parameters (a key rotation for the data owner); the
+        key files appear only once that entry is written, and are not fingerprinted.
+
+        Args:
+            directory: the folder for the key files (created; must not hold a key set).
+            model: choose the depth (and relinearization keys) this model needs, as
+                :meth:`for_model` does; else ``depth`` (default 1).
+            depth: multiplicative depth, as for :meth:`generate`.
+            output: ``"logit"`` or ``"probability"``: the output the keys must reach
+                (with ``model`` only).
+            audit_log: an AuditLog, a path, or None; one ``he.keygen`` entry.
+            **options: the other options of :meth:`generate` (``security=``,
+                ``encryption=``, ``galois_keys=``...).
+
+        Raises:
+            UsageError: both ``model`` and ``depth``, or ``directory`` already holds a
+                secret key file.
+            SecurityError: a request below 128-bit security.
+
+        Example:
+            >>> keys = HEKeys.generate_into("keys", model="model.json")  # doctest: +SKIP
+        """
+        if model is not None and depth is not None:
+            raise UsageError("give depth or model, not both")
+        folder = Path(directory)
+        if (folder / SECRET_FILE).exists():  # checked here: the keys are written to a staged folder
+            raise UsageError(f"{folder / SECRET_FILE} already exists; choose another folder")
+        with operation(audit_log, "he.keygen") as op:
+            if model is not None:
+                keys = cls.for_model(model, output=output, **options)
+            else:
+                keys = cls.generate(depth=depth or 1, **options)
+            keys.save(op.stage(folder, folder=True, record=False))
+            op.update(params={"key_id": keys.key_id, "he_params": keys.params.to_dict()})
+        return keys
+
     def public(self) -> PublicKeys:
         """The public context for the scoring service: no secret key.
 
@@ -268,12 +342,7 @@ class HEKeys:
         (polynomial activations), Galois keys only for per-row packing, the public key
         only for ``encryption="public-key"``.
         """
-        blob = self._ctx.serialize(
-            save_public_key=self.params.encryption == "public-key",
-            save_secret_key=False,
-            save_galois_keys=self.params.galois_keys,
-            save_relin_keys=self.params.relin_keys,
-        )
+        blob = _serialize(self._ctx, self.params, secret=False)
         return PublicKeys.from_bytes(blob, params=self.params, key_id=self.key_id)
 
     def is_private(self) -> bool:
@@ -367,29 +436,25 @@ class HEKeys:
                 f"per-row packing is for single, latency-bound queries (at most "
                 f"{MAX_ROW_PACKED} rows); use the default feature-major packing"
             )
-        header = BatchHeader(
-            kind="features",
-            params=self.params,
-            key_id=self.key_id,
-            columns=tuple(names),
-            rows=int(matrix.shape[0]),
-            packing=packing,
-        )
-        with operation(
-            audit_log,
-            "he.encrypt",
-            params={
-                "he_params": self.params.to_dict(),
-                "key_id": self.key_id,
-                "packing": packing,
-            },
-        ) as op:
+        header = _features_header(self.params, self.key_id, names, int(matrix.shape[0]), packing=packing)
+        with self._encrypt_operation(audit_log, {"packing": packing}) as op:
             if packing == "row":
                 chunks: tuple[Chunk, ...] = tuple(encrypt_row(self._ctx, row) for row in matrix)
             else:
                 chunks = tuple(self.encrypt_chunks(matrix, workers=workers))
-            op.update(params={"rows": int(matrix.shape[0]), "columns": list(names)})
+            op.update(params={"rows": header.rows, "columns": list(names)})
         return EncryptedBatch(header, chunks)
+
+    def _encrypt_operation(
+        self, audit_log: Any, params: dict[str, Any], *, inputs: Sequence[Any] = ()
+    ) -> contextlib.AbstractContextManager[Any]:
+        """The ``he.encrypt`` entry: the parameter set and key id, then ``params``."""
+        return operation(
+            audit_log,
+            "he.encrypt",
+            params={"he_params": self.params.to_dict(), "key_id": self.key_id, **params},
+            inputs=inputs,
+        )
 
     def encrypt_to_file(
         self,
@@ -410,23 +475,9 @@ class HEKeys:
         from privdl.encrypted.wire import BatchWriter
 
         matrix, names = as_matrix(data, columns, encoder=encoder)
-        header = BatchHeader(
-            kind="features",
-            params=self.params,
-            key_id=self.key_id,
-            columns=tuple(names),
-            rows=int(matrix.shape[0]),
-        )
-        with operation(
-            audit_log,
-            "he.encrypt",
-            params={
-                "he_params": self.params.to_dict(),
-                "key_id": self.key_id,
-                "rows": int(matrix.shape[0]),
-                "columns": list(names),
-            },
-            inputs=inputs,
+        header = _features_header(self.params, self.key_id, names, int(matrix.shape[0]))
+        with self._encrypt_operation(
+            audit_log, {"rows": header.rows, "columns": list(names)}, inputs=inputs
         ) as op:
             # staged: the file appears only once its audit entry (if any) is written
             with BatchWriter(op.stage(path), header) as writer:
@@ -525,20 +576,8 @@ class HEKeys:
             blocks: float arrays of shape (rows, columns), rows <= ``params.slots``.
             workers: processes; the secret context reaches them by ``fork`` only.
         """
-        if workers > 1 and _can_fork():
-            from privdl.encrypted.ciphertext import encrypt_task
-            from privdl.encrypted.pool import map_forked
-
-            yield from map_forked(
-                encrypt_task,
-                (self._check_block(b) for b in blocks),
-                blob=self._secret_blob(),
-                scale_bits=self.params.scale_bits,
-                workers=workers,
-            )
-            return
-        for block in blocks:
-            yield encrypt_block(self._ctx, self._check_block(block))
+        checked = (self._check_block(b) for b in blocks)
+        yield from self._map_secret(encrypt_task, encrypt_block, checked, workers=workers)
 
     def _check_block(self, block: np.ndarray) -> np.ndarray:
         if block.ndim != 2 or block.shape[0] > self.params.slots:
@@ -547,30 +586,30 @@ class HEKeys:
 
     def decrypt_chunks(self, chunks: Iterable[Chunk], *, workers: int = 1) -> Iterator[np.ndarray]:
         """Decrypt a stream of score chunks in order (raw values, shape rows x outputs)."""
+        yield from self._map_secret(decrypt_task, decrypt_block, chunks, workers=workers)
+
+    def _map_secret(
+        self,
+        task: Callable[[Any], Any],
+        local: Callable[[Any, Any], Any],
+        items: Iterable[Any],
+        *,
+        workers: int,
+    ) -> Iterator[Any]:
+        """``local(context, item)`` for each item in order, or ``task`` in ``workers``
+        forked processes that inherit the secret context (never through a pipe)."""
         if workers > 1 and _can_fork():
-            from privdl.encrypted.ciphertext import decrypt_task
             from privdl.encrypted.pool import map_forked
 
             yield from map_forked(
-                decrypt_task,
-                chunks,
-                blob=self._secret_blob(),
-                scale_bits=self.params.scale_bits,
-                workers=workers,
+                task, items, blob=self._secret_blob(), scale_bits=self.params.scale_bits, workers=workers
             )
             return
-        for chunk in chunks:
-            yield decrypt_block(self._ctx, chunk)
+        for item in items:
+            yield local(self._ctx, item)
 
     def _secret_blob(self) -> bytes:
-        return bytes(
-            self._ctx.serialize(
-                save_public_key=self.params.encryption == "public-key",
-                save_secret_key=True,
-                save_galois_keys=self.params.galois_keys,
-                save_relin_keys=self.params.relin_keys,
-            )
-        )
+        return _serialize(self._ctx, self.params, secret=True)
 
     # -- decryption -------------------------------------------------------------------
     def decrypt(

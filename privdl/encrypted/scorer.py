@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +46,7 @@ from privdl.encrypted.wire import (
     read_batch_header,
 )
 from privdl.errors import ApproximationWarning, FormatError, InputError, SecurityError, UsageError
+from privdl.serialize import json_mapping, json_text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -261,27 +262,16 @@ class EncryptedScorer:
         Public material only (no key of any kind, no data row); rebuild it with
         :meth:`from_json` and the public keys.
         """
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        return json_text(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], public_keys: PublicKeys) -> EncryptedScorer:
-        """Rebuild a scorer from :meth:`to_dict` output (see :meth:`from_json`)."""
-        return cls.from_json(data, public_keys)
-
-    @classmethod
-    def from_json(cls, text: str | dict[str, Any], public_keys: PublicKeys) -> EncryptedScorer:
-        """Rebuild a scorer written by :meth:`to_json` (its report is kept, not re-measured).
-
-        ``text`` is the JSON string or its parsed dict.
+    def from_dict(cls, data: Mapping[str, Any], public_keys: PublicKeys) -> EncryptedScorer:
+        """Rebuild a scorer from :meth:`to_dict` output (its report is kept, not re-measured).
 
         Raises:
-            FormatError: not a scorer file.
+            FormatError: not a scorer.
         """
-        try:
-            data = text if isinstance(text, dict) else json.loads(text)
-        except json.JSONDecodeError:
-            raise FormatError("scorer: not valid JSON") from None
-        if not isinstance(data, dict) or data.get("format") != SCORER_FORMAT:
+        if not isinstance(data, Mapping) or data.get("format") != SCORER_FORMAT:
             raise FormatError(f"scorer: expected format {SCORER_FORMAT}")
         try:
             model = ModelSpec.from_json(json.dumps(data["model"]), source="scorer model")
@@ -291,6 +281,17 @@ class EncryptedScorer:
         except (KeyError, TypeError):
             raise FormatError("scorer: malformed") from None
         return cls(model, public_keys, output=output, sigmoid=sigmoid, approximation=report)
+
+    @classmethod
+    def from_json(
+        cls, text: str | bytes | Mapping[str, Any], public_keys: PublicKeys
+    ) -> EncryptedScorer:
+        """Rebuild a scorer written by :meth:`to_json`: the JSON string or its parsed dict.
+
+        Raises:
+            FormatError: not a scorer file.
+        """
+        return cls.from_dict(json_mapping(text, kind="scorer", error=FormatError), public_keys)
 
     def __repr__(self) -> str:
         return (
@@ -426,9 +427,13 @@ class EncryptedScorer:
             sep: delimiter of a text ``plain`` table.
 
         Raises:
-            UsageError: a table location without ``plain_columns``.
+            UsageError: ``target`` is ``source``, or a table location without
+                ``plain_columns``.
             InputError: the model reads none of ``plain_columns``; see :meth:`score`.
         """
+        from privdl import io
+
+        io.check_distinct_paths(source, target)
         if isinstance(plain, str | os.PathLike):
             plain, plain_columns = self._read_plain(plain, plain_columns, sep=sep)
         header = read_batch_header(source)

@@ -54,30 +54,24 @@ def _run(*args: str) -> int:
     return main([str(a) for a in args])
 
 
+def _encrypt(d, keys, out, columns, *extra) -> int:
+    """`privdl he encrypt` of the users table of ``d``."""
+    return _run("he", "encrypt", d / "users.csv", "--keys", keys, "--columns", columns, "-o", out, *extra)
+
+
+def _score(d, encrypted, public, out, *extra) -> int:
+    """`privdl he score` with the exported model of ``d``."""
+    return _run("he", "score", encrypted, "--model", d / "model.json", "--public", public, "-o", out, *extra)
+
+
 def test_full_round_trip_with_hybrid_scoring_and_audit(workdir, monkeypatch, capsys):
     d, expected = workdir
     monkeypatch.setenv("PRIVDL_AUDIT_KEY", "hex:" + "ab" * 32)
     keys, log = d / "keys", d / "audit.jsonl"
     assert _run("he", "keygen", "--out", keys) == 0
     assert stat.S_IMODE((keys / "secret.he").stat().st_mode) == 0o600
-    assert (
-        _run(
-            "he",
-            "encrypt",
-            d / "users.csv",
-            "--keys",
-            keys,
-            "--columns",
-            ",".join(SENSITIVE),
-            "--model",
-            d / "model.json",
-            "-o",
-            d / "users.he",
-            "--audit-log",
-            log,
-        )
-        == 0
-    )
+    model = ("--model", d / "model.json")
+    assert _encrypt(d, keys, d / "users.he", ",".join(SENSITIVE), *model, "--audit-log", log) == 0
 
     # the scoring service: only public material is opened (secret.he would raise)
     real_open = builtins.open
@@ -89,28 +83,8 @@ def test_full_round_trip_with_hybrid_scoring_and_audit(workdir, monkeypatch, cap
 
     monkeypatch.setattr(builtins, "open", guarded)
     monkeypatch.setattr(io, "open", guarded)
-    assert (
-        _run(
-            "he",
-            "score",
-            d / "users.he",
-            "--model",
-            d / "model.json",
-            "--public",
-            keys,
-            "-o",
-            d / "scores.he",
-            "--plain",
-            d / "users.csv",
-            "--plain-columns",
-            "plays_week1",
-            "--plain-columns",
-            "plays_week2",
-            "--audit-log",
-            log,
-        )
-        == 0
-    )
+    plain = ("--plain", d / "users.csv", "--plain-columns", "plays_week1", "--plain-columns", "plays_week2")
+    assert _score(d, d / "users.he", keys, d / "scores.he", *plain, "--audit-log", log) == 0
     monkeypatch.setattr(builtins, "open", real_open)
     monkeypatch.setattr(io, "open", real_open)
 
@@ -154,38 +128,13 @@ def test_score_refuses_the_secret_file_and_leaves_nothing(workdir, capsys):
     d, _ = workdir
     keys = d / "keys2"
     assert _run("he", "keygen", "--out", keys) == 0
-    assert (
-        _run(
-            "he",
-            "encrypt",
-            d / "users.csv",
-            "--keys",
-            keys,
-            "--columns",
-            "age,sex,city",
-            "--model",
-            d / "model.json",
-            "-o",
-            d / "u2.he",
-        )
-        == 0
-    )
+    assert _encrypt(d, keys, d / "u2.he", "age,sex,city", "--model", d / "model.json") == 0
     capsys.readouterr()
-    code = _run(
-        "he",
-        "score",
-        d / "u2.he",
-        "--model",
-        d / "model.json",
-        "--public",
-        keys / "secret.he",
-        "-o",
-        d / "s2.he",
-    )
+    code = _score(d, d / "u2.he", keys / "secret.he", d / "s2.he")
     assert code == 2 and not (d / "s2.he").exists()
     assert "public" in capsys.readouterr().err
     # a model column with no input is named, and no output is left behind
-    code = _run("he", "score", d / "u2.he", "--model", d / "model.json", "--public", keys, "-o", d / "s2.he")
+    code = _score(d, d / "u2.he", keys, d / "s2.he")
     assert code == 2 and not (d / "s2.he").exists()
     assert "plays_week1" in capsys.readouterr().err
 
@@ -194,34 +143,8 @@ def test_other_keys_cannot_decrypt(workdir, capsys):
     d, _ = workdir
     for name in ("ka", "kb"):
         assert _run("he", "keygen", "--out", d / name) == 0
-    assert (
-        _run(
-            "he",
-            "encrypt",
-            d / "users.csv",
-            "--keys",
-            d / "ka",
-            "--columns",
-            "age,sex=F,city=Berlin,city=Paris,plays_week1,plays_week2",
-            "-o",
-            d / "a.he",
-        )
-        == 0
-    )
-    assert (
-        _run(
-            "he",
-            "score",
-            d / "a.he",
-            "--model",
-            d / "model.json",
-            "--public",
-            d / "ka",
-            "-o",
-            d / "a_scores.he",
-        )
-        == 0
-    )
+    assert _encrypt(d, d / "ka", d / "a.he", ",".join(FEATURES)) == 0
+    assert _score(d, d / "a.he", d / "ka", d / "a_scores.he") == 0
     capsys.readouterr()
     assert _run("he", "decrypt", d / "a_scores.he", "--keys", d / "kb", "-o", d / "x.csv") == 2
     assert "key set" in capsys.readouterr().err and not (d / "x.csv").exists()
