@@ -129,8 +129,7 @@ class RunManifest(JSONSerializable):
         from privdl.io import atomic_write
 
         with atomic_write(path, "w") as fh:
-            json.dump(self.to_dict(), fh, indent=2, sort_keys=True)
-            fh.write("\n")
+            fh.write(self.to_json() + "\n")
         return Path(path)
 
     @classmethod

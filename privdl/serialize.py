@@ -141,3 +141,21 @@ class JSONSerializable:
             raise  # already says what is wrong
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise cls._json_error(f"not a privdl {kind}") from exc
+
+
+class ReadByName:
+    """Read access to a frozen dataclass's fields by name: ``value["name"]``,
+    ``value.get("name")`` and ``"name" in value`` (for code written when the value was a
+    dict in a report)."""
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self.__dataclass_fields__:  # type: ignore[attr-defined]
+            return getattr(self, name)
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.__dataclass_fields__  # type: ignore[attr-defined]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """Read a field by name, as :meth:`dict.get`."""
+        return getattr(self, name) if name in self else default

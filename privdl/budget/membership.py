@@ -17,21 +17,21 @@ of those records, computed without noise, and is not released.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from privdl.errors import InputError
+from privdl.serialize import JSONSerializable, ReadByName
 
 __all__ = ["MembershipInference", "dp_advantage_bound", "loss_threshold_test"]
 
 
 @dataclass(frozen=True)
-class MembershipInference:
+class MembershipInference(ReadByName, JSONSerializable):
     """Result of a loss-threshold membership-inference attack.
 
     Attributes:
@@ -51,26 +51,7 @@ class MembershipInference:
     # read by from_dict and dropped: files written before the result left them out
     _DROPPED: ClassVar[tuple[str, ...]] = ("mean_loss_members", "mean_loss_non_members")
 
-    def __getitem__(self, name: str) -> Any:
-        # read access by name, kept for code written when this was a dict in a report
-        if name in self.__dataclass_fields__:
-            return getattr(self, name)
-        raise KeyError(name)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.__dataclass_fields__
-
-    def get(self, name: str, default: Any = None) -> Any:
-        """Read access by name, as :meth:`dict.get`."""
-        return getattr(self, name) if name in self.__dataclass_fields__ else default
-
-    def to_dict(self) -> dict[str, Any]:
-        """As plain JSON-compatible data."""
-        return asdict(self)
-
-    def to_json(self) -> str:
-        """Serialize to a JSON string (sorted keys)."""
-        return json.dumps(self.to_dict(), sort_keys=True)
+    _json_kind: ClassVar[str] = "membership-inference result"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MembershipInference:
@@ -80,11 +61,6 @@ class MembershipInference:
             return cls(**kept)
         except TypeError as exc:
             raise InputError("not a privdl membership-inference result") from exc
-
-    @classmethod
-    def from_json(cls, text: str | Mapping[str, Any]) -> MembershipInference:
-        """Load from :meth:`to_json` output (a JSON string or the parsed dict)."""
-        return cls.from_dict(json.loads(text) if isinstance(text, str) else text)
 
 
 def dp_advantage_bound(epsilon: float, delta: float) -> float:

@@ -54,7 +54,7 @@ from privdl.budget.accounting import epsilon_of, normalize_history
 from privdl.budget.facts import RunFacts
 from privdl.budget.membership import MembershipInference, loss_threshold_test
 from privdl.errors import InputError, UsageError
-from privdl.serialize import JSONSerializable
+from privdl.serialize import JSONSerializable, ReadByName
 
 __all__ = [
     "CoverageItem",
@@ -105,24 +105,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class _Value(JSONSerializable):
-    """A frozen report value: ``to_dict()`` / ``to_json()``; read access by name too.
-
-    ``value["name"]``, ``value.get("name")`` and ``"name" in value`` read the fields
-    of the value, for code written when the report's blocks were dicts.
+class _Value(ReadByName, JSONSerializable):
+    """A frozen report value: ``to_dict()`` / ``to_json()``; read access by name too
+    (``value["name"]``, ``value.get("name")``, ``"name" in value``), for code written
+    when the report's blocks were dicts.
     """
-
-    def __getitem__(self, name: str) -> Any:
-        if name in self.__dataclass_fields__:  # type: ignore[attr-defined]
-            return getattr(self, name)
-        raise KeyError(name)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.__dataclass_fields__  # type: ignore[attr-defined]
-
-    def get(self, name: str, default: Any = None) -> Any:
-        """Read a field by name, as :meth:`dict.get`."""
-        return getattr(self, name) if name in self else default
 
     # to_json / from_json: privdl.serialize.JSONSerializable
     _json_indent = 2

@@ -54,6 +54,29 @@ def test_save_load_modes_and_roundtrip(tmp_path, keys):
         keys.save(folder)
 
 
+def test_generate_into_writes_keys_with_one_keygen_entry(tmp_path):
+    from privdl.audit import AuditLog, iter_entries
+    from privdl.keys import Secret
+
+    log = AuditLog(tmp_path / "audit.jsonl", key=Secret.generate())
+    keys = HEKeys.generate_into(tmp_path / "k", audit_log=log)
+    assert stat.S_IMODE((tmp_path / "k" / SECRET_FILE).stat().st_mode) == 0o600
+    assert HEKeys.load(tmp_path / "k").key_id == keys.key_id
+    [entry] = list(iter_entries(log.path))
+    assert entry["event"] == "he.keygen" and entry["outcome"] == "ok"
+    assert entry["params"] == {"key_id": keys.key_id, "he_params": keys.params.to_dict()}
+    assert "outputs" not in entry  # key files are recorded by key_id only
+    with pytest.raises(UsageError, match="already exists"):
+        HEKeys.generate_into(tmp_path / "k", audit_log=log)
+    with pytest.raises(UsageError, match="not both"):
+        HEKeys.generate_into(tmp_path / "k2", model="model.json", depth=2)
+    # a request below 128 bits is logged as failed and leaves no key files
+    with pytest.raises(SecurityError):
+        HEKeys.generate_into(tmp_path / "k3", security=100, audit_log=log)
+    assert not (tmp_path / "k3").exists()
+    assert [e["outcome"] for e in iter_entries(log.path)] == ["ok", "failed"]
+
+
 def test_load_refuses_group_readable_secret(tmp_path, keys):
     folder = keys.save(tmp_path / "k")
     os.chmod(folder / SECRET_FILE, 0o644)
