@@ -15,13 +15,14 @@ from __future__ import annotations
 from privdl.audit.checkpoint import Checkpoint, generate_signing_key
 from privdl.audit.log import AuditLog
 from privdl.audit.operation import Operation, operation, resolve_audit_log
-from privdl.audit.verify import VerifyResult, iter_entries, verify_audit_log
+from privdl.audit.verify import VerifyResult, checkpoint_log, iter_entries, verify_audit_log
 
 __all__ = [
     "AuditLog",
     "Checkpoint",
     "Operation",
     "VerifyResult",
+    "checkpoint_log",
     "generate_signing_key",
     "iter_entries",
     "operation",

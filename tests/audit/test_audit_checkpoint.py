@@ -201,3 +201,25 @@ def test_checkpoint_save_is_atomic_and_leaves_no_temp(
     assert fsynced  # the note's bytes were flushed to disk before the rename
     assert Checkpoint.load(target).size == 0  # the old checkpoint stands
     assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.checkpoint"]
+
+
+def test_checkpoint_log_signs_only_a_verified_log(
+    log: AuditLog, audit_key: Secret, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """The one-call API of `privdl audit checkpoint`: verify, then sign what was verified;
+    a log that does not verify gets no checkpoint at all."""
+    from privdl.audit import checkpoint_log
+
+    _fill(log, 4)
+    out = tmp_path / "cp.txt"
+    cp = checkpoint_log(log.path, signing_key=signing_key, key=audit_key, output=out)
+    assert cp.size == 4 and out.read_text() == cp.text
+    pub = signing_key.public_key()
+    assert verify_audit_log(log.path, key=audit_key, checkpoint=out, public_key=pub).checkpoint_size == 4
+    raw = bytearray(log.path.read_bytes())
+    raw[raw.index(b'"i":1') + 4] ^= 1  # one covered entry altered
+    log.path.write_bytes(bytes(raw))
+    again = tmp_path / "cp2.txt"
+    with pytest.raises(TamperDetectedError):
+        checkpoint_log(log.path, signing_key=signing_key, key=audit_key, output=again)
+    assert not again.exists()
