@@ -26,6 +26,7 @@ import csv
 import errno
 import io
 import json
+import logging
 import os
 import re
 import secrets
@@ -335,28 +336,51 @@ def _read_header(path: Path, delimiter: str) -> list[str]:
     with _open_text(path) as fh:
         try:
             row = next(csv.reader(fh, delimiter=delimiter), [])
-        except (csv.Error, UnicodeDecodeError):
+        except UnicodeDecodeError:
+            raise _utf8_error(path) from None
+        except csv.Error:
             raise InputError(f"{path}: the header row cannot be parsed as text") from None
     if row and row[0].startswith("\ufeff"):
         row[0] = row[0][1:]
     return row
 
 
-def _open_text(path: Path) -> IO[str]:
+def _open_binary(path: Path) -> IO[bytes]:
     name = path.name.lower()
     if name.endswith(".gz"):
         import gzip
 
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+        return gzip.open(path, "rb")  # type: ignore[return-value]
     if name.endswith(".bz2"):
         import bz2
 
-        return io.TextIOWrapper(bz2.open(path, "rb"), encoding="utf-8", newline="")
+        return bz2.open(path, "rb")  # type: ignore[return-value]
     if name.endswith(".xz"):
         import lzma
 
-        return io.TextIOWrapper(lzma.open(path, "rb"), encoding="utf-8", newline="")
+        return lzma.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")  # returned open to the caller
+
+
+def _open_text(path: Path) -> IO[str]:
+    if path.name.lower().endswith((".gz", ".bz2", ".xz")):
+        return io.TextIOWrapper(_open_binary(path), encoding="utf-8", newline="")
     return open(path, encoding="utf-8", newline="")  # returned open to the caller
+
+
+def _utf8_error(path: Path) -> InputError:
+    """Name the first line that is not UTF-8 (never its bytes): the header or a data line."""
+    try:
+        with _open_binary(path) as fh:
+            for line_no, line in enumerate(fh, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError:
+                    where = " (the header row)" if line_no == 1 else ""
+                    return InputError(f"{path}: line {line_no}{where} is not valid UTF-8 text")
+    except (OSError, EOFError):
+        pass
+    return InputError(f"{path}: the file is not valid UTF-8 text")
 
 
 def _csv_error(path: Path, delimiter: str, expected: int, message: str) -> InputError:
@@ -374,7 +398,7 @@ def _csv_error(path: Path, delimiter: str, expected: int, message: str) -> Input
         got = m.group(2) if m else "a different number of"
         return InputError(f"{path}: a row has {got} fields, expected {expected}")
     if "UTF8" in message or "utf-8" in message.lower():
-        return InputError(f"{path}: the file is not valid UTF-8 text")
+        return _utf8_error(path)
     return InputError(f"{path}: the file cannot be parsed as a delimited table")
 
 
@@ -472,6 +496,73 @@ def _read_database(src: TableSource) -> pd.DataFrame:
 # failure. A process killed midway can leave a temporary behind: sweep_temps removes it.
 TEMP_SUFFIX = ".privdl-tmp"
 _OLD_MARK = ".privdl-old-"
+# a temporary's name carries its writer's PID (``.<name>.<pid>-<random>.privdl-tmp``):
+# a temporary whose writer is dead is stale at once, one of a live writer never is
+_PID_TEMP = re.compile(r"^\..+\.([0-9]+)-[a-z0-9_]+" + re.escape(TEMP_SUFFIX) + "$")
+_log = logging.getLogger("privdl.io")
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}-"
+
+
+def _temp_pid(name: str) -> int | None:
+    """The writer PID in a temporary's name, or None for a name without one."""
+    m = _PID_TEMP.match(name)
+    return int(m.group(1)) if m else None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a PID we can check: never touch it
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, under another user
+        return True
+    return True
+
+
+def _remove_entry(entry: Path) -> bool:
+    try:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _sweep_dead_temps(folder: Path) -> list[Path]:
+    """Remove the temporaries in ``folder`` of writers that are dead (one listdir);
+    never fails the write that calls it. Says so on the ``privdl.io`` logger."""
+    removed: list[Path] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        pid = _temp_pid(name)
+        if pid is None or _pid_alive(pid):
+            continue
+        entry = folder / name
+        try:
+            if _remove_entry(entry):
+                removed.append(entry)
+        except OSError:
+            continue
+    if removed:
+        fsync_folder(folder)
+        _log.warning(
+            "privdl: removed %d temporary file(s) left in %s by killed privdl processes",
+            len(removed),
+            folder,
+        )
+    return removed
 
 
 def _folder_of(target: Path) -> Path:
@@ -502,7 +593,8 @@ def atomic_path(
     if not overwrite and os.path.lexists(target):
         raise FileExistsError(errno.EEXIST, "file exists", str(target))
     # mkstemp creates the file 0600: a private file is never readable by others
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=folder)
+    _sweep_dead_temps(folder)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=folder)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -641,7 +733,8 @@ def atomic_folder(path: str | os.PathLike[str], *, may_replace: Any = None) -> I
         raise InputError(f"output {target} exists and is not a folder")
     parent = _folder_of(target)
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=parent))
+    _sweep_dead_temps(parent)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=parent))
     try:
         yield tmp
         _fsync_tree(tmp)
@@ -702,9 +795,11 @@ def _exchange(a: Path, b: Path) -> bool:
 def sweep_temps(folder: str | os.PathLike[str], *, older_than: float = 3600.0) -> list[Path]:
     """Remove what killed writers left in ``folder``; return what was removed.
 
-    Temporary files and folders of the atomic writers (``.<name>.<random>.privdl-tmp``)
-    and of :class:`StagedOutputs` (``.privdl-stage-...``) older than ``older_than``
-    seconds are deleted (younger ones may belong to a writer still running). A folder
+    Temporary files and folders of the atomic writers (``.<name>.<pid>-<random>.privdl-tmp``)
+    are deleted when the process ``<pid>`` is dead, and never while it runs; those
+    without a PID in their name and those of :class:`StagedOutputs` (``.privdl-stage-...``)
+    when older than ``older_than`` seconds (younger ones may belong to a writer still
+    running). Every atomic writer sweeps its folder's dead writers' temporaries. A folder
     left aside by an interrupted :func:`atomic_folder` swap is put back when its
     target is missing, else deleted.
     """
@@ -722,16 +817,19 @@ def sweep_temps(folder: str | os.PathLike[str], *, older_than: float = 3600.0) -
                 continue
         elif not (name.startswith(".") and name.endswith(TEMP_SUFFIX)) and not name.startswith(STAGE_PREFIX):
             continue
+        pid = _temp_pid(name)
+        if pid is not None:
+            # the writer's PID is in the name: stale exactly when that writer is dead
+            if not _pid_alive(pid) and _remove_entry(entry):
+                removed.append(entry)
+            continue
         try:
             if entry.lstat().st_mtime > cutoff:
                 continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
         except FileNotFoundError:
             continue
-        removed.append(entry)
+        if _remove_entry(entry):
+            removed.append(entry)
     if removed:
         fsync_folder(base)
     return removed

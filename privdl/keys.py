@@ -204,17 +204,20 @@ def hmac_sha256(key: Secret | bytes, message: bytes) -> bytes:
 
 def _decode_key_text(text: str, *, source: str) -> bytes:
     text = text.strip()
-    try:
-        if text.startswith("hex:"):
+    if text.startswith("hex:"):
+        try:
             return bytes.fromhex(text[4:])
-        if text.startswith("base64:"):
-            body = text[7:]
-            pad = "=" * (-len(body) % 4)
-            if "-" in body or "_" in body:
-                return base64.urlsafe_b64decode(body + pad)
-            return base64.b64decode(body + pad, validate=True)
-    except (ValueError, binascii.Error):
-        raise InputError(f"key from {source} is not valid hex/base64") from None
+        except ValueError:
+            raise InputError(f"key from {source} is not valid hex") from None
+    if text.startswith("base64:"):
+        body = text[7:].strip()
+        if "-" in body or "_" in body:  # url-safe alphabet: map it, then decode strictly
+            body = body.replace("-", "+").replace("_", "/")
+        try:
+            # validate=True: a character outside the alphabet is an error, never skipped
+            return base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+        except (ValueError, binascii.Error):
+            raise InputError(f"key from {source} is not valid base64") from None
     if _HEX.match(text) and len(text) % 2 == 0:
         return bytes.fromhex(text)
     return text.encode("utf-8")

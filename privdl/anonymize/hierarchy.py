@@ -395,10 +395,48 @@ def _bin_label(lo: float, hi: float, *, integral: bool, closed: bool) -> str:
     return f"[{format_number(lo)}, {format_number(hi)}{']' if closed else ')'}"
 
 
+_ARGLESS_KINDS = ("prefix", "date", "flat")
+
+
+def _interval_width(spec: str, column: str) -> float | None:
+    """The width of an ``interval:W`` spec, None for ``interval`` / ``interval:auto``."""
+    arg = spec.partition(":")[2].strip()
+    if arg in ("", "auto"):
+        return None
+    try:
+        width = float(arg)
+    except ValueError:
+        width = -1.0
+    if not width > 0 or not math.isfinite(width):
+        raise PolicyError(
+            f"column {column!r}: bad interval width in hierarchy {spec!r} (a positive number or 'auto')"
+        )
+    return width
+
+
+def check_spec(spec: str, *, column: str) -> str:
+    """Check the syntax of a built-in hierarchy spec; return it stripped.
+
+    ``interval[:auto|:W]`` needs a positive finite width W; ``prefix``, ``date`` and ``flat``
+    take no argument. Any other text is a hierarchy file path, checked when it is read.
+
+    Raises:
+        PolicyError: a malformed built-in spec (naming the column and the spec kind).
+    """
+    text = spec.strip()
+    kind, sep, _ = text.partition(":")
+    if kind == "interval":
+        _interval_width(text, column)
+    elif kind in _ARGLESS_KINDS and sep:
+        raise PolicyError(f"column {column!r}: bad {kind} hierarchy {text!r}: {kind!r} takes no argument")
+    return text
+
+
 def _interval_paths(values: np.ndarray, spec: str, column: str) -> list[list[str]]:
     """Nested bins over sorted distinct numeric values (for global recoding)."""
     integral = bool(np.all(np.mod(values, 1) == 0))
-    arg = spec.partition(":")[2].strip() or "auto"
+    width_arg = _interval_width(spec, column)
+    arg = "auto" if width_arg is None else "width"
     vmin, vmax = float(values[0]), float(values[-1])
     level_edges: list[np.ndarray] = []  # left edges of the bins, finest level first
     if arg == "auto":
@@ -409,12 +447,7 @@ def _interval_paths(values: np.ndarray, spec: str, column: str) -> list[list[str
             if len(edges) > 1 and (not level_edges or len(edges) < len(level_edges[-1])):
                 level_edges.append(edges)
     else:
-        try:
-            width = float(arg)
-        except ValueError:
-            width = -1.0
-        if not width > 0 or not math.isfinite(width):
-            raise PolicyError(f"column {column!r}: bad interval width in hierarchy {spec!r}")
+        width = width_arg or 0.0  # a positive float here
         origin = math.floor(vmin / width) * width
         w = width
         while True:
@@ -469,13 +502,13 @@ def encode_qi(
     Raises:
         PolicyError: unknown spec, unreadable file, values missing from a taxonomy.
     """
-    spec_text = (spec or "").strip()
+    spec_text = check_spec(spec or "", column=column)
     is_numeric = pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype)
     if not spec_text and pd.api.types.is_datetime64_any_dtype(series.dtype):
         spec_text = "date"
     if not spec_text and is_numeric:
         spec_text = "interval:auto"
-    if spec_text.startswith("interval"):
+    if spec_text.partition(":")[0] == "interval":
         if is_numeric:
             arr = series.to_numpy(dtype=np.float64, na_value=np.nan)
             missing = np.isnan(arr)

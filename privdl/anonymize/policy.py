@@ -225,10 +225,14 @@ class Policy:
         set_(self, "identifiers", _rules(self.identifiers))
         for role in ("quasi_identifiers", "sensitive", "keep", "drop"):
             set_(self, role, _names(getattr(self, role), role))
+        from privdl.anonymize.hierarchy import check_spec  # numpy/pandas only when needed
+
         hier = dict(self.hierarchies or {})
         for column, spec in hier.items():
             if not isinstance(spec, str | os.PathLike) or not str(spec):
                 raise PolicyError(f"hierarchy for column {column!r} must be a spec string or path")
+            if isinstance(spec, str):
+                check_spec(spec, column=column)
         set_(self, "hierarchies", MappingProxyType({c: os.fspath(s) for c, s in hier.items()}))
         if self.base_dir is not None:
             set_(self, "base_dir", Path(self.base_dir))

@@ -241,10 +241,64 @@ def checkpoint_verified(
 def generate_signing_key(out_dir: str | os.PathLike[str], *, name: str = "audit") -> tuple[Path, Path]:
     """Write a new Ed25519 key pair: ``<name>.key`` (PKCS#8 PEM, mode 0600) and ``<name>.pub``.
 
+    Concurrent calls for one folder have one winner: they take turns on an ``flock``
+    on a hidden lock file in the folder's parent, and the others find the keys there.
+
     Raises:
-        SecurityError: a file of that name exists (keys are never overwritten).
+        SecurityError: a file of that name exists (keys are never overwritten); it
+            exits 1 when a concurrent keygen wrote it while this one waited.
+        InputError: ``out_dir`` is a file, its parent folder is missing, or either
+            is not writable.
     """
-    return generate_ed25519_key(out_dir, name=name)
+    import contextlib
+    import fcntl
+
+    from privdl.errors import SecurityError
+
+    d = Path(out_dir)
+    parent = Path(os.path.abspath(d)).parent
+    if d.exists() and not d.is_dir():
+        raise InputError(f"output {d} exists and is not a folder")
+    if not parent.is_dir():
+        raise InputError(f"output folder {d.parent} does not exist")
+    for f in (d, parent):
+        if f.is_dir() and not os.access(f, os.W_OK | os.X_OK):
+            raise InputError(f"cannot write to {f}: permission denied")
+
+    def exist(path: object) -> SecurityError:
+        exc = SecurityError(f"keys already exist: {path} was just written by another keygen")
+        exc.exit_code = 1  # a race lost, not bad input
+        return exc
+
+    for p in (d / f"{name}.key", d / f"{name}.pub"):
+        if p.exists():  # there before this call: bad usage (exit 2)
+            raise SecurityError(f"keys already exist: {p} exists; refusing to overwrite a key")
+    lock = parent / f".{Path(os.path.abspath(d)).name}.privdl-keygen.lock"
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except PermissionError:
+            raise InputError(f"cannot write to {parent}: permission denied") from None
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released by the kernel if this process dies
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder before us removed it: lock the new one
+    try:
+        for p in (d / f"{name}.key", d / f"{name}.pub"):
+            if p.exists():  # written by a concurrent keygen while this one waited
+                raise exist(p)
+        try:
+            return generate_ed25519_key(d, name=name)
+        except (FileExistsError, SecurityError):  # written meanwhile by a process without the lock
+            raise exist(d / f"{name}.key") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
 
 
 def load_signing_key(spec: Any) -> Any:

@@ -109,6 +109,11 @@ class _SQLiteTransaction:
         return list(self._conn.execute(sql, dict(params or {})).fetchall())
 
 
+def _writable(path: Path) -> bool:
+    """Whether SQLite can write the ledger and its journal files next to it."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
+
+
 class SQLiteStore:
     """stdlib sqlite3, autocommit connection with explicit BEGIN, WAL journal."""
 
@@ -147,6 +152,12 @@ class SQLiteStore:
             )
         if "not a database" in text or "malformed" in text or "corrupt" in text:
             return InputError(f"{self.path} is not a privdl budget ledger (corrupt or not SQLite)")
+        if (
+            "readonly" in text
+            or "read-only" in text
+            or ("unable to open" in text and not _writable(self.path))
+        ):
+            return InputError(f"ledger {self.path} is read-only")
         return InputError(f"ledger {self.path}: database error ({type(exc).__name__})")
 
     def _check_or_init(self, fresh: bool) -> None:

@@ -9,8 +9,11 @@ exit code (2 bad usage/input, 1 failed check); nothing prints a traceback unless
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 import typer
 
@@ -61,6 +64,34 @@ def _is(exc: BaseException, name: str) -> bool:
     return any(cls.__name__ == name for cls in type(exc).__mro__)
 
 
+def _install_sigint(handler: Any) -> Any:
+    """Install ``handler`` for SIGINT where Python's own one is in place; the previous one."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return None  # Ctrl-C ignored or handled by an embedding program: leave it
+    return signal.signal(signal.SIGINT, handler)
+
+
+def _command_name(command: Any, args: Sequence[str]) -> str:
+    """``privdl he encrypt`` from the arguments: the (sub)command names, never a value."""
+    words = ["privdl"]
+    for arg in args:
+        commands = getattr(command, "commands", None)
+        if not commands or arg not in commands:
+            break
+        command = commands[arg]
+        words.append(arg)
+    return " ".join(words)
+
+
+def _say_interrupted(command: Any, args: Sequence[str]) -> None:
+    # the atomic writers and staged outputs remove their temporaries on the way out
+    print(
+        f"privdl: interrupted: {_command_name(command, args)} stopped; no output was written", file=sys.stderr
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the exit code."""
     _register_all()
@@ -69,9 +100,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     usage_error: type[Exception] = typer.BadParameter.__mro__[1]
     args = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("PRIVDL_DEBUG") == "1"
+    # typer turns Ctrl-C into a silent exit 130: note it here, so that it can be said
+    interrupted: list[bool] = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted.append(True)
+        signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt as before
+
+    previous = _install_sigint(on_sigint)
     try:
         result = command.main(args=args, prog_name="privdl", standalone_mode=False)
         code = result if isinstance(result, int) else 0
+        if interrupted:
+            _say_interrupted(command, args)
+            code = 130
     except PrivdlError as exc:
         if debug:
             raise
@@ -84,11 +126,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{path}: error: {message} (see --help)", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
-        print("privdl: interrupted", file=sys.stderr)
+        _say_interrupted(command, args)
         code = 130
     except Exception as exc:
         if _is(exc, "Exit"):
             code = int(getattr(exc, "exit_code", 0) or 0)
+            if interrupted:
+                _say_interrupted(command, args)
+                code = 130
+        elif _is(exc, "Abort") and interrupted:
+            _say_interrupted(command, args)
+            code = 130
         elif _is(exc, "Abort"):
             print("privdl: aborted", file=sys.stderr)
             code = 130
@@ -101,6 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             code = 3
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     if argv is None:
         sys.exit(code)
     return code

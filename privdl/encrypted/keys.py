@@ -315,7 +315,9 @@ class HEKeys:
 
         Raises:
             UsageError: both ``model`` and ``depth``, or ``directory`` already holds a
-                secret key file.
+                key file (exit 1 when a concurrent keygen wrote it while this one waited).
+            InputError: ``directory`` is a file, its parent folder is missing, or
+                either is not writable.
             SecurityError: a request below 128-bit security.
 
         Example:
@@ -324,15 +326,23 @@ class HEKeys:
         if model is not None and depth is not None:
             raise UsageError("give depth or model, not both")
         folder = Path(directory)
-        if (folder / SECRET_FILE).exists():  # checked here: the keys are written to a staged folder
-            raise UsageError(f"{folder / SECRET_FILE} already exists; choose another folder")
-        with operation(audit_log, "he.keygen") as op:
-            if model is not None:
-                keys = cls.for_model(model, output=output, **options)
-            else:
-                keys = cls.generate(depth=depth or 1, **options)
-            keys.save(op.stage(folder, folder=True, record=False))
-            op.update(params={"key_id": keys.key_id, "he_params": keys.params.to_dict()})
+        names = (SECRET_FILE, PUBLIC_FILE)
+        for name in names:  # checked here: the keys are written to a staged folder
+            if (folder / name).exists():
+                raise UsageError(f"keys already exist: {folder / name} already exists; choose another folder")
+        # one keygen at a time per folder (a lock in its parent), so concurrent runs
+        # have one winner and never mix secret.he and public.he of two key sets
+        with _keygen_lock(folder):
+            for name in names:  # written by a concurrent keygen while this one waited
+                if (folder / name).exists():
+                    raise _keys_exist(f"keys already exist: {folder / name} was just written by another keygen")
+            with operation(audit_log, "he.keygen") as op:
+                if model is not None:
+                    keys = cls.for_model(model, output=output, **options)
+                else:
+                    keys = cls.generate(depth=depth or 1, **options)
+                keys.save(op.stage(folder, folder=True, record=False))
+                op.update(params={"key_id": keys.key_id, "he_params": keys.params.to_dict()})
         return keys
 
     def public(self) -> PublicKeys:
@@ -761,3 +771,70 @@ def _appendable(audit_log: Any) -> Any:
 def with_info(batch: EncryptedBatch, **info: Any) -> EncryptedBatch:
     """A copy of ``batch`` with extra header info."""
     return replace(batch, header=replace(batch.header, info={**batch.header.info, **info}))
+
+
+# -- helpers of HEKeys.generate_into ------------------------------------------------------
+def _keys_exist(message: str) -> UsageError:
+    """The error for a keygen that lost the race for a folder: exit 1 (a check that
+    failed), still a UsageError for callers of the API. Keys there before the call
+    are bad usage (exit 2)."""
+    exc = UsageError(message)
+    exc.exit_code = 1
+    return exc
+
+
+def _check_key_folder(folder: Path) -> Path:
+    """The parent of the key folder ``folder``, checked: an existing, writable folder,
+    and ``folder`` (if it exists) a writable folder.
+
+    Raises:
+        InputError: naming the path that cannot hold the keys.
+    """
+    parent = Path(os.path.abspath(folder)).parent
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"output {folder} exists and is not a folder")
+    if not parent.is_dir():
+        raise InputError(f"output folder {folder.parent} does not exist")
+    for f in (folder, parent):
+        if f.is_dir() and not os.access(f, os.W_OK | os.X_OK):
+            raise InputError(f"cannot write to {f}: permission denied")
+    return parent
+
+
+@contextlib.contextmanager
+def _keygen_lock(folder: Path) -> Iterator[None]:
+    """Hold the exclusive keygen lock of ``folder``: an ``flock`` on a hidden file in
+    its parent (released by the kernel when the process dies; the file is removed
+    on release).
+
+    Raises:
+        InputError: the folder cannot hold keys (see :func:`_check_key_folder`).
+    """
+    import fcntl
+
+    parent = _check_key_folder(folder)
+    lock = parent / f".{Path(os.path.abspath(folder)).name}.privdl-keygen.lock"
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except PermissionError:
+            raise InputError(f"cannot write to {parent}: permission denied") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the holder before us removed it: lock the new one
+                os.close(fd)
+                continue
+        except BaseException:
+            os.close(fd)
+            raise
+        break
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)

@@ -10,6 +10,12 @@ one process where ``fork`` is unavailable.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import select
+import signal
+import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -34,6 +40,54 @@ def _mp_context(secret: bool, preload: Sequence[str]) -> Any:
     return ctx
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> bool:
+    """Ask the kernel to SIGTERM this worker when its parent dies (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def _init_worker(parent: int, initializer: Callable[..., None], *initargs: Any) -> None:
+    """Worker start: exit when the process that made the pool dies, then run the
+    caller's initializer."""
+    if not _die_with_parent() or os.getppid() != parent:
+        # no prctl; or a forkserver worker, whose parent is the server (it outlives a
+        # killed main process while its workers hold its pipe); or the parent already
+        # died before prctl: watch the main process itself
+        threading.Thread(target=_watch_process, args=(parent,), daemon=True).start()
+    initializer(*initargs)
+
+
+def _watch_process(pid: int, interval: float = 0.5) -> None:
+    """Exit this worker once process ``pid`` has ended."""
+    try:
+        fd = os.pidfd_open(pid)  # type: ignore[attr-defined,unused-ignore]
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])  # a pidfd turns readable when its process ends
+        os._exit(1)
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except OSError:
+            pass  # EPERM: it still exists
+        time.sleep(interval)
+
+
 def map_ordered(
     task: Callable[[Any], Any],
     items: Iterable[Any],
@@ -52,7 +106,10 @@ def map_ordered(
         items: the inputs, consumed lazily.
         initializer, initargs: run once in each worker before its first task (the
             owner of ``task`` keeps the worker's state: the scorer, or the context of
-            :mod:`~privdl.encrypted.ciphertext`).
+            :mod:`~privdl.encrypted.ciphertext`). Each worker is first made to exit
+            when its parent dies (``PR_SET_PDEATHSIG`` on Linux, else, and for
+            forkserver workers, a watch of the pool's process), so a killed
+            ``privdl`` leaves no workers behind.
         workers: processes.
         window: at most this many items in flight (default ``2 * workers``), so a
             stream of any length is processed in flat memory.
@@ -64,8 +121,8 @@ def map_ordered(
     with ProcessPoolExecutor(
         max_workers=workers,
         mp_context=_mp_context(secret, preload),
-        initializer=initializer,
-        initargs=initargs,
+        initializer=_init_worker,
+        initargs=(os.getpid(), initializer, *initargs),
     ) as executor:
         pending: deque[Future[Any]] = deque()
         for item in items:

@@ -37,6 +37,7 @@ __all__ = [
     "TensorData",
     "as_data",
     "audit_inputs",
+    "check_finite",
     "resolve_device",
     "shared_frame_rows",
     "shared_rows",
@@ -245,6 +246,7 @@ def as_data(data: Any, *, what: str = "data") -> TensorData | IndexedData:
             raise InputError(f"{what} has no rows")
         if y is not None and len(y) != len(X):
             raise InputError(f"{what}: {len(X)} feature rows but {len(y)} targets")
+        check_finite(X, y, what=what, columns=getattr(data[0], "columns", None))
         return TensorData(X, y)
     if isinstance(data, DataLoader):
         if isinstance(data.dataset, IterableDataset):
@@ -257,6 +259,7 @@ def as_data(data: Any, *, what: str = "data") -> TensorData | IndexedData:
         tensors = data.tensors
         if len(tensors) not in (1, 2):
             raise InputError(f"{what}: a TensorDataset needs (features,) or (features, target)")
+        check_finite(tensors[0], tensors[1] if len(tensors) == 2 else None, what=what)
         return TensorData(tensors[0], tensors[1] if len(tensors) == 2 else None)
     if isinstance(data, IterableDataset):
         raise InputError("Poisson sampling needs a map-style dataset, not an IterableDataset")
@@ -267,6 +270,41 @@ def as_data(data: Any, *, what: str = "data") -> TensorData | IndexedData:
     if isinstance(data, torch.Tensor | np.ndarray):
         raise UsageError(f"{what}: pass (X, y) or a Dataset, not a bare array")
     raise InputError(f"{what}: unsupported type {type(data).__name__}")
+
+
+def check_finite(X: Any, y: Any, *, what: str, columns: Any = None) -> None:
+    """Refuse NaN or infinite features or targets (one such value would turn every
+    weight into NaN); the message names the column (``columns``: a DataFrame's) or
+    the feature index, and counts the rows, never a value.
+
+    Raises:
+        InputError: a non-finite feature or target.
+    """
+    import torch
+
+    if torch.is_tensor(X) and torch.is_floating_point(X) and X.ndim >= 1:
+        bad = ~torch.isfinite(X.reshape(len(X), -1))
+        if bool(bad.any()):
+            per_feature = bad.any(dim=0)
+            index = int(per_feature.nonzero()[0, 0])
+            rows = int(bad.any(dim=1).sum())
+            if columns is not None and X.ndim == 2 and len(columns) == X.shape[1]:
+                where = f"column {str(columns[index])!r}"
+            else:
+                where = f"feature {index}"
+            others = int(per_feature.sum()) - 1
+            more = f" (and {others} other feature(s))" if others else ""
+            raise InputError(
+                f"{what}: {where}{more} has non-finite values (NaN or inf) in {rows} row(s); "
+                "drop or impute them before training"
+            )
+    if torch.is_tensor(y) and torch.is_floating_point(y):
+        rows = int((~torch.isfinite(y.reshape(len(y), -1))).any(dim=1).sum()) if y.ndim else 0
+        if rows:
+            raise InputError(
+                f"{what}: the target has non-finite values (NaN or inf) in {rows} row(s); "
+                "drop them before training"
+            )
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -364,7 +402,8 @@ def resolve_device(device: str) -> Any:
     """The torch device ``device`` names (``"auto"``: CUDA when present, else CPU).
 
     Raises:
-        UsageError: an unknown device, or CUDA asked for where there is none.
+        UsageError: an unknown device, or one (CUDA, MPS, ...) asked for where there
+            is none.
     """
     import torch
 
@@ -376,6 +415,11 @@ def resolve_device(device: str) -> Any:
         raise UsageError(f"unknown device {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("device='cuda' but no CUDA device is available")
+    if dev.type != "cpu":
+        try:  # e.g. "mps" on a machine without it, or a device index out of range
+            torch.empty(0, device=dev)
+        except (RuntimeError, AssertionError, AttributeError):
+            raise UsageError(f"device {device!r} is not available") from None
     return dev
 
 

@@ -75,7 +75,11 @@ def prepare_for_training(model: nn.Module, train: Any, *, loss: Any, device: Any
     model = model.to(device)
     x0, y0 = train.batch(torch.arange(min(len(train), 2)))
     x0 = to_device(x0, device)
-    width = output_width(model, x0)
+    try:
+        width = output_width(model, x0)
+    except RuntimeError as exc:
+        _refuse_input_size(model, x0, exc)
+        raise
     task = infer_task(loss, train.y if isinstance(train, TensorData) else y0, width)
     return PreparedModel(
         model=model,
@@ -86,6 +90,21 @@ def prepare_for_training(model: nn.Module, train: Any, *, loss: Any, device: Any
         example=x0,
         probe=forward_probe(model, x0),
     )
+
+
+def _refuse_input_size(model: nn.Module, x: Any, exc: BaseException) -> None:
+    """Turn a forward pass that failed on the training features into a clear error when
+    the model's first layer expects another number of features (before any budget is
+    reserved); otherwise return, and the caller re-raises."""
+    first = next((m for m in model.modules() if isinstance(getattr(m, "in_features", None), int)), None)
+    if first is None or not torch.is_tensor(x) or x.ndim < 2:
+        return
+    expected, given = int(first.in_features), int(x.shape[-1])
+    if expected != given:
+        raise InputError(
+            f"the model expects {expected} input features but the training data has {given} "
+            "(encoded) features"
+        ) from exc
 
 
 def prepare_model(model: nn.Module) -> tuple[nn.Module, list[str]]:

@@ -67,6 +67,7 @@ def fix_for_opacus(model: Any) -> tuple[Any, list[str]]:
     """
     from opacus.validators import ModuleValidator
 
+    _refuse_plain_rnn(model)
     if not ModuleValidator.validate(model, strict=False):
         return model, []
     before = {name: type(m).__name__ for name, m in model.named_modules()}
@@ -82,6 +83,25 @@ def fix_for_opacus(model: Any) -> tuple[Any, list[str]]:
         kinds = sorted({type(e).__name__ for e in left})
         raise InputError(f"model has layers Opacus cannot train privately ({', '.join(kinds)})")
     return model, replaced
+
+
+# torch's recurrent layers that Opacus' validator does not replace, and what to use
+_RNN_ALTERNATIVES = {"RNN": "opacus.layers.DPRNN", "RNNCell": "opacus.layers.DPRNNCell"}
+
+
+def _refuse_plain_rnn(model: Any) -> None:
+    """Refuse a plain ``nn.RNN`` (which Opacus' ModuleValidator lets through, and whose
+    per-sample gradients then fail with a raw torch error), naming the layer and its
+    drop-in replacement."""
+    from torch import nn
+
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        if type(module) in (nn.RNN, nn.RNNCell):
+            raise InputError(
+                f"layer {name or '(model)'!r} is a plain torch.nn.{kind}, which Opacus cannot "
+                f"train privately: use {_RNN_ALTERNATIVES[kind]} (a drop-in replacement)"
+            )
 
 
 def opacus_mode(model: Any, probe: Any) -> str:
