@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "STAGE_PREFIX",
     "TEMP_SUFFIX",
+    "DiskFullError",
     "StagedOutputs",
     "TableSource",
     "atomic_folder",
@@ -56,7 +57,10 @@ __all__ = [
     "atomic_write_private",
     "check_distinct_paths",
     "check_output",
+    "check_output_path",
+    "disk_full_error",
     "fsync_folder",
+    "is_disk_full",
     "parse_source",
     "read_table",
     "sniff_delimiter",
@@ -224,6 +228,8 @@ def _read_csv(
             )
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise _csv_error(path, delimiter, len(header), str(exc)) from None
+    except (OSError, EOFError):
+        raise InputError(f"{path}: the file cannot be read (truncated or corrupt compressed data)") from None
     keep_text = {k for k, v in (dtype or {}).items() if v in (str, "str", "string", object)}
     frame = _infer_types(tbl, keep_text).to_pandas()
     if dtype:
@@ -340,6 +346,8 @@ def _read_header(path: Path, delimiter: str) -> list[str]:
             raise _utf8_error(path) from None
         except csv.Error:
             raise InputError(f"{path}: the header row cannot be parsed as text") from None
+        except (OSError, EOFError):
+            raise InputError(f"{path}: the file cannot be read (truncated or corrupt compressed data)") from None
     if row and row[0].startswith("\ufeff"):
         row[0] = row[0][1:]
     return row
@@ -421,17 +429,24 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
     import pandas as pd
 
     records: list[dict[str, Any]] = []
-    with _open_text(path) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise InputError(f"{path}: line {lineno} is not valid JSON") from None
-            if not isinstance(obj, dict):
-                raise InputError(f"{path}: line {lineno} is not a JSON object")
-            records.append(obj)
+    with _open_binary(path) as fh:
+        try:
+            for lineno, raw in enumerate(fh, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise InputError(f"{path}: line {lineno} is not valid UTF-8 text") from None
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except (json.JSONDecodeError, RecursionError):
+                    raise InputError(f"{path}: line {lineno} is not valid JSON") from None
+                if not isinstance(obj, dict):
+                    raise InputError(f"{path}: line {lineno} is not a JSON object")
+                records.append(obj)
+        except (OSError, EOFError):
+            raise InputError(f"{path}: the file cannot be read (truncated or corrupt compressed data)") from None
     if not records:
         raise InputError(f"input file {path} has no records")
     return pd.DataFrame.from_records(records)
@@ -565,6 +580,38 @@ def _sweep_dead_temps(folder: Path) -> list[Path]:
     return removed
 
 
+_DISK_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e is not None)
+# staged path -> its target, while staged: an error names the target, not the staged name
+_STAGED_TARGETS: dict[Path, Path] = {}
+
+
+class DiskFullError(InputError):
+    """The file system ran out of space (or quota) while privdl wrote a file.
+
+    The message is one line, ``no space left on device while writing PATH``; the
+    writer that raised it left nothing partial behind.
+    """
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is an ``ENOSPC`` / ``EDQUOT`` OS error, or SQLite's "disk is full"."""
+    if isinstance(exc, OSError):
+        return exc.errno in _DISK_FULL_ERRNOS
+    if isinstance(exc, sqlite3.OperationalError):
+        return getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or "disk is full" in str(exc).lower()
+    return False
+
+
+def disk_full_error(path: str | os.PathLike[str]) -> DiskFullError:
+    """The :class:`DiskFullError` for a write of ``path`` (a staged name says its target)."""
+    target = Path(path)
+    for staged in (target, *target.parents):
+        if staged in _STAGED_TARGETS:
+            target = _STAGED_TARGETS[staged] / target.relative_to(staged)
+            break
+    return DiskFullError(f"no space left on device while writing {target}")
+
+
 def _folder_of(target: Path) -> Path:
     return target.parent if str(target.parent) else Path(".")
 
@@ -594,7 +641,12 @@ def atomic_path(
         raise FileExistsError(errno.EEXIST, "file exists", str(target))
     # mkstemp creates the file 0600: a private file is never readable by others
     _sweep_dead_temps(folder)
-    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=folder)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=folder)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(target) from None
+        raise
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -602,9 +654,11 @@ def atomic_path(
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         _install(tmp, target, private=private, overwrite=overwrite)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if is_disk_full(exc):
+            raise disk_full_error(target) from None
         raise
 
 
@@ -747,8 +801,10 @@ def atomic_folder(path: str | os.PathLike[str], *, may_replace: Any = None) -> I
             os.chmod(tmp, _umask_mode(0o777))  # mkdtemp made it 0700
             os.rename(tmp, target)
         fsync_folder(parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(exc):
+            raise disk_full_error(target) from None
         raise
 
 
@@ -899,8 +955,16 @@ class StagedOutputs:
             raise InputError(f"output {target} is a folder")
         staged = folder / f"{STAGE_PREFIX}{secrets.token_hex(8)}.{target.name}"
         if copy_existing and target.is_file():
-            shutil.copyfile(target, staged)
+            try:
+                shutil.copyfile(target, staged)
+            except BaseException as exc:
+                with contextlib.suppress(FileNotFoundError):
+                    staged.unlink()
+                if is_disk_full(exc):
+                    raise disk_full_error(target) from None
+                raise
         self._items.append(_Staged(staged, target, False, keep_if_refused))
+        _STAGED_TARGETS[staged] = target
         return staged
 
     def folder(self, target: str | os.PathLike[str]) -> Path:
@@ -922,6 +986,7 @@ class StagedOutputs:
         parent.mkdir(parents=True, exist_ok=True)
         staged = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{secrets.token_hex(4)}.", dir=parent))
         self._items.append(_Staged(staged, target, True, False))
+        _STAGED_TARGETS[staged] = target
         return staged
 
     def table(self, location: str | os.PathLike[str]) -> str:
@@ -973,6 +1038,7 @@ class StagedOutputs:
                 else:
                     _commit_file(item.staged, item.target)
                 self._items.remove(item)
+                _STAGED_TARGETS.pop(item.staged, None)
                 done.append(item.target)
         finally:
             self.discard()
@@ -983,6 +1049,7 @@ class StagedOutputs:
     def discard(self) -> None:
         """Remove every staged output that is still staged."""
         for item in self._items:
+            _STAGED_TARGETS.pop(item.staged, None)
             with contextlib.suppress(FileNotFoundError):
                 if item.folder:
                     shutil.rmtree(item.staged)
@@ -1014,12 +1081,44 @@ def _commit_folder(staged: Path, target: Path) -> None:
     staged.rmdir()
 
 
+def check_output_path(
+    path: str | os.PathLike[str], *, what: str = "output", folder: bool = False
+) -> Path:
+    """Check where an output file (or, with ``folder=True``, an output folder) will be
+    written, before any work: the one path check every writer calls.
+
+    The folder that will hold it must exist, be a folder and be writable; the path
+    itself must not be a folder (a file output) or a file (a folder output).
+
+    Raises:
+        InputError: one line naming the path and what is wrong.
+    """
+    target = Path(path)
+    parent = Path(os.path.abspath(target)).parent
+    shown = target.parent if str(target.parent) else Path(".")
+    if folder:
+        if target.exists() and not target.is_dir():
+            raise InputError(f"{what} {target} is a file, not a folder")
+    elif target.is_dir():
+        raise InputError(f"{what} {target} is a folder, not a file")
+    if not parent.exists():
+        raise InputError(f"{what} folder {shown} does not exist")
+    if not parent.is_dir():
+        raise InputError(f"{what} folder {shown} is a file, not a folder")
+    writable = target if folder and target.is_dir() else parent
+    if not os.access(writable, os.W_OK | os.X_OK):
+        raise InputError(f"{what} folder {writable if writable is target else shown} is not writable")
+    return target
+
+
 def check_output(location: str | os.PathLike[str]) -> TableSource:
-    """Check an output location before any work: known format, existing folder.
+    """Check an output location before any work: known format, a writable folder
+    (see :func:`check_output_path`).
 
     Raises:
         FormatError: unknown extension.
-        InputError: the output folder does not exist.
+        InputError: the output folder is missing, not a folder or not writable, or
+            the output is a folder.
     """
     src = parse_source(location)
     if src.kind not in ("file", "sqlite") or (src.kind == "file" and src.fmt not in FORMATS):
@@ -1027,9 +1126,7 @@ def check_output(location: str | os.PathLike[str]) -> TableSource:
             f"{src.path}: unknown output format {src.fmt or '(no extension)'!r};"
             " use .csv, .tsv, .parquet, .jsonl or a sqlite:/// URL"
         )
-    folder = src.path.parent if str(src.path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"output folder {folder} does not exist")
+    check_output_path(src.path)
     return src
 
 

@@ -225,10 +225,11 @@ def save(doc: Document, path: str | os.PathLike[str], payload: dict[str, Any]) -
 
     Raises:
         FormatError: another extension.
+        InputError: a path :func:`privdl.io.check_output_path` refuses (checked first).
     """
-    from privdl.io import atomic_write
+    from privdl.io import atomic_write, check_output_path
 
-    target = Path(path)
+    target = check_output_path(path, what="report")
     suffix = target.suffix.lower()
     if suffix == ".json":
         text = dumps_json(payload)

@@ -85,8 +85,14 @@ def test_ctrl_c_says_what_was_interrupted_and_writes_nothing(tmp_path):
     out = tmp_path / "out.csv"
     args = ["anonymize", str(source), "-o", str(out), "--qi", "age", "--drop", "name", "-k", "2"]
     env = {**os.environ, "PRIVDL_DEBUG": "0"}
+    # a shell's background job inherits SIGINT ignored (and Python then keeps it ignored):
+    # the child gets the default disposition, as a command run from a terminal has
     proc = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        [sys.executable, "-c", _SLOW_CLI, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == b"ready"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from privdl.anonymize.detect import linkable_columns, looks_like_identifiers
 from privdl.anonymize.policy import Policy
 from privdl.anonymize.pseudonymize import KEYED, apply_rule
-from privdl.errors import KeyMissingError, UsageError
+from privdl.errors import InputError, KeyMissingError, UsageError
 from privdl.keys import Secret
 
 if TYPE_CHECKING:
@@ -184,6 +184,7 @@ class Anonymizer:
         if self.engine not in ENGINES:
             raise UsageError(f"unknown engine {self.engine!r}; choose pandas or spark")
         policy.validate(frame.columns)
+        _require_scalar_qis(frame, policy.quasi_identifiers)
         if policy.needs_key and self.key is None:
             first = next(r.column for r in policy.identifiers if r.transform in KEYED)
             raise KeyMissingError(
@@ -286,3 +287,19 @@ class Anonymizer:
             linkable=linkable,
             generalized_from=generalized_from,
         )
+
+
+def _require_scalar_qis(frame: pd.DataFrame, columns: Any) -> None:
+    """Refuse a quasi-identifier holding lists, objects or arrays: generalization needs scalars.
+
+    (Risk is still measured on such columns, grouping on their text; generalizing them
+    would have no meaning, so an anonymization refuses them, naming the column only.)
+    """
+    from collections.abc import Hashable
+
+    for column in columns:
+        series = frame[column]
+        if series.dtype != object:
+            continue
+        if any(not isinstance(v, Hashable) or isinstance(v, tuple | frozenset) for v in series):
+            raise InputError(f"column {column!r} holds lists/objects: a quasi-identifier needs scalar values")

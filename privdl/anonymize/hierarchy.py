@@ -277,11 +277,16 @@ def load_arx_csv(path: str | Path, *, column: str) -> list[list[str]]:
         raise PolicyError(
             f"hierarchy file for column {column!r} cannot be read: {path} ({exc.strerror})"
         ) from exc
-    rows = [
-        [cell.strip() for cell in row]
-        for row in csv.reader(text.splitlines(), delimiter=";")
-        if row and any(cell.strip() for cell in row)
-    ]
+    except UnicodeDecodeError:
+        raise PolicyError(f"hierarchy file for column {column!r} is not valid UTF-8 text: {path}") from None
+    try:
+        rows = [
+            [cell.strip() for cell in row]
+            for row in csv.reader(text.splitlines(), delimiter=";")
+            if row and any(cell.strip() for cell in row)
+        ]
+    except csv.Error:
+        raise PolicyError(f"hierarchy file for column {column!r} cannot be parsed as CSV: {path}") from None
     if not rows:
         raise PolicyError(f"hierarchy file for column {column!r} is empty: {path}")
     width = len(rows[0])

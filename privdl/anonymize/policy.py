@@ -136,6 +136,8 @@ def _names(value: Any, role: str) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         return (value,)
+    if isinstance(value, Mapping) or not isinstance(value, Iterable):
+        raise PolicyError(f"{role} must be a list of column names")
     items = tuple(value)
     for item in items:
         if not isinstance(item, str) or not item:
@@ -160,6 +162,8 @@ def _rules(value: Any) -> tuple[IdentifierRule, ...]:
             else:
                 raise PolicyError(f"identifiers: entry for {column!r} must be a transform or a table")
         return tuple(rules)
+    if not isinstance(value, Iterable):
+        raise PolicyError("identifiers must be a list of column names or a table of column = transform")
     rules = []
     for item in value:
         if isinstance(item, IdentifierRule):
@@ -227,6 +231,8 @@ class Policy:
             set_(self, role, _names(getattr(self, role), role))
         from privdl.anonymize.hierarchy import check_spec  # numpy/pandas only when needed
 
+        if self.hierarchies is not None and not isinstance(self.hierarchies, Mapping):
+            raise PolicyError("hierarchies must be a table of column = spec")
         hier = dict(self.hierarchies or {})
         for column, spec in hier.items():
             if not isinstance(spec, str | os.PathLike) or not str(spec):
@@ -391,6 +397,14 @@ class Policy:
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise PolicyError(f"unknown policy setting {unknown[0]!r}")
+        for role in ("quasi_identifiers", "sensitive", "keep", "drop"):
+            # a file spells a role as a list: a bare string or number is a mistake, not one column
+            if role in data and not (isinstance(data[role], Sequence) and not isinstance(data[role], str)):
+                raise PolicyError(f"{role} must be a list of column names")
+        if "identifiers" in data and (
+            isinstance(data["identifiers"], str) or not isinstance(data["identifiers"], Sequence | Mapping)
+        ):
+            raise PolicyError("identifiers must be a list of column names or a table of column = transform")
         if (
             "identifiers" in data
             and isinstance(data["identifiers"], Sequence)

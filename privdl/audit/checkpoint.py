@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from privdl.errors import InputError, KeyMissingError, TamperDetectedError
-from privdl.io import write_text
+from privdl.io import check_output_path, write_text
 from privdl.keys import generate_ed25519_key, load_ed25519_private_key, load_ed25519_public_key
 from privdl.signing import ed25519_sign, ed25519_verify, public_bytes
 
@@ -176,7 +176,12 @@ class Checkpoint:
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the note to ``path`` atomically (fsynced; nothing left on failure)."""
+        """Write the note to ``path`` atomically (fsynced; nothing left on failure).
+
+        Raises:
+            InputError: a path :func:`privdl.io.check_output_path` refuses.
+        """
+        check_output_path(path, what="checkpoint")
         return write_text(path, self.text)
 
 
@@ -220,9 +225,12 @@ def checkpoint_verified(
         output: also write the note here, atomically; store it apart from the log.
 
     Raises:
-        InputError: the log is empty (nothing to checkpoint).
+        InputError: the log is empty (nothing to checkpoint), or a path
+            :func:`privdl.io.check_output_path` refuses (checked first).
         KeyMissingError / SecurityError: see :func:`load_signing_key`.
     """
+    if output is not None:
+        check_output_path(output, what="checkpoint")
     key = load_signing_key(signing_key)
     if verified.log_id is None:
         raise InputError(f"audit log {verified.path} is empty: nothing to checkpoint")

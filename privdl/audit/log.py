@@ -67,7 +67,7 @@ from privdl.errors import (
     UsageError,
 )
 from privdl.fingerprint import fingerprint
-from privdl.io import write_bytes
+from privdl.io import disk_full_error, is_disk_full, write_bytes
 from privdl.keys import Secret
 
 try:  # POSIX only; elsewhere writers must not run concurrently
@@ -142,8 +142,11 @@ class _Writer:
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.dirty = dirty
+        self.failed: BaseException | None = None  # a failed flush: the batch writes no more
 
     def add(self, fields: Mapping[str, Any], subjects: Iterable[Any] | None) -> dict[str, Any]:
+        if self.failed is not None:
+            raise InputError(f"audit log {self.log.path}: an earlier write of this batch failed")
         st = self.state
         entry = dict(fields)
         entry["v"] = 1
@@ -166,14 +169,30 @@ class _Writer:
         return entry
 
     def flush(self) -> None:
+        if self.failed is not None:
+            return
         if self.pending:
             data = memoryview(b"".join(self.pending))
             self.pending.clear()
             self.pending_bytes = 0
-            while data:
-                written = os.write(self.fd, data)
-                data = data[written:]
-            os.fsync(self.fd)
+            start = os.fstat(self.fd).st_size
+            try:
+                while data:
+                    written = os.write(self.fd, data)
+                    data = data[written:]
+                os.fsync(self.fd)
+                if self.dirty:
+                    self.log._write_state(self.state)
+                    self.dirty = False
+            except BaseException as exc:
+                # leave the log as its state file records it: drop a partial line
+                self.failed, self.dirty = exc, False
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self.fd, start)
+                    os.fsync(self.fd)
+                if is_disk_full(exc):
+                    raise disk_full_error(self.log.path) from None
+                raise
         if self.dirty:
             self.log._write_state(self.state)
             self.dirty = False
@@ -332,6 +351,8 @@ class AuditLog:
         except PrivdlError:
             raise
         except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(exc.filename or self.path) from None
             reason = exc.strerror or type(exc).__name__
             raise InputError(f"audit log {self.path} cannot be appended: {reason}") from None
 

@@ -35,7 +35,7 @@ from typing import Any
 from privdl.audit.verify import VerifyResult, iter_entries
 from privdl.config import load_config
 from privdl.errors import InputError
-from privdl.io import write_text
+from privdl.io import check_output_path, write_text
 
 __all__ = ["CSV_FIELDS", "build_records", "write_records"]
 
@@ -287,8 +287,13 @@ def _csv_rows(records: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
 
 
 def write_records(records: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write the record as ``.csv`` (one row per activity) or ``.json``, atomically."""
-    p = Path(path)
+    """Write the record as ``.csv`` (one row per activity) or ``.json``, atomically.
+
+    Raises:
+        InputError: another extension, or a path :func:`privdl.io.check_output_path`
+            refuses.
+    """
+    p = check_output_path(path, what="records output")
     suffix = p.suffix.lower()
     if suffix == ".json":
         text = json.dumps(records, indent=2, sort_keys=False, ensure_ascii=False) + "\n"

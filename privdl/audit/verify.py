@@ -327,6 +327,10 @@ def checkpoint_log(
     """
     from privdl.audit.checkpoint import checkpoint_verified, load_signing_key
 
+    if output is not None:  # a bad output path is refused before any key or log is read
+        from privdl.io import check_output_path
+
+        check_output_path(output, what="checkpoint")
     signer = load_signing_key(signing_key)
     verified = verify_audit_log(path, key=key, key_env=key_env)
     return checkpoint_verified(verified, signing_key=signer, output=output)

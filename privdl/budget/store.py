@@ -23,12 +23,13 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any, Protocol
 
 from privdl._optional import require
 from privdl.errors import InputError, UsageError
+from privdl.io import disk_full_error, is_disk_full
 
 __all__ = [
     "APPLICATION",
@@ -114,6 +115,9 @@ def _writable(path: Path) -> bool:
     return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
 
 
+_FULL_BELOW_BYTES = 256 * 1024  # less free space than this: an I/O error means a full disk
+
+
 class SQLiteStore:
     """stdlib sqlite3, autocommit connection with explicit BEGIN, WAL journal."""
 
@@ -129,6 +133,9 @@ class SQLiteStore:
             raise InputError(f"no budget ledger at {path}")
         if path.exists() and not path.is_file():
             raise InputError(f"ledger {path} is not a file")
+        # a ledger this object creates is removed again if its first write fails
+        self._created = not os.path.lexists(path)
+        self._written = False
         try:
             self._conn = sqlite3.connect(
                 str(path), timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
@@ -138,14 +145,53 @@ class SQLiteStore:
         try:
             self._check_or_init(fresh)
         except sqlite3.DatabaseError as exc:
+            error = self._error(exc)
             self._conn.close()
-            raise self._error(exc) from exc
+            self._remove_if_created(exc)
+            raise error from exc
         except BaseException:
             self._conn.close()
             raise
 
+    def _disk_full(self, exc: BaseException) -> bool:
+        """SQLite's "database or disk is full", or an I/O error on a full file system
+        (growing the WAL index on a full tmpfs fails as SQLITE_IOERR_SHMSIZE)."""
+        if is_disk_full(exc):
+            return True
+        name = str(getattr(exc, "sqlite_errorname", ""))
+        if not name.startswith("SQLITE_IOERR"):
+            return False
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < _FULL_BELOW_BYTES
+
+    def _remove_if_created(self, exc: BaseException) -> None:
+        """After a disk-full failure, remove the ledger files this object created, unless
+        something was written to them since (by this object or another process)."""
+        if not (self._created and not self._written and self._disk_full(exc)):
+            return
+        try:
+            with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True) as probe:
+                tables = {r[0] for r in probe.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                if "privdl_datasets" in tables and probe.execute(
+                    "SELECT count(*) FROM privdl_datasets"
+                ).fetchone()[0]:
+                    return
+        except sqlite3.Error:
+            pass  # unreadable: nothing of value in it
+        finally:
+            with suppress(NameError, sqlite3.Error):
+                probe.close()
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with suppress(FileNotFoundError):
+                os.unlink(f"{self.path}{suffix}")
+
     def _error(self, exc: sqlite3.Error) -> InputError:
         text = str(exc).lower()
+        if self._disk_full(exc):
+            return disk_full_error(self.path)
         if "locked" in text or "busy" in text:
             return InputError(
                 f"ledger {self.path} is locked by another process for more than {_BUSY_TIMEOUT_S:.0f} s"
@@ -208,19 +254,32 @@ class SQLiteStore:
         try:
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         except sqlite3.DatabaseError as exc:
-            raise self._error(exc) from exc
+            raise self._failed(exc) from exc
         try:
             yield _SQLiteTransaction(conn)
         except sqlite3.DatabaseError as exc:
-            conn.execute("ROLLBACK")
-            raise self._error(exc) from exc
+            with suppress(sqlite3.Error):  # a full disk may have rolled it back already
+                conn.execute("ROLLBACK")
+            raise self._failed(exc) from exc
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         try:
             conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
-            raise self._error(exc) from exc
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise self._failed(exc) from exc
+        if write:
+            self._written = True
+
+    def _failed(self, exc: sqlite3.Error) -> InputError:
+        """The error for ``exc``; a ledger just created and never written is removed."""
+        error = self._error(exc)
+        if self._created and not self._written and self._disk_full(exc):
+            self._conn.close()
+            self._remove_if_created(exc)
+        return error
 
     def lock_dataset_sql(self) -> str:
         # BEGIN IMMEDIATE already holds SQLite's single write lock.

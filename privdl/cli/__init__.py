@@ -85,6 +85,21 @@ def _command_name(command: Any, args: Sequence[str]) -> str:
     return " ".join(words)
 
 
+def _disk_full(exc: BaseException) -> bool:
+    from privdl.io import is_disk_full
+
+    return isinstance(exc, OSError) and is_disk_full(exc)
+
+
+def _disk_full_message(exc: BaseException) -> str:
+    from privdl.io import disk_full_error
+
+    filename = getattr(exc, "filename", None)
+    if not filename:
+        return "no space left on device while writing an output"
+    return str(disk_full_error(os.fsdecode(filename)))
+
+
 def _say_interrupted(command: Any, args: Sequence[str]) -> None:
     # the atomic writers and staged outputs remove their temporaries on the way out
     print(
@@ -142,6 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = 130
         elif debug:
             raise
+        elif _disk_full(exc):
+            # a writer outside the atomic ones ran out of space: the path, never a value
+            print(f"privdl: error: {_disk_full_message(exc)}", file=sys.stderr)
+            code = 2
         else:
             # The message of an unexpected exception may quote data: print its class only.
             print(

@@ -67,8 +67,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Verify the log, then sign a checkpoint of it (store it apart from the log)."""
         from privdl.audit.verify import checkpoint_log
+        from privdl.io import check_output_path
         from privdl.keys import Secret
 
+        check_output_path(out, what="checkpoint")  # before the key is read or the log verified
         key = Secret.from_env(audit_key_env)
         cp = checkpoint_log(log, key=key, signing_key=signing_key, output=out)
         print(f"{out}: checkpoint of {log}: {cp.size} entries, head {cp.root_hash.hex()[:16]}")
@@ -89,10 +91,12 @@ def register(app: typer.Typer) -> None:
         from privdl.audit.records import build_records, write_records
         from privdl.audit.verify import verify_audit_log
         from privdl.errors import InputError
+        from privdl.io import check_output_path
         from privdl.keys import Secret
 
         if out.suffix.lower() not in (".csv", ".json"):
             raise InputError(f"records output {out.name}: use a .csv or .json file name")
+        check_output_path(out, what="records output")  # before the log is read
         verified = None
         if not no_verify:
             verified = verify_audit_log(log, key=Secret.from_env(audit_key_env))

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from privdl.errors import FormatError, InputError, KeyMissingError, UsageError
+from privdl.errors import FormatError, KeyMissingError, UsageError
 from privdl.keys import Secret
 
 REPORT_SUFFIXES = (".json", ".md", ".markdown", ".html", ".htm")
@@ -53,10 +53,11 @@ def load_model_key(key_env: str | None, key_file: Path | None, public_key: str |
 
 
 def report_target(path: Path) -> Path:
-    """Check a report path before any work is done (folder exists, known extension)."""
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"report folder {folder} does not exist")
+    """Check a report path before any work is done (a writable folder, not a folder
+    itself, a known extension)."""
+    from privdl.io import check_output_path
+
+    check_output_path(path, what="report")
     if path.suffix.lower() not in REPORT_SUFFIXES:
         raise FormatError(f"{path}: unknown report format; use .json, .md or .html")
     return path

@@ -190,6 +190,20 @@ def _released_epoch(row: dict[str, Any]) -> dict[str, Any]:
     return {name: row[name] for name in _EPOCH_FIELDS if name in row}
 
 
+def _save_tensors(save_file: Any, tensors: Any, file: Path, target: Path, **kwargs: Any) -> None:
+    """safetensors' ``save_file``; a full disk (safetensors reports it in its own error
+    type) becomes the one-line :class:`~privdl.io.DiskFullError` naming ``target``."""
+    from privdl.io import disk_full_error, is_disk_full
+
+    try:
+        save_file(tensors, str(file), **kwargs)
+    except Exception as exc:
+        text = str(exc).lower()
+        if is_disk_full(exc) or "no space left" in text or "quota exceeded" in text:
+            raise disk_full_error(target / file.name) from None
+        raise
+
+
 def _write(trainer: Any, path: Any, key: Any, kind: str, extra: dict[str, Any]) -> Path:
     require("safetensors", "train")
     from safetensors.torch import save_file
@@ -199,19 +213,36 @@ def _write(trainer: Any, path: Any, key: Any, kind: str, extra: dict[str, Any]) 
         raise UsageError("nothing to save: the trainer is not fitted")
     target = Path(path)
     with _atomic_dir(target) as tmp:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": MODEL_FORMAT})
+        state = _unique_state(model)
+        _save_tensors(save_file, state, tmp / "model.safetensors", target, metadata={"format": MODEL_FORMAT})
         meta = _meta(trainer)
         meta.update(extra.pop("meta", {}))
         opt_tensors = extra.pop("optimizer_tensors", None)
         if opt_tensors is not None:
-            save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+            _save_tensors(save_file, opt_tensors, tmp / "optimizer.safetensors", target)
         (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True, indent=1), "utf-8")
         if trainer.encoder_ is not None:
             (tmp / "encoder.json").write_text(trainer.encoder_.to_json(), "utf-8")
         sig = _sign(tmp, kind, key)
         (tmp / "signature.json").write_text(json.dumps(sig, sort_keys=True, indent=1), "utf-8")
     return target
+
+
+def _unique_state(model: Any) -> dict[str, Any]:
+    """The model's state dict on the CPU with each tensor once: a layer that exposes a
+    parameter under two names (Opacus' DPLSTM / DPGRU keep ``nn.LSTM``'s
+    ``weight_ih_l0`` beside their own ``l0.ih.weight``) keeps the first, which is the
+    ``torch.nn`` name, so the weights load into the plain layer or the Opacus one."""
+    state: dict[str, Any] = {}
+    seen: set[tuple[int, int, tuple[int, ...], tuple[int, ...]]] = set()
+    for name, value in model.state_dict().items():
+        tensor = value.detach()
+        alias = (tensor.data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
+        if tensor.numel() and alias in seen:
+            continue
+        seen.add(alias)
+        state[name] = tensor.cpu().contiguous().clone()
+    return state
 
 
 def save_model(trainer: Any, path: Any, *, key: Any = None) -> Path:

@@ -34,6 +34,7 @@ __all__ = [
     "prepare_for_training",
     "prepare_model",
     "refuse_distributed",
+    "refuse_random_under_vmap",
     "shape_for_loss",
 ]
 
@@ -78,6 +79,7 @@ def prepare_for_training(model: nn.Module, train: Any, *, loss: Any, device: Any
     try:
         width = output_width(model, x0)
     except RuntimeError as exc:
+        _refuse_float_padding_mask(model, exc)
         _refuse_input_size(model, x0, exc)
         raise
     task = infer_task(loss, train.y if isinstance(train, TensorData) else y0, width)
@@ -90,6 +92,65 @@ def prepare_for_training(model: nn.Module, train: Any, *, loss: Any, device: Any
         example=x0,
         probe=forward_probe(model, x0),
     )
+
+
+def _refuse_float_padding_mask(model: nn.Module, exc: BaseException) -> None:
+    """Name the attention layer when a forward pass failed on a float padding mask:
+    Opacus' DPMultiheadAttention (what ``nn.MultiheadAttention`` is trained as, also
+    inside ``nn.TransformerEncoderLayer``) takes boolean masks only."""
+    if "masked_fill" not in str(exc) or "boolean" not in str(exc):
+        return
+    from opacus.layers import DPMultiheadAttention
+
+    names = [name for name, m in model.named_modules() if isinstance(m, DPMultiheadAttention)]
+    if not names:
+        return
+    shown = ", ".join(repr(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+    blocks = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+    if any(isinstance(m, blocks) for m in model.modules()):
+        # these layers turn every mask (boolean too) into a float one before attention
+        raise UsageError(
+            f"attention layer {shown} (MultiheadAttention in an nn.TransformerEncoderLayer or "
+            "DecoderLayer, trained as Opacus' DPMultiheadAttention) got a float padding or "
+            "attention mask, and these layers make every mask a float one: call them without "
+            "a mask, or build the block from nn.MultiheadAttention with a boolean "
+            "key_padding_mask (True where a position is padding)"
+        ) from exc
+    raise UsageError(
+        f"attention layer {shown} (MultiheadAttention, trained as Opacus' DPMultiheadAttention) "
+        "got a float padding or attention mask: pass a boolean mask instead (True where a "
+        "position is padding, e.g. mask != 0)"
+    ) from exc
+
+
+def refuse_random_under_vmap(model: nn.Module, mode: str) -> None:
+    """Refuse, before any budget is reserved, a dropout inside a module that Opacus
+    trains with functorch's ``vmap`` (a module holding a parameter of its own, e.g. a
+    learned positional ``nn.Parameter``, whose type Opacus has no per-sample rule for):
+    vmap cannot run random operations.
+
+    Raises:
+        UsageError: naming the module, its parameter and the dropout.
+    """
+    if mode not in ("hooks", "ghost", "functorch"):
+        return
+    from opacus.grad_sample import GradSampleModule
+
+    supported = GradSampleModule.GRAD_SAMPLERS
+    for name, module in model.named_modules():
+        own = [p_name for p_name, p in module.named_parameters(recurse=False) if p.requires_grad]
+        if not own or (type(module) in supported and mode != "functorch"):
+            continue
+        for sub_name, sub in module.named_modules():
+            if sub is not module and isinstance(sub, nn.modules.dropout._DropoutNd) and sub.p > 0:
+                where = f"{name}.{own[0]}" if name else own[0]
+                drop = f"{name}.{sub_name}" if name else sub_name
+                raise UsageError(
+                    f"layer {where!r} (a parameter held directly by {type(module).__name__}) is "
+                    f"trained with functorch's vmap, which cannot run the dropout {drop!r} "
+                    "inside it: hold the parameter in its own layer (for learned positions an "
+                    "nn.Embedding over the positions) and apply the dropout outside that layer"
+                )
 
 
 def _refuse_input_size(model: nn.Module, x: Any, exc: BaseException) -> None:

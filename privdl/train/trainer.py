@@ -19,8 +19,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -181,6 +183,8 @@ class PrivateTrainer(Predictions):
         self.fit_seconds_: float | None = None
         # set by resume(): where the checkpointed run goes on from
         self._resume: ResumePoint | None = None
+        # this fit's ledger reservation while nothing else settles it (no checkpoint yet)
+        self._open_plan: runs.RunPlan | None = None
 
     # ------------------------------------------------------------------ parameters
     def get_params(self) -> dict[str, Any]:
@@ -257,7 +261,8 @@ class PrivateTrainer(Predictions):
         """
         model_prep.refuse_distributed(self.model, self.model_)
         check_params(self)
-        with self._audit("train", data) as op:
+        self._open_plan = None
+        with self._audit("train", data) as op, self._settle_on_failure():
             if subjects is not None:
                 op.update(subjects=subjects)
             run = self._setup(data, target, val)
@@ -287,6 +292,30 @@ class PrivateTrainer(Predictions):
                 }
             )
         return self
+
+    @contextlib.contextmanager
+    def _settle_on_failure(self) -> Iterator[None]:
+        """A fit that raises after its ledger reservation settles it with the steps
+        actually taken (none: an empty history), so an exception never keeps budget that
+        was not spent. A run with a checkpoint keeps its reservation (:meth:`resume` goes
+        on with it and settles it), and so does an interrupt (``KeyboardInterrupt``,
+        ``SystemExit``): it may land after a step's noisy update and before the step is
+        counted, and a kill keeps the whole reservation too."""
+        try:
+            yield
+        except Exception as exc:
+            plan, self._open_plan = self._open_plan, None
+            if plan is None or plan.run_id is None or self.ledger_ is None:
+                raise
+            steps = self.steps_
+            self.accountant_history_ = plan.history(steps)
+            try:
+                self.ledger_.settle(plan.run_id, history=[plan.segment(steps)] if steps else [])
+            except Exception as settle_exc:  # the original error is the one to see
+                exc.add_note(
+                    f"the ledger run {plan.run_id} could not be settled ({type(settle_exc).__name__})"
+                )
+            raise
 
     def _audit(self, name: str, data: Any) -> Any:
         from privdl.audit import operation
@@ -396,6 +425,7 @@ class PrivateTrainer(Predictions):
             self.replaced_modules_ = list(prepared.replaced)
         self.n_outputs_, self.task_ = prepared.n_outputs, prepared.task
         mode = choose_mode(self.grad_sample_mode, model, prepared.example, probe)
+        model_prep.refuse_random_under_vmap(model, mode)
         # noise for the whole planned run, this run's DP domain estimate composed in;
         # the ledger reservation before the first step (a resumed run keeps both)
         plan = runs.plan_run(
@@ -415,6 +445,7 @@ class PrivateTrainer(Predictions):
         self.noise_multiplier_, self.sample_rate_ = plan.noise_multiplier, plan.sample_rate
         self.planned_steps_ = plan.planned_steps
         self.run_id_, self.ledger_ = plan.run_id, ledger
+        self._open_plan = plan if resume is None and plan.run_id is not None else None
         self.grad_sample_mode_ = mode
         run = runs.start_run(
             plan,
@@ -471,6 +502,7 @@ class PrivateTrainer(Predictions):
         # history (earlier runs settled already)
         self.model_ = run.dp_step.release()
         if self.ledger_ is not None and self.run_id_ is not None:
+            self._open_plan = None  # settled here, by the run's own record
             self.ledger_.settle(self.run_id_, history=self.accountant_history_[-1:])
         self.model_.eval()
 
@@ -508,6 +540,7 @@ class PrivateTrainer(Predictions):
         if self.checkpoint_dir is not None:
             point = ResumePoint(run.epoch, self.steps_, plan.per_epoch, run.dp_step.optimizer.state_dict())
             checkpoint.save_checkpoint(self, self.checkpoint_dir, key=self.checkpoint_key, point=point)
+            self._open_plan = None  # the checkpoint's resume goes on with the reservation
         return run
 
     # ------------------------------------------------------------------ reports, saving
