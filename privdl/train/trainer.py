@@ -183,6 +183,7 @@ class PrivateTrainer(Predictions):
         self.fit_seconds_: float | None = None
         # set by resume(): where the checkpointed run goes on from
         self._resume: ResumePoint | None = None
+        self._step_open = False  # inside a DP step (see _settle_on_failure)
         # this fit's ledger reservation while nothing else settles it (no checkpoint yet)
         self._open_plan: runs.RunPlan | None = None
 
@@ -307,7 +308,10 @@ class PrivateTrainer(Predictions):
             plan, self._open_plan = self._open_plan, None
             if plan is None or plan.run_id is None or self.ledger_ is None:
                 raise
-            steps = self.steps_
+            # a step that raised may have applied its noisy update before failing: it is
+            # charged too (over-charging one step is safe; under-charging is not)
+            steps = min(self.steps_ + (1 if self._step_open else 0), plan.planned_steps)
+            self._step_open = False
             self.accountant_history_ = plan.history(steps)
             try:
                 self.ledger_.settle(plan.run_id, history=[plan.segment(steps)] if steps else [])
@@ -516,9 +520,11 @@ class PrivateTrainer(Predictions):
             task = bar.add_task(f"epoch {run.epoch + 1}/{self.epochs}", total=plan.per_epoch, stats="")
         for _ in range(plan.per_epoch):
             idx = run.sampler.sample()
+            self._step_open = True  # from here the step may release a noisy update
             loss_sum += run.step(idx)
             count += len(idx)
             self.steps_ += 1
+            self._step_open = False
             if task is not None:
                 bar.advance(task)
         run = replace(run, epoch=run.epoch + 1)
