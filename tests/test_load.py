@@ -10,19 +10,16 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from privdl.audit import AuditLog, verify_audit_log
 from privdl.budget.ledger import BudgetLedger
 from privdl.keys import Secret
-from tests.budget.race import _CHARGER, DELTA, capacity
+from tests.budget.race import DELTA, capacity, race
 
 WRITERS, APPENDS = 4, 500
 CHARGERS = 3
@@ -64,47 +61,13 @@ def test_four_processes_append_500_entries_each_and_the_log_verifies(tmp_path: P
     assert all(seen == list(range(APPENDS)) for seen in per_actor.values())
 
 
-def _race(location: str, dataset: str, tmp_path: Path, charges: int) -> list[dict[str, Any]]:
-    """tests.budget.race.race with CHARGERS processes (its charger script, its release)."""
-    go = tmp_path / "go"
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                _CHARGER,
-                location,
-                dataset,
-                str(go),
-                str(tmp_path / f"r{i}"),
-                str(charges),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(CHARGERS)
-    ]
-    deadline = time.monotonic() + 120
-    while not all((tmp_path / f"r{i}").exists() for i in range(CHARGERS)):
-        assert time.monotonic() < deadline, "charger processes did not start"
-        time.sleep(0.02)
-    go.touch()
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
-        results.append(json.loads(out))
-    return results
-
-
 def _charge_past_capacity(location: str, dataset: str, tmp_path: Path) -> None:
     n_max = capacity(BUDGET)
     assert 10 < n_max < 90
     with BudgetLedger(location) as led:
         led.set_budget(dataset, epsilon=BUDGET, delta=DELTA, accountant="rdp")
     charges = n_max // 2 + 5  # 3 x charges > capacity: every process runs into the limit
-    results = _race(location, dataset, tmp_path, charges)
+    results = race(location, dataset, tmp_path, charges=charges, processes=CHARGERS)
     assert sum(r["ok"] for r in results) == n_max
     assert sum(r["refused"] for r in results) == CHARGERS * charges - n_max
     with BudgetLedger(location) as led:

@@ -47,9 +47,15 @@ def capacity(total: float) -> int:
 
 
 def race(
-    location: str, dataset: str, tmp_path: Path, *, charges: int = 50, timeout: float = 120
+    location: str,
+    dataset: str,
+    tmp_path: Path,
+    *,
+    charges: int = 50,
+    timeout: float = 120,
+    processes: int = 2,
 ) -> list[dict[str, Any]]:
-    """Start two charger processes, release them together, return their counts."""
+    """Start ``processes`` charger processes, release them together, return their counts."""
     go = tmp_path / "go"
     procs = [
         subprocess.Popen(
@@ -67,10 +73,10 @@ def race(
             stderr=subprocess.PIPE,
             text=True,
         )
-        for i in range(2)
+        for i in range(processes)
     ]
     deadline = time.monotonic() + 120
-    while not all((tmp_path / f"r{i}").exists() for i in range(2)):
+    while not all((tmp_path / f"r{i}").exists() for i in range(processes)):
         assert time.monotonic() < deadline, "charger processes did not start"
         time.sleep(0.02)
     go.touch()
