@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hmac
 import os
 import re
 import secrets
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -34,8 +36,10 @@ from privdl.errors import InputError, KeyMissingError, SecurityError
 __all__ = [
     "MIN_KEY_BYTES",
     "Secret",
+    "check_key_folder",
     "generate_ed25519_key",
     "hmac_sha256",
+    "key_folder_lock",
     "key_id",
     "load_ed25519_private_key",
     "load_ed25519_public_key",
@@ -301,3 +305,63 @@ def load_ed25519_public_key(data: bytes) -> Any:
     if not isinstance(key, Ed25519PublicKey):
         raise InputError("public key is not an Ed25519 key")
     return key
+
+
+# -- key folders ----------------------------------------------------------------------
+def check_key_folder(folder: Path) -> Path:
+    """The parent of the key folder ``folder``, checked: an existing, writable folder,
+    and ``folder`` (if it exists) a writable folder.
+
+    Raises:
+        InputError: naming the path that cannot hold the keys.
+    """
+    parent = Path(os.path.abspath(folder)).parent
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"output {folder} exists and is not a folder")
+    if not parent.is_dir():
+        raise InputError(f"output folder {folder.parent} does not exist")
+    for f in (folder, parent):
+        if f.is_dir() and not os.access(f, os.W_OK | os.X_OK):
+            raise InputError(f"cannot write to {f}: permission denied")
+    return parent
+
+
+@contextlib.contextmanager
+def key_folder_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the exclusive key-generation lock of ``folder``: an ``flock`` on a hidden
+    file in its parent (released by the kernel when the process dies; the file is
+    removed on release). Concurrent key generators for one folder take turns under it,
+    so exactly one writes the keys and the others find them there.
+
+    Raises:
+        InputError: the folder cannot hold keys (see :func:`check_key_folder`).
+    """
+    import fcntl
+
+    folder = Path(folder)
+    parent = check_key_folder(folder)
+    lock = parent / f".{Path(os.path.abspath(folder)).name}.privdl-keygen.lock"
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except PermissionError:
+            raise InputError(f"cannot write to {parent}: permission denied") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the holder before us removed it: lock the new one
+                os.close(fd)
+                continue
+        except BaseException:
+            os.close(fd)
+            raise
+        break
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)

@@ -38,7 +38,12 @@ from typing import Any
 
 from privdl.errors import InputError, KeyMissingError, TamperDetectedError
 from privdl.io import check_output_path, write_text
-from privdl.keys import generate_ed25519_key, load_ed25519_private_key, load_ed25519_public_key
+from privdl.keys import (
+    generate_ed25519_key,
+    key_folder_lock,
+    load_ed25519_private_key,
+    load_ed25519_public_key,
+)
 from privdl.signing import ed25519_sign, ed25519_verify, public_bytes
 
 __all__ = [
@@ -258,20 +263,9 @@ def generate_signing_key(out_dir: str | os.PathLike[str], *, name: str = "audit"
         InputError: ``out_dir`` is a file, its parent folder is missing, or either
             is not writable.
     """
-    import contextlib
-    import fcntl
-
     from privdl.errors import SecurityError
 
     d = Path(out_dir)
-    parent = Path(os.path.abspath(d)).parent
-    if d.exists() and not d.is_dir():
-        raise InputError(f"output {d} exists and is not a folder")
-    if not parent.is_dir():
-        raise InputError(f"output folder {d.parent} does not exist")
-    for f in (d, parent):
-        if f.is_dir() and not os.access(f, os.W_OK | os.X_OK):
-            raise InputError(f"cannot write to {f}: permission denied")
 
     def exist(path: object) -> SecurityError:
         exc = SecurityError(f"keys already exist: {path} was just written by another keygen")
@@ -281,21 +275,7 @@ def generate_signing_key(out_dir: str | os.PathLike[str], *, name: str = "audit"
     for p in (d / f"{name}.key", d / f"{name}.pub"):
         if p.exists():  # there before this call: bad usage (exit 2)
             raise SecurityError(f"keys already exist: {p} exists; refusing to overwrite a key")
-    lock = parent / f".{Path(os.path.abspath(d)).name}.privdl-keygen.lock"
-    while True:
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-        except PermissionError:
-            raise InputError(f"cannot write to {parent}: permission denied") from None
-        fcntl.flock(fd, fcntl.LOCK_EX)  # released by the kernel if this process dies
-        try:
-            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)  # the holder before us removed it: lock the new one
-    try:
+    with key_folder_lock(d):
         for p in (d / f"{name}.key", d / f"{name}.pub"):
             if p.exists():  # written by a concurrent keygen while this one waited
                 raise exist(p)
@@ -303,10 +283,6 @@ def generate_signing_key(out_dir: str | os.PathLike[str], *, name: str = "audit"
             return generate_ed25519_key(d, name=name)
         except (FileExistsError, SecurityError):  # written meanwhile by a process without the lock
             raise exist(d / f"{name}.key") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(lock)
-        os.close(fd)
 
 
 def load_signing_key(spec: Any) -> Any:

@@ -40,6 +40,7 @@ from privdl.encrypted.params import ParameterSet, choose_parameters
 from privdl.encrypted.wire import BatchHeader, Chunk, EncryptedBatch
 from privdl.errors import InputError, KeyMissingError, SecurityError, UsageError
 from privdl.io import write_bytes
+from privdl.keys import key_folder_lock
 
 if TYPE_CHECKING:
     import numpy as np
@@ -332,7 +333,7 @@ class HEKeys:
                 raise UsageError(f"keys already exist: {folder / name} already exists; choose another folder")
         # one keygen at a time per folder (a lock in its parent), so concurrent runs
         # have one winner and never mix secret.he and public.he of two key sets
-        with _keygen_lock(folder):
+        with key_folder_lock(folder):
             for name in names:  # written by a concurrent keygen while this one waited
                 if (folder / name).exists():
                     raise _keys_exist(f"keys already exist: {folder / name} was just written by another keygen")
@@ -781,60 +782,3 @@ def _keys_exist(message: str) -> UsageError:
     exc = UsageError(message)
     exc.exit_code = 1
     return exc
-
-
-def _check_key_folder(folder: Path) -> Path:
-    """The parent of the key folder ``folder``, checked: an existing, writable folder,
-    and ``folder`` (if it exists) a writable folder.
-
-    Raises:
-        InputError: naming the path that cannot hold the keys.
-    """
-    parent = Path(os.path.abspath(folder)).parent
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"output {folder} exists and is not a folder")
-    if not parent.is_dir():
-        raise InputError(f"output folder {folder.parent} does not exist")
-    for f in (folder, parent):
-        if f.is_dir() and not os.access(f, os.W_OK | os.X_OK):
-            raise InputError(f"cannot write to {f}: permission denied")
-    return parent
-
-
-@contextlib.contextmanager
-def _keygen_lock(folder: Path) -> Iterator[None]:
-    """Hold the exclusive keygen lock of ``folder``: an ``flock`` on a hidden file in
-    its parent (released by the kernel when the process dies; the file is removed
-    on release).
-
-    Raises:
-        InputError: the folder cannot hold keys (see :func:`_check_key_folder`).
-    """
-    import fcntl
-
-    parent = _check_key_folder(folder)
-    lock = parent / f".{Path(os.path.abspath(folder)).name}.privdl-keygen.lock"
-    while True:
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-        except PermissionError:
-            raise InputError(f"cannot write to {parent}: permission denied") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                same = os.stat(lock).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:  # the holder before us removed it: lock the new one
-                os.close(fd)
-                continue
-        except BaseException:
-            os.close(fd)
-            raise
-        break
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(lock)
-        os.close(fd)
