@@ -174,6 +174,13 @@ def read_table(
     return _read_csv(path, delimiter, columns=columns, dtype=dtype, progress=progress)
 
 
+def require_rows(frame: pd.DataFrame, source: str | os.PathLike[str]) -> pd.DataFrame:
+    """``frame`` when it has a data row; else the one-line error naming ``source``."""
+    if len(frame) == 0:
+        raise InputError(f"{os.fspath(source)}: no data rows (only a header)")
+    return frame
+
+
 def _select(frame: pd.DataFrame, columns: Sequence[str] | None, path: Path) -> pd.DataFrame:
     if not columns:
         return frame

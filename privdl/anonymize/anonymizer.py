@@ -154,6 +154,8 @@ class Anonymizer:
         inputs = [os.fspath(source) if source is not None else data]
         with operation(self.audit_log, "anonymize", params=self.get_params(), inputs=inputs) as op:
             frame = data if source is None else io.read_table(source, sep=sep, query=query, progress=progress)
+            if source is not None:
+                io.require_rows(frame, source)
             released = self._run(frame)  # type: ignore[arg-type]
             out_sep = sep
             if (

@@ -46,11 +46,18 @@ def _root(
     """Anonymize, train with differential privacy, score encrypted, keep GDPR evidence."""
 
 
+_registered: list[bool] = []
+
+
 def _register_all() -> None:
+    """Add every command group to ``app``, once (main() may run many times in a process)."""
+    if _registered:
+        return
     from privdl.cli import anonymize, audit, budget, diff, he, risk
 
     for module in (anonymize, risk, budget, audit, he, diff):
         module.register(app)
+    _registered.append(True)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

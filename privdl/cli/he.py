@@ -95,7 +95,7 @@ def encrypt(
     packing: str = typer.Option(
         "feature-major", "--packing", help="feature-major (default) or row (single queries)."
     ),
-    workers: int = typer.Option(1, "--workers", help="Encryption processes."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Encryption processes."),
     sep: str | None = typer.Option(None, "--sep", help="Delimiter for text tables."),
     model_key_env: ModelKeyEnv = None,
     model_key_file: ModelKeyFile = None,
@@ -133,7 +133,7 @@ def score(
         [], "--plain-columns", help="Plaintext model columns in --plain; repeat or comma-separate."
     ),
     out_kind: str = typer.Option("logit", "--output-kind", help="logit (default) or probability."),
-    workers: int = typer.Option(1, "--workers", help="Scoring processes."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Scoring processes."),
     sep: str | None = typer.Option(None, "--sep", help="Delimiter for --plain."),
     model_key_env: ModelKeyEnv = None,
     model_key_file: ModelKeyFile = None,

@@ -77,6 +77,10 @@ def cli_audit_log(log_path: Path | None, key_env: str) -> Any:
         log_path = default_audit_log()
         if log_path is None:
             return None
+    if not Path(log_path).exists():
+        from privdl.io import check_output_path
+
+        check_output_path(log_path, what="audit log")  # a missing folder is a typo, not a request
     from privdl.audit import resolve_audit_log
 
     return resolve_audit_log(log_path, key_env=key_env)

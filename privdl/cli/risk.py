@@ -43,7 +43,7 @@ def risk(
     # one entry: ok, or refused when the risk is above --max-risk
     with audit_context(audit_log, audit_key_env, "risk", params=params, inputs=[input]) as op:
         # read only the columns assessed: the rest is never parsed or held in memory
-        frame = io.read_table(input, sep=sep, columns=columns)
+        frame = io.require_rows(io.read_table(input, sep=sep, columns=columns), input)
         result = assess_risk(frame, quasi_identifiers=qi, sensitive=sensitive, source=input)
         figures = result.to_dict()
         op.update(params={**params, "k": figures["k"], "prosecutor_max": figures["prosecutor_max"]})

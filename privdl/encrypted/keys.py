@@ -542,6 +542,10 @@ class HEKeys:
         from privdl import io
         from privdl.encrypted.packing import source_columns
 
+        if packing not in ("feature-major", "row"):
+            raise UsageError(f"packing must be 'feature-major' or 'row', not {packing!r}")
+        if workers < 1:
+            raise UsageError(f"workers must be at least 1, not {workers}")
         io.check_distinct_paths(source, output)
         log = _appendable(audit_log)
         features = list(columns)
