@@ -25,7 +25,7 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,7 +96,7 @@ def _cli(args: list[str], env: dict[str, str | None]) -> tuple[int, str, str]:
 
 
 def _must(args: list[str], ws: Workspace) -> None:
-    code, out, err = _cli(args, dict(ws.env()))
+    code, _out, err = _cli(args, dict(ws.env()))
     if code != 0:
         raise RuntimeError(f"workspace set-up failed: privdl {' '.join(args[:2])}: {err.strip()}")
 
