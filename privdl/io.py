@@ -1144,7 +1144,17 @@ def write_table(frame: pd.DataFrame, location: str | os.PathLike[str], *, sep: s
         InputError: the output folder does not exist.
         FormatError: unknown extension.
     """
+    from privdl import progress
+
     src = check_output(location)
+    with progress.step(f"writing {src.path.name}", total=len(frame)) as bar:
+        return _write_table(frame, src, sep, bar)
+
+
+_CSV_ROWS_PER_WRITE = 200_000
+
+
+def _write_table(frame: pd.DataFrame, src: TableSource, sep: str | None, bar: Any) -> Path:
     if src.kind == "sqlite":
         return _write_sqlite(frame, src)
     path = src.path
@@ -1168,7 +1178,10 @@ def write_table(frame: pd.DataFrame, location: str | os.PathLike[str], *, sep: s
             frame.to_csv(fh, sep=delimiter, index=False, compression=comp)
         return path
     with atomic_write(path, "w") as fh:
-        frame.to_csv(fh, sep=delimiter, index=False, lineterminator="\n")
+        for start in range(0, max(len(frame), 1), _CSV_ROWS_PER_WRITE):
+            part = frame.iloc[start : start + _CSV_ROWS_PER_WRITE]
+            part.to_csv(fh, sep=delimiter, index=False, header=start == 0, lineterminator="\n")
+            bar.advance(len(part))
     return path
 
 

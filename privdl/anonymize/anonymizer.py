@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from privdl import progress
 from privdl.anonymize.detect import linkable_columns, looks_like_identifiers
 from privdl.anonymize.policy import Policy
 from privdl.anonymize.pseudonymize import KEYED, apply_rule
@@ -194,12 +195,14 @@ class Anonymizer:
             )
         replaced: dict[str, pd.Series] = {}
         dropped = set(policy.drop)
-        for rule in policy.identifiers:
-            result = apply_rule(frame, rule.column, rule.transform, rule.options, self.key)
-            if result is None:
-                dropped.add(rule.column)
-            else:
-                replaced[rule.column] = result
+        with progress.step("pseudonymizing identifiers", total=len(policy.identifiers)) as bar:
+            for rule in policy.identifiers:
+                result = apply_rule(frame, rule.column, rule.transform, rule.options, self.key)
+                if result is None:
+                    dropped.add(rule.column)
+                else:
+                    replaced[rule.column] = result
+                bar.advance()
         out = pd.DataFrame(
             {c: replaced.get(c, frame[c]) for c in frame.columns if c not in dropped},
             index=frame.index,
@@ -218,12 +221,14 @@ class Anonymizer:
         generalization = None
         generalized_from = out
         if policy.quasi_identifiers:
-            generalization = self._generalize(out)
+            with progress.step(f"partitioning on {len(policy.quasi_identifiers)} quasi-identifiers"):
+                generalization = self._generalize(out)
             out = generalization.released
-        linkable = self._linkable(out, passthrough)
-        self.report_ = self._build_report(
-            frame, out, generalization, passthrough, warnings, linkable, generalized_from
-        )
+        with progress.step("measuring the released table's risk"):
+            linkable = self._linkable(out, passthrough)
+            self.report_ = self._build_report(
+                frame, out, generalization, passthrough, warnings, linkable, generalized_from
+            )
         self.warnings_ = list(self.report_.warnings)
         return out
 

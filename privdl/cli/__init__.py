@@ -131,7 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     previous = _install_sigint(on_sigint)
     try:
-        result = command.main(args=args, prog_name="privdl", standalone_mode=False)
+        from privdl import progress
+
+        # long steps show a bar on a terminal (after 2 s); nothing on a pipe or in a file
+        with progress.reporting():
+            result = command.main(args=args, prog_name="privdl", standalone_mode=False)
         code = result if isinstance(result, int) else 0
         if interrupted:
             _say_interrupted(command, args)

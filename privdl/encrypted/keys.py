@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from privdl import progress
 from privdl.audit.operation import operation
 from privdl.encrypted.ciphertext import (
     decrypt_block,
@@ -491,9 +492,13 @@ class HEKeys:
             audit_log, {"rows": header.rows, "columns": list(names)}, inputs=inputs
         ) as op:
             # staged: the file appears only once its audit entry (if any) is written
-            with BatchWriter(op.stage(path), header) as writer:
+            with (
+                BatchWriter(op.stage(path), header) as writer,
+                progress.step(f"encrypting {len(names)} columns", total=header.rows) as bar,
+            ):
                 for chunk in self.encrypt_chunks(matrix, workers=workers):
                     writer.write(chunk)
+                    bar.advance(chunk.rows)
             op.update(outputs=[os.fspath(path)])
         return header
 
@@ -672,7 +677,11 @@ class HEKeys:
             },
             inputs=[] if isinstance(scores, EncryptedBatch) else [os.fspath(scores)],
         ):
-            parts = list(self.decrypt_chunks(batch.chunks, workers=workers))
+            with progress.step("decrypting scores", total=batch.rows) as bar:
+                parts = []
+                for part in self.decrypt_chunks(batch.chunks, workers=workers):
+                    parts.append(part)
+                    bar.advance(len(part))
             values = np.concatenate(parts, axis=0) if parts else np.zeros((0, len(batch.columns)))
             values = finish_scores(values, batch.header.info, raw=raw, decimals=decimals)
         return values

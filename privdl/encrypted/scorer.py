@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from privdl import progress
 from privdl._optional import require
 from privdl.audit.operation import operation
 from privdl.encrypted.approximation import DEFAULT_TOLERANCE, ApproximationReport, assess
@@ -457,9 +458,13 @@ class EncryptedScorer:
             inputs=[os.fspath(source), *inputs],
         ) as op:
             # staged: the file appears only once its audit entry (if any) is written
-            with BatchWriter(op.stage(target), out_header) as writer:
+            with (
+                BatchWriter(op.stage(target), out_header) as writer,
+                progress.step("scoring encrypted rows", total=header.rows) as bar,
+            ):
                 for chunk in self._score_stream(iter_chunks(source), plan, pmatrix, workers=workers):
                     writer.write(chunk)
+                    bar.advance(chunk.rows)
             if writer.rows != header.rows:
                 raise InputError(f"{name}: holds {writer.rows} rows, its header says {header.rows}")
             op.update(outputs=[os.fspath(target)])
