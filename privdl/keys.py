@@ -240,6 +240,7 @@ def generate_ed25519_key(out_dir: str | os.PathLike[str], *, name: str) -> tuple
     from privdl.io import write_bytes
 
     d = Path(out_dir)
+    made = [p for p in (d, *d.parents) if not p.exists()]
     d.mkdir(parents=True, exist_ok=True)
     priv_path, pub_path = d / f"{name}.key", d / f"{name}.pub"
     for p in (priv_path, pub_path):
@@ -252,11 +253,20 @@ def generate_ed25519_key(out_dir: str | os.PathLike[str], *, name: str) -> tuple
     public = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    written: list[Path] = []
     try:
-        write_bytes(priv_path, pem, private=True, overwrite=False)
-        write_bytes(pub_path, public, overwrite=False)
-    except FileExistsError as exc:
-        raise SecurityError(f"{exc.filename} exists; refusing to overwrite a key") from None
+        written.append(write_bytes(priv_path, pem, private=True, overwrite=False))
+        written.append(write_bytes(pub_path, public, overwrite=False))
+    except BaseException as exc:
+        # all or nothing: no private key without its public half, no folder made for them
+        for path in written:
+            path.unlink(missing_ok=True)
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only while empty
+        if isinstance(exc, FileExistsError):
+            raise SecurityError(f"{exc.filename} exists; refusing to overwrite a key") from None
+        raise
     return priv_path, pub_path
 
 

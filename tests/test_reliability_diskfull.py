@@ -186,3 +186,78 @@ def test_trainer_save_on_a_full_disk_is_one_line_and_leaves_no_folder(full_dir: 
     with pytest.raises(DiskFullError, match=r"^no space left on device while writing .*model"):
         trainer.save(full_dir / "model")
     assert _left(full_dir) == []
+
+
+# --------------------------------------------------------------------------------------
+# every command that writes, on a full disk (inputs elsewhere, outputs on the tmpfs)
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> object:
+    pytest.importorskip("tenseal")
+    pytest.importorskip("sklearn")
+    from tests.conftest import SESSION_KEYS
+    from tests.test_corpus import build_workspace
+
+    ws = build_workspace(tmp_path_factory.mktemp("diskfull"))
+    SESSION_KEYS.extend(bytes.fromhex(k) for k in (ws.key_hex, ws.audit_key_hex))
+    return ws
+
+
+def _commands(i: Path, full: Path) -> dict[str, list[object]]:
+    users = i / "users.csv"
+    return {
+        "anonymize": ["anonymize", users, "-o", full / "released.csv", "--id", "email", "--qi", "age",
+                      "--qi", "sex", "-k", "3", "--key-file", i / "key.hex", "--report", full / "report.html"],
+        "he encrypt": ["he", "encrypt", users, "--keys", i / "keys", "--columns", "age,plays_week1",
+                       "-o", full / "users.he"],
+        "he score": ["he", "score", i / "users.he", "--model", i / "model.json", "--public", i / "keys",
+                     "-o", full / "scores.he"],
+        "he decrypt": ["he", "decrypt", i / "scores.he", "--keys", i / "keys", "-o", full / "scores.csv"],
+        "audit keygen": ["audit", "keygen", "--out", full / "akeys"],
+        "audit checkpoint": ["audit", "checkpoint", i / "audit.jsonl", "--signing-key", i / "akeys" / "audit.key",
+                             "-o", full / "checkpoint.txt"],
+        "audit records": ["audit", "records", i / "audit.jsonl", "-o", full / "records.csv"],
+        "budget report": ["budget", "report", i / "budget.db", "--dataset", "ds", "-o", full / "budget.html"],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["anonymize", "he encrypt", "he score", "he decrypt", "audit keygen", "audit checkpoint", "audit records",
+     "budget report"],
+)  # fmt: skip
+def test_cli_command_on_a_full_disk_is_one_line_exit_2_nothing_left(
+    workspace: object, full_dir: Path, command: str, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    ws = workspace
+    for name, value in ws.env().items():  # type: ignore[attr-defined]
+        monkeypatch.setenv(name, value)
+    args = [str(a) for a in _commands(ws.inp, full_dir)[command]]  # type: ignore[attr-defined]
+    _fill(full_dir)
+    code, err = _run(args, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("privdl: error: no space left on device while writing "), err
+    assert str(full_dir) in lines[0]
+    assert _left(full_dir) == []
+
+
+def test_cli_risk_audit_log_on_a_full_disk_leaves_the_log_as_it_was(
+    workspace: object, full_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    ws = workspace
+    for name, value in ws.env().items():  # type: ignore[attr-defined]
+        monkeypatch.setenv(name, value)
+    log = full_dir / "audit.jsonl"
+    users = str(ws.inp / "users.csv")  # type: ignore[attr-defined]
+    assert _run(["risk", users, "--qi", "age", "--audit-log", str(log)], capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in full_dir.iterdir()}
+    _fill(full_dir)
+    code, err = _run(["risk", users, "--qi", "age", "--qi", "zip", "--qi", "city", "--audit-log", str(log)], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    # the log or its state file, whichever write ran out of space
+    assert len(lines) == 1 and lines[0].startswith(f"privdl: error: no space left on device while writing {log}"), err
+    (full_dir / "filler").unlink()
+    assert {p.name: p.read_bytes() for p in full_dir.iterdir()} == before
+    verify_audit_log(log, key=Secret(bytes.fromhex(ws.audit_key_hex), source="test"))  # type: ignore[attr-defined]
