@@ -529,8 +529,9 @@ def _temp_prefix(target: Path) -> str:
 
 
 def _temp_pid(name: str) -> int | None:
-    """The writer PID in a temporary's name, or None for a name without one."""
-    m = _PID_TEMP.match(name)
+    """The writer PID in a temporary's (or a staged output's) name, or None for a name
+    without one."""
+    m = _PID_TEMP.match(name) or _PID_STAGE.match(name)
     return int(m.group(1)) if m else None
 
 
@@ -859,9 +860,9 @@ def sweep_temps(folder: str | os.PathLike[str], *, older_than: float = 3600.0) -
     """Remove what killed writers left in ``folder``; return what was removed.
 
     Temporary files and folders of the atomic writers (``.<name>.<pid>-<random>.privdl-tmp``)
+    and staged outputs of :class:`StagedOutputs` (``.privdl-stage-<pid>-<random>.<name>``)
     are deleted when the process ``<pid>`` is dead, and never while it runs; those
-    without a PID in their name and those of :class:`StagedOutputs` (``.privdl-stage-...``)
-    when older than ``older_than`` seconds (younger ones may belong to a writer still
+    without a PID in their name when older than ``older_than`` seconds (younger ones may belong to a writer still
     running). Every atomic writer sweeps its folder's dead writers' temporaries. A folder
     left aside by an interrupted :func:`atomic_folder` swap is put back when its
     target is missing, else deleted.
@@ -899,6 +900,12 @@ def sweep_temps(folder: str | os.PathLike[str], *, older_than: float = 3600.0) -
 
 
 STAGE_PREFIX = ".privdl-stage-"
+# a staged output's name carries its writer's PID too: ``.privdl-stage-<pid>-<random>.<name>``
+_PID_STAGE = re.compile(r"^" + re.escape(STAGE_PREFIX) + r"([0-9]+)-[0-9a-f]+\.")
+
+
+def _stage_prefix() -> str:
+    return f"{STAGE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}."
 
 
 @dataclass
@@ -960,7 +967,8 @@ class StagedOutputs:
             raise InputError(f"output folder {folder} does not exist")
         if target.is_dir():
             raise InputError(f"output {target} is a folder")
-        staged = folder / f"{STAGE_PREFIX}{secrets.token_hex(8)}.{target.name}"
+        _sweep_dead_temps(folder)
+        staged = folder / f"{_stage_prefix()}{target.name}"
         if copy_existing and target.is_file():
             try:
                 shutil.copyfile(target, staged)
@@ -991,7 +999,8 @@ class StagedOutputs:
             raise InputError(f"output {target} exists and is not a folder")
         parent = target.parent if str(target.parent) else Path(".")
         parent.mkdir(parents=True, exist_ok=True)
-        staged = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{secrets.token_hex(4)}.", dir=parent))
+        _sweep_dead_temps(parent)
+        staged = Path(tempfile.mkdtemp(prefix=_stage_prefix(), dir=parent))
         self._items.append(_Staged(staged, target, True, False))
         _STAGED_TARGETS[staged] = target
         return staged

@@ -398,3 +398,28 @@ def test_sweep_removes_stale_temps_and_restores_a_folder_left_aside(tmp_path):
     assert sorted(p.name for p in removed) == sorted([stale.name, staged.name])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, "keep.csv", "model"])
     assert (tmp_path / "model" / "meta.json").exists()
+
+
+def test_a_killed_writers_staged_output_is_swept_by_the_next_one(tmp_path):
+    """Issue 12 item 5: staged outputs carry their writer's PID, so a SIGKILLed
+    operation's staged file or folder goes at the next write into that folder."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        "from privdl.io import StagedOutputs\n"
+        "s = StagedOutputs()\n"
+        "open(s.file(sys.argv[1] + '/out.csv'), 'w').write('partial')\n"
+        "s.folder(sys.argv[1] + '/model')\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=False, timeout=60)
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 2 and all(n.startswith(io.STAGE_PREFIX) for n in left)
+    assert all(io._temp_pid(n) is not None for n in left)
+    staging = io.StagedOutputs()
+    staged = staging.file(tmp_path / "other.csv")
+    staged.write_text("x", encoding="utf-8")
+    staging.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.csv"]

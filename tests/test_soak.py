@@ -9,8 +9,8 @@ as its final entry states it; a killed run's planned history, each behind its ow
 unfinished ``started`` entry), the log verifies against the last signed checkpoint, and
 no temporary file remains after the last (whole) run's sweep.
 
-N is 8 with 3 kills, not the issue's 20 with 5: one run takes 7-20 s on a shared 2-core
-machine and the soak must stay under 3 minutes.
+N is 20 with 5 kills, as the issue asks (``.ci/run`` runs it once: about 3 minutes on an
+idle 2-core machine); ``PRIVDL_SOAK_RUNS`` / ``PRIVDL_SOAK_KILLS`` change them.
 """
 
 from __future__ import annotations
@@ -34,14 +34,16 @@ from privdl.keys import Secret
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "examples" / "retention.py"
 DATASET_ID = "retention-2026-11"  # examples/retention.py
-RUNS, KILLS, SEED = 8, 3, 12
+RUNS = int(os.environ.get("PRIVDL_SOAK_RUNS", "20"))
+KILLS = int(os.environ.get("PRIVDL_SOAK_KILLS", "5"))
+SEED = 12
 LEFTOVER_MARKS = (".privdl-tmp", ".privdl-stage-", ".old-", ".ckpt.old")
 
 
 @pytest.fixture
 def slow_selected(request: pytest.FixtureRequest) -> None:
-    # the default run must not take minutes: until pyproject's addopts deselects slow
-    # tests, this one runs only when asked for (`pytest -m slow`, as .ci/run does)
+    # pyproject's addopts deselect slow tests; this also keeps the soak out of a run
+    # that overrides them without asking for it (`pytest -m slow`, as .ci/run does)
     markexpr = request.config.getoption("markexpr") or ""
     if "slow" not in markexpr or "not slow" in markexpr:
         pytest.skip("soak test: run with `pytest -m slow`")
