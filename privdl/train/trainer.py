@@ -36,7 +36,14 @@ from privdl.train.data import as_data, audit_inputs, resolve_device, steps_per_e
 from privdl.train.dp_step import choose_mode
 from privdl.train.modelfile import ModelFolder, read_model_folder
 from privdl.train.outputs import Predictions
-from privdl.train.params import DEFAULTS, check_params, default_lr, make_optimizer, params_record
+from privdl.train.params import (
+    DEFAULTS,
+    check_params,
+    default_lr,
+    make_optimizer,
+    params_record,
+    resolve_batch_size,
+)
 from privdl.train.progress import progress_bar, progress_stats
 from privdl.train.run import ResumePoint, TrainingRun
 
@@ -59,7 +66,8 @@ class PrivateTrainer(Predictions):
         max_grad_norm: per-sample clipping norm C.
         epochs: passes over the data (each of ``ceil(n / batch_size)`` steps).
         batch_size: *expected* batch size; batches are Poisson samples with rate
-            ``1 / ceil(n / batch_size)``.
+            ``1 / ceil(n / batch_size)``. Default: a ``DataLoader``'s own batch size,
+            else 256 (``batch_size_`` is the one used).
         lr: learning rate (default depends on ``optimizer``).
         optimizer: ``"adam"``, ``"adamw"``, ``"sgd"``, ``"rmsprop"`` or a
             ``torch.optim.Optimizer`` class.
@@ -108,7 +116,7 @@ class PrivateTrainer(Predictions):
         delta: float | None = None,
         max_grad_norm: float = DEFAULTS["max_grad_norm"],
         epochs: int = DEFAULTS["epochs"],
-        batch_size: int = DEFAULTS["batch_size"],
+        batch_size: int | None = None,
         lr: float | None = None,
         optimizer: str | type = DEFAULTS["optimizer"],
         loss: str | nn.Module | None = None,
@@ -171,6 +179,7 @@ class PrivateTrainer(Predictions):
         self.planned_steps_: int = 0
         self.delta_: float | None = None
         self.n_samples_: int | None = None
+        self.batch_size_: int | None = None  # the expected batch size used
         self.replaced_modules_: list[str] = []
         self.grad_sample_mode_: str | None = None
         self.task_: str | None = None
@@ -274,6 +283,7 @@ class PrivateTrainer(Predictions):
                     "noise_multiplier": self.noise_multiplier_,
                     "sample_rate": self.sample_rate_,
                     "planned_steps": self.planned_steps_,
+                    "batch_size": self.batch_size_,
                     "delta": self.delta_,
                     "run_id": self.run_id_,
                     "grad_sample_mode": self.grad_sample_mode_,
@@ -409,7 +419,8 @@ class PrivateTrainer(Predictions):
         ledger = runs.open_ledger(self.ledger)
         accountant = self._accountant(ledger)
         self.delta_ = runs.resolve_delta(self.delta_ if resume else self.delta, n, ledger, self.dataset_id)
-        per_epoch = resume.per_epoch if resume else steps_per_epoch(n, int(self.batch_size))
+        self.batch_size_ = resolve_batch_size(self.batch_size, data)
+        per_epoch = resume.per_epoch if resume else steps_per_epoch(n, self.batch_size_)
         # A second fit continues training the fitted model: its earlier runs stay in
         # the accountant history, so the reported epsilon covers all of them.
         if resume is not None:
