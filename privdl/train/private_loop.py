@@ -657,11 +657,15 @@ def _retarget(optimizer: Any, before: nn.Module, after: nn.Module) -> None:
     Raises:
         UsageError: a parameter of the optimizer has no counterpart in the fixed model.
     """
-    names = {id(p): name for name, p in before.named_parameters()}
+    names = {id(p): name.replace("_orig_mod.", "") for name, p in before.named_parameters()}
     new = dict(after.named_parameters())
+    kept = {id(q) for q in new.values()}  # an uncompiled model holds the same parameters
     for group in optimizer.param_groups:
         params = []
         for p in group["params"]:
+            if id(p) in kept:
+                params.append(p)
+                continue
             name = names.get(id(p))
             q = new.get(name) if name is not None else None
             if q is None or q.shape != p.shape:

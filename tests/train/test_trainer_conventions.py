@@ -58,3 +58,40 @@ def test_arrays_default_to_256():
     X, y = blobs(n=600)
     tr = PrivateTrainer(mlp(), epsilon=3.0, epochs=1, seed=0).fit((X, y))
     assert tr.batch_size_ == 256 and tr.steps_ == 3
+
+
+# ------------------------------------------------------------------ torch.compile
+def test_a_compiled_model_is_trained_through_its_original_module():
+    X, y = blobs(n=400)
+    torch.manual_seed(0)
+    plain = nn.Linear(6, 2)
+    before = plain.weight.detach().clone()
+    # inductor, the default backend: its graphs reuse output buffers, which looked like a
+    # layer output modified in place; it is never run, since training is eager
+    compiled = torch.compile(plain)
+    with pytest.warns(UserWarning, match="torch.compile"):
+        tr = PrivateTrainer(compiled, epsilon=8.0, epochs=3, seed=0).fit((X, y))
+    assert tr.model_ is plain and tr.grad_sample_mode_ == "bk"
+    assert "(model): torch.compile -> original module" in tr.replaced_modules_
+    assert not torch.equal(plain.weight, before) and tr.score(X, y) > 0.7
+    assert tr.report().to_dict()["training"]["replaced_modules"][0].startswith("(model): torch.compile")
+
+
+def test_a_compiled_submodule_and_make_private():
+    from privdl.train.private_loop import make_private
+
+    X, y = blobs(n=300)
+    torch.manual_seed(0)
+    model = nn.Sequential(torch.compile(nn.Linear(6, 16)), nn.ReLU(), nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    loader = DataLoader(TensorDataset(torch.tensor(X), torch.tensor(y)), batch_size=50)
+    with pytest.warns(UserWarning, match="torch.compile"), make_private(
+        model, opt, loader, epsilon=4.0, epochs=2, seed=0
+    ) as run:
+        assert "0: torch.compile -> original module" in run.replaced_modules
+        for _ in range(2):
+            for xb, yb in run.data_loader:
+                run.optimizer.zero_grad()
+                nn.functional.cross_entropy(run.model(xb), yb).backward()
+                run.optimizer.step()
+    assert type(model[0]) is nn.Linear and run.steps == 12
