@@ -24,12 +24,15 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
+
+import numpy as np
 
 from privdl._optional import require
 from privdl.budget.accounting import epsilon_of
 from privdl.budget.facts import RunFacts
 from privdl.errors import InputError, UsageError
+from privdl.estimator import EstimatorParams
 from privdl.train import checkpoint, model_prep, outputs
 from privdl.train import run as runs
 from privdl.train.data import as_data, audit_inputs, resolve_device, steps_per_epoch, val_overlap
@@ -53,8 +56,13 @@ from torch import nn  # noqa: E402
 __all__ = ["DEFAULTS", "PrivateTrainer"]
 
 
-class PrivateTrainer(Predictions):
+class PrivateTrainer(EstimatorParams, Predictions):
     """Train a torch model with (epsilon, delta)-differential privacy (DP-SGD).
+
+    A scikit-learn estimator: ``get_params`` / ``set_params`` (``epsilon=`` is stored
+    as ``target_epsilon``: ``epsilon`` is the epsilon spent), ``sklearn.base.clone``,
+    ``fit(X, y)`` / ``predict`` / ``predict_proba`` / ``score``, learned state ending in
+    ``_`` and :class:`~privdl.errors.NotFittedError` before ``fit``.
 
     Args:
         model: a ``torch.nn.Module``. BatchNorm and other layers Opacus cannot train
@@ -197,9 +205,16 @@ class PrivateTrainer(Predictions):
         self._open_plan: runs.RunPlan | None = None
 
     # ------------------------------------------------------------------ parameters
-    def get_params(self) -> dict[str, Any]:
-        """The run's configuration, as it goes into the audit record and the report."""
+    _param_attributes: ClassVar[dict[str, str]] = {"epsilon": "target_epsilon"}
+
+    def params_record(self) -> dict[str, Any]:
+        """The run's configuration as plain data, as it goes into the audit record, the
+        report and a saved model (``get_params()`` is scikit-learn's: the constructor
+        parameters as given)."""
         return params_record(self)
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return self.is_fitted
 
     def _lr(self) -> float:
         return default_lr(self.lr, self.optimizer)
@@ -251,7 +266,8 @@ class PrivateTrainer(Predictions):
         Args:
             data: ``(X, y)`` arrays/tensors, a ``TensorDataset``, a ``DataLoader``, any
                 map-style ``Dataset``, or a pandas DataFrame with ``target=``.
-            target: the label column when ``data`` is a DataFrame.
+            target: the label column when ``data`` is a DataFrame; or the labels
+                themselves (scikit-learn's ``fit(X, y)``: an array, a tensor or a Series).
             val: validation data in the same forms (not charged: it must not be the
                 training data); its metric is reported per epoch. The metric is not
                 covered by the DP guarantee (it is computed on ``val`` without noise);
@@ -269,6 +285,7 @@ class PrivateTrainer(Predictions):
                 initialized ``torch.distributed`` process group or for a
                 ``DistributedDataParallel`` model (not supported yet).
         """
+        data, target = _with_target(data, target)
         model_prep.refuse_distributed(self.model, self.model_)
         check_params(self)
         self._open_plan = None
@@ -342,7 +359,7 @@ class PrivateTrainer(Predictions):
         return operation(
             self.audit_log,
             name,
-            params=self.get_params(),
+            params=self.params_record(),
             inputs=audit_inputs(data),
             outputs=written,
             started=True,
@@ -618,3 +635,25 @@ class PrivateTrainer(Predictions):
     def __repr__(self) -> str:
         state = f"epsilon={self.epsilon:.3g}, steps={self.steps_}" if self.steps_ else "unfitted"
         return f"PrivateTrainer({type(self.model).__name__}, target_epsilon={self.target_epsilon!r}, {state})"
+
+
+def _with_target(data: Any, target: Any) -> tuple[Any, str | None]:
+    """scikit-learn's ``fit(X, y)``: labels given as ``target`` join the data (``(X, y)``,
+    or a DataFrame with the labels as its target column)."""
+    if target is None or isinstance(target, str):
+        return data, target
+    import pandas as pd
+
+    if isinstance(data, pd.DataFrame):
+        name = target.name if isinstance(target, pd.Series) and target.name is not None else "target"
+        if name in data.columns:
+            raise InputError(f"the labels are named {name!r} like a column of X: rename one")
+        if isinstance(target, pd.Series):
+            labels = target.to_numpy()
+        else:
+            labels = target.cpu().numpy() if torch.is_tensor(target) else np.asarray(target)
+        if len(labels) != len(data):
+            raise InputError(f"X has {len(data)} rows but y has {len(labels)} labels")
+        return data.assign(**{str(name): labels}), str(name)
+    return (data, target), None
+

@@ -95,3 +95,91 @@ def test_a_compiled_submodule_and_make_private():
                 nn.functional.cross_entropy(run.model(xb), yb).backward()
                 run.optimizer.step()
     assert type(model[0]) is nn.Linear and run.steps == 12
+
+
+# ------------------------------------------------------------------ scikit-learn conventions
+def test_params_come_from_the_signature_and_clone_makes_an_unfitted_twin():
+    import inspect
+
+    from sklearn.base import clone
+
+    X, y = blobs()
+    tr = PrivateTrainer(mlp(), epsilon=2.0, epochs=1, seed=0)
+    names = [n for n in inspect.signature(PrivateTrainer.__init__).parameters if n != "self"]
+    assert list(tr.get_params(deep=False)) == names  # a parameter added later is included
+    assert tr.get_params()["epsilon"] == 2.0 and tr.target_epsilon == 2.0
+    tr.fit(X, y)  # scikit-learn's fit(X, y)
+    twin = clone(tr)
+    assert not twin.is_fitted and twin.model is not tr.model
+    assert all(
+        torch.equal(a, b) for a, b in zip(twin.model.parameters(), tr.model.parameters(), strict=True)
+    )
+    assert twin.set_params(epsilon=1.0, epochs=2) is twin
+    assert twin.target_epsilon == 1.0 and twin.epochs == 2 and tr.target_epsilon == 2.0
+    from privdl.errors import UsageError
+
+    with pytest.raises(UsageError, match="no parameter 'epsilon_'"):
+        twin.set_params(epsilon_=1.0)
+    # the audit record is its own: names, never the seed
+    assert tr.params_record()["seed_given"] is True and "seed" not in tr.params_record()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "check_get_params_invariance",
+        "check_set_params",
+        "check_estimator_cloneable",
+        "check_estimator_repr",
+        "check_do_not_raise_errors_in_init_or_set_params",
+        "check_parameters_default_constructible",
+    ],
+)
+def test_sklearn_estimator_checks(name):
+    from sklearn.utils import estimator_checks
+
+    getattr(estimator_checks, name)("PrivateTrainer", PrivateTrainer(mlp(), epsilon=2.0, epochs=1))
+
+
+def test_not_fitted_before_fit_then_predict_proba_and_score():
+    from sklearn.exceptions import NotFittedError as SklearnNotFitted
+    from sklearn.utils.validation import check_is_fitted
+
+    from privdl.errors import NotFittedError
+
+    X, y = blobs()
+    tr = PrivateTrainer(mlp(), epsilon=4.0, epochs=3, seed=0)
+    with pytest.raises(NotFittedError):
+        tr.predict(X)
+    with pytest.raises(SklearnNotFitted):
+        check_is_fitted(tr)
+    tr.fit(X, y)
+    check_is_fitted(tr)
+    proba = tr.predict_proba(X)
+    assert proba.shape == (300, 2) and np.allclose(proba.sum(axis=1), 1.0)
+    assert tr.score(X, y) > 0.8 and tr.predict(X).shape == (300,)
+
+
+def test_in_a_pipeline_with_a_dataframe_and_labels():
+    import pandas as pd
+    from sklearn.base import clone
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = blobs()
+    pipe = Pipeline([("scale", StandardScaler()), ("dp", PrivateTrainer(mlp(), epsilon=4.0, epochs=3, seed=0))])
+    pipe.fit(X, y)
+    assert pipe.score(X, y) > 0.8
+    assert clone(pipe).named_steps["dp"].is_fitted is False
+    # a table and its labels beside it (a Series): the encoder takes the table
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(6)])
+    labels = pd.Series(np.where(y == 1, "yes", "no"), name="answer")
+    from privdl.train.encoding import TableEncoder
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # learned domains: the report says so
+        encoder = TableEncoder(domains="learned-unprotected").fit(frame.assign(answer=labels), target="answer")
+        width = len(encoder.feature_names_)
+        tr = PrivateTrainer(mlp(d=width), epsilon=4.0, epochs=3, seed=0, encoder=encoder)
+        tr.fit(frame, labels)
+    assert tr.score(frame, labels) > 0.8
