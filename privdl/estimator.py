@@ -52,7 +52,7 @@ class EstimatorParams:
 
     def __sklearn_tags__(self) -> Any:
         """scikit-learn's estimator tags (scikit-learn is imported only when it asks)."""
-        from sklearn.utils import InputTags, TargetTags, Tags, TransformerTags
+        from sklearn.utils import InputTags, Tags, TargetTags, TransformerTags
 
         transformer = self._sklearn_kind == "transformer"
         return Tags(

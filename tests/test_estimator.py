@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
 
 from privdl.errors import UsageError
@@ -14,7 +16,7 @@ class Inner(EstimatorParams):
 
 
 class Outer(EstimatorParams):
-    _param_attributes = {"epsilon": "target_epsilon"}
+    _param_attributes: ClassVar[dict[str, str]] = {"epsilon": "target_epsilon"}
 
     def __init__(self, inner=None, *, epsilon=1.0, label="x"):
         self.inner = inner

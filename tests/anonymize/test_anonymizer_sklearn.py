@@ -52,7 +52,7 @@ def test_sklearn_estimator_checks(check, key):
 def test_not_fitted_before_a_release(users, key):
     anonymizer = Anonymizer(policy(), key=key)
     with pytest.raises(NotFittedError, match="report_"):
-        anonymizer.report_  # noqa: B018
+        anonymizer.report_
     with pytest.raises(NotFittedError):
         anonymizer.transform(users)
     from sklearn.utils.validation import check_is_fitted
