@@ -239,6 +239,7 @@ class PrivateRun:
         self._ledger: Any = None
         self._engine: Any = None  # BookKeeping or OpacusStep
         self._probe: Any = None
+        self._restore_optimizer: Any = lambda: None
         self._batch_size = 0
         self._batches = 0  # Poisson batches drawn
         self._step_open = False  # inside a DP step: it may have applied its update
@@ -316,6 +317,7 @@ class PrivateRun:
             self._start(dataset, collate_fn, n, ledger)
         except BaseException as exc:
             stack, self._stack = self._stack, None
+            self._restore_optimizer()
             try:
                 self._settle(steps=0)  # a reservation made before the failure: no step taken
             except Exception as settle_exc:
@@ -407,6 +409,7 @@ class PrivateRun:
             }
         )
         self._engine = self._make_engine(mode, model, optimizer, plan, device, example)
+        self._guard_optimizer(optimizer)
         sampler = PoissonSampler(
             n, plan.sample_rate, generator=self._generator("cpu", 0), secure=bool(p["secure_mode"])
         )
@@ -466,6 +469,31 @@ class PrivateRun:
         engine = OpacusStep(mode, model, settings)
         self.model = engine.module
         return engine
+
+    def _guard_optimizer(self, optimizer: Any) -> None:
+        """While the run is open, your optimizer's own ``step()`` runs only inside a DP
+        step: called directly it would apply the exact, unclipped gradients of your
+        ``backward()`` (restored on exit)."""
+        own = vars(optimizer).get("step")
+        plain_step = optimizer.step
+
+        def step(*args: Any, **kwargs: Any) -> Any:
+            if not self._step_open:
+                raise UsageError(
+                    "call run.optimizer.step(), not the optimizer's own step(): inside the run "
+                    "it would apply gradients without clipping and noise"
+                )
+            return plain_step(*args, **kwargs)
+
+        optimizer.step = step
+
+        def restore() -> None:
+            if own is not None:
+                optimizer.step = own
+            else:
+                vars(optimizer).pop("step", None)
+
+        self._restore_optimizer = restore
 
     def _generator(self, device: Any, offset: int) -> Any:
         seed = self.params["seed"]
@@ -547,6 +575,7 @@ class PrivateRun:
             else:
                 exc.add_note(f"the ledger run {self.run_id} could not be settled ({type(settle_exc).__name__})")
         self.model = self._release()
+        self._restore_optimizer()
         if self._op is not None:
             self._op.update(
                 params={

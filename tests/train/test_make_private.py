@@ -357,3 +357,40 @@ def test_arguments_checked_before_anything(tmp_path):
         pass
     # nothing is prepared or reserved before the block is entered
     assert make_private(model, opt, loader, epsilon=2.0, epochs=1).data_loader is None
+
+
+@pytest.mark.parametrize("mode", ["bk", "hooks"])
+def test_the_optimizers_own_step_is_refused_inside_the_run(mode):
+    X, y = data()
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    with make_private(
+        model, opt, DataLoader(TensorDataset(X, y), batch_size=50), epsilon=2.0, epochs=1,
+        grad_sample_mode=mode,
+    ) as run:
+        xb, yb = next(iter(run.data_loader))
+        run.optimizer.zero_grad()
+        nn.functional.cross_entropy(run.model(xb), yb).backward()
+        before = params_of(run.model)
+        with pytest.raises(UsageError, match=r"run\.optimizer\.step"):
+            opt.step()  # the exact gradients of backward(), unclipped and without noise
+        assert all(torch.equal(a, b) for a, b in zip(before, run.model.parameters(), strict=True))
+        run.optimizer.step()  # the DP step still runs the optimizer's update
+        assert run.steps == 1
+        assert any(not torch.equal(a, b) for a, b in zip(before, run.model.parameters(), strict=True))
+    opt.step()  # after the run it is the plain optimizer again
+    assert "step" not in vars(opt)
+
+
+def test_remaining_budget_and_secure_mode(tmp_path):
+    X, y = data()
+    ledger = ledger_at(tmp_path, epsilon=3.0)
+    model = mlp()
+    with make_private(
+        model, torch.optim.SGD(model.parameters(), lr=0.5), DataLoader(TensorDataset(X, y), batch_size=50),
+        epsilon="remaining", epochs=1, ledger=ledger, dataset_id="ds-loop", secure_mode=True,
+    ) as run:
+        train(run, passes=1)
+    assert run.steps == 6 and run.epsilon <= 3.0 + 1e-6 and run.epsilon > 2.5
+    assert ledger.remaining("ds-loop") == pytest.approx(3.0 - run.epsilon, abs=1e-6)
+    assert run.report().to_dict()["training"]["secure_mode"] is True
