@@ -318,6 +318,7 @@ class PrivateRun:
         except BaseException as exc:
             stack, self._stack = self._stack, None
             self._restore_optimizer()
+            self._release()  # the DP step's hooks, if it was built
             try:
                 self._settle(steps=0)  # a reservation made before the failure: no step taken
             except Exception as settle_exc:
@@ -361,7 +362,15 @@ class PrivateRun:
         }
         if p["audit_log"] is None:
             return operation(None, "train")
-        inputs = [{"kind": type(self._loader_in.dataset).__name__, "sha256": None, "rows": self.n_samples}]
+        from torch.utils.data import TensorDataset
+
+        from privdl.train.data import audit_inputs
+
+        dataset = self._loader_in.dataset
+        if type(dataset) is TensorDataset and len(dataset.tensors) == 2:
+            inputs = audit_inputs(tuple(dataset.tensors))  # fingerprints: hashes and shapes
+        else:
+            inputs = [{"kind": type(dataset).__name__, "sha256": None, "rows": self.n_samples}]
         # "started" before the reservation: it has its evidence even if the run is killed
         return operation(p["audit_log"], "train", params=record, inputs=inputs, started=True)
 
@@ -371,8 +380,6 @@ class PrivateRun:
         model, replaced = model_prep.prepare_model(self._model_in)
         self.replaced_modules = list(replaced)
         optimizer = self._optimizer_in
-        if model is not self._model_in:  # Opacus' fixes work on a copy of the model
-            _retarget(optimizer, self._model_in, model)
         device = _device_of(model)
         example = _model_input(_collate(dataset, collate_fn, torch.arange(2)), device)
         mode = self._choose_mode(model, example)
@@ -394,6 +401,8 @@ class PrivateRun:
         )
         # from here the ledger holds a reservation: __exit__ (or a failed entry) settles it
         self._plan, self.run_id = plan, plan.run_id
+        if model is not self._model_in:  # Opacus' fixes work on a copy of the model
+            _retarget(optimizer, self._model_in, model)
         self.noise_multiplier, self.sample_rate = plan.noise_multiplier, plan.sample_rate
         self.planned_steps = plan.planned_steps
         self._op.update(

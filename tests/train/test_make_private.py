@@ -98,12 +98,14 @@ def test_loop_trains_charges_and_reports(tmp_path):
 def test_refused_before_any_step(tmp_path):
     X, y = data()
     ledger = ledger_at(tmp_path, epsilon=1.0)
-    model = mlp()
+    torch.manual_seed(0)  # a BatchNorm: the run works on a fixed copy, the refusal on none
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
     before = params_of(model)
     log = privdl.AuditLog(tmp_path / "audit.jsonl", key=Secret.generate())
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
     run = make_private(
         model,
-        torch.optim.SGD(model.parameters(), lr=0.5),
+        opt,
         DataLoader(TensorDataset(X, y), batch_size=50),
         epsilon=2.0,
         epochs=2,
@@ -115,6 +117,9 @@ def test_refused_before_any_step(tmp_path):
         raise AssertionError("the block must not run")
     assert run.steps == 0 and ledger.spent("ds-loop") == 0.0
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    # the optimizer is left as it was: its own step, the model's parameters
+    assert "step" not in vars(opt)
+    assert [id(q) for q in opt.param_groups[0]["params"]] == [id(q) for q in model.parameters()]
     from privdl.audit import iter_entries
 
     outcomes = [e["outcome"] for e in iter_entries(tmp_path / "audit.jsonl") if e["event"] == "train"]
@@ -240,6 +245,7 @@ def test_audit_entry_written(tmp_path):
     assert ok["params"]["api"] == "make_private" and ok["params"]["steps"] == run.steps == 6
     assert ok["params"]["epsilon_spent"] == pytest.approx(run.epsilon)
     assert ok["params"]["grad_sample_mode"] == "bk" and ok["params"]["batch_size"] == 50
+    assert len(ok["inputs"]) == 2 and all(len(i["sha256"]) == 64 for i in ok["inputs"])
 
 
 def test_validator_fix_and_inplace_reported_with_opacus_hooks(tmp_path):
