@@ -417,7 +417,7 @@ class PrivateRun:
                 "replaced_modules": list(self.replaced_modules),
             }
         )
-        self._engine = self._make_engine(mode, model, optimizer, plan, device, example)
+        self._engine = self._make_engine(mode, model, optimizer, plan, device)
         self._guard_optimizer(optimizer)
         sampler = PoissonSampler(
             n, plan.sample_rate, generator=self._generator("cpu", 0), secure=bool(p["secure_mode"])
@@ -441,7 +441,7 @@ class PrivateRun:
         self.grad_sample_mode = mode
         return mode
 
-    def _make_engine(self, mode: str, model: Any, optimizer: Any, plan: Any, device: Any, example: Any) -> Any:
+    def _make_engine(self, mode: str, model: Any, optimizer: Any, plan: Any, device: Any) -> Any:
         p = self.params
         generator = self._generator(device, 1)
         if mode == "bk":
