@@ -183,3 +183,17 @@ def test_in_a_pipeline_with_a_dataframe_and_labels():
         tr = PrivateTrainer(mlp(d=width), epsilon=4.0, epochs=3, seed=0, encoder=encoder)
         tr.fit(frame, labels)
     assert tr.score(frame, labels) > 0.8
+
+
+def test_clone_of_a_trainer_with_a_table_encoder():
+    import pandas as pd
+    from sklearn.base import clone
+
+    from privdl.train.encoding import TableEncoder
+
+    frame = pd.DataFrame({"age": [30, 40, 50, 60], "label": [0, 1, 0, 1]})
+    encoder = TableEncoder(numeric_bounds={"age": (0, 100)}, categories={"label": [0, 1]})
+    encoder.fit(frame, target="label")
+    twin = clone(PrivateTrainer(mlp(d=len(encoder.feature_names_)), epsilon=2.0, encoder=encoder))
+    assert isinstance(twin.encoder, TableEncoder) and twin.encoder is not encoder
+    assert twin.encoder.numeric_bounds == {"age": (0, 100)} and not hasattr(twin.encoder, "feature_names_")
