@@ -39,6 +39,7 @@ _LAZY: dict[str, str] = {
     "assess_risk": "privdl.anonymize.risk",
     "RiskReport": "privdl.anonymize.risk",
     "PrivateTrainer": "privdl.train.trainer",
+    "make_private": "privdl.train.private_loop",
     "TableEncoder": "privdl.train.encoding",
     "BudgetLedger": "privdl.budget.ledger",
     "PrivacyReport": "privdl.budget.report",
@@ -78,6 +79,7 @@ __all__ = [
     "__version__",
     "assess_risk",
     "key_id",
+    "make_private",
     "read_table",
     "verify_audit_log",
     "write_table",
@@ -111,4 +113,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from privdl.io import read_table, write_table
     from privdl.manifest import RunManifest
     from privdl.train.encoding import TableEncoder
+    from privdl.train.private_loop import make_private
     from privdl.train.trainer import PrivateTrainer

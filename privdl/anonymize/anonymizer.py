@@ -13,13 +13,14 @@ on the quasi-identifiers alone and with those linkable columns added.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from privdl import progress
 from privdl.anonymize.detect import linkable_columns, looks_like_identifiers
 from privdl.anonymize.policy import Policy
 from privdl.anonymize.pseudonymize import KEYED, apply_rule
-from privdl.errors import InputError, KeyMissingError, UsageError
+from privdl.errors import InputError, KeyMissingError, NotFittedError, UsageError
+from privdl.estimator import EstimatorParams
 from privdl.keys import Secret
 
 if TYPE_CHECKING:
@@ -32,8 +33,15 @@ __all__ = ["ENGINES", "Anonymizer"]
 ENGINES = ("pandas", "spark")
 
 
-class Anonymizer:
-    """Release a copy of a table under a policy (scikit-learn style transform).
+class Anonymizer(EstimatorParams):
+    """Release a copy of a table under a policy (a scikit-learn transformer).
+
+    A scikit-learn estimator: ``get_params`` / ``set_params``, ``sklearn.base.clone``,
+    and a ``Pipeline`` step (``fit`` / ``transform`` / ``fit_transform``,
+    ``set_output(transform="pandas")``, ``get_feature_names_out``). Each ``transform``
+    is a release of its own table: generalization is computed from the table being
+    released (k holds in it), not learned in ``fit``, which checks the policy against
+    the columns and records them.
 
     Args:
         policy: the column roles and targets.
@@ -44,6 +52,7 @@ class Anonymizer:
             entry per :meth:`fit_transform`.
 
     Attributes:
+        feature_names_in_, n_features_in_: the columns seen by ``fit``.
         report_: the :class:`~privdl.anonymize.report.AnonymizationReport` of the last run.
         warnings_: lines a reviewer must read: columns that look like direct identifiers
             but have no role, and released columns an attacker can link on that are not
@@ -76,15 +85,88 @@ class Anonymizer:
         key = self.key.key_id if self.key is not None else None
         return f"Anonymizer(policy=<{len(self.policy.named_columns)} columns>, key_id={key!r}, engine={self.engine!r})"
 
-    def get_params(self) -> dict[str, Any]:
-        """What goes into audit records: the policy, the engine and the key's id only."""
+    def __getattr__(self, name: str) -> Any:
+        # learned state (``report_``, ...) before a run: scikit-learn's NotFittedError
+        if name.endswith("_") and not name.startswith("__"):
+            raise NotFittedError(f"Anonymizer has no {name} yet: call fit_transform() (or fit, transform)")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    _sklearn_kind: ClassVar[str] = "transformer"
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return "feature_names_in_" in vars(self)
+
+    def params_record(self) -> dict[str, Any]:
+        """What goes into audit records: the policy, the engine and the key's id only
+        (``get_params()`` is scikit-learn's: the constructor parameters as given)."""
         return {
             "policy": self.policy.get_params(),
             "engine": self.engine,
             "key_id": self.key.key_id if self.key is not None else None,
         }
 
-    def fit_transform(self, frame: pd.DataFrame) -> pd.DataFrame:
+    # -- scikit-learn's transformer --------------------------------------------------
+    def fit(self, frame: pd.DataFrame, y: Any = None) -> Anonymizer:
+        """Check the policy against the table's columns (and that a keyed transform has
+        its key) and record them; nothing is released, so nothing is audited.
+
+        Raises:
+            PolicyError: a column named in the policy is missing.
+            KeyMissingError: a keyed transform but no key.
+        """
+        del y  # unsupervised: the labels of a Pipeline pass by
+        self._check(frame)
+        self._fit_columns(frame)
+        return self
+
+    def _fit_columns(self, frame: Any) -> None:
+        self.feature_names_in_ = [str(c) for c in frame.columns]
+        self.n_features_in_ = len(self.feature_names_in_)
+
+    def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Release ``frame`` (as :meth:`fit_transform`), after :meth:`fit` on a table
+        with the same columns.
+
+        Raises:
+            NotFittedError: before :meth:`fit`.
+            InputError: ``frame`` has other columns than the fitted table.
+        """
+        if not self.__sklearn_is_fitted__():
+            raise NotFittedError("the Anonymizer is not fitted yet: call fit() or fit_transform() first")
+        columns = [str(c) for c in frame.columns]
+        if columns != self.feature_names_in_:
+            missing = [c for c in self.feature_names_in_ if c not in columns]
+            extra = [c for c in columns if c not in self.feature_names_in_]
+            what = f"lacks column {missing[0]!r}" if missing else f"has a new column {extra[0]!r}" if extra else "has its columns in another order"
+            raise InputError(f"the table to transform {what} (fitted on other columns)")
+        return self._release(frame)
+
+    def set_output(self, *, transform: str | None = None) -> Anonymizer:
+        """scikit-learn's output container: released tables are pandas DataFrames
+        (``"pandas"``, ``"default"`` or ``None``).
+
+        Raises:
+            UsageError: another container (``"polars"``).
+        """
+        if transform not in (None, "default", "pandas"):
+            raise UsageError(f"Anonymizer releases pandas DataFrames, not {transform!r}")
+        self._output = transform
+        return self
+
+    def get_feature_names_out(self, input_features: Any = None) -> Any:
+        """The released columns: those of the last release, else the fitted columns
+        without the dropped ones."""
+        import numpy as np
+
+        report = vars(self).get("report_")
+        if report is not None and "released_columns_" in vars(self):
+            return np.asarray(self.released_columns_, dtype=object)
+        columns = list(input_features) if input_features is not None else self.feature_names_in_
+        policy = self.policy
+        dropped = set(policy.drop) | {r.column for r in policy.identifiers if r.transform == "drop"}
+        return np.asarray([c for c in columns if c not in dropped], dtype=object)
+
+    def fit_transform(self, frame: pd.DataFrame, y: Any = None) -> pd.DataFrame:
         """Return the released table; ``frame`` is never modified.
 
         With an ``audit_log``, one ``anonymize`` entry records the policy, the key's
@@ -96,11 +178,17 @@ class Anonymizer:
             KeyMissingError: a keyed transform but no key.
             PolicyNotMetError: k / l / t cannot be met within ``max_suppression``.
         """
+        del y  # unsupervised: the labels of a Pipeline pass by
+        released = self._release(frame)  # checks the policy, inside the audited operation
+        self._fit_columns(frame)
+        return released
+
+    def _release(self, frame: pd.DataFrame) -> pd.DataFrame:
         if self.audit_log is None:
             return self._run(frame)
         from privdl.audit import operation
 
-        with operation(self.audit_log, "anonymize", params=self.get_params(), inputs=[frame]) as op:
+        with operation(self.audit_log, "anonymize", params=self.params_record(), inputs=[frame]) as op:
             released = self._run(frame)
             self._record(op, outputs=[released])
         return released
@@ -153,7 +241,7 @@ class Anonymizer:
             io.check_distinct_paths(source, output)
         io.check_output(output)
         inputs = [os.fspath(source) if source is not None else data]
-        with operation(self.audit_log, "anonymize", params=self.get_params(), inputs=inputs) as op:
+        with operation(self.audit_log, "anonymize", params=self.params_record(), inputs=inputs) as op:
             frame = data if source is None else io.read_table(source, sep=sep, query=query, progress=progress)
             if source is not None:
                 io.require_rows(frame, source)
@@ -175,14 +263,12 @@ class Anonymizer:
     def _record(self, op: Any, *, outputs: list[Any] | None = None) -> None:
         """What the entry of a run records, from :meth:`fit_transform` or :meth:`release`."""
         op.update(
-            params={**self.get_params(), "achieved": self.report_.summary()},
+            params={**self.params_record(), "achieved": self.report_.summary()},
             outputs=outputs,
             subjects=self.subjects_,
         )
 
-    def _run(self, frame: pd.DataFrame) -> pd.DataFrame:
-        import pandas as pd
-
+    def _check(self, frame: pd.DataFrame) -> None:
         policy = self.policy
         if self.engine not in ENGINES:
             raise UsageError(f"unknown engine {self.engine!r}; choose pandas or spark")
@@ -193,6 +279,12 @@ class Anonymizer:
             raise KeyMissingError(
                 f"column {first!r} needs a key: pass key= (CLI: --key-env VAR or --key-file PATH)"
             )
+
+    def _run(self, frame: pd.DataFrame) -> pd.DataFrame:
+        import pandas as pd
+
+        policy = self.policy
+        self._check(frame)
         replaced: dict[str, pd.Series] = {}
         dropped = set(policy.drop)
         with progress.step("pseudonymizing identifiers", total=len(policy.identifiers)) as bar:
@@ -230,6 +322,7 @@ class Anonymizer:
                 frame, out, generalization, passthrough, warnings, linkable, generalized_from
             )
         self.warnings_ = list(self.report_.warnings)
+        self.released_columns_ = [str(c) for c in out.columns]
         return out
 
     def _linkable(self, released: pd.DataFrame, passthrough: list[str]) -> dict[str, str]:

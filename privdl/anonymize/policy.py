@@ -363,6 +363,14 @@ class Policy:
         named = set(self.named_columns)
         return [c for c in columns if c not in named]
 
+    def __sklearn_clone__(self) -> Policy:
+        """``sklearn.base.clone`` of an estimator holding this policy: a frozen value is
+        its own clone (its ``get_params`` is the audit record, not constructor params)."""
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Policy:
+        return self  # a frozen value (its mappings are read-only views) copies as itself
+
     # -- serialization ----------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
         """Plain-data description for audit records and reports (holds no key)."""

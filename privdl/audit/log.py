@@ -247,6 +247,11 @@ class AuditLog:
         self.legal_basis = legal_basis or defaults.get("legal_basis")
         self._writer: _Writer | None = None
 
+    def __sklearn_clone__(self) -> AuditLog:
+        """``sklearn.base.clone`` of an estimator holding this log shares it: every clone
+        appends to the same chain (a copy would not be one)."""
+        return self
+
     def __repr__(self) -> str:
         return f"AuditLog({str(self.path)!r})"
 

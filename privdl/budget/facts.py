@@ -186,7 +186,8 @@ class RunFacts:
             sample_rate=_opt_float(trainer.sample_rate_),
             max_grad_norm=_opt_float(trainer.max_grad_norm),
             epochs=_opt_int(trainer.epochs),
-            batch_size=_opt_int(trainer.batch_size),
+            # the expected batch size a fit resolved (a DataLoader's own, by default)
+            batch_size=_opt_int(vars(trainer).get("batch_size_") or trainer.batch_size),
             n_samples=_opt_int(trainer.n_samples_),
             secure_mode=bool(trainer.secure_mode),
             replaced_modules=tuple(trainer.replaced_modules_ or ()),

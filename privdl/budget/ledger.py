@@ -209,6 +209,11 @@ class BudgetLedger:
         self._store: Store = open_store(url_or_path, create=create)
         self.location = self._store.location
 
+    def __sklearn_clone__(self) -> BudgetLedger:
+        """``sklearn.base.clone`` of an estimator holding this ledger shares it: every clone
+        charges the same budget (a copy would not be one)."""
+        return self
+
     def __repr__(self) -> str:
         return f"BudgetLedger({self.location!r})"
 

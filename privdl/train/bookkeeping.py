@@ -55,6 +55,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from privdl._optional import require
@@ -429,9 +430,13 @@ class BookKeeping:
         #: sum over its calls, clipped as one)
         self.calls_: dict[str, int] = {}
         self.params = [p for layer in layers for p in layer.parameters() if p.requires_grad]
-        self._criterion = copy.copy(criterion)
-        self._criterion.reduction = "none"  # type: ignore[assignment]
+        self._criterion = None if criterion is None else copy.copy(criterion)
+        if self._criterion is not None:
+            self._criterion.reduction = "none"  # type: ignore[assignment]
         self._captured: list[tuple[nn.Module, Any, Any, int]] = []
+        # output gradients from the caller's own backward pass (accumulate_backward)
+        self.from_backward = False
+        self._output_grads: list[Any] = []
         self._sums: dict[int, Any] = {}
         self._handles = [layer.register_forward_hook(self._capture) for layer in layers]
 
@@ -440,7 +445,15 @@ class BookKeeping:
         if not (module.training and torch.is_grad_enabled()):
             return None
         self._captured.append((module, inputs[0].detach(), output, output._version))
+        if self.from_backward:
+            slot = len(self._output_grads)
+            self._output_grads.append(None)
+            if output.requires_grad:
+                output.register_hook(partial(self._keep_grad, slot))
         return output.clone() if self.copy_outputs else None
+
+    def _keep_grad(self, slot: int, grad: Any) -> None:
+        self._output_grads[slot] = grad.detach()
 
     def __call__(self, x: Any) -> Any:
         return self.module(x)
@@ -455,12 +468,14 @@ class BookKeeping:
             h.remove()
         self._handles = []
         self._captured = []
+        self._output_grads = []
         return self.module
 
     # -- optimizer side ---------------------------------------------------------------
     def zero_grad(self, set_to_none: bool = True) -> None:
         self._sums = {}
         self._captured = []
+        self._output_grads = []
         self.original_optimizer.zero_grad(set_to_none=True)
 
     def per_sample_loss(self, output: Any, target: Any) -> Any:
@@ -474,12 +489,46 @@ class BookKeeping:
         captured, self._captured = self._captured, []
         if not captured:
             return
+        self._check_versions(captured)
+        outputs = [out for _, _, out, _ in captured]
+        grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
+        self._clip_and_add(captured, list(grads), losses.shape[0], losses.dtype, losses.device)
+
+    def accumulate_backward(self, scale: str = "mean") -> None:
+        """Clip the per-sample gradients of the caller's own ``loss.backward()`` (with
+        :attr:`from_backward` set, the forward hooks keep each layer output's gradient)
+        and add them to the sum. ``scale="mean"``: the loss was the mean over the batch's
+        records, so a record's own gradient is the batch size times its row of the
+        output gradient (Opacus' ``loss_reduction="mean"``); ``"sum"``: the row itself."""
+        captured, self._captured = self._captured, []
+        grads, self._output_grads = self._output_grads, []
+        if not captured:
+            return
+        self._check_versions(captured)
+        batch = int(captured[0][1].shape[0]) if captured[0][1].ndim else 0
+        factor = float(batch) if scale == "mean" else 1.0
+        grads = [None if g is None else g * factor for g in grads]
+        dtype = next((g.dtype for g in grads if g is not None), captured[0][2].dtype)
+        self._clip_and_add(captured, grads, batch, dtype, captured[0][2].device)
+
+    @staticmethod
+    def _check_versions(captured: list[tuple[nn.Module, Any, Any, int]]) -> None:
         if any(out._version != version for _, _, out, version in captured):
             raise UsageError(
                 "a layer's output was modified in place after book-keeping was set up; "
                 "use out-of-place operations (e.g. ReLU(inplace=False))"
             )
-        batch = losses.shape[0]
+
+    def _clip_and_add(
+        self,
+        captured: list[tuple[nn.Module, Any, Any, int]],
+        grads: list[Any],
+        batch: int,
+        dtype: Any,
+        device: Any,
+    ) -> None:
+        """Clip each record's gradient, from the layer inputs and output gradients of
+        every call, and add the clipped sum."""
         for layer, x, out, _ in captured:
             if x.shape[:1] != (batch,) or out.shape[:1] != (batch,):
                 # a call on some of the records (x[mask]): its rows are not the batch's
@@ -489,8 +538,6 @@ class BookKeeping:
                     f"rows of a batch of {batch}: per-sample clipping needs every trainable "
                     "layer to run on the whole batch (mask its output instead of its input)"
                 )
-        outputs = [out for _, _, out, _ in captured]
-        grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
         # every call of a layer in this forward pass: a layer run twice contributes the
         # sum of its calls to each per-sample gradient, whose norm is not the sum of the
         # calls' norms (adding squared norms per call under-clips by up to sqrt(calls))
@@ -499,7 +546,7 @@ class BookKeeping:
             entry = calls.setdefault(id(layer), (layer, []))
             if g is not None:  # an output not used by the loss contributes zero
                 entry[1].append((x, g))
-        norm2 = torch.zeros(batch, dtype=losses.dtype, device=losses.device)
+        norm2 = torch.zeros(batch, dtype=dtype, device=device)
         sums: list[tuple[Any, Callable[[Any], Any]]] = []
         for layer, pairs in calls.values():
             if len(captured) > len(calls):

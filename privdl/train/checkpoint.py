@@ -153,7 +153,7 @@ def _meta(trainer: Any) -> dict[str, Any]:
         "feature_names": trainer.feature_names_,
         "task": trainer.task_,
         "n_outputs": trainer.n_outputs_,
-        "params": trainer.get_params(),
+        "params": trainer.params_record(),
         "privacy": {
             "epsilon": trainer.epsilon,
             "delta": trainer.delta_,

@@ -271,6 +271,16 @@ class TableEncoder:
         self.domain_epsilon = domain_epsilon
         self.domain_delta = domain_delta
 
+    def __sklearn_clone__(self) -> TableEncoder:
+        """``sklearn.base.clone`` (of a trainer holding this encoder): an unfitted encoder
+        with copies of the same constructor parameters (``get_params`` here is the audit
+        record, not scikit-learn's)."""
+        import copy
+
+        from privdl.estimator import param_names
+
+        return type(self)(**{name: copy.deepcopy(getattr(self, name)) for name in param_names(type(self))})
+
     def get_params(self) -> dict[str, Any]:
         """Constructor parameters (what goes into an audit record)."""
         policy = self.policy

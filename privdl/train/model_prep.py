@@ -1,6 +1,7 @@
 """Making a model trainable with per-sample gradients: layer fixes, task and loss.
 
-* :func:`prepare_model` replaces the layers Opacus cannot train privately (BatchNorm
+* :func:`prepare_model` trains a ``torch.compile``'d model through its original module,
+  replaces the layers Opacus cannot train privately (BatchNorm
   becomes GroupNorm, see :func:`~privdl.train.opacus_step.fix_for_opacus`) and switches
   in-place modules (``ReLU(inplace=True)``) out of place: such a module changes a layer's
   output after the per-sample hooks saw it, in training mode only; out of place the
@@ -179,12 +180,48 @@ def prepare_model(model: nn.Module) -> tuple[nn.Module, list[str]]:
         InputError: a layer Opacus cannot train privately is left.
         UsageError: the model has no trainable parameters.
     """
+    model, compiled = _uncompiled(model)
     model.train()  # validation and per-sample gradients need training mode
     model, replaced = fix_for_opacus(model)
+    replaced = compiled + replaced
     replaced += [f"{name}: inplace=True -> inplace=False" for name in _out_of_place(model)]
     if not any(p.requires_grad for p in model.parameters()):
         raise UsageError("the model has no trainable parameters")
     return model, replaced
+
+
+def _uncompiled(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """``model`` with every ``torch.compile`` wrapper replaced by the module it wraps
+    (``_orig_mod``, which holds the same parameters), and a note for each.
+
+    Per-sample gradients need hooks on each layer and its outputs as the layer returned
+    them; a compiled graph fuses layers and reuses output buffers (which looked like a
+    layer output "modified in place"), so DP training runs the original module eagerly.
+    Compile the trained module again for inference if you want to.
+    """
+    import warnings
+
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    notes: list[str] = []
+    if isinstance(model, OptimizedModule):
+        model = model._orig_mod
+        notes.append("(model): torch.compile -> original module")
+    for parent_name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, OptimizedModule):
+                setattr(parent, child_name, child._orig_mod)
+                name = f"{parent_name}.{child_name}" if parent_name else child_name
+                notes.append(f"{name}: torch.compile -> original module")
+    if notes:
+        warnings.warn(
+            "a torch.compile'd model is trained through its original module (per-sample "
+            "gradients need each layer's own hooks and outputs); compile the trained model "
+            "again for inference",
+            UserWarning,
+            stacklevel=3,
+        )
+    return model, notes
 
 
 def _out_of_place(model: nn.Module) -> list[str]:

@@ -278,6 +278,20 @@ class OpacusStep:
         if self.on_switch is not None:
             self.on_switch(note)
 
+    def forget_forward(self) -> None:
+        """Drop what a forward pass without its backward left in Opacus' hooks (the
+        activations and call counters), so the next batch starts clean: a loop may run
+        the model on an empty batch and step on noise only."""
+        for m in self.module._module.modules():
+            for attr in ("activations", "max_batch_len"):
+                if hasattr(m, attr):
+                    delattr(m, attr)
+            for p in m.parameters(recurse=False):
+                if hasattr(p, "_current_grad_sample"):
+                    del p._current_grad_sample
+                if getattr(p, "_forward_counter", 0):
+                    p._forward_counter = 0
+
     def release(self) -> Any:
         return self.module.to_standard_module()
 

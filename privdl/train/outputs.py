@@ -107,6 +107,9 @@ def targets(X: Any, y: Any, encoder: Any) -> Any:
         if encoder is None:
             raise UsageError("a DataFrame target needs the encoder the model was trained with")
         y = encode_target(encoder, X[y])
+    elif isinstance(X, pd.DataFrame) and encoder is not None and not torch.is_tensor(y):
+        # scikit-learn's score(X, y): raw labels beside the table, encoded as in fit
+        y = encode_target(encoder, y if isinstance(y, pd.Series) else pd.Series(np.asarray(y)))
     return to_tensor(y, what="target")
 
 

@@ -16,7 +16,15 @@ from typing import Any
 from privdl.budget.accounting import check_accountant, check_epsilon
 from privdl.errors import PrivacyParameterError, SecurityError, UsageError
 
-__all__ = ["DEFAULTS", "OPTIMIZERS", "check_params", "default_lr", "make_optimizer", "params_record"]
+__all__ = [
+    "DEFAULTS",
+    "OPTIMIZERS",
+    "check_params",
+    "default_lr",
+    "make_optimizer",
+    "params_record",
+    "resolve_batch_size",
+]
 
 #: Defaults chosen so that a user passes only the model, epsilon and the data
 #: (benchmarks/train.py checks them against the utility anchors; see docs/train.md).
@@ -55,6 +63,31 @@ def make_optimizer(optimizer: str | type, lr: float, params: list[Any]) -> Any:
     return cls(params, lr=lr, **extra)
 
 
+def resolve_batch_size(batch_size: int | None, data: Any) -> int:
+    """The expected Poisson batch size of a fit: ``batch_size``, else a ``DataLoader``'s
+    own ``batch_size``, else the default (256).
+
+    A ``batch_size`` that differs from the loader's wins, with a warning: the loader's
+    sampler is replaced by Poisson sampling, and its batch size would be silently lost.
+    """
+    import warnings
+
+    from torch.utils.data import DataLoader
+
+    own = data.batch_size if isinstance(data, DataLoader) else None
+    if batch_size is None:
+        return int(own) if own else int(DEFAULTS["batch_size"])
+    if own and int(own) != int(batch_size):
+        warnings.warn(
+            f"the DataLoader's batch_size={own} is replaced by batch_size={batch_size}: batches "
+            "are Poisson samples of that expected size (leave batch_size unset to keep the "
+            "loader's)",
+            UserWarning,
+            stacklevel=4,
+        )
+    return int(batch_size)
+
+
 def check_params(trainer: Any) -> None:
     """Check a trainer's parameters before a fit.
 
@@ -83,7 +116,9 @@ def check_params(trainer: Any) -> None:
     check_accountant(trainer.accountant)
     if not (isinstance(trainer.epochs, numbers.Integral) and trainer.epochs >= 1):
         raise UsageError("epochs must be a positive integer")
-    if not (isinstance(trainer.batch_size, numbers.Integral) and trainer.batch_size >= 1):
+    if trainer.batch_size is not None and not (
+        isinstance(trainer.batch_size, numbers.Integral) and trainer.batch_size >= 1
+    ):
         raise UsageError("batch_size must be a positive integer")
     if not (trainer.max_grad_norm > 0 and math.isfinite(trainer.max_grad_norm)):
         raise UsageError("max_grad_norm must be positive")
@@ -112,7 +147,8 @@ def params_record(trainer: Any) -> dict[str, Any]:
         "delta": trainer.delta,
         "max_grad_norm": trainer.max_grad_norm,
         "epochs": trainer.epochs,
-        "batch_size": trainer.batch_size,
+        # as given, or (after a fit) the expected batch size the fit resolved
+        "batch_size": trainer.batch_size if trainer.batch_size is not None else trainer.batch_size_,
         "lr": default_lr(trainer.lr, trainer.optimizer),
         "optimizer": opt,
         "loss": loss,

@@ -24,19 +24,29 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
+
+import numpy as np
 
 from privdl._optional import require
 from privdl.budget.accounting import epsilon_of
 from privdl.budget.facts import RunFacts
 from privdl.errors import InputError, UsageError
+from privdl.estimator import EstimatorParams
 from privdl.train import checkpoint, model_prep, outputs
 from privdl.train import run as runs
 from privdl.train.data import as_data, audit_inputs, resolve_device, steps_per_epoch, val_overlap
 from privdl.train.dp_step import choose_mode
 from privdl.train.modelfile import ModelFolder, read_model_folder
 from privdl.train.outputs import Predictions
-from privdl.train.params import DEFAULTS, check_params, default_lr, make_optimizer, params_record
+from privdl.train.params import (
+    DEFAULTS,
+    check_params,
+    default_lr,
+    make_optimizer,
+    params_record,
+    resolve_batch_size,
+)
 from privdl.train.progress import progress_bar, progress_stats
 from privdl.train.run import ResumePoint, TrainingRun
 
@@ -46,8 +56,13 @@ from torch import nn  # noqa: E402
 __all__ = ["DEFAULTS", "PrivateTrainer"]
 
 
-class PrivateTrainer(Predictions):
+class PrivateTrainer(EstimatorParams, Predictions):
     """Train a torch model with (epsilon, delta)-differential privacy (DP-SGD).
+
+    A scikit-learn estimator: ``get_params`` / ``set_params`` (``epsilon=`` is stored
+    as ``target_epsilon``: ``epsilon`` is the epsilon spent), ``sklearn.base.clone``,
+    ``fit(X, y)`` / ``predict`` / ``predict_proba`` / ``score``, learned state ending in
+    ``_`` and :class:`~privdl.errors.NotFittedError` before ``fit``.
 
     Args:
         model: a ``torch.nn.Module``. BatchNorm and other layers Opacus cannot train
@@ -59,7 +74,8 @@ class PrivateTrainer(Predictions):
         max_grad_norm: per-sample clipping norm C.
         epochs: passes over the data (each of ``ceil(n / batch_size)`` steps).
         batch_size: *expected* batch size; batches are Poisson samples with rate
-            ``1 / ceil(n / batch_size)``.
+            ``1 / ceil(n / batch_size)``. Default: a ``DataLoader``'s own batch size,
+            else 256 (``batch_size_`` is the one used).
         lr: learning rate (default depends on ``optimizer``).
         optimizer: ``"adam"``, ``"adamw"``, ``"sgd"``, ``"rmsprop"`` or a
             ``torch.optim.Optimizer`` class.
@@ -108,7 +124,7 @@ class PrivateTrainer(Predictions):
         delta: float | None = None,
         max_grad_norm: float = DEFAULTS["max_grad_norm"],
         epochs: int = DEFAULTS["epochs"],
-        batch_size: int = DEFAULTS["batch_size"],
+        batch_size: int | None = None,
         lr: float | None = None,
         optimizer: str | type = DEFAULTS["optimizer"],
         loss: str | nn.Module | None = None,
@@ -171,6 +187,7 @@ class PrivateTrainer(Predictions):
         self.planned_steps_: int = 0
         self.delta_: float | None = None
         self.n_samples_: int | None = None
+        self.batch_size_: int | None = None  # the expected batch size used
         self.replaced_modules_: list[str] = []
         self.grad_sample_mode_: str | None = None
         self.task_: str | None = None
@@ -188,9 +205,16 @@ class PrivateTrainer(Predictions):
         self._open_plan: runs.RunPlan | None = None
 
     # ------------------------------------------------------------------ parameters
-    def get_params(self) -> dict[str, Any]:
-        """The run's configuration, as it goes into the audit record and the report."""
+    _param_attributes: ClassVar[dict[str, str]] = {"epsilon": "target_epsilon"}
+
+    def params_record(self) -> dict[str, Any]:
+        """The run's configuration as plain data, as it goes into the audit record, the
+        report and a saved model (``get_params()`` is scikit-learn's: the constructor
+        parameters as given)."""
         return params_record(self)
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return self.is_fitted
 
     def _lr(self) -> float:
         return default_lr(self.lr, self.optimizer)
@@ -242,7 +266,8 @@ class PrivateTrainer(Predictions):
         Args:
             data: ``(X, y)`` arrays/tensors, a ``TensorDataset``, a ``DataLoader``, any
                 map-style ``Dataset``, or a pandas DataFrame with ``target=``.
-            target: the label column when ``data`` is a DataFrame.
+            target: the label column when ``data`` is a DataFrame; or the labels
+                themselves (scikit-learn's ``fit(X, y)``: an array, a tensor or a Series).
             val: validation data in the same forms (not charged: it must not be the
                 training data); its metric is reported per epoch. The metric is not
                 covered by the DP guarantee (it is computed on ``val`` without noise);
@@ -260,6 +285,7 @@ class PrivateTrainer(Predictions):
                 initialized ``torch.distributed`` process group or for a
                 ``DistributedDataParallel`` model (not supported yet).
         """
+        data, target = _with_target(data, target)
         model_prep.refuse_distributed(self.model, self.model_)
         check_params(self)
         self._open_plan = None
@@ -274,6 +300,7 @@ class PrivateTrainer(Predictions):
                     "noise_multiplier": self.noise_multiplier_,
                     "sample_rate": self.sample_rate_,
                     "planned_steps": self.planned_steps_,
+                    "batch_size": self.batch_size_,
                     "delta": self.delta_,
                     "run_id": self.run_id_,
                     "grad_sample_mode": self.grad_sample_mode_,
@@ -332,7 +359,7 @@ class PrivateTrainer(Predictions):
         return operation(
             self.audit_log,
             name,
-            params=self.get_params(),
+            params=self.params_record(),
             inputs=audit_inputs(data),
             outputs=written,
             started=True,
@@ -409,7 +436,8 @@ class PrivateTrainer(Predictions):
         ledger = runs.open_ledger(self.ledger)
         accountant = self._accountant(ledger)
         self.delta_ = runs.resolve_delta(self.delta_ if resume else self.delta, n, ledger, self.dataset_id)
-        per_epoch = resume.per_epoch if resume else steps_per_epoch(n, int(self.batch_size))
+        self.batch_size_ = resolve_batch_size(self.batch_size, data)
+        per_epoch = resume.per_epoch if resume else steps_per_epoch(n, self.batch_size_)
         # A second fit continues training the fitted model: its earlier runs stay in
         # the accountant history, so the reported epsilon covers all of them.
         if resume is not None:
@@ -607,3 +635,25 @@ class PrivateTrainer(Predictions):
     def __repr__(self) -> str:
         state = f"epsilon={self.epsilon:.3g}, steps={self.steps_}" if self.steps_ else "unfitted"
         return f"PrivateTrainer({type(self.model).__name__}, target_epsilon={self.target_epsilon!r}, {state})"
+
+
+def _with_target(data: Any, target: Any) -> tuple[Any, str | None]:
+    """scikit-learn's ``fit(X, y)``: labels given as ``target`` join the data (``(X, y)``,
+    or a DataFrame with the labels as its target column)."""
+    if target is None or isinstance(target, str):
+        return data, target
+    import pandas as pd
+
+    if isinstance(data, pd.DataFrame):
+        name = target.name if isinstance(target, pd.Series) and target.name is not None else "target"
+        if name in data.columns:
+            raise InputError(f"the labels are named {name!r} like a column of X: rename one")
+        if isinstance(target, pd.Series):
+            labels = target.to_numpy()
+        else:
+            labels = target.cpu().numpy() if torch.is_tensor(target) else np.asarray(target)
+        if len(labels) != len(data):
+            raise InputError(f"X has {len(data)} rows but y has {len(labels)} labels")
+        return data.assign(**{str(name): labels}), str(name)
+    return (data, target), None
+

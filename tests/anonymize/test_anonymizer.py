@@ -43,9 +43,10 @@ def test_repr_and_params_hold_only_the_key_id(users, key):
     anonymizer = Anonymizer(Policy(identifiers=["email"]), key=key)
     anonymizer.fit_transform(users)
     raw = key.reveal().hex()
-    for text in (repr(anonymizer), str(anonymizer.get_params()), str(anonymizer.report_.to_json())):
+    texts = (repr(anonymizer), str(anonymizer.get_params()), str(anonymizer.params_record()))
+    for text in (*texts, str(anonymizer.report_.to_json())):
         assert raw not in text and raw[:12] not in text
-    assert anonymizer.get_params()["key_id"] == key.key_id
+    assert anonymizer.params_record()["key_id"] == key.key_id
     assert key.key_id in str(anonymizer.report_.to_json())
 
 
