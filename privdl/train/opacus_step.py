@@ -36,6 +36,7 @@ __all__ = [
     "OpacusStep",
     "distributed_types",
     "fix_for_opacus",
+    "grad_sample_module",
     "opacus_mode",
     "opacus_version",
 ]
@@ -294,6 +295,17 @@ class OpacusStep:
 
     def release(self) -> Any:
         return self.module.to_standard_module()
+
+
+def grad_sample_module(model: Any, *, functorch: bool = False) -> Any:
+    """Opacus' ``GradSampleModule`` (hooks, or functorch) over ``model`` computing
+    per-record gradients of a summed loss, with the partial-batch guard; for a DP step
+    that clips its own units (user-level DP-SGD, :mod:`privdl.train.user_level`)."""
+    from opacus import GradSampleModule
+
+    gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum", force_functorch=functorch)
+    _guard_rows(gsm)
+    return gsm
 
 
 def _guard_rows(gsm: Any) -> None:

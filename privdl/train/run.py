@@ -385,13 +385,15 @@ def start_run(
     max_physical_batch_size: int | None,
     on_switch: Callable[[str], None] | None = None,
     resume: ResumePoint | None = None,
+    make_step: Callable[[str, Any, Any], Any] | None = None,
 ) -> TrainingRun:
     """The run, ready for its first (or next) step: the DP step over the prepared model
     (a :class:`~privdl.train.model_prep.PreparedModel`), the Poisson sampler, in-memory
     data on the device, and a resumed run's optimizer state and epoch.
 
     ``generator(device, offset)`` gives the seeded torch generator (or ``None``) for the
-    sampler (offset 0) and the noise (offset 1).
+    sampler (offset 0) and the noise (offset 1). ``make_step(mode, model, settings)``
+    builds another DP step (a user-level one) instead of :func:`make_dp_step`'s.
     """
     from privdl.train.dp_step import StepSettings, make_dp_step
     from privdl.train.model_prep import shape_for_loss
@@ -409,7 +411,10 @@ def start_run(
     )
     # "bk" hands a copy of a layer output on when an op in a forward changes it in place
     copy_outputs = mode == "bk" and bool(prepared.probe.modified)
-    step = make_dp_step(mode, prepared.model, settings, copy_outputs=copy_outputs, on_switch=on_switch)
+    if make_step is not None:
+        step = make_step(mode, prepared.model, settings)
+    else:
+        step = make_dp_step(mode, prepared.model, settings, copy_outputs=copy_outputs, on_switch=on_switch)
     in_memory = isinstance(data, TensorData)
     sampler = PoissonSampler(
         plan.n_samples,

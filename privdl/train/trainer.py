@@ -33,7 +33,7 @@ from privdl.budget.accounting import epsilon_of
 from privdl.budget.facts import RunFacts
 from privdl.errors import InputError, UsageError
 from privdl.estimator import EstimatorParams
-from privdl.train import checkpoint, model_prep, outputs
+from privdl.train import checkpoint, model_prep, outputs, user_level
 from privdl.train import run as runs
 from privdl.train.data import as_data, audit_inputs, resolve_device, steps_per_epoch, val_overlap
 from privdl.train.dp_step import choose_mode
@@ -114,6 +114,12 @@ class PrivateTrainer(EstimatorParams, Predictions):
         checkpoint_dir: write a signed training checkpoint there after every epoch
             (see :func:`PrivateTrainer.resume`).
         checkpoint_key: the Secret (HMAC) or Ed25519 key that signs checkpoints.
+        privacy_unit: ``"record"`` (default) or ``"user"``: user-level DP-SGD (see
+            :mod:`privdl.train.user_level`), which samples users, clips each user's
+            gradient as one unit and reports epsilon for one person with all their
+            records; ``fit`` then takes ``user_column=`` or ``users=``.
+        max_records_per_user: with ``privacy_unit="user"``, each user trains on at most
+            this many of their records (a random subset when they have more).
     """
 
     def __init__(
@@ -143,6 +149,8 @@ class PrivateTrainer(EstimatorParams, Predictions):
         checkpoint_key: Any = None,
         domains: str = "dp",
         domain_epsilon: float | None = None,
+        privacy_unit: str = "record",
+        max_records_per_user: int | None = None,
     ) -> None:
         self.model = model
         self.target_epsilon = epsilon
@@ -168,6 +176,12 @@ class PrivateTrainer(EstimatorParams, Predictions):
         self.checkpoint_key = checkpoint_key
         self.domains = domains
         self.domain_epsilon = domain_epsilon
+        self.privacy_unit = privacy_unit
+        self.max_records_per_user = max_records_per_user
+        # user-level runs (privacy_unit="user"): users, and records beyond the cap
+        self.n_users_: int | None = None
+        self.records_dropped_: int | None = None
+        self._users: tuple[str | None, Any] = (None, None)
         # learned state, set by fit(); domain_*: where the encoder's domains came from
         # ("policy", "dp", "learned-unprotected"), a DP estimate's segments and ledger run
         self.domain_source_: str | None = None
@@ -256,7 +270,14 @@ class PrivateTrainer(EstimatorParams, Predictions):
 
     # ------------------------------------------------------------------ fit
     def fit(
-        self, data: Any, target: str | None = None, val: Any = None, *, subjects: Any = None
+        self,
+        data: Any,
+        target: str | None = None,
+        val: Any = None,
+        *,
+        subjects: Any = None,
+        user_column: str | None = None,
+        users: Any = None,
     ) -> PrivateTrainer:
         """Train the model with DP-SGD.
 
@@ -275,6 +296,9 @@ class PrivateTrainer(EstimatorParams, Predictions):
             subjects: the pseudonyms of the people in ``data`` (e.g. the released
                 table's ``user_id`` column); with ``audit_log`` they are recorded as a
                 keyed filter, so an erasure request finds this training run.
+            user_column: with ``privacy_unit="user"`` and a DataFrame: the column of
+                user ids (pseudonyms); it is not a feature.
+            users: with ``privacy_unit="user"`` and array data: each record's user id.
 
         Returns:
             ``self``.
@@ -288,6 +312,10 @@ class PrivateTrainer(EstimatorParams, Predictions):
         data, target = _with_target(data, target)
         model_prep.refuse_distributed(self.model, self.model_)
         check_params(self)
+        user_level.check_user_params(self)
+        if self.privacy_unit != "user" and (user_column is not None or users is not None):
+            raise UsageError('user_column= / users= need privacy_unit="user"')
+        self._users = (user_column, users)
         self._open_plan = None
         with self._audit("train", data) as op, self._settle_on_failure():
             if subjects is not None:
@@ -305,6 +333,8 @@ class PrivateTrainer(EstimatorParams, Predictions):
                     "run_id": self.run_id_,
                     "grad_sample_mode": self.grad_sample_mode_,
                     "replaced_modules": list(self.replaced_modules_),
+                    "privacy_unit": self.privacy_unit,
+                    "n_users": self.n_users_,
                 }
             )
             self._train(run)
@@ -378,6 +408,9 @@ class PrivateTrainer(EstimatorParams, Predictions):
             raise UsageError(f"{what} is a DataFrame: pass target= (the label column)")
         if target not in data.columns:
             raise InputError(f"{what} has no column {target!r}")
+        user_column = self._users[0] if self.privacy_unit == "user" else None
+        if user_column is not None and user_column in data.columns:
+            data = data.drop(columns=[user_column])  # who a record belongs to is no feature
         if fit and self.encoder_ is None:
             self._fit_encoder(data, target)  # the first table decides the input layout
         elif fit:
@@ -393,8 +426,25 @@ class PrivateTrainer(EstimatorParams, Predictions):
         from privdl.train.encoding import TableEncoder
 
         enc = self.encoder if self.encoder is not None else TableEncoder(domains=self.domains)
+        asked_dp = getattr(enc, "domains", None) == "dp" and not hasattr(enc, "columns_")
+        if self.privacy_unit == "user":
+            enc = user_level.user_level_encoder(enc)
         ledger = runs.open_ledger(self.ledger)
-        segments = runs.fit_table_encoder(
+        try:
+            segments = self._fit_domains(enc, data, target, ledger)
+        except InputError as exc:
+            if self.privacy_unit == "user" and asked_dp and "domain" in str(exc):
+                raise user_level.refused_dp_domains() from exc
+            raise
+        self._domain_segments = segments
+        self.domain_history_ = list(segments)
+        self.domain_run_id_ = getattr(enc, "domain_run_id_", None)
+        self.domain_source_ = getattr(enc, "domain_source_", None)
+        self.encoder_ = enc
+        self.feature_names_ = list(enc.feature_names_)
+
+    def _fit_domains(self, enc: Any, data: Any, target: str, ledger: Any) -> list[tuple[float, float, int]]:
+        return runs.fit_table_encoder(
             enc,
             data,
             target,
@@ -405,12 +455,6 @@ class PrivateTrainer(EstimatorParams, Predictions):
             domain_epsilon=self.domain_epsilon,
             accountant=self._accountant(ledger),
         )
-        self._domain_segments = segments
-        self.domain_history_ = list(segments)
-        self.domain_run_id_ = getattr(enc, "domain_run_id_", None)
-        self.domain_source_ = getattr(enc, "domain_source_", None)
-        self.encoder_ = enc
-        self.feature_names_ = list(enc.feature_names_)
 
     # ------------------------------------------------------------------ setup
     def _setup(self, data: Any, target: str | None, val: Any) -> TrainingRun:
@@ -425,6 +469,8 @@ class PrivateTrainer(EstimatorParams, Predictions):
         n = len(train)
         if n < 2:
             raise InputError("training data needs at least 2 rows")
+        unit_index = self._user_index(data, n) if self.privacy_unit == "user" else None
+        units = n if unit_index is None else unit_index.n_users
         resume = self._resume
         if resume is not None and n != self.n_samples_:
             raise InputError(
@@ -435,9 +481,9 @@ class PrivateTrainer(EstimatorParams, Predictions):
         # delta: the ledger's when there is one, else 1/(10 n); never >= 1/n
         ledger = runs.open_ledger(self.ledger)
         accountant = self._accountant(ledger)
-        self.delta_ = runs.resolve_delta(self.delta_ if resume else self.delta, n, ledger, self.dataset_id)
+        self.delta_ = runs.resolve_delta(self.delta_ if resume else self.delta, units, ledger, self.dataset_id)
         self.batch_size_ = resolve_batch_size(self.batch_size, data)
-        per_epoch = resume.per_epoch if resume else steps_per_epoch(n, self.batch_size_)
+        per_epoch = resume.per_epoch if resume else steps_per_epoch(units, self.batch_size_)
         # A second fit continues training the fitted model: its earlier runs stay in
         # the accountant history, so the reported epsilon covers all of them.
         if resume is not None:
@@ -456,12 +502,15 @@ class PrivateTrainer(EstimatorParams, Predictions):
         if resume is None:
             self.replaced_modules_ = list(prepared.replaced)
         self.n_outputs_, self.task_ = prepared.n_outputs, prepared.task
-        mode = choose_mode(self.grad_sample_mode, model, prepared.example, probe)
+        if unit_index is None:
+            mode = choose_mode(self.grad_sample_mode, model, prepared.example, probe)
+        else:
+            mode = user_level.choose_user_mode(self.grad_sample_mode, model)
         model_prep.refuse_random_under_vmap(model, mode)
         # noise for the whole planned run, this run's DP domain estimate composed in;
         # the ledger reservation before the first step (a resumed run keeps both)
         plan = runs.plan_run(
-            n=n,
+            n=units,
             per_epoch=per_epoch,
             epochs=int(self.epochs),
             delta=self.delta_,
@@ -493,13 +542,36 @@ class PrivateTrainer(EstimatorParams, Predictions):
             max_physical_batch_size=self.max_physical_batch_size,
             on_switch=self._switched,
             resume=resume,
+            make_step=None if unit_index is None else user_level.make_user_step,
         )
+        if unit_index is not None:
+            run = user_level.as_user_run(run, unit_index)
         self.model_ = model
         self.history_ = [] if resume is None else list(resume.history)
         self.steps_ = 0 if resume is None else resume.steps
         self._resume = None
         self.accountant_history_ = plan.history(self.steps_)
         return run
+
+    def _user_index(self, data: Any, n: int) -> Any:
+        """The kept records of every user (user-level runs), drawn once per fit."""
+        import pandas as pd
+
+        if self._resume is not None or self.checkpoint_dir is not None:
+            raise UsageError('privacy_unit="user" does not write or resume training checkpoints yet')
+        column, users = self._users
+        frame = data if isinstance(data, pd.DataFrame) else None
+        codes = user_level.users_of(frame, users, column, n, what="training data")
+        index = user_level.UserIndex.build(
+            codes,
+            int(self.max_records_per_user),  # type: ignore[arg-type]
+            generator=self._generator(torch.device("cpu"), 2),
+            secure=self.secure_mode,
+        )
+        if index.n_users < 2:
+            raise InputError("user-level training needs at least 2 users")
+        self.n_users_, self.records_dropped_ = index.n_users, index.dropped
+        return index
 
     def _make_optimizer(self, params: list[Any]) -> Any:
         return make_optimizer(self.optimizer, self._lr(), params)
