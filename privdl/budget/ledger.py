@@ -52,6 +52,7 @@ from privdl.budget.accounting import (
     naive_epsilon_sum,
     noise_multiplier_for,
 )
+from privdl.budget.accounting.units import Charge, check_unit, compose, fixed_part, unit_charge
 from privdl.budget.store import RUN_COLUMNS, Store, Transaction, open_store
 from privdl.errors import (
     BudgetExceededError,
@@ -109,6 +110,11 @@ class RunRecord(JSONSerializable):
             ledger from ``history``.
         history: the run's :class:`~privdl.budget.accounting.History`
             (``(noise_multiplier, sample_rate, steps)`` segments).
+        privacy_unit: the unit the run is accounted in (``"record"`` or ``"user"``).
+        charge: the fixed ``(epsilon, delta)`` charged in the budget's unit when the run
+            is not composed by its history (a run in the other unit, by group privacy;
+            a hyperparameter search), else ``None``
+            (see :mod:`privdl.budget.accounting.units`).
     """
 
     run_id: str
@@ -124,6 +130,8 @@ class RunRecord(JSONSerializable):
     requested_epsilon: float | None
     epsilon: float
     history: History = field(default_factory=History)
+    privacy_unit: str = "record"
+    charge: Charge | None = None
 
     # to_json / from_json: privdl.serialize.JSONSerializable
     _json_kind = "ledger run record"
@@ -136,6 +144,7 @@ class RunRecord(JSONSerializable):
         """As plain JSON-compatible data (``history`` as ``[sigma, q, steps]`` lists)."""
         data = asdict(self)
         data["history"] = [list(seg) for seg in self.history]
+        data["charge"] = None if self.charge is None else self.charge.to_dict()
         return data
 
     @classmethod
@@ -143,6 +152,7 @@ class RunRecord(JSONSerializable):
         """Load from :meth:`to_dict` output."""
         data = dict(data)
         data["history"] = History(data.get("history", ()))
+        data["charge"] = Charge.from_dict(data.get("charge"))
         return cls(**data)
 
 
@@ -162,6 +172,10 @@ class BudgetStatus(JSONSerializable):
         runs: number of runs charged.
         reserved: number of those still reserved (running or crashed).
         taken_at: ISO-8601 UTC time of the snapshot.
+        privacy_unit: what the budget protects: ``"record"`` or ``"user"`` (a person
+            with all their records).
+        max_records_per_user: the declared maximum of records per person (group
+            privacy for record-level runs on a user-level budget), or ``None``.
     """
 
     dataset_id: str
@@ -174,6 +188,8 @@ class BudgetStatus(JSONSerializable):
     runs: int
     reserved: int
     taken_at: str
+    privacy_unit: str = "record"
+    max_records_per_user: int | None = None
 
     # to_dict / from_dict / to_json / from_json: privdl.serialize.JSONSerializable
     _json_kind = "budget status"
@@ -181,8 +197,20 @@ class BudgetStatus(JSONSerializable):
 
 def _run_from_row(row: Sequence[Any]) -> RunRecord:
     values = list(row)
-    values[-1] = History(json.loads(values[-1]))
+    values[12] = History(json.loads(values[12]))
+    values[13] = str(values[13] or "record")
+    values[14] = None if values[14] is None else Charge.from_dict(json.loads(values[14]))
     return RunRecord(*values)
+
+
+def _parts(runs: Iterable[RunRecord]) -> list[tuple[History, Charge | None]]:
+    return [(r.history, r.charge) for r in runs]
+
+
+def _own_epsilon(run: RunRecord, delta: float, accountant: str) -> float:
+    if run.charge is not None:
+        return float(run.charge.epsilon)
+    return float(epsilon_of(run.history, delta=delta, accountant=accountant))
 
 
 class BudgetLedger:
@@ -238,6 +266,8 @@ class BudgetLedger:
         accountant: str | None = None,
         force: bool = False,
         audit_log: Any = None,
+        privacy_unit: str | None = None,
+        max_records_per_user: int | None = None,
     ) -> BudgetStatus:
         """Create or change a dataset's total budget.
 
@@ -253,6 +283,14 @@ class BudgetLedger:
                 ``None`` keeps an existing dataset's accountant (``"prv"`` for a new one).
             force: accept a delta above 1e-3 (with a warning; recorded in the audit entry).
             audit_log: an AuditLog, a path, or None; receives one ``budget.set`` entry.
+            privacy_unit: what the budget protects, ``"record"`` or ``"user"`` (a person
+                with all their records); ``None`` keeps an existing dataset's
+                (``"record"`` for a new one). A run in the other unit is charged by
+                group privacy (:mod:`privdl.budget.accounting.units`).
+            max_records_per_user: the most records one person has in the dataset: a
+                record-level run on a user-level budget is charged by group privacy
+                over it, and refused while it is not declared. ``None`` keeps the
+                existing value.
 
         Returns:
             The dataset's status after the change.
@@ -262,8 +300,17 @@ class BudgetLedger:
                 ``force``), unknown accountant.
             PolicyError: a malformed ``dataset_id``.
             BudgetExceededError: the new total is below what is already spent.
+            PolicyError: the unit or the maximum records per user of a dataset with
+                runs would change (its runs were charged under them).
         """
         _check_dataset_id(dataset_id)
+        if privacy_unit is not None:
+            check_unit(privacy_unit)
+        if max_records_per_user is not None and not (
+            isinstance(max_records_per_user, int) and not isinstance(max_records_per_user, bool)
+            and max_records_per_user >= 1
+        ):
+            raise UsageError("max_records_per_user must be a positive integer")
         check_budget(epsilon=epsilon, delta=delta, force=force)
         if accountant is not None:
             check_accountant(accountant)
@@ -283,6 +330,10 @@ class BudgetLedger:
         }
         if force:
             params["force"] = True
+        if privacy_unit is not None:
+            params["privacy_unit"] = privacy_unit
+        if max_records_per_user is not None:
+            params["max_records_per_user"] = max_records_per_user
         # the entry is written inside the transaction: if it cannot be, the change rolls back
         with (
             self._store.transaction(write=True) as tx,
@@ -293,9 +344,18 @@ class BudgetLedger:
             if accountant is None:
                 accountant = str(existing[0][2]) if existing else "prv"
                 op.update(params={"accountant": accountant})
+            old_unit, old_k = self._unit(tx, dataset_id) if existing else ("record", None)
+            unit = privacy_unit or old_unit
+            k = max_records_per_user if max_records_per_user is not None else old_k
             if existing:
                 runs = self._runs(tx, dataset_id)
-                spent = epsilon_of(_concat(runs), delta=delta, accountant=accountant)
+                if runs and (unit != old_unit or k != old_k):
+                    raise PolicyError(
+                        f"dataset {dataset_id!r} has runs charged as {old_unit}-level"
+                        f"{'' if old_k is None else f' with max_records_per_user={old_k}'}: its "
+                        "privacy unit and max_records_per_user cannot change"
+                    )
+                spent = compose(_parts(runs), delta=delta, accountant=accountant)
                 if spent > epsilon * (1 + _REL_TOL):
                     raise BudgetExceededError(
                         f"dataset {dataset_id!r} has already spent epsilon={spent:.4g} at "
@@ -306,25 +366,30 @@ class BudgetLedger:
                     )
                 tx.rows(
                     "UPDATE privdl_datasets SET epsilon = :e, delta = :dl, accountant = :a, "
-                    "updated_at = :t WHERE dataset_id = :d",
+                    "updated_at = :t, privacy_unit = :u, max_records_per_user = :k WHERE dataset_id = :d",
                     {
                         "e": float(epsilon),
                         "dl": float(delta),
                         "a": accountant,
                         "t": now,
                         "d": dataset_id,
+                        "u": unit,
+                        "k": k,
                     },
                 )
             else:
                 tx.rows(
                     "INSERT INTO privdl_datasets (dataset_id, epsilon, delta, accountant, "
-                    "created_at, updated_at) VALUES (:d, :e, :dl, :a, :t, :t)",
+                    "created_at, updated_at, privacy_unit, max_records_per_user) "
+                    "VALUES (:d, :e, :dl, :a, :t, :t, :u, :k)",
                     {
                         "e": float(epsilon),
                         "dl": float(delta),
                         "a": accountant,
                         "t": now,
                         "d": dataset_id,
+                        "u": unit,
+                        "k": k,
                     },
                 )
         return self.status(dataset_id)
@@ -405,20 +470,23 @@ class BudgetLedger:
         """
         with self._store.transaction(write=False) as tx:
             eps, delta, ds_accountant = self._dataset(tx, dataset_id)
+            unit, k = self._unit(tx, dataset_id)
             runs = self._runs(tx, dataset_id)
         acc = check_accountant(accountant or ds_accountant)
-        spent = epsilon_of(_concat(runs), delta=delta, accountant=acc)
+        spent = compose(_parts(runs), delta=delta, accountant=acc)
         return BudgetStatus(
             dataset_id=dataset_id,
             epsilon=eps,
             delta=delta,
             accountant=acc,
             spent=spent,
-            naive_sum=naive_epsilon_sum(epsilon_of(r.history, delta=delta, accountant=acc) for r in runs),
+            naive_sum=naive_epsilon_sum(_own_epsilon(r, delta, acc) for r in runs),
             remaining=min(eps, max(0.0, eps - spent)),
             runs=len(runs),
             reserved=sum(r.status == "reserved" for r in runs),
             taken_at=_now(),
+            privacy_unit=unit,
+            max_records_per_user=k,
         )
 
     # -- charging -------------------------------------------------------------
@@ -433,6 +501,8 @@ class BudgetLedger:
         model_name: str = "",
         epsilon: float | None = None,
         audit_log: Any = None,
+        privacy_unit: str = "record",
+        charge: Charge | None = None,
     ) -> str:
         """Reserve a run's planned history before its first step, atomically.
 
@@ -451,6 +521,12 @@ class BudgetLedger:
             model_name: a name for the model, kept in the record.
             epsilon: the epsilon the run asked for (for the record and the refusal).
             audit_log: an AuditLog, a path, or None; receives one ``budget.reserve`` entry.
+            privacy_unit: the unit the run is accounted in; a run in the other unit than
+                the dataset's budget is charged by group privacy
+                (:func:`~privdl.budget.accounting.units.unit_charge`).
+            charge: the run's fixed ``(epsilon, delta)`` guarantee in its own unit, for
+                a run that is not composed by its history (a hyperparameter search);
+                ``history`` is then kept for the record only.
 
         Returns:
             The new run's id, for :meth:`settle`.
@@ -461,8 +537,11 @@ class BudgetLedger:
             PolicyError: unknown dataset.
             PrivacyParameterError: malformed history, delta out of range, unknown
                 accountant.
+            PolicyError: a record-level run on a user-level budget without a declared
+                maximum of records per user.
         """
         hist = History(history)
+        check_unit(privacy_unit)
         if accountant is not None:
             check_accountant(accountant)
         check_delta(delta)
@@ -477,7 +556,10 @@ class BudgetLedger:
             "model_name": model_name,
             "epsilon": epsilon,
             "ledger": self.location,
+            "privacy_unit": privacy_unit,
         }
+        if charge is not None:
+            params["charge"] = charge.to_dict()
         with operation(audit_log, "budget.reserve", params=params) as op:
             # Composition under PRV can take seconds for many distinct runs, so it is
             # computed on a snapshot outside the write lock; under the lock the snapshot
@@ -485,15 +567,19 @@ class BudgetLedger:
             # (or the dataset's budget or accountant changed).
             with self._store.transaction(write=False) as tx:
                 snapshot = self._snapshot(tx, dataset_id)
-            figures = self._compose(snapshot, hist)
-            run_eps = epsilon_of(hist, delta=delta, accountant=snapshot[2])
+            own = self._run_charge(snapshot, hist, delta, privacy_unit, charge)
+            figures = self._compose(snapshot, hist, own)
+            run_eps = own.epsilon if own is not None else epsilon_of(hist, delta=delta, accountant=snapshot[2])
             with self._store.transaction(write=True) as tx:
                 current = self._snapshot(tx, dataset_id, lock=True)
                 if current != snapshot:
-                    figures = self._compose(current, hist)
+                    own = self._run_charge(current, hist, delta, privacy_unit, charge)
+                    figures = self._compose(current, hist, own)
                 ds_accountant = current[2]
-                if ds_accountant != snapshot[2]:
-                    run_eps = epsilon_of(hist, delta=delta, accountant=ds_accountant)
+                if ds_accountant != snapshot[2] or current != snapshot:
+                    run_eps = (
+                        own.epsilon if own is not None else epsilon_of(hist, delta=delta, accountant=ds_accountant)
+                    )
                 total, ds_delta, before, after = figures
                 requested = float(epsilon) if epsilon is not None else run_eps
                 if after > total * (1 + _REL_TOL):
@@ -507,7 +593,7 @@ class BudgetLedger:
                     )
                 tx.rows(
                     f"INSERT INTO privdl_runs ({RUN_COLUMNS}) VALUES (:r, :d, :t, NULL, "  # noqa: S608
-                    "'reserved', :m, :pv, :ov, :a, :dl, :req, :e, :h)",
+                    "'reserved', :m, :pv, :ov, :a, :dl, :req, :e, :h, :u, :c)",
                     {
                         "r": run_id,
                         "d": dataset_id,
@@ -520,6 +606,8 @@ class BudgetLedger:
                         "req": None if epsilon is None else float(epsilon),
                         "e": run_eps,
                         "h": json.dumps(hist),
+                        "u": privacy_unit,
+                        "c": None if own is None else json.dumps(own.to_dict()),
                     },
                 )
             op.update(
@@ -528,18 +616,29 @@ class BudgetLedger:
                     "spent_after": after,
                     "total": total,
                     "dataset_accountant": ds_accountant,
+                    "dataset_privacy_unit": current[3],
+                    "charged": None if own is None else own.to_dict(),
                 }
             )
         return run_id
 
-    def settle(self, run_id: str, *, history: Iterable[Sequence[Any]], audit_log: Any = None) -> RunRecord:
+    def settle(
+        self,
+        run_id: str,
+        *,
+        history: Iterable[Sequence[Any]],
+        audit_log: Any = None,
+        charge: Charge | None = None,
+    ) -> RunRecord:
         """Replace a reservation by the run's actual history (after training).
 
         A run that stopped early settles with fewer steps and gives the rest back.
         A run that took *more* than it reserved is recorded truthfully (spent budget
         is never hidden) and, if the dataset is then over budget,
         :class:`~privdl.errors.BudgetExceededError` is raised after recording. The run's
-        epsilon is recomputed under the dataset's accountant.
+        epsilon is recomputed under the dataset's accountant. A run charged by a fixed
+        guarantee (``charge=``, in the run's own unit, or a run in the other unit than
+        the budget's) has that charge recomputed from what it settles with.
 
         Raises:
             InputError: unknown run.
@@ -557,18 +656,37 @@ class BudgetLedger:
                 if run.status != "reserved":
                     raise UsageError(f"run {run_id!r} is already settled")
                 _, _, ds_accountant = self._dataset(tx, run.dataset_id, lock=True)
-                run_eps = epsilon_of(hist, delta=run.delta, accountant=ds_accountant)
+                unit, k = self._unit(tx, run.dataset_id)
+                own = unit_charge(
+                    run_unit=run.privacy_unit,
+                    budget_unit=unit,
+                    max_records_per_user=k,
+                    history=hist,
+                    delta=run.delta,
+                    accountant=ds_accountant,
+                    charge=charge,
+                )
+                run_eps = (
+                    own.epsilon if own is not None else epsilon_of(hist, delta=run.delta, accountant=ds_accountant)
+                )
                 tx.rows(
                     "UPDATE privdl_runs SET status = 'settled', settled_at = :t, history = :h, "
-                    "epsilon = :e, accountant = :a WHERE run_id = :r",
-                    {"t": _now(), "h": json.dumps(hist), "e": run_eps, "a": ds_accountant, "r": run_id},
+                    "epsilon = :e, accountant = :a, charge = :c WHERE run_id = :r",
+                    {
+                        "t": _now(),
+                        "h": json.dumps(hist),
+                        "e": run_eps,
+                        "a": ds_accountant,
+                        "c": None if own is None else json.dumps(own.to_dict()),
+                        "r": run_id,
+                    },
                 )
             # The over-budget check needs the whole composition: done after the commit,
             # outside the write lock (the record is written truthfully either way).
             with self._store.transaction(write=False) as tx:
                 total, ds_delta, ds_accountant = self._dataset(tx, run.dataset_id)
                 all_runs = self._runs(tx, run.dataset_id)
-            after = epsilon_of(_concat(all_runs), delta=ds_delta, accountant=ds_accountant)
+            after = compose(_parts(all_runs), delta=ds_delta, accountant=ds_accountant)
             op.update(params={"dataset_id": run.dataset_id, "spent_after": after, "total": total})
             if after > total * (1 + _REL_TOL):
                 raise BudgetExceededError(
@@ -603,9 +721,12 @@ class BudgetLedger:
             check_accountant(accountant)
         with self._store.transaction(write=False) as tx:
             total, ds_delta, ds_accountant = self._dataset(tx, dataset_id)
-            prior = _concat(self._runs(tx, dataset_id))
-        spent = epsilon_of(prior, delta=ds_delta, accountant=ds_accountant)
-        if spent >= total * (1 - 1e-6):
+            runs = self._runs(tx, dataset_id)
+        spent = compose(_parts(runs), delta=ds_delta, accountant=ds_accountant)
+        # runs charged by a fixed guarantee take their share off the total and delta
+        eps_f, delta_f = fixed_part(r.charge for r in runs)
+        prior = _concat(r for r in runs if r.charge is None)
+        if spent >= total * (1 - 1e-6) or delta_f >= ds_delta:
             raise BudgetExceededError(
                 f"dataset {dataset_id!r} has no budget left (spent {spent:.4g} of {total:g})",
                 requested=None,
@@ -613,8 +734,8 @@ class BudgetLedger:
                 dataset_id=dataset_id,
             )
         return noise_multiplier_for(
-            epsilon=total,
-            delta=ds_delta,
+            epsilon=total - eps_f,
+            delta=ds_delta - delta_f,
             sample_rate=sample_rate,
             steps=steps,
             accountant=ds_accountant,
@@ -627,22 +748,51 @@ class BudgetLedger:
         """(total, delta, accountant, every run's history) of a dataset; with ``lock``,
         under the row lock."""
         total, delta, accountant = self._dataset(tx, dataset_id, lock=lock)
+        unit, k = self._unit(tx, dataset_id)
         runs = self._runs(tx, dataset_id)
-        return total, delta, accountant, tuple((r.run_id, r.history) for r in runs)
+        return total, delta, accountant, unit, k, tuple((r.run_id, r.history, r.charge) for r in runs)
 
     @staticmethod
-    def _compose(snapshot: tuple[Any, ...], hist: History) -> tuple[float, float, float, float]:
+    def _run_charge(
+        snapshot: tuple[Any, ...], hist: History, delta: float, unit: str, charge: Charge | None
+    ) -> Charge | None:
+        """A new run's fixed charge on the snapshot's budget (``None``: by its history)."""
+        return unit_charge(
+            run_unit=unit,
+            budget_unit=snapshot[3],
+            max_records_per_user=snapshot[4],
+            history=hist,
+            delta=delta,
+            accountant=snapshot[2],
+            charge=charge,
+        )
+
+    @staticmethod
+    def _compose(
+        snapshot: tuple[Any, ...], hist: History, charge: Charge | None = None
+    ) -> tuple[float, float, float, float]:
         """(total, delta, spent before, spent after) under the snapshot's accountant."""
-        total, delta, accountant, runs = snapshot
-        prior = History(seg for _, h in runs for seg in h)
-        before = epsilon_of(prior, delta=delta, accountant=accountant)
+        total, delta, accountant, _unit, _k, runs = snapshot
+        prior = [(h, c) for _, h, c in runs]
+        before = compose(prior, delta=delta, accountant=accountant)
         # Composition never spends less than its parts: a run that alone exceeds the
         # total is refused without composing (composition at huge epsilon is slow).
-        alone = epsilon_of(hist, delta=delta, accountant=accountant)
+        alone = compose([(hist, charge)], delta=delta, accountant=accountant)
         if alone > total * (1 + _REL_TOL):
             return total, delta, before, alone
-        after = epsilon_of(prior + hist, delta=delta, accountant=accountant)
+        after = compose([*prior, (hist, charge)], delta=delta, accountant=accountant)
         return total, delta, before, after
+
+    def _unit(self, tx: Transaction, dataset_id: str) -> tuple[str, int | None]:
+        """(privacy unit, max records per user) of a dataset's budget."""
+        rows = tx.rows(
+            "SELECT privacy_unit, max_records_per_user FROM privdl_datasets WHERE dataset_id = :d",
+            {"d": dataset_id},
+        )
+        if not rows:
+            raise PolicyError(f"dataset {dataset_id!r} has no budget in {self.location}")
+        unit, k = rows[0]
+        return str(unit or "record"), None if k is None else int(k)
 
     def _dataset(self, tx: Transaction, dataset_id: str, *, lock: bool = False) -> tuple[float, float, str]:
         """(total, delta, accountant) of a dataset; with ``lock``, under its write lock."""

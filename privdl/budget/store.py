@@ -42,7 +42,17 @@ __all__ = [
     "open_store",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# schema version -> the statements that bring a ledger of that version to the next one
+# (version 2: the privacy unit of every dataset budget and run; old rows are "record")
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "ALTER TABLE privdl_datasets ADD COLUMN privacy_unit TEXT NOT NULL DEFAULT 'record'",
+        "ALTER TABLE privdl_datasets ADD COLUMN max_records_per_user INTEGER",
+        "ALTER TABLE privdl_runs ADD COLUMN privacy_unit TEXT NOT NULL DEFAULT 'record'",
+        "ALTER TABLE privdl_runs ADD COLUMN charge TEXT",
+    ),
+}
 APPLICATION = "privdl-budget-ledger"
 # SQLite header field that marks the file as ours ("pdlb"), checked before any table.
 _APPLICATION_ID = 0x70646C62
@@ -58,7 +68,9 @@ _SCHEMA = (
         delta DOUBLE PRECISION NOT NULL,
         accountant TEXT NOT NULL,
         created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL)""",
+        updated_at TEXT NOT NULL,
+        privacy_unit TEXT NOT NULL DEFAULT 'record',
+        max_records_per_user INTEGER)""",
     """CREATE TABLE IF NOT EXISTS privdl_runs (
         run_id TEXT PRIMARY KEY,
         dataset_id TEXT NOT NULL REFERENCES privdl_datasets(dataset_id),
@@ -72,13 +84,15 @@ _SCHEMA = (
         delta DOUBLE PRECISION NOT NULL,
         requested_epsilon DOUBLE PRECISION,
         epsilon DOUBLE PRECISION NOT NULL,
-        history TEXT NOT NULL)""",
+        history TEXT NOT NULL,
+        privacy_unit TEXT NOT NULL DEFAULT 'record',
+        charge TEXT)""",
     "CREATE INDEX IF NOT EXISTS privdl_runs_dataset ON privdl_runs (dataset_id, created_at)",
 )
 # The column order of a run row, as RunRecord takes its fields.
 RUN_COLUMNS = (
     "run_id, dataset_id, created_at, settled_at, status, model_name, privdl_version, "
-    "opacus_version, accountant, delta, requested_epsilon, epsilon, history"
+    "opacus_version, accountant, delta, requested_epsilon, epsilon, history, privacy_unit, charge"
 )
 
 
@@ -219,6 +233,7 @@ class SQLiteStore:
             self._init_schema()
             return
         conn.execute("PRAGMA synchronous=FULL")
+        _migrate(self.transaction, self.location)
         _check_meta(self.transaction(write=False), self.location)
 
     def _init_schema(self) -> None:
@@ -322,6 +337,7 @@ class PostgresStore:
                 if not create:
                     raise InputError(f"no budget ledger at {self.location}")
                 self._init_schema()
+            _migrate(self.transaction, self.location, lock="SELECT pg_advisory_xact_lock(7064686)")
             _check_meta(self.transaction(write=False), self.location)
         except sqlalchemy.exc.SQLAlchemyError as exc:
             raise InputError(
@@ -357,6 +373,36 @@ class PostgresStore:
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def _migrate(transaction: Any, location: str, *, lock: str | None = None) -> None:
+    """Bring a ledger of an older schema version to :data:`SCHEMA_VERSION`, in one write
+    transaction (another process migrating at the same time waits, then finds it done).
+    The migrations only add columns whose defaults keep every old row's meaning."""
+    with transaction(write=False) as tx:
+        version = _schema_version(tx)
+    if version is None or version >= SCHEMA_VERSION or version not in _MIGRATIONS:
+        return  # not ours, current, or unknown: _check_meta says which
+    with transaction(write=True) as tx:
+        if lock is not None:
+            tx.rows(lock)
+        version = _schema_version(tx)
+        while version is not None and version < SCHEMA_VERSION and version in _MIGRATIONS:
+            for stmt in _MIGRATIONS[version]:
+                tx.rows(stmt)
+            version += 1
+            tx.rows("UPDATE privdl_meta SET value = :v WHERE key = 'schema_version'", {"v": str(version)})
+
+
+def _schema_version(tx: Transaction) -> int | None:
+    try:
+        rows = tx.rows("SELECT value FROM privdl_meta WHERE key = 'schema_version'")
+    except Exception:  # no meta table: not a ledger (_check_meta refuses it)
+        return None
+    try:
+        return int(rows[0][0]) if rows else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _check_meta(tx_cm: AbstractContextManager[Transaction], location: str) -> None:
