@@ -48,6 +48,7 @@ _LAZY: dict[str, str] = {
     "AuditLog": "privdl.audit.log",
     "verify_audit_log": "privdl.audit.verify",
     "RunManifest": "privdl.manifest",
+    "tune": "privdl.train.tune",
 }
 
 __all__ = [
@@ -81,6 +82,7 @@ __all__ = [
     "key_id",
     "make_private",
     "read_table",
+    "tune",
     "verify_audit_log",
     "write_table",
 ]
@@ -115,3 +117,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from privdl.train.encoding import TableEncoder
     from privdl.train.private_loop import make_private
     from privdl.train.trainer import PrivateTrainer
+    from privdl.train.tune import tune

@@ -95,6 +95,12 @@ class RunFacts:
         domain_epsilon: epsilon of a DP domain estimate on its own.
         data_dependent: what the encoder learned from the data without DP.
         screened: columns nobody named, screened on the training table without DP.
+        privacy_unit: ``"record"``, or ``"user"`` for user-level DP-SGD (the epsilon is
+            for one person with all their records).
+        max_records_per_user: the per-user cap of a user-level run.
+        n_users: the users a user-level run sampled from.
+        search: a hyperparameter search the run was chosen by (``candidates``,
+            ``distribution``, ``epsilon``, ``delta``), or ``None``.
     """
 
     accountant_history: tuple[tuple[float, float, int], ...]
@@ -127,6 +133,10 @@ class RunFacts:
     domain_epsilon: float | None = None
     data_dependent: tuple[str, ...] = ()
     screened: tuple[str, ...] = ()
+    privacy_unit: str = "record"
+    max_records_per_user: int | None = None
+    n_users: int | None = None
+    search: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         # normalized here so that a run_facts() built from lists compares equal
@@ -176,6 +186,8 @@ class RunFacts:
             }
             source = source or encoder.domain_source_
         target = trainer.target_epsilon
+        own = vars(trainer)  # a trainer-like object without user-level runs or searches
+        unit = str(own.get("privacy_unit") or "record")
         return cls(
             accountant_history=tuple(history),
             delta=float(trainer.delta_),
@@ -205,6 +217,10 @@ class RunFacts:
             has_encoder=encoder is not None,
             feature_names=tuple(trainer.feature_names_ or ()),
             domain_source=source,
+            privacy_unit=unit,
+            max_records_per_user=_opt_int(own.get("max_records_per_user")) if unit == "user" else None,
+            n_users=_opt_int(own.get("n_users_")),
+            search=own.get("search_"),
             **enc,
         )
 

@@ -409,6 +409,8 @@ def init_params(meta: dict[str, Any]) -> dict[str, Any]:
         "max_physical_batch_size": params.get("max_physical_batch_size"),
         "grad_sample_mode": params.get("grad_sample_mode") or "auto",
         "progress": False,
+        "privacy_unit": params.get("privacy_unit") or "record",
+        "max_records_per_user": params.get("max_records_per_user"),
     }
 
 

@@ -161,4 +161,6 @@ def params_record(trainer: Any) -> dict[str, Any]:
         "grad_sample_mode": trainer.grad_sample_mode,
         "domains": trainer.domains,
         "domain_epsilon": trainer.domain_epsilon,
+        "privacy_unit": trainer.privacy_unit,
+        "max_records_per_user": trainer.max_records_per_user,
     }

@@ -190,7 +190,13 @@ def calibrate(
 
 
 def reserve(
-    plan: RunPlan, ledger: Any, dataset_id: str, *, target_epsilon: float | str, model_name: str
+    plan: RunPlan,
+    ledger: Any,
+    dataset_id: str,
+    *,
+    target_epsilon: float | str,
+    model_name: str,
+    privacy_unit: str = "record",
 ) -> str:
     """Reserve the planned run on the ledger (before its first step); the run id.
 
@@ -211,6 +217,7 @@ def reserve(
             accountant=plan.accountant,
             model_name=model_name,
             epsilon=asked,
+            privacy_unit=privacy_unit,
         )
     )
 
@@ -269,9 +276,10 @@ def plan_run(
     dataset_id: str | None,
     model_name: str,
     resumed: tuple[float, str | None] | None = None,
+    privacy_unit: str = "record",
 ) -> RunPlan:
     """Calibrate and reserve the run (``resumed``: the checkpointed run's sigma and
-    reservation, which it keeps).
+    reservation, which it keeps; ``privacy_unit``: the unit the ledger records).
 
     Raises:
         BudgetExceededError: the ledger refuses the run (before any step).
@@ -304,7 +312,14 @@ def plan_run(
         run_id=run_id,
     )
     if ledger is not None and resumed is None:
-        run_id = reserve(plan, ledger, str(dataset_id), target_epsilon=target_epsilon, model_name=model_name)
+        run_id = reserve(
+            plan,
+            ledger,
+            str(dataset_id),
+            target_epsilon=target_epsilon,
+            model_name=model_name,
+            privacy_unit=privacy_unit,
+        )
         plan = replace(plan, run_id=run_id)
     return plan
 

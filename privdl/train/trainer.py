@@ -522,6 +522,7 @@ class PrivateTrainer(EstimatorParams, Predictions):
             dataset_id=self.dataset_id,
             model_name=type(model).__name__,
             resumed=None if resume is None else (float(self.noise_multiplier_ or 0.0), self.run_id_),
+            privacy_unit=self.privacy_unit,
         )
         self.noise_multiplier_, self.sample_rate_ = plan.noise_multiplier, plan.sample_rate
         self.planned_steps_ = plan.planned_steps

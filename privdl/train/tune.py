@@ -1,0 +1,419 @@
+"""Hyperparameter tuning inside the privacy budget: ``privdl.tune`` (Papernot & Steinke).
+
+``tune(make_model, grid, data, epsilon=3.0, ...)`` runs a *random* number K of DP
+training runs, each with hyperparameters drawn uniformly from ``grid`` (independently of
+the data), scores every candidate with DP on a held-out split, and releases only the
+best one. K is Poisson (``distribution="poisson"``) or truncated negative binomial
+(``"truncated_negative_binomial"``, shape ``eta``) with mean ``mean_runs``. The whole
+search, every candidate included, is then ``(epsilon, delta)``-DP by the RDP bound of
+Papernot & Steinke (ICLR 2022; :mod:`privdl.budget.accounting.tuning`), and the noise of
+every candidate is calibrated so that the search meets ``epsilon``. It is charged to the
+ledger as *one* run.
+
+The candidate's mechanism: DP-SGD on the training split (records, or users with
+``privacy_unit="user"``), then its accuracy on the held-out split with Gaussian noise
+(sensitivity 1: one record, or one user whose accuracy is the mean over their records)
+of standard deviation ``score_noise`` (as a fraction of the held-out units). The split
+draws every unit into the held-out part independently with probability
+``val_fraction``, so a unit's part does not depend on the others; both the training and
+the score are charged for every unit. With ``public_val=`` (data declared public) the
+score is exact and not charged, and all of ``data`` trains.
+
+Only the best candidate is released: ``result.candidates_`` lists each candidate's
+hyperparameters and accountant history (chosen without looking at the data), not their
+scores, because the theorem covers the best candidate's output alone.
+
+Example:
+    >>> result = tune(make_model, {"lr": [0.05, 0.1], "max_grad_norm": [0.5, 1.0]},
+    ...               (X, y), epsilon=3.0, ledger="budget.db", dataset_id="ds")  # doctest: +SKIP
+    >>> result.best_params_, result.epsilon                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from privdl.budget.accounting import epsilon_of
+from privdl.budget.accounting.tuning import DISTRIBUTIONS, gamma_for_mean, search_epsilon
+from privdl.budget.accounting.units import Charge
+from privdl.errors import UsageError
+
+__all__ = ["TuneResult", "tune"]
+
+#: trainer parameters a grid may not set: the search owns the privacy accounting
+_OWNED = {"epsilon", "delta", "ledger", "dataset_id", "accountant", "audit_log", "checkpoint_dir"}
+
+
+@dataclass
+class TuneResult:
+    """The outcome of :func:`tune`.
+
+    Attributes:
+        best_params_: the hyperparameters of the released candidate (``None`` when the
+            random count K was 0: nothing is released, the budget is spent).
+        trainer_: its fitted :class:`~privdl.PrivateTrainer` (its report covers the
+            search), or ``None``.
+        epsilon: epsilon of the whole search at ``delta`` (the Papernot-Steinke bound
+            recomputed from the candidates' recorded histories).
+        delta: the search's delta.
+        candidates_: per candidate: ``params`` and ``history`` (no scores).
+        best_score_: the released candidate's noisy held-out accuracy.
+        distribution, mean_runs, eta: the law of K.
+        run_id: the one ledger run charged for the search.
+    """
+
+    best_params_: dict[str, Any] | None
+    trainer_: Any
+    epsilon: float
+    delta: float
+    candidates_: list[dict[str, Any]] = field(default_factory=list)
+    best_score_: float | None = None
+    distribution: str = "poisson"
+    mean_runs: float = 8.0
+    eta: float = 1.0
+    run_id: str | None = None
+
+
+def _configs(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    if not isinstance(grid, Mapping) or not grid:
+        raise UsageError("grid must be a non-empty mapping of trainer parameter -> values")
+    owned = sorted(set(grid) & _OWNED)
+    if owned:
+        raise UsageError(f"grid may not set {owned[0]!r}: the search owns the privacy accounting")
+    names = list(grid)
+    values = [list(grid[k]) for k in names]
+    if any(not v for v in values):
+        raise UsageError("every grid entry needs at least one value")
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*values)]
+
+
+def _count(rng: np.random.Generator, distribution: str, mean_runs: float, eta: float) -> int:
+    """K drawn from the search's distribution."""
+    if distribution == "poisson":
+        return int(rng.poisson(mean_runs))
+    gamma = gamma_for_mean(mean_runs, eta)
+    while True:  # truncation to K >= 1 by rejection: exactly D_{eta,gamma}
+        k = int(rng.logseries(1 - gamma)) if eta == 0 else int(rng.negative_binomial(eta, gamma))
+        if k >= 1:
+            return k
+
+
+def _history(sigma: float, n_train: int, config: Mapping[str, Any], defaults: Mapping[str, Any]) -> list:
+    from privdl.train.data import steps_per_epoch
+
+    batch = int(config.get("batch_size", defaults["batch_size"]))
+    epochs = int(config.get("epochs", defaults["epochs"]))
+    per_epoch = steps_per_epoch(n_train, batch)
+    return [(float(sigma), 1.0 / per_epoch, per_epoch * epochs)]
+
+
+def tune(
+    make_model: Callable[[], Any],
+    grid: Mapping[str, Sequence[Any]],
+    data: Any,
+    *,
+    epsilon: float = 3.0,
+    delta: float | None = None,
+    ledger: Any = None,
+    dataset_id: str | None = None,
+    mean_runs: float = 8.0,
+    distribution: str = "poisson",
+    eta: float = 1.0,
+    val_fraction: float = 0.2,
+    score_noise: float = 0.01,
+    public_val: Any = None,
+    users: Any = None,
+    accountant: str = "rdp",
+    seed: int | None = None,
+    audit_log: Any = None,
+    **trainer_params: Any,
+) -> TuneResult:
+    """Random-count hyperparameter search whose total cost meets ``epsilon``.
+
+    Args:
+        make_model: returns a fresh ``torch.nn.Module`` per candidate.
+        grid: trainer parameter -> candidate values (``lr``, ``max_grad_norm``,
+            ``batch_size``, ``epochs``, ``optimizer``, ...); each candidate draws one
+            combination uniformly.
+        data: ``(X, y)`` arrays or tensors (encode a table first).
+        epsilon: epsilon of the whole search.
+        delta: its delta; default: half the ledger's delta (the search is charged as a
+            fixed ``(epsilon, delta)``, the rest of delta stays for other runs), else
+            ``1 / (10 n)``.
+        ledger, dataset_id: the search is reserved as one run before the first
+            candidate and settled after the last.
+        mean_runs: E[K].
+        distribution: ``"poisson"`` or ``"truncated_negative_binomial"``.
+        eta: the truncated negative binomial's shape (1: geometric; 0: logarithmic).
+        val_fraction: each unit's chance to be held out for the score.
+        score_noise: standard deviation of the noisy accuracy, as a fraction.
+        public_val: ``(X, y)`` declared public: the exact score on it, not charged.
+        users: per-record user ids, with ``privacy_unit="user"`` in ``trainer_params``.
+        accountant: the per-candidate trainers' accountant (the search bound is RDP).
+        seed: for the split, K, the draws and the trainers (reproducible experiments
+            only; default: the operating system's randomness).
+        audit_log: one ``tune`` entry.
+        trainer_params: further :class:`~privdl.PrivateTrainer` parameters for every
+            candidate (e.g. ``privacy_unit="user"``, ``max_records_per_user=32``).
+
+    Returns:
+        :class:`TuneResult`.
+
+    Raises:
+        UsageError: a bad grid, data or distribution.
+        BudgetExceededError: the ledger refuses the search (before any candidate).
+    """
+    from privdl.audit import operation
+    from privdl.budget.accounting import check_epsilon
+    from privdl.train.data import as_data
+    from privdl.train.params import DEFAULTS
+    from privdl.train.run import open_ledger
+
+    check_epsilon(epsilon)
+    if distribution not in DISTRIBUTIONS:
+        raise UsageError(f"distribution must be one of {', '.join(map(repr, DISTRIBUTIONS))}")
+    if not (0 < val_fraction < 1) and public_val is None:
+        raise UsageError("val_fraction must be in (0, 1)")
+    if not score_noise > 0:
+        raise UsageError("score_noise must be positive")
+    if ledger is not None and not dataset_id:
+        raise UsageError("a ledger needs a dataset_id= to charge")
+    configs = _configs(grid)
+    unit = str(trainer_params.get("privacy_unit", "record"))
+    if (unit == "user") != (users is not None):
+        raise UsageError('users= goes with privacy_unit="user" (and the reverse)')
+    import pandas as pd
+
+    if isinstance(data, pd.DataFrame):
+        raise UsageError("tune takes (X, y) arrays: encode the table first (a TableEncoder with public domains)")
+    train = as_data(data, what="training data")
+    X, y = train.X, train.y
+    n = len(train)
+    rng = np.random.default_rng(seed if seed is not None else int.from_bytes(os.urandom(16), "big"))
+
+    # the split: every unit independently held out with probability val_fraction
+    if unit == "user":
+        from privdl.train.user_level import users_of
+
+        codes = users_of(None, users, None, n, what="training data")
+        n_units = int(codes.max()) + 1
+    else:
+        codes = np.arange(n)
+        n_units = n
+    if public_val is None:
+        held = rng.random(n_units) < val_fraction
+        val_rows = np.flatnonzero(held[codes])
+        train_rows = np.flatnonzero(~held[codes])
+        m_val = int(held.sum())
+        if m_val < 1 or len(train_rows) < 2:
+            raise UsageError("the held-out split is empty or leaves too little to train: change val_fraction")
+    else:
+        train_rows, val_rows, m_val = np.arange(n), np.array([], dtype=np.int64), 0
+    n_train_units = len(np.unique(codes[train_rows]))
+
+    ledger_obj = open_ledger(ledger)
+    if delta is None:
+        delta = ledger_obj.budget(dataset_id)[1] / 2 if ledger_obj is not None else 1.0 / (10 * n_units)
+    delta = float(delta)
+    defaults = {"batch_size": trainer_params.get("batch_size", DEFAULTS["batch_size"]),
+                "epochs": trainer_params.get("epochs", DEFAULTS["epochs"])}
+    score_seg = [] if public_val is not None else [(float(max(score_noise * m_val, 1e-3)), 1.0, 1)]
+
+    def histories(sigma: float) -> list[list[tuple[float, float, int]]]:
+        return [_history(sigma, n_train_units, c, defaults) + score_seg for c in configs]
+
+    def bound(sigma: float) -> float:
+        return search_epsilon(histories(sigma), delta=delta, distribution=distribution, mean_runs=mean_runs, eta=eta)
+
+    sigma = _calibrate(bound, float(epsilon))
+    planned = bound(sigma)
+    how = f"Papernot-Steinke search, {distribution} mean {mean_runs:g}" + (
+        f" eta {eta:g}" if distribution != "poisson" else ""
+    )
+    worst = max(histories(sigma), key=lambda h: epsilon_of(h, delta=delta, accountant="rdp"))
+
+    params = {
+        "grid": {k: [str(v) for v in vs] for k, vs in grid.items()},
+        "epsilon": float(epsilon),
+        "delta": delta,
+        "distribution": distribution,
+        "mean_runs": float(mean_runs),
+        "eta": float(eta),
+        "dataset_id": dataset_id,
+        "privacy_unit": unit,
+        "public_val": public_val is not None,
+    }
+    with operation(audit_log, "tune", params=params, started=audit_log is not None) as op:
+        run_id = None
+        if ledger_obj is not None:
+            run_id = ledger_obj.reserve(
+                str(dataset_id),
+                history=worst,
+                delta=delta,
+                accountant="rdp",
+                model_name=f"search over {len(configs)} configurations",
+                epsilon=float(epsilon),
+                privacy_unit=unit,
+                charge=Charge(planned, delta, how),
+            )
+        settled = False
+        try:
+            result = _search(
+                make_model, configs, X, y, codes, train_rows, val_rows, m_val, public_val,
+                rng=rng, sigma=sigma, delta=delta, accountant=accountant, unit=unit,
+                users=users, seed=seed, distribution=distribution, mean_runs=mean_runs,
+                eta=eta, score_seg=score_seg, trainer_params=trainer_params,
+                secure=bool(trainer_params.get("secure_mode")), defaults=defaults,
+            )
+            result.run_id = run_id
+            if ledger_obj is not None and run_id is not None:
+                ledger_obj.settle(
+                    run_id,
+                    history=worst,
+                    charge=Charge(result.epsilon, delta, how + f", {len(result.candidates_)} candidates"),
+                )
+                settled = True
+        finally:
+            if ledger_obj is not None and run_id is not None and not settled:
+                # a failed search keeps its whole planned charge: candidates may have run
+                ledger_obj.settle(run_id, history=worst, charge=Charge(planned, delta, how))
+        if result.trainer_ is not None:
+            result.trainer_.dataset_id = dataset_id
+            result.trainer_.run_id_ = run_id
+        op.update(
+            params={
+                "candidates": len(result.candidates_),
+                "epsilon_spent": result.epsilon,
+                "run_id": run_id,
+                "best_params": None if result.best_params_ is None else {k: str(v) for k, v in result.best_params_.items()},
+            }
+        )
+    return result
+
+
+def _calibrate(bound: Callable[[float], float], epsilon: float) -> float:
+    """The smallest noise multiplier (to 0.1 %) whose search bound meets ``epsilon``."""
+    lo, hi = 0.05, 1.0
+    while bound(hi) > epsilon:
+        lo, hi = hi, hi * 2
+        if hi > 1e4:
+            raise UsageError(f"no noise level meets epsilon={epsilon:g} for this search")
+    while hi / lo > 1.001:
+        mid = math.sqrt(lo * hi)
+        if bound(mid) > epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def _search(
+    make_model: Callable[[], Any],
+    configs: list[dict[str, Any]],
+    X: Any,
+    y: Any,
+    codes: np.ndarray,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    m_val: int,
+    public_val: Any,
+    *,
+    rng: np.random.Generator,
+    sigma: float,
+    delta: float,
+    accountant: str,
+    unit: str,
+    users: Any,
+    seed: int | None,
+    distribution: str,
+    mean_runs: float,
+    eta: float,
+    score_seg: list[tuple[float, float, int]],
+    trainer_params: Mapping[str, Any],
+    secure: bool,
+    defaults: Mapping[str, Any],
+) -> TuneResult:
+    import torch
+
+    from privdl.train.data import ChaChaRandom
+    from privdl.train.trainer import PrivateTrainer
+
+    k = _count(rng, distribution, mean_runs, eta)
+    tr = torch.from_numpy(train_rows)
+    Xt, yt = X[tr], y[tr]
+    fit_users = None if users is None else np.asarray(users)[train_rows]
+    noise = ChaChaRandom() if secure else None
+    best: tuple[float, Any, dict[str, Any]] | None = None
+    candidates: list[dict[str, Any]] = []
+    n_train_units = len(np.unique(codes[train_rows]))
+    for i in range(k):
+        config = configs[int(rng.integers(len(configs)))]
+        kwargs = {**trainer_params, **config}
+        kwargs.setdefault("progress", False)
+        own = _history(sigma, n_train_units, config, defaults)
+        trainer = PrivateTrainer(
+            make_model(),
+            epsilon=epsilon_of(own, delta=delta, accountant=accountant),
+            delta=delta,
+            accountant=accountant,
+            seed=None if seed is None else seed * 1000 + i,
+            **kwargs,
+        )
+        if users is None:
+            trainer.fit((Xt, yt))
+        else:
+            trainer.fit((Xt, yt), users=fit_users)
+        history = [*trainer.accountant_history_, *score_seg]
+        if public_val is not None:
+            Xv, yv = public_val
+            score = float(np.mean(np.asarray(trainer.predict(Xv)) == np.asarray(yv)))
+        else:
+            vr = torch.from_numpy(val_rows)
+            correct = (np.asarray(trainer.predict(X[vr])) == np.asarray(y[vr])).astype(np.float64)
+            if unit == "user":
+                per = codes[val_rows]
+                _, inv = np.unique(per, return_inverse=True)
+                total = float((np.bincount(inv, weights=correct) / np.bincount(inv)).sum())
+            else:
+                total = float(correct.sum())
+            std = score_seg[0][0]
+            z = float(noise.normal(1)[0]) if noise is not None else float(rng.normal())
+            score = (total + std * z) / m_val
+        candidates.append({"params": dict(config), "history": history})
+        if best is None or score > best[0]:
+            best = (score, trainer, dict(config))
+    hists = [c["history"] for c in candidates]
+    if hists:
+        eps = search_epsilon(hists, delta=delta, distribution=distribution, mean_runs=mean_runs, eta=eta)
+    else:  # K = 0: nothing ran; the planned bound (the law of K) still stands
+        plan = [_history(sigma, n_train_units, c, defaults) + score_seg for c in configs]
+        eps = search_epsilon(plan, delta=delta, distribution=distribution, mean_runs=mean_runs, eta=eta)
+    result = TuneResult(
+        best_params_=None if best is None else best[2],
+        trainer_=None if best is None else best[1],
+        epsilon=eps,
+        delta=delta,
+        candidates_=candidates,
+        best_score_=None if best is None else best[0],
+        distribution=distribution,
+        mean_runs=float(mean_runs),
+        eta=float(eta),
+    )
+    if best is not None:
+        best[1].search_ = {
+            "candidates": len(candidates),
+            "distribution": distribution,
+            "mean_runs": float(mean_runs),
+            "eta": float(eta),
+            "delta": delta,
+            "epsilon": eps,
+            "histories": hists,
+        }
+    return result
