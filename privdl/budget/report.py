@@ -43,7 +43,7 @@ import math
 import os
 import platform
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,8 @@ from typing import Any
 from privdl._version import __version__
 from privdl.budget import report_document
 from privdl.budget.accounting import epsilon_of, normalize_history
+from privdl.budget.accounting import tuning as _tuning
+from privdl.budget.accounting import units as _units
 from privdl.budget.facts import RunFacts
 from privdl.budget.membership import MembershipInference, loss_threshold_test
 from privdl.errors import InputError, UsageError
@@ -77,18 +79,8 @@ _AGREE_ATOL = 0.011
 Segment = tuple[float, float, int]
 
 
-def group_privacy(epsilon: float, delta: float, k: int) -> tuple[float, float]:
-    """(epsilon, delta) for groups of ``k`` records from record-level (epsilon, delta)-DP.
-
-    The standard group-privacy bound: ``(k epsilon, k e^{(k-1) epsilon} delta)``.
-    """
-    if k < 1:
-        raise UsageError("max_records_per_user must be >= 1")
-    if k == 1:
-        return epsilon, delta
-    exponent = (k - 1) * epsilon
-    user_delta = math.inf if exponent > 700 else k * math.exp(exponent) * delta
-    return k * epsilon, min(1.0, user_delta)
+# group_privacy: the one definition is in the accounting (re-exported here)
+group_privacy = _units.group_privacy
 
 
 # -- the values ---------------------------------------------------------------------
@@ -132,12 +124,16 @@ class PrivacyUnit(_Value):
         unit: ``"record"`` or ``"user"``.
         max_records_per_user: at most this many records belong to one person (unit user).
         epsilon, delta: the guarantee for that unit (by group privacy for a user).
+        method: how the user-level guarantee holds: ``"user-level DP-SGD"`` (users
+            sampled and clipped as units: epsilon is the accountant's), ``"group
+            privacy"`` (a record-level run, multiplied out) or ``""`` (record level).
     """
 
     unit: str
     max_records_per_user: int | None
     epsilon: float
     delta: float
+    method: str = ""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PrivacyUnit:
@@ -480,8 +476,27 @@ class PrivacyReport(_Value):
         delta = float(facts.delta)
         epsilon = epsilon_of(hist, delta=delta, accountant=accountant)
         warnings: list[str] = []
+        search = facts.search
+        if search is not None:
+            # the released model is the best of a random-count search: its guarantee is
+            # the whole search's, recomputed from every candidate's recorded history
+            delta = float(search["delta"])
+            own = epsilon_of(hist, delta=delta, accountant=accountant)
+            epsilon = _tuning.search_epsilon(
+                search["histories"],
+                delta=delta,
+                distribution=str(search["distribution"]),
+                mean_runs=float(search["mean_runs"]),
+                eta=float(search.get("eta", 1.0)),
+            )
+            if not _agree(float(search["epsilon"]), epsilon):
+                warnings.append(
+                    f"the search reported epsilon={float(search['epsilon']):.4g}, the recomputation "
+                    f"from its candidates' histories gives {epsilon:.4g}; this report uses the latter"
+                )
+            facts = replace(facts, epsilon=own)
 
-        reported = facts.epsilon
+        reported = facts.epsilon if search is None else None
         if reported is not None and not _agree(float(reported), epsilon):
             warnings.append(
                 f"the trainer reported epsilon={float(reported):.4g}, the recomputation from "
@@ -529,7 +544,16 @@ class PrivacyReport(_Value):
                 "secure_mode is off: the noise comes from a non-cryptographic random number "
                 "generator, which floating-point attacks on the Gaussian mechanism can exploit"
             )
-        unit = _unit(epsilon, delta, max_records_per_user)
+        if facts.privacy_unit == "user":
+            unit = PrivacyUnit(
+                unit="user",
+                max_records_per_user=facts.max_records_per_user,
+                epsilon=epsilon,
+                delta=delta,
+                method="user-level DP-SGD",
+            )
+        else:
+            unit = _unit(epsilon, delta, max_records_per_user)
         warnings += _unit_warnings(unit)
         if facts.val_overlap:
             # no count: it is a figure computed from the records without noise
@@ -543,6 +567,21 @@ class PrivacyReport(_Value):
                 '"learned-unprotected"): encoder.json and the feature names are not covered'
             )
         coverage = _coverage(facts, utility=utility, membership=membership, dataset=dataset)
+        if search is not None:
+            coverage = (
+                *coverage,
+                _item(
+                    f"the hyperparameter search over {int(search['candidates'])} candidates",
+                    ("report", "model folder"),
+                    dp=True,
+                    data=True,
+                    note=(
+                        f"a random number of candidates ({search['distribution']}, mean "
+                        f"{float(search['mean_runs']):g}), each DP, chosen by a DP score; the "
+                        "Papernot-Steinke bound of the whole search is this report's epsilon"
+                    ),
+                ),
+            )
         return cls(
             scope="run",
             dataset_id=facts.dataset_id,
@@ -586,13 +625,17 @@ class PrivacyReport(_Value):
         runs = led.runs(dataset_id)
         accountant = status.accountant
         all_hist = [seg for r in runs for seg in r.history]
-        composed = epsilon_of(all_hist, delta=delta, accountant=accountant)
+        composed = _units.compose([(r.history, r.charge) for r in runs], delta=delta, accountant=accountant)
         warnings: list[str] = []
         run_rows: list[LedgerRun] = []
-        cumulative: list[Segment] = []
+        cumulative: list[tuple[Any, Any]] = []
         for r in runs:
-            own = epsilon_of(r.history, delta=r.delta, accountant=r.accountant)
-            cumulative.extend(r.history)
+            own = (
+                float(r.charge.epsilon)
+                if r.charge is not None
+                else epsilon_of(r.history, delta=r.delta, accountant=r.accountant)
+            )
+            cumulative.append((r.history, r.charge))
             run_rows.append(
                 LedgerRun(
                     run_id=r.run_id,
@@ -602,9 +645,11 @@ class PrivacyReport(_Value):
                     accountant=r.accountant,
                     delta=r.delta,
                     epsilon=own,
-                    epsilon_at_dataset_delta=epsilon_of(r.history, delta=delta, accountant=accountant),
+                    epsilon_at_dataset_delta=own
+                    if r.charge is not None
+                    else epsilon_of(r.history, delta=delta, accountant=accountant),
                     requested_epsilon=r.requested_epsilon,
-                    composed_after=epsilon_of(cumulative, delta=delta, accountant=accountant),
+                    composed_after=_units.compose(cumulative, delta=delta, accountant=accountant),
                     history=_hist(r.history),
                     privdl_version=r.privdl_version,
                     opacus_version=r.opacus_version,
@@ -622,7 +667,18 @@ class PrivacyReport(_Value):
                 "history is counted in full"
             )
         naive = sum(row.epsilon_at_dataset_delta for row in run_rows)
-        unit = _unit(composed, delta, max_records_per_user)
+        if status.privacy_unit == "user":
+            # a user-level budget: every run was charged at user level (group privacy
+            # for record-level runs, by the ledger)
+            unit = PrivacyUnit(
+                unit="user",
+                max_records_per_user=status.max_records_per_user,
+                epsilon=composed,
+                delta=delta,
+                method="user-level budget",
+            )
+        else:
+            unit = _unit(composed, delta, max_records_per_user)
         warnings += _unit_warnings(unit)
         dataset = DatasetBudget(
             total_epsilon=total,
@@ -733,7 +789,9 @@ def _unit(epsilon: float, delta: float, k: int | None) -> PrivacyUnit:
     if k is None:
         return PrivacyUnit(unit="record", max_records_per_user=None, epsilon=epsilon, delta=delta)
     user_eps, user_delta = group_privacy(epsilon, delta, int(k))
-    return PrivacyUnit(unit="user", max_records_per_user=int(k), epsilon=user_eps, delta=user_delta)
+    return PrivacyUnit(
+        unit="user", max_records_per_user=int(k), epsilon=user_eps, delta=user_delta, method="group privacy"
+    )
 
 
 def _unit_warnings(unit: PrivacyUnit) -> list[str]:
@@ -741,7 +799,9 @@ def _unit_warnings(unit: PrivacyUnit) -> list[str]:
         return [
             f"the user-level guarantee is vacuous (delta={unit.delta:.3g}): group privacy "
             f"over {unit.max_records_per_user} records per person multiplies delta by "
-            "e^((k-1) epsilon); lower epsilon or limit the records per person"
+            "e^((k-1) epsilon); train at user level instead (PrivateTrainer(..., "
+            'privacy_unit="user", max_records_per_user=k)), which samples and clips people, '
+            "not records"
         ]
     return []
 
@@ -1074,17 +1134,22 @@ def _dataset_block(
         led = ledger if isinstance(ledger, BudgetLedger) else BudgetLedger(ledger, create=False)
         total, delta = led.budget(dataset_id)
         runs = led.runs(dataset_id)
-        composed = epsilon_of([seg for r in runs for seg in r.history], delta=delta, accountant=accountant)
+        composed = _units.compose([(r.history, r.charge) for r in runs], delta=delta, accountant=accountant)
         out.update(
             total_epsilon=total,
             delta=delta,
             spent_after=composed,
-            naive_sum=sum(epsilon_of(r.history, delta=delta, accountant=accountant) for r in runs),
+            naive_sum=sum(
+                float(r.charge.epsilon)
+                if r.charge is not None
+                else epsilon_of(r.history, delta=delta, accountant=accountant)
+                for r in runs
+            ),
             remaining=max(0.0, total - composed),
         )
         if run_id is not None and any(r.run_id == run_id for r in runs):
-            out["spent_before"] = epsilon_of(
-                [seg for r in runs if r.run_id != run_id for seg in r.history],
+            out["spent_before"] = _units.compose(
+                [(r.history, r.charge) for r in runs if r.run_id != run_id],
                 delta=delta,
                 accountant=accountant,
             )

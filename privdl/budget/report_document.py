@@ -49,21 +49,50 @@ def statement(report: Any) -> str:
         mech = f"the composition of all {len(report.runs)} DP-SGD runs charged to the dataset"
         what = f"Dataset {report.dataset_id!r}"
     unit = report.privacy_unit
+    search = _search_item(report)
+    if search is not None and report.scope == "run":
+        what = f"This model, the best of {search} each trained by the mechanism below,"
+    if unit.method in ("user-level DP-SGD", "user-level budget"):
+        level = "user-level"
+        adjacency = (
+            "Privacy unit: one person (user) with all their records"
+            + (f" (at most {unit.max_records_per_user} used per person)" if unit.max_records_per_user else "")
+            + "; adjacency: add or remove one person with all their records (unbounded)."
+        )
+        if unit.method == "user-level DP-SGD" and t is not None:
+            mech = mech.replace("Poisson sampling (sampling rate", "Poisson sampling of users (sampling rate").replace(
+                "per-example gradients clipped", "each user's gradient clipped as one unit"
+            )
+    else:
+        level = "record-level"
+        adjacency = "Privacy unit: one record; adjacency: add or remove one record (unbounded)."
     text = (
-        f"{what} satisfies ({report.epsilon:.4g}, {report.delta:.3g})-differential privacy "
-        f"for {mech}, by the {acc} accountant. Privacy unit: one record; adjacency: "
-        f"add or remove one record (unbounded). Trust model: central DP, the party "
+        f"{what} satisfies {level} ({report.epsilon:.4g}, {report.delta:.3g})-differential privacy "
+        f"for {mech}, by the {acc} accountant. {adjacency} Trust model: central DP, the party "
         f"that trains sees the raw records; the guarantee covers the trained weights "
         f"of the released model and of every intermediate model and checkpoint of "
         f"the run(s). The coverage statement lists what else is released and whether "
         f"DP covers it."
     )
-    if unit.unit == "user":
+    if unit.unit == "user" and unit.method == "group privacy":
         text += (
             f" With at most {unit.max_records_per_user} records per person, group "
             f"privacy gives user-level ({unit.epsilon:.4g}, {unit.delta:.3g})-DP."
         )
+    if search is not None and report.scope == "run":
+        text += (
+            " The epsilon is the Papernot-Steinke bound of the whole search, every candidate "
+            "and the DP selection score included."
+        )
     return text
+
+
+def _search_item(report: Any) -> str | None:
+    """``"the search over N candidates"`` when the report covers a hyperparameter search."""
+    for c in report.coverage:
+        if c.item.startswith("the hyperparameter search over "):
+            return c.item.replace("the hyperparameter search over ", "a random-count search over ") + ","
+    return None
 
 
 def document(report: Any, *, figures: bool = True) -> Any:
@@ -124,13 +153,21 @@ def document(report: Any, *, figures: bool = True) -> Any:
 def _statement_blocks(report: Any) -> list[Any]:
     import privdl.render as r
 
+    search = _search_item(report)
+    tuning = (
+        f"Covered: {search.rstrip(',').replace('a random-count search', 'the search')} (hyperparameter "
+        "tuning inside the guarantee). NOT covered: "
+        if search is not None
+        else "NOT covered: hyperparameter tuning (every trial on the same data spends "
+        "budget of its own), "
+    )
+    units = "users" if report.privacy_unit.method == "user-level DP-SGD" else "records"
     blocks: list[Any] = [
         r.Paragraph(statement(report)),
         r.Note(
-            "Assumptions: records are sampled with Poisson sampling at rate q at every "
+            f"Assumptions: {units} are sampled with Poisson sampling at rate q at every "
             "step, exactly as the accountant models it; the accountant's figure is an "
-            "upper bound on the privacy loss. NOT covered: hyperparameter tuning (every "
-            "trial on the same data spends budget of its own), preprocessing fitted on "
+            f"upper bound on the privacy loss. {tuning}preprocessing fitted on "
             "the data unless it was done with DP, and any use of the data outside these "
             "runs.",
             kind="info",
@@ -172,6 +209,7 @@ def _parameters(report: Any) -> list[tuple[str, Any]]:
             ("max records per user", unit.max_records_per_user),
             ("user-level epsilon", unit.epsilon),
             ("user-level delta", unit.delta),
+            ("user-level guarantee by", unit.method or "group privacy"),
         ]
     if report.training is not None:
         for key, value in report.training.to_dict().items():

@@ -166,6 +166,9 @@ def _meta(trainer: Any) -> dict[str, Any]:
             "max_grad_norm": trainer.max_grad_norm,
             "secure_mode": trainer.secure_mode,
             "n_samples": trainer.n_samples_,
+            # the model is the best of a hyperparameter search (privdl.tune): "epsilon"
+            # is the whole search's, recomputed from these candidates' histories
+            "search": vars(trainer).get("search_"),
         },
         "dataset_id": trainer.dataset_id,
         "run_id": trainer.run_id_,
@@ -446,6 +449,7 @@ def restore_fitted(trainer: Any, folder: ModelFolder, model: Any) -> None:
     trainer.planned_steps_ = int(privacy.get("planned_steps") or 0)
     trainer.delta_ = privacy.get("delta")
     trainer.n_samples_ = privacy.get("n_samples")
+    trainer.search_ = privacy.get("search")
     trainer.replaced_modules_ = list(meta.get("replaced_modules") or [])
     trainer.grad_sample_mode_ = meta.get("grad_sample_mode")
     trainer.history_ = list(meta.get("history") or [])

@@ -182,6 +182,8 @@ class PrivateTrainer(EstimatorParams, Predictions):
         self.n_users_: int | None = None
         self.records_dropped_: int | None = None
         self._users: tuple[str | None, Any] = (None, None)
+        # set by privdl.tune on the candidate it releases: the search that chose it
+        self.search_: dict[str, Any] | None = None
         # learned state, set by fit(); domain_*: where the encoder's domains came from
         # ("policy", "dp", "learned-unprotected"), a DP estimate's segments and ledger run
         self.domain_source_: str | None = None
@@ -239,6 +241,10 @@ class PrivateTrainer(EstimatorParams, Predictions):
         """Epsilon spent so far, from the accountant, at ``delta_`` (0 before fit)."""
         if not self.accountant_history_ or self.delta_ is None:
             return 0.0
+        if self.search_ is not None:  # the best of a search: the whole search's epsilon
+            from privdl.train.tune import search_epsilon_of
+
+            return search_epsilon_of(self.search_)
         return epsilon_of(self.accountant_history_, delta=self.delta_, accountant=self._accountant())
 
     def _accountant(self, ledger: Any = None) -> str:
