@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from privdl.cli.options import cli_audit_log, report_target
+from privdl.errors import UsageError
 
 _LEDGER_HELP = "Ledger: a SQLite file, sqlite:///PATH or postgresql://URL."
 
@@ -47,18 +48,20 @@ def show(
         "dataset",
         "epsilon",
         "delta",
+        "unit",
         "accountant",
         "spent",
         "naive sum",
         "remaining",
         "runs",
     ):
-        table.add_column(col, justify="left" if col in ("dataset", "accountant") else "right")
+        table.add_column(col, justify="left" if col in ("dataset", "unit", "accountant") else "right")
     for s in statuses:
         table.add_row(
             s.dataset_id,
             f"{s.epsilon:.4g}",
             f"{s.delta:.3g}",
+            s.privacy_unit + (f" (max {s.max_records_per_user}/user)" if s.max_records_per_user else ""),
             s.accountant,
             f"{s.spent:.4g}",
             f"{s.naive_sum:.4g}",
@@ -76,6 +79,7 @@ def show(
             "time (UTC)",
             "status",
             "model",
+            "unit",
             "accountant",
             "epsilon",
             "delta",
@@ -92,6 +96,7 @@ def show(
                 r.created_at[:19].replace("T", " "),
                 r.status,
                 r.model_name or "—",
+                r.privacy_unit + (" (group privacy)" if r.charge is not None and "group" in r.charge.how else ""),
                 r.accountant,
                 f"{r.epsilon:.4g}",
                 f"{r.delta:.3g}",
@@ -115,21 +120,40 @@ def set_budget(
     audit_key_env: str = typer.Option(
         "PRIVDL_AUDIT_KEY", "--audit-key-env", help="Variable holding the audit key."
     ),
+    privacy_unit: str | None = typer.Option(
+        None, "--privacy-unit", help="record or user (a person with all their records); a new dataset: record."
+    ),
+    max_records_per_user: int | None = typer.Option(
+        None, "--max-records-per-user", help="Most records one person has (group privacy for record-level runs)."
+    ),
 ) -> None:
     """Create or change a dataset's total budget (never below what it has spent)."""
     from privdl.budget.ledger import BudgetLedger, check_budget
 
     check_budget(epsilon=epsilon, delta=delta, force=force)  # before a ledger is created
+    if privacy_unit is not None:
+        from privdl.budget.accounting.units import check_unit
+
+        check_unit(privacy_unit)
+    if max_records_per_user is not None and max_records_per_user < 1:
+        raise UsageError("--max-records-per-user must be a positive integer")
     log = cli_audit_log(audit_log, audit_key_env)
     if log is not None:
         log.check_appendable()  # before the ledger is opened, or created
     with BudgetLedger(ledger) as led:
         # the ledger writes the entry inside its transaction: no change without its entry
         status = led.set_budget(
-            dataset, epsilon=epsilon, delta=delta, accountant=accountant, force=force, audit_log=log
+            dataset,
+            epsilon=epsilon,
+            delta=delta,
+            accountant=accountant,
+            force=force,
+            audit_log=log,
+            privacy_unit=privacy_unit,
+            max_records_per_user=max_records_per_user,
         )
     typer.echo(
-        f"{dataset}: epsilon={status.epsilon:g} delta={status.delta:g} "
+        f"{dataset}: {status.privacy_unit}-level epsilon={status.epsilon:g} delta={status.delta:g} "
         f"spent={status.spent:.4g} remaining={status.remaining:.4g} ({status.runs} runs)"
     )
 
