@@ -13,7 +13,8 @@ ledger as *one* run.
 The candidate's mechanism: DP-SGD on the training split (records, or users with
 ``privacy_unit="user"``), then its accuracy on the held-out split with Gaussian noise
 (sensitivity 1: one record, or one user whose accuracy is the mean over their records)
-of standard deviation ``score_noise`` (as a fraction of the held-out units). The split
+of standard deviation ``score_noise`` (as a fraction of the held-out units; at least
+the training noise multiplier, in counts). The split
 draws every unit into the held-out part independently with probability
 ``val_fraction``, so a unit's part does not depend on the others; both the training and
 the score are charged for every unit. With ``public_val=`` (data declared public) the
@@ -236,16 +237,20 @@ def tune(
     delta = float(delta)
     defaults = {"batch_size": trainer_params.get("batch_size", DEFAULTS["batch_size"]),
                 "epochs": trainer_params.get("epochs", DEFAULTS["epochs"])}
-    score_seg = [] if public_val is not None else [(float(max(score_noise * m_val, 1e-3)), 1.0, 1)]
+    def score_segment(sigma: float) -> list[tuple[float, float, int]]:
+        # the score's Gaussian noise (in counts): score_noise of the held-out units, and
+        # never below the training noise multiplier, so that some noise level meets epsilon
+        return [] if public_val is not None else [(float(max(score_noise * m_val, sigma)), 1.0, 1)]
 
     def histories(sigma: float) -> list[list[tuple[float, float, int]]]:
-        return [_history(sigma, n_train_units, c, defaults) + score_seg for c in configs]
+        return [_history(sigma, n_train_units, c, defaults) + score_segment(sigma) for c in configs]
 
     def bound(sigma: float) -> float:
         return search_epsilon(histories(sigma), delta=delta, distribution=distribution, mean_runs=mean_runs, eta=eta)
 
     sigma = _calibrate(bound, float(epsilon))
     planned = bound(sigma)
+    score_seg = score_segment(sigma)
     how = f"Papernot-Steinke search, {distribution} mean {mean_runs:g}" + (
         f" eta {eta:g}" if distribution != "poisson" else ""
     )
