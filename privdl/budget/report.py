@@ -482,13 +482,7 @@ class PrivacyReport(_Value):
             # the whole search's, recomputed from every candidate's recorded history
             delta = float(search["delta"])
             own = epsilon_of(hist, delta=delta, accountant=accountant)
-            epsilon = _tuning.search_epsilon(
-                search["histories"],
-                delta=delta,
-                distribution=str(search["distribution"]),
-                mean_runs=float(search["mean_runs"]),
-                eta=float(search.get("eta", 1.0)),
-            )
+            epsilon = _tuning.recorded_search_epsilon(search)
             if not _agree(float(search["epsilon"]), epsilon):
                 warnings.append(
                     f"the search reported epsilon={float(search['epsilon']):.4g}, the recomputation "

@@ -242,9 +242,9 @@ class PrivateTrainer(EstimatorParams, Predictions):
         if not self.accountant_history_ or self.delta_ is None:
             return 0.0
         if self.search_ is not None:  # the best of a search: the whole search's epsilon
-            from privdl.train.tune import search_epsilon_of
+            from privdl.budget.accounting.tuning import recorded_search_epsilon
 
-            return search_epsilon_of(self.search_)
+            return recorded_search_epsilon(self.search_)
         return epsilon_of(self.accountant_history_, delta=self.delta_, accountant=self._accountant())
 
     def _accountant(self, ledger: Any = None) -> str:

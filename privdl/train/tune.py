@@ -46,7 +46,7 @@ from privdl.budget.accounting.tuning import DISTRIBUTIONS, gamma_for_mean, searc
 from privdl.budget.accounting.units import Charge
 from privdl.errors import UsageError
 
-__all__ = ["TuneResult", "search_epsilon_of", "tune"]
+__all__ = ["TuneResult", "tune"]
 
 #: trainer parameters a grid may not set: the search owns the privacy accounting
 _OWNED = {"epsilon", "delta", "ledger", "dataset_id", "accountant", "audit_log", "checkpoint_dir"}
@@ -80,18 +80,6 @@ class TuneResult:
     mean_runs: float = 8.0
     eta: float = 1.0
     run_id: str | None = None
-
-
-def search_epsilon_of(search: Mapping[str, Any]) -> float:
-    """The Papernot-Steinke epsilon of a recorded search (a trainer's ``search_``),
-    recomputed from its candidates' histories."""
-    return search_epsilon(
-        search["histories"],
-        delta=float(search["delta"]),
-        distribution=str(search["distribution"]),
-        mean_runs=float(search["mean_runs"]),
-        eta=float(search.get("eta", 1.0)),
-    )
 
 
 def _configs(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:

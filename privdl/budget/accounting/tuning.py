@@ -42,6 +42,7 @@ __all__ = [
     "candidate_rdp",
     "expected_runs",
     "gamma_for_mean",
+    "recorded_search_epsilon",
     "search_epsilon",
     "search_rdp",
     "to_epsilon",
@@ -139,6 +140,18 @@ def to_epsilon(rdp: np.ndarray, delta: float) -> float:
     if np.isnan(eps).all():
         return math.inf
     return max(0.0, float(np.nanmin(eps)))
+
+
+def recorded_search_epsilon(search: Any) -> float:
+    """The epsilon of a recorded search (``{"histories", "delta", "distribution",
+    "mean_runs", "eta"}``, as a tuned trainer's ``search_`` holds it), recomputed."""
+    return search_epsilon(
+        search["histories"],
+        delta=float(search["delta"]),
+        distribution=str(search["distribution"]),
+        mean_runs=float(search["mean_runs"]),
+        eta=float(search.get("eta", 1.0)),
+    )
 
 
 def search_epsilon(
