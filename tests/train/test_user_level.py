@@ -215,3 +215,45 @@ def test_refusals():
         PrivateTrainer(
             conv, privacy_unit="user", max_records_per_user=3, grad_sample_mode="bk", progress=False
         ).fit((X[:, None, :], y), users=users)
+
+
+@pytest.mark.parametrize("mode", ["bk", "hooks"])
+def test_physical_chunks_train_the_same_model(mode):
+    X, y, users = _events(120)
+
+    def fit(chunk):
+        torch.manual_seed(0)
+        t = PrivateTrainer(
+            nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2)),
+            epsilon=2.0,
+            privacy_unit="user",
+            max_records_per_user=10,
+            epochs=1,
+            batch_size=30,
+            seed=3,
+            grad_sample_mode=mode,
+            max_physical_batch_size=chunk,
+            progress=False,
+        )
+        return t.fit((X, y), users=users)
+
+    a, b = fit(None), fit(25)  # chunks of at most 25 records, never splitting a user
+    for p, q in zip(a.model_.parameters(), b.model_.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5)
+    assert a.grad_sample_mode_ == mode
+
+
+def test_secure_mode_and_no_checkpoints_yet(tmp_path):
+    X, y, users = _events(60)
+    t = PrivateTrainer(
+        nn.Linear(5, 2), epsilon=2.0, privacy_unit="user", max_records_per_user=5, epochs=1,
+        batch_size=20, secure_mode=True, progress=False,
+    )
+    t.fit((X, y), users=users)
+    assert t.steps_ == 3 and t.secure_mode
+    c = PrivateTrainer(
+        nn.Linear(5, 2), epsilon=2.0, privacy_unit="user", max_records_per_user=5, epochs=1,
+        checkpoint_dir=tmp_path / "ck", progress=False,
+    )
+    with pytest.raises(UsageError, match="checkpoints"):
+        c.fit((X, y), users=users)
