@@ -152,3 +152,16 @@ def test_user_level_search_scores_users():
     want = _independent_bound([c["history"] for c in result.candidates_], delta=result.delta,
                               distribution="truncated_negative_binomial", mean_runs=2)
     assert result.epsilon == pytest.approx(want, rel=1e-6)
+
+
+def test_score_on_public_data_is_not_charged():
+    X, y = _data(900)
+    Xp, yp = _data(300, seed=7)
+    result = privdl.tune(_model, {"lr": [0.1, 0.2]}, (X, y), epsilon=2.0, mean_runs=2,
+                         distribution="truncated_negative_binomial", public_val=(Xp, yp),
+                         epochs=1, batch_size=300, seed=3)
+    histories = [c["history"] for c in result.candidates_]
+    assert all(len(h) == 1 for h in histories)  # training only: no score segment
+    assert result.trainer_.n_samples_ == 900  # all of data trains
+    want = _independent_bound(histories, delta=result.delta, distribution="truncated_negative_binomial", mean_runs=2)
+    assert result.epsilon == pytest.approx(want, rel=1e-6)

@@ -257,3 +257,13 @@ def test_secure_mode_and_no_checkpoints_yet(tmp_path):
     )
     with pytest.raises(UsageError, match="checkpoints"):
         c.fit((X, y), users=users)
+
+
+def test_dataframe_dp_domains_are_refused_at_user_level():
+    pd = pytest.importorskip("pandas")
+    X, y, users = _events(40)
+    frame = pd.DataFrame({"a": X[:, 0], "u": users, "t": y})
+    t = PrivateTrainer(nn.Linear(3, 2), epsilon=2.0, privacy_unit="user", max_records_per_user=4, progress=False)
+    with pytest.raises(UsageError, match="protects records, not users"):
+        t.fit(frame, target="t", user_column="u")  # "a" has no public bounds
+    assert t.steps_ == 0
