@@ -3,8 +3,10 @@
 * ``cli.md``: the marker ``<!-- privdl:cli-reference -->`` becomes the help of every
   ``privdl`` command, walked from the typer/click command tree itself (no hand copy,
   so the page cannot drift from the CLI).
-* ``threat-model.md``: ``<!-- privdl:include SECURITY.md -->`` becomes the text of
-  ``SECURITY.md`` (one source for the repository and the site).
+* ``<!-- privdl:include FILE -->`` becomes the text of a repository file (the threat
+  model page is ``SECURITY.md``: one source for the repository and the site), and
+  ``<!-- privdl:include FILE#NAME -->`` the part of it between ``<!-- NAME -->`` and
+  ``<!-- /NAME -->`` (the quickstart quotes the README's main-job output that way).
 
 ``cli_reference()`` is importable without mkdocs (tests/test_docs.py uses it).
 """
@@ -53,10 +55,12 @@ def _include(markdown: str) -> str:
     start = markdown.find(INCLUDE_MARKER)
     while start != -1:
         end = markdown.index("-->", start)
-        name = markdown[start + len(INCLUDE_MARKER) : end].strip()
+        name, _, section = markdown[start + len(INCLUDE_MARKER) : end].strip().partition("#")
         text = (ROOT / name).read_text(encoding="utf-8")
-        # the included file's own title gives way to the page's
-        body = text.split("\n", 1)[1] if text.startswith("# ") else text
+        if section:  # the part between <!-- SECTION --> and <!-- /SECTION -->
+            body = text.split(f"<!-- {section} -->", 1)[1].split(f"<!-- /{section} -->", 1)[0]
+        else:  # the included file's own title gives way to the page's
+            body = text.split("\n", 1)[1] if text.startswith("# ") else text
         markdown = markdown[:start] + body.lstrip("\n") + markdown[end + 3 :]
         start = markdown.find(INCLUDE_MARKER)
     return markdown

@@ -406,10 +406,20 @@ def _readme_step_1() -> list[list[str]]:
     return commands
 
 
-def test_readme_step_1_release_holds_up(run_cli, tmp_path, env_key, monkeypatch):
+def test_readme_step_1_release_holds_up(run_cli, tmp_path, monkeypatch):
+    """README step 1 runs as written on the main job's export (made here, seeded)."""
+    import importlib.util
+
+    from privdl.keys import Secret
+
     root = README.parent
     monkeypatch.chdir(tmp_path)
     (tmp_path / "examples").symlink_to(root / "examples")
+    spec = importlib.util.spec_from_file_location("make_export", root / "examples/retention/make_export.py")
+    make_export = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_export)
+    users_csv, _ = make_export.write(3000, 2026, tmp_path / "retention-run" / "export")
+    Secret.generate().to_file(tmp_path / "retention-run" / "pseudonym.key")
     anonymize, risk = _readme_step_1()
     assert anonymize[0] == "anonymize" and risk[0] == "risk"
     report = tmp_path / "report.json"
@@ -419,12 +429,13 @@ def test_readme_step_1_release_holds_up(run_cli, tmp_path, env_key, monkeypatch)
     assert "warning" not in err  # no forgotten identifier, no linkable column
     payload = json.loads(report.read_text())
     assert payload["linkable"] == {} and payload["passthrough"] == [] and payload["policy"]["strict"]
-    released = read_table(tmp_path / "released.csv")
-    raw = read_table(root / "examples" / "data" / "users.csv")
+    released = read_table(tmp_path / "released.parquet")
+    raw = read_table(users_csv)
     for column in ("birth_date", "signup_date"):  # no exact or shifted date beside the k claim
         assert column not in released.columns or column in payload["quasi_identifiers"]
         if column in released.columns:
             assert not released[column].astype(str).isin(set(raw[column])).any()
-    assert payload["after"]["k"] >= 5 and payload["policy_met"]["k"]
+    assert not {"full_name", "phone"} & set(released.columns)
+    assert payload["after"]["k"] >= 5 and payload["policy_met"]["k"] and payload["policy_met"]["l"]
     code, _, err = run_cli(*risk)
     assert code == 0, err
