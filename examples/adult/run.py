@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.fresh and out.exists():
         shutil.rmtree(out)
     if (out / "budget.db").exists():
-        raise SystemExit(f"adult: {out} holds an earlier run (its ledger is spent): use --fresh or another --out")
+        raise SystemExit(
+            f"adult: {out} holds an earlier run (its ledger is spent): use --fresh or another --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
@@ -108,7 +110,10 @@ def main(argv: list[str] | None = None) -> None:
         policy = policy_for(max(k, 1))
         if k == 1:
             released = train_raw
-            loss[k], achieved[k] = 0.0, privdl.assess_risk(train_raw, quasi_identifiers=list(QUASI_IDENTIFIERS)).k
+            loss[k], achieved[k] = (
+                0.0,
+                privdl.assess_risk(train_raw, quasi_identifiers=list(QUASI_IDENTIFIERS)).k,
+            )
         else:
             anonymizer = privdl.Anonymizer(policy)
             released = anonymizer.fit_transform(train_raw)
@@ -138,14 +143,18 @@ def main(argv: list[str] | None = None) -> None:
             )
 
     plot(out / "accuracy-vs-epsilon.png", results, ks, epsilons)
-    print(f"adult: {len(train_raw):,} training records, {len(test):,} held out; DP logistic regression, accuracy")
+    print(
+        f"adult: {len(train_raw):,} training records, {len(test):,} held out; DP logistic regression, accuracy"
+    )
     header = "".join(f"{f'eps={e:g}':>9}" for e in epsilons)
     print(f"{'release':<10}{'k':>5}{'NCP':>8}{header}{'non-DP':>9}")
     for k in ks:
         name = "raw" if k == 1 else f"k={k}"
         row = "".join(f"{results[k, e]:>9.3f}" for e in epsilons)
         print(f"{name:<10}{achieved[k]:>5}{loss[k]:>8.1%}{row}{results[k, None]:>9.3f}")
-    print(f"ledger: epsilon {ledger.spent(DATASET_ID):.2f} spent over {len(ks) * len(epsilons)} runs on the same people")
+    print(
+        f"ledger: epsilon {ledger.spent(DATASET_ID):.2f} spent over {len(ks) * len(epsilons)} runs on the same people"
+    )
     print(f"wrote {out / 'accuracy-vs-epsilon.png'} in {time.perf_counter() - started:.0f} s")
 
 

@@ -28,16 +28,98 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-FIRST = (
-    "Anna Ben Chloe David Emma Felix Greta Hugo Ines Jonas Klara Luca Mia Noah Olga Paul Rosa "
-    "Samir Tara Umar Vera Wim Yara Zoe Aziz Lena Marek Nora Oskar Pia Rami Sofia Timo Lina Elif "
-    "Mehmet Leon Hanna Jan Marie Finn Emilia Ali Sara Tom Lea Nils Ida Erik Maja"
-).split()
-LAST = (
-    "Muller Schmidt Schneider Fischer Weber Meyer Wagner Becker Schulz Hoffmann Koch Richter "
-    "Klein Wolf Neumann Schwarz Braun Zimmermann Kaya Yilmaz Demir Nowak Kowalski Silva Rossi "
-    "Martin Novak Horvat Jansen Peters Lange Krause Hartmann Werner Lehmann Kraus Vogel Frank"
-).split()
+FIRST = [
+    "Anna",
+    "Ben",
+    "Chloe",
+    "David",
+    "Emma",
+    "Felix",
+    "Greta",
+    "Hugo",
+    "Ines",
+    "Jonas",
+    "Klara",
+    "Luca",
+    "Mia",
+    "Noah",
+    "Olga",
+    "Paul",
+    "Rosa",
+    "Samir",
+    "Tara",
+    "Umar",
+    "Vera",
+    "Wim",
+    "Yara",
+    "Zoe",
+    "Aziz",
+    "Lena",
+    "Marek",
+    "Nora",
+    "Oskar",
+    "Pia",
+    "Rami",
+    "Sofia",
+    "Timo",
+    "Lina",
+    "Elif",
+    "Mehmet",
+    "Leon",
+    "Hanna",
+    "Jan",
+    "Marie",
+    "Finn",
+    "Emilia",
+    "Ali",
+    "Sara",
+    "Tom",
+    "Lea",
+    "Nils",
+    "Ida",
+    "Erik",
+    "Maja",
+]
+LAST = [
+    "Muller",
+    "Schmidt",
+    "Schneider",
+    "Fischer",
+    "Weber",
+    "Meyer",
+    "Wagner",
+    "Becker",
+    "Schulz",
+    "Hoffmann",
+    "Koch",
+    "Richter",
+    "Klein",
+    "Wolf",
+    "Neumann",
+    "Schwarz",
+    "Braun",
+    "Zimmermann",
+    "Kaya",
+    "Yilmaz",
+    "Demir",
+    "Nowak",
+    "Kowalski",
+    "Silva",
+    "Rossi",
+    "Martin",
+    "Novak",
+    "Horvat",
+    "Jansen",
+    "Peters",
+    "Lange",
+    "Krause",
+    "Hartmann",
+    "Werner",
+    "Lehmann",
+    "Kraus",
+    "Vogel",
+    "Frank",
+]
 # city -> (population weight, ZIP range, phone area code, size class 0 small .. 2 large)
 CITIES = {
     "Berlin": (0.20, (10115, 14199), "30", 2),
@@ -89,7 +171,7 @@ def generate(users: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     platform_idx = np.minimum(platform_idx, len(PLATFORMS) - 1)
 
     # latent engagement: activity in the first week
-    hump = -((age - 36.0) / 14.0) ** 2  # late twenties to forties engage most
+    hump = -(((age - 36.0) / 14.0) ** 2)  # late twenties to forties engage most
     engagement = np.exp(0.35 * hump + 0.15 * size + rng.normal(0.0, 0.55, n))
     fade = rng.beta(2.0, 2.0, n)  # 0: fades fast over the week, 1: stays
     days = np.arange(7)

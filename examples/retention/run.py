@@ -225,7 +225,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.fresh and out.exists():
         shutil.rmtree(out)
     if (out / "budget.db").exists():
-        raise SystemExit(f"retention: {out} holds an earlier run (its ledger is spent): use --fresh or another --out")
+        raise SystemExit(
+            f"retention: {out} holds an earlier run (its ledger is spent): use --fresh or another --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     config = HERE / "privdl.toml"
     key_path = out / "pseudonym.key"
@@ -247,7 +249,11 @@ def main(argv: list[str] | None = None) -> None:
 
     # 1. anonymize with the CLI -----------------------------------------------------------
     t = time.perf_counter()
-    env = {**os.environ, "PRIVDL_CONFIG": str(config), "PRIVDL_AUDIT_KEY": (out / "audit.key").read_text().strip()}
+    env = {
+        **os.environ,
+        "PRIVDL_CONFIG": str(config),
+        "PRIVDL_AUDIT_KEY": (out / "audit.key").read_text().strip(),
+    }
     if os.environ.get("PRIVDL_AUDIT_KEY"):
         env["PRIVDL_AUDIT_KEY"] = os.environ["PRIVDL_AUDIT_KEY"]
     anonymize_cli(users_csv, HERE / "users-policy.toml", out / "users.parquet",
@@ -374,7 +380,9 @@ def main(argv: list[str] | None = None) -> None:
 
     # the table ---------------------------------------------------------------------------
     spent = ledger.spent(DATASET_ID)
-    print(f"retention: {n_users:,} users, {n_events:,} events (seed {args.seed}); test AUC / accuracy on {len(test):,} held-out users")
+    print(
+        f"retention: {n_users:,} users, {n_events:,} events (seed {args.seed}); test AUC / accuracy on {len(test):,} held-out users"
+    )
     print(f"{'model':<10}{'epsilon':>12}{'AUC':>8}{'accuracy':>10}")
     for kind in ("logistic", "mlp"):
         for epsilon in (*EPSILONS, None):
@@ -395,7 +403,9 @@ def main(argv: list[str] | None = None) -> None:
         f" signed checkpoint; Art. 30 record -> records.csv"
     )
     print("wall s: " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in timings.items()))
-    print(f"outputs in {out}/: privacy.html, anonymization-users.html, anonymization-events.html, privacy-utility.png")
+    print(
+        f"outputs in {out}/: privacy.html, anonymization-users.html, anonymization-events.html, privacy-utility.png"
+    )
 
 
 def run() -> int:
