@@ -1,4 +1,8 @@
-"""User-retention prediction on a media service, end to end with privdl.
+"""User-retention prediction on a media service: the single-table demo.
+
+The main job is ``examples/retention/run.py`` (two tables, 100,000 users, an epsilon sweep,
+a logistic model and an MLP); this smaller script, on the bundled 2,000-row
+``examples/data/users.csv``, is kept for the soak test and as the shortest end-to-end read.
 
     raw export (examples/data/users.csv, synthetic)
       1. anonymize   pseudonymize ids; drop IPs, phones and the exact dates (birth date,
