@@ -127,11 +127,11 @@ def feature_table(users: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
 # -- stages --------------------------------------------------------------------------
 
 
-def anonymize_cli(table: Path, policy: Path, out: Path, report: Path, *, env: dict[str, str], key: Path, log: Path) -> None:  # fmt: skip
+def anonymize_cli(table: Path, policy: Path, out: Path, report: Path, *, env: dict[str, str], key: list[str], log: Path) -> None:  # fmt: skip
     """Run `privdl anonymize` as a user would (one audit entry per table)."""
     command = [
         sys.executable, "-m", "privdl", "anonymize", str(table), "-o", str(out),
-        "--policy", str(policy), "--key-file", str(key), "--report", str(report),
+        "--policy", str(policy), *key, "--report", str(report),
         "--audit-log", str(log),
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -231,10 +231,14 @@ def main(argv: list[str] | None = None) -> None:
         )
     out.mkdir(parents=True, exist_ok=True)
     config = HERE / "privdl.toml"
-    key_path = out / "pseudonym.key"
-    key = _key("PRIVDL_KEY", key_path)
-    if not key_path.exists():
-        key.to_file(key_path)  # the CLI reads it from the file (mode 0600)
+    # the CLI reads the pseudonymization key from PRIVDL_KEY when set, else from the
+    # demo's key file (mode 0600); the audit key likewise
+    _key("PRIVDL_KEY", out / "pseudonym.key")
+    key_option = (
+        ["--key-env", "PRIVDL_KEY"]
+        if os.environ.get("PRIVDL_KEY")
+        else ["--key-file", str(out / "pseudonym.key")]
+    )
     audit_key = _key("PRIVDL_AUDIT_KEY", out / "audit.key")
     signing_dir = out / "signing"  # in real use: kept apart from the log
     generate_signing_key(signing_dir)
@@ -250,17 +254,13 @@ def main(argv: list[str] | None = None) -> None:
 
     # 1. anonymize with the CLI -----------------------------------------------------------
     t = time.perf_counter()
-    env = {
-        **os.environ,
-        "PRIVDL_CONFIG": str(config),
-        "PRIVDL_AUDIT_KEY": (out / "audit.key").read_text().strip(),
-    }
-    if os.environ.get("PRIVDL_AUDIT_KEY"):
-        env["PRIVDL_AUDIT_KEY"] = os.environ["PRIVDL_AUDIT_KEY"]
+    env = {**os.environ, "PRIVDL_CONFIG": str(config)}
+    if not os.environ.get("PRIVDL_AUDIT_KEY"):  # the demo's audit key file, as the CLI reads keys
+        env["PRIVDL_AUDIT_KEY"] = (out / "audit.key").read_text().strip()
     anonymize_cli(users_csv, HERE / "users-policy.toml", out / "users.parquet",
-                  out / "anonymization-users.html", env=env, key=key_path, log=log_path)  # fmt: skip
+                  out / "anonymization-users.html", env=env, key=key_option, log=log_path)  # fmt: skip
     anonymize_cli(events_csv, HERE / "events-policy.toml", out / "events.parquet",
-                  out / "anonymization-events.html", env=env, key=key_path, log=log_path)  # fmt: skip
+                  out / "anonymization-events.html", env=env, key=key_option, log=log_path)  # fmt: skip
     users = pd.read_parquet(out / "users.parquet")
     events = pd.read_parquet(out / "events.parquet")
     policy = privdl.Policy.from_toml(HERE / "users-policy.toml")
