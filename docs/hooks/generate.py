@@ -39,8 +39,7 @@ def cli_reference() -> str:
 
     from privdl import cli
 
-    if not cli.app.registered_commands and not cli.app.registered_groups:
-        cli._register_all()
+    cli._register_all()  # idempotent
     root = typer.main.get_command(cli.app)
     parts = []
     for words, command in _commands(root, ["privdl"]):
