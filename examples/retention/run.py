@@ -221,7 +221,10 @@ def main(argv: list[str] | None = None) -> None:
     from privdl.audit.records import build_records, write_records
     from privdl.encrypted.models import load_model_spec
 
-    torch.set_num_threads(1)  # bit-for-bit the same run on every machine and load
+    torch.set_num_threads(1)  # with one BLAS thread below: the same figures on any core count
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
     out = args.out
     if args.fresh and out.exists():
         shutil.rmtree(out)
