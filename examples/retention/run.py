@@ -298,10 +298,12 @@ def main(argv: list[str] | None = None) -> None:
             torch.manual_seed(0)
             if (kind, epsilon) == DEPLOYED:
                 status["before"] = ledger.status(DATASET_ID)
-            # USER-LEVEL DP: one row per user here, so a record is a person. To train on the
-            # events themselves (several rows per user), switch this run to
-            # privacy_unit="user" (with max_records_per_user and fit(..., user_column=
-            # "user_id")) once PrivateTrainer supports it; until then the unit is the record.
+            # USER-LEVEL DP: one row per account here (activity aggregated per pseudonym), so
+            # record level is account level and the unit stays "record". To train on the
+            # event rows themselves (several per user), switch this run to
+            # privacy_unit="user", max_records_per_user=N and fit(..., user_column="user_id"),
+            # with a user-level budget (set_budget(..., privacy_unit="user",
+            # max_records_per_user=N)), as examples/retention_events.py does.
             trainer = privdl.PrivateTrainer(
                 make_model(kind, len(encoder.feature_names_)), epsilon=epsilon, delta=DELTA,
                 epochs=epochs, batch_size=batch_size, ledger=ledger, dataset_id=DATASET_ID,
