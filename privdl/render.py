@@ -26,6 +26,7 @@ from typing import Any
 from privdl.errors import FormatError
 
 __all__ = [
+    "Code",
     "Document",
     "Figure",
     "KeyValues",
@@ -78,6 +79,17 @@ Block = Paragraph | Note | KeyValues | Table | Figure
 class Section:
     heading: str
     blocks: Sequence[Block]
+
+
+@dataclass(frozen=True)
+class Code:
+    """Preformatted text (JSON), shown folded in HTML and fenced in Markdown; ``ident``
+    names it so a program can find it again (a report's embedded run manifest)."""
+
+    text: str
+    caption: str = ""
+    ident: str = ""
+    language: str = "json"
 
 
 @dataclass(frozen=True)
@@ -159,6 +171,10 @@ def to_markdown(doc: Document) -> str:
                 out.append("")
             elif isinstance(block, Figure):
                 out += [f"_Figure: {block.caption} (see the HTML report)_", ""]
+            elif isinstance(block, Code):
+                if block.caption:
+                    out += [block.caption, ""]
+                out += [f"```{block.language} {block.ident}".rstrip(), block.text.rstrip("\n"), "```", ""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -174,6 +190,7 @@ th{background:#f6f8fa}table.kv th{width:18rem}
 .note{border-left:4px solid #0969da;background:#ddf4ff;padding:.5rem .8rem;margin:.6rem 0}
 .note.warning{border-color:#bf8700;background:#fff8c5}
 figure{margin:1rem 0}figure img{max-width:100%}figcaption{color:#57606a;font-size:.9rem}
+pre{background:#f6f8fa;padding:.5rem;overflow:auto;font-size:.8rem}
 footer{margin-top:3rem;color:#57606a;font-size:.85rem}
 """
 
@@ -212,6 +229,12 @@ def to_html(doc: Document) -> str:
                 out.append(
                     f'<figure><img alt="{e(block.caption)}" src="data:image/png;base64,{data}">'
                     f"<figcaption>{e(block.caption)}</figcaption></figure>"
+                )
+            elif isinstance(block, Code):
+                ident = f' id="{e(block.ident)}"' if block.ident else ""
+                out.append(
+                    f"<details><summary>{e(block.caption or 'data')}</summary>"
+                    f"<pre{ident}>{e(block.text)}</pre></details>"
                 )
         out.append("</section>")
     from privdl._version import __version__

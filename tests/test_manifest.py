@@ -12,7 +12,7 @@ def test_collect_fingerprints_data_and_model(tmp_path):
     m = RunManifest.collect(
         config={"epsilon": 2.0, "key_id": "kid_x"}, data_files=[data], model_state={"w": b"abc"}
     )
-    assert m.data[str(data)]["bytes"] == 4
+    assert m.data[data.name]["bytes"] == 4  # base names: folders name people
     assert m.model_state["w"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     assert "numpy" in m.libraries and m.hardware["cpus"] >= 1
     path = m.save(tmp_path / "m.json")

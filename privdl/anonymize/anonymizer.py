@@ -12,6 +12,7 @@ on the quasi-identifiers alone and with those linkable columns added.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -21,7 +22,9 @@ from privdl.anonymize.policy import Policy
 from privdl.anonymize.pseudonymize import KEYED, apply_rule
 from privdl.errors import InputError, KeyMissingError, NotFittedError, UsageError
 from privdl.estimator import EstimatorParams
+from privdl.fingerprint import fingerprint
 from privdl.keys import Secret
+from privdl.manifest import RunManifest
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -263,7 +266,11 @@ class Anonymizer(EstimatorParams):
     def _record(self, op: Any, *, outputs: list[Any] | None = None) -> None:
         """What the entry of a run records, from :meth:`fit_transform` or :meth:`release`."""
         op.update(
-            params={**self.params_record(), "achieved": self.report_.summary()},
+            params={
+                **self.params_record(),
+                "achieved": self.report_.summary(),
+                "manifest_sha256": RunManifest.from_dict(self.report_.manifest).sha256(),
+            },
             outputs=outputs,
             subjects=self.subjects_,
         )
@@ -318,9 +325,17 @@ class Anonymizer(EstimatorParams):
             out = generalization.released
         with progress.step("measuring the released table's risk"):
             linkable = self._linkable(out, passthrough)
-            self.report_ = self._build_report(
+            report = self._build_report(
                 frame, out, generalization, passthrough, warnings, linkable, generalized_from
             )
+        # the run's manifest: configuration (key_id only), fingerprints of the input and
+        # of the released table, never a value
+        manifest = RunManifest.collect(
+            config=self.params_record(),
+            data={"input": fingerprint(frame)},
+            model_digests={"released table": fingerprint(out).get("sha256", "")},
+        )
+        self.report_ = dataclasses.replace(report, manifest=manifest.to_dict())
         self.warnings_ = list(self.report_.warnings)
         self.released_columns_ = [str(c) for c in out.columns]
         return out

@@ -108,6 +108,8 @@ class AnonymizationReport(JSONSerializable):
         linkable_risk: :class:`~privdl.anonymize.metrics.TableMetrics` as a dict,
             measured on the released table with the linkable columns added to the
             quasi-identifiers (None when no column is linkable).
+        manifest: the run's RunManifest (``privdl.manifest``) as a dict: the policy and
+            key_id, fingerprints of the input and of the released table.
     """
 
     policy: dict[str, Any]
@@ -129,6 +131,7 @@ class AnonymizationReport(JSONSerializable):
     notice: str = RECITAL_26
     linkable: dict[str, str] = field(default_factory=dict)
     linkable_risk: dict[str, Any] | None = None
+    manifest: dict[str, Any] | None = None
 
     # to_dict / from_dict / to_json / from_json: privdl.serialize.JSONSerializable
     _json_kind = "anonymization report"
@@ -335,6 +338,9 @@ class AnonymizationReport(JSONSerializable):
                 "Policy", [render.KeyValues([(k, _text(v)) for k, v in sorted(self.policy.items())])]
             )
         )
+        from privdl.manifest import manifest_section
+
+        sections.append(manifest_section(self.manifest))
         subtitle = f"{self.rows_in} rows in, {self.rows_out} released ({self.algorithm})"
         return render.Document("Anonymization report", sections, subtitle=subtitle)
 

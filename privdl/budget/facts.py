@@ -101,6 +101,8 @@ class RunFacts:
         n_users: the users a user-level run sampled from.
         search: a hyperparameter search the run was chosen by (``candidates``,
             ``distribution``, ``epsilon``, ``delta``), or ``None``.
+        manifest: the run's RunManifest as a dict (``privdl.manifest``), when the
+            trainer recorded one.
     """
 
     accountant_history: tuple[tuple[float, float, int], ...]
@@ -137,6 +139,7 @@ class RunFacts:
     max_records_per_user: int | None = None
     n_users: int | None = None
     search: Mapping[str, Any] | None = field(default=None, compare=False)
+    manifest: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         # normalized here so that a run_facts() built from lists compares equal
@@ -188,6 +191,7 @@ class RunFacts:
         target = trainer.target_epsilon
         own = vars(trainer)  # a trainer-like object without user-level runs or searches
         unit = str(own.get("privacy_unit") or "record")
+        manifest = own.get("manifest_")  # None for a trainer that records none
         return cls(
             accountant_history=tuple(history),
             delta=float(trainer.delta_),
@@ -221,6 +225,7 @@ class RunFacts:
             max_records_per_user=_opt_int(own.get("max_records_per_user")) if unit == "user" else None,
             n_users=_opt_int(own.get("n_users_")),
             search=own.get("search_"),
+            manifest=None if manifest is None else manifest.to_dict(),
             **enc,
         )
 

@@ -375,6 +375,9 @@ class PrivacyReport(_Value):
         warnings: things the reader must know (disagreements, uncovered steps).
         created_at: ISO-8601 UTC time.
         coverage: every item the report and the model folder release.
+        manifest: the RunManifest (``privdl.manifest``) of the run, or of the ledger
+            read for a dataset report, as a dict; shown in the report and read back
+            by ``privdl diff``.
     """
 
     scope: str
@@ -395,6 +398,7 @@ class PrivacyReport(_Value):
     warnings: tuple[str, ...] = ()
     created_at: str = ""
     coverage: tuple[CoverageItem, ...] = ()
+    manifest: Mapping[str, Any] | None = None
 
     _json_kind = "privacy report"
 
@@ -594,6 +598,7 @@ class PrivacyReport(_Value):
             warnings=tuple(warnings),
             created_at=_now(),
             coverage=coverage,
+            manifest=facts.manifest,
         )
 
     @classmethod
@@ -697,6 +702,7 @@ class PrivacyReport(_Value):
             warnings=tuple(warnings),
             created_at=_now(),
             coverage=_ledger_coverage(),
+            manifest=_ledger_manifest(dataset_id, accountant, total, delta, runs),
         )
 
     # -- serialization ----------------------------------------------------------
@@ -742,6 +748,7 @@ class PrivacyReport(_Value):
                 warnings=tuple(d.get("warnings") or ()),
                 created_at=d.get("created_at", ""),
                 coverage=tuple(CoverageItem.from_dict(c) for c in d.get("coverage") or ()),
+                manifest=d.get("manifest"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError("not a privdl privacy report") from exc
@@ -765,6 +772,31 @@ class PrivacyReport(_Value):
 
 
 # -- building blocks ----------------------------------------------------------------
+
+
+def _ledger_manifest(
+    dataset_id: str, accountant: str, total: float, delta: float, runs: Sequence[Any]
+) -> dict[str, Any]:
+    """The manifest of a dataset report: its configuration, and a fingerprint of the
+    ledger runs it composes (ids, status, accountant histories: no data)."""
+    import hashlib
+    import json
+
+    from privdl.manifest import RunManifest
+
+    record = [[r.run_id, r.status, r.accountant, r.delta, [list(s) for s in r.history]] for r in runs]
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode("utf-8")).hexdigest()
+    return RunManifest.collect(
+        config={
+            "report": "dataset budget",
+            "dataset_id": dataset_id,
+            "accountant": accountant,
+            "total_epsilon": total,
+            "delta": delta,
+        },
+        data={"ledger runs": {"kind": "ledger runs", "sha256": digest, "rows": len(runs)}},
+    ).to_dict()
+
 
 
 def _agree(a: float, b: float) -> bool:

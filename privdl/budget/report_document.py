@@ -142,6 +142,9 @@ def document(report: Any, *, figures: bool = True) -> Any:
             ],
         )
     )
+    from privdl.manifest import manifest_section
+
+    sections.append(manifest_section(report.manifest))
     title = (
         "Privacy report: DP training run"
         if report.scope == "run"

@@ -31,6 +31,7 @@ from privdl._optional import require
 from privdl._version import __version__
 from privdl.errors import InputError, UsageError
 from privdl.io import atomic_folder
+from privdl.manifest import MANIFEST_FILE, RunManifest
 from privdl.train.modelfile import (
     CHECKPOINT_FORMAT,
     HAS_BIAS,
@@ -224,6 +225,8 @@ def _write(trainer: Any, path: Any, key: Any, kind: str, extra: dict[str, Any]) 
         if opt_tensors is not None:
             _save_tensors(save_file, opt_tensors, tmp / "optimizer.safetensors", target)
         (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True, indent=1), "utf-8")
+        if trainer.manifest_ is not None:  # the run's RunManifest, signed with the rest
+            (tmp / MANIFEST_FILE).write_text(trainer.manifest_.to_json() + "\n", "utf-8")
         if trainer.encoder_ is not None:
             (tmp / "encoder.json").write_text(trainer.encoder_.to_json(), "utf-8")
         sig = _sign(tmp, kind, key)
@@ -454,6 +457,9 @@ def restore_fitted(trainer: Any, folder: ModelFolder, model: Any) -> None:
     trainer.grad_sample_mode_ = meta.get("grad_sample_mode")
     trainer.history_ = list(meta.get("history") or [])
     trainer.run_id_ = meta.get("run_id")
+    if (folder.path / MANIFEST_FILE).is_file():  # signed with the folder (verified already)
+        trainer.manifest_ = RunManifest.load(folder.path / MANIFEST_FILE)
+        trainer.data_fingerprints_ = dict(trainer.manifest_.data)
     if folder.encoder_json is not None:
         from privdl.train.encoding import TableEncoder
 

@@ -9,6 +9,8 @@ A model saved by :meth:`PrivateTrainer.save <privdl.PrivateTrainer.save>` is a f
                            metric], "coverage": [what the folder releases, each item
                            marked DP-protected, public or not covered], ...}
     encoder.json           the fitted TableEncoder, when the model was trained on a table
+    manifest.json          the run's RunManifest (privdl.manifest: hardware, platform,
+                           source, configuration, data fingerprints, weight digests)
     optimizer.safetensors  optimizer tensors (training checkpoints only; structure in meta)
     signature.json         SHA-256 of every file above, bound by a signature
 
@@ -57,7 +59,7 @@ MODEL_FORMAT = "privdl-model/1"
 CHECKPOINT_FORMAT = "privdl-checkpoint/1"
 _SIG_PURPOSE = "model-signature"
 #: the files a model folder may hold besides signature.json, in signing order
-FILES = ("model.safetensors", "meta.json", "encoder.json", "optimizer.safetensors")
+FILES = ("model.safetensors", "meta.json", "encoder.json", "optimizer.safetensors", "manifest.json")
 _FILES = FILES
 
 _CONV_ARGS = (

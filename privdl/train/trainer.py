@@ -33,7 +33,7 @@ from privdl.budget.accounting import epsilon_of
 from privdl.budget.facts import RunFacts
 from privdl.errors import InputError, UsageError
 from privdl.estimator import EstimatorParams
-from privdl.train import checkpoint, model_prep, outputs, user_level
+from privdl.train import checkpoint, model_prep, outputs, provenance, user_level
 from privdl.train import run as runs
 from privdl.train.data import as_data, audit_inputs, resolve_device, steps_per_epoch, val_overlap
 from privdl.train.dp_step import choose_mode
@@ -214,6 +214,9 @@ class PrivateTrainer(EstimatorParams, Predictions):
         self.run_id_: str | None = None
         self.device_: str | None = None
         self.fit_seconds_: float | None = None
+        # the last fit's RunManifest (privdl.train.provenance) and its data fingerprints
+        self.manifest_: Any = None
+        self.data_fingerprints_: dict[str, Any] = {}
         # set by resume(): where the checkpointed run goes on from
         self._resume: ResumePoint | None = None
         self._step_open = False  # inside a DP step (see _settle_on_failure)
@@ -327,6 +330,7 @@ class PrivateTrainer(EstimatorParams, Predictions):
             if subjects is not None:
                 op.update(subjects=subjects)
             run = self._setup(data, target, val)
+            self.data_fingerprints_ = {**_fingerprints("training data", data), **_fingerprints("validation data", val)}
             self.val_overlap_ = val_overlap(data, val, target, run.data, run.val)
             op.update(
                 params={
@@ -344,6 +348,7 @@ class PrivateTrainer(EstimatorParams, Predictions):
                 }
             )
             self._train(run)
+            self.manifest_ = provenance.training_manifest(self)
             op.update(
                 params={
                     "epsilon_spent": self.epsilon,
@@ -353,6 +358,7 @@ class PrivateTrainer(EstimatorParams, Predictions):
                     "grad_sample_mode": self.grad_sample_mode_,
                     "replaced_modules": list(self.replaced_modules_),
                     "domain_run_id": self.domain_run_id_,
+                    "manifest_sha256": self.manifest_.sha256(),
                 }
             )
         return self
@@ -652,6 +658,7 @@ class PrivateTrainer(EstimatorParams, Predictions):
             bar.update(task, stats=progress_stats(row))
         if self.checkpoint_dir is not None:
             point = ResumePoint(run.epoch, self.steps_, plan.per_epoch, run.dp_step.optimizer.state_dict())
+            self.manifest_ = provenance.training_manifest(self)  # this checkpoint's model state
             checkpoint.save_checkpoint(self, self.checkpoint_dir, key=self.checkpoint_key, point=point)
             self._open_plan = None  # the checkpoint's resume goes on with the reservation
         return run
@@ -665,7 +672,12 @@ class PrivateTrainer(EstimatorParams, Predictions):
         return PrivacyReport.from_trainer(self, **kwargs)
 
     def save(self, path: Any, *, key: Any = None) -> Any:
-        """Save the trained model (safetensors + signed JSON); see :mod:`privdl.train.modelfile`."""
+        """Save the trained model (safetensors + signed JSON, and the run's
+        ``manifest.json``); see :mod:`privdl.train.modelfile`."""
+        if self.model_ is not None and (
+            self.manifest_ is None or dict(self.manifest_.model_state) != provenance.tensor_digests(self.model_)
+        ):
+            self.manifest_ = provenance.training_manifest(self)  # the weights as saved
         return checkpoint.save_model(self, path, key=key)
 
     @classmethod
@@ -736,3 +748,16 @@ def _with_target(data: Any, target: Any) -> tuple[Any, str | None]:
         return data.assign(**{str(name): labels}), str(name)
     return (data, target), None
 
+
+def _fingerprints(role: str, data: Any) -> dict[str, Any]:
+    """Role -> fingerprint of each in-memory part of ``data`` (SHA-256, rows, columns;
+    never values), for the run's manifest."""
+    from privdl.fingerprint import fingerprint
+
+    if data is None:
+        return {}
+    parts = audit_inputs(data)
+    if len(parts) == 1:
+        return {role: fingerprint(parts[0])}
+    names = ("features", "labels") if len(parts) == 2 else tuple(str(i) for i in range(len(parts)))
+    return {f"{role} ({name})": fingerprint(part) for name, part in zip(names, parts, strict=False)}

@@ -57,6 +57,7 @@ def test_round_trip_with_hmac_signature(fitted, tmp_path):
     key = Secret.generate()
     folder = tr.save(tmp_path / "model", key=key)
     assert sorted(p.name for p in folder.iterdir()) == [
+        "manifest.json",
         "meta.json",
         "model.safetensors",
         "signature.json",
@@ -68,6 +69,7 @@ def test_round_trip_with_hmac_signature(fitted, tmp_path):
     assert meta["privacy"]["accountant_history"] == [list(s) for s in tr.accountant_history_]
     sig = json.loads((folder / "signature.json").read_text())
     assert sig["alg"] == "hmac-sha256" and key.reveal().hex() not in json.dumps(sig)
+    assert "manifest.json" in sig["files"]  # the run manifest is signed with the weights
 
     back = PrivateTrainer.load(folder, key=key)
     assert np.array_equal(back.predict(X), tr.predict(X))
