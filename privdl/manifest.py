@@ -235,7 +235,9 @@ class RunManifest(JSONSerializable):
         if p.is_dir():
             inner = p / MANIFEST_FILE
             if not inner.is_file():
-                raise InputError(f"{p}: this folder holds no {MANIFEST_FILE} (not a privdl model folder, or saved before manifests)")
+                raise InputError(
+                    f"{p}: this folder holds no {MANIFEST_FILE} (not a privdl model folder, or saved before manifests)"
+                )
             p = inner
         try:
             text = p.read_text(encoding="utf-8")
@@ -312,9 +314,7 @@ def diff_manifests(
     return rows
 
 
-def diff_components(
-    a: RunManifest, b: RunManifest
-) -> list[tuple[str, list[tuple[str, Any, Any]]]]:
+def diff_components(a: RunManifest, b: RunManifest) -> list[tuple[str, list[tuple[str, Any, Any]]]]:
     """What differs, grouped by component, most consequential first: a list of
     ``(component, [(field, value in a, value in b), ...])`` for the components that
     differ (the creation time is not compared)."""
@@ -363,7 +363,10 @@ def manifest_section(manifest: Mapping[str, Any] | None) -> Any:
     rows = [
         ("training data", data or "none recorded"),
         ("configuration", f"{len(m.config)} parameters (below)"),
-        ("source", f"privdl {m.privdl_version}" + (f", commit {m.source_commit[:12]}" if m.source_commit else "")),
+        (
+            "source",
+            f"privdl {m.privdl_version}" + (f", commit {m.source_commit[:12]}" if m.source_commit else ""),
+        ),
         ("platform", f"Python {m.python}, {m.platform}"),
         ("hardware", ", ".join(f"{k} {v}" for k, v in m.hardware.items())),
         ("model state", f"{len(m.model_state)} SHA-256 digests"),

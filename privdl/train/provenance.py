@@ -33,7 +33,9 @@ def reproducibility(trainer: Any) -> dict[str, Any]:
     if trainer.secure_mode:
         reasons.append("secure_mode draws the sampling and the noise from the operating system's CSPRNG")
     if trainer.domain_history_:
-        reasons.append("the encoder's domains were estimated with DP noise from the operating system's CSPRNG")
+        reasons.append(
+            "the encoder's domains were estimated with DP noise from the operating system's CSPRNG"
+        )
     if not device.startswith("cpu"):
         reasons.append(f"the run used {device}: GPU kernels are not deterministic by default")
     if reasons:
@@ -65,7 +67,9 @@ def training_manifest(trainer: Any, *, data: dict[str, Any] | None = None) -> Ru
     config = dict(trainer.params_record())
     model = trainer.model_ if trainer.model_ is not None else trainer.model
     container, layers = describe_layers(model) if model is not None else (None, None)
-    config["model_layers"] = layers if layers is not None else (type(model).__name__ if model is not None else None)
+    config["model_layers"] = (
+        layers if layers is not None else (type(model).__name__ if model is not None else None)
+    )
     if container is not None:
         config["model_container"] = container
     config["features"] = list(trainer.feature_names_ or [])
