@@ -53,9 +53,9 @@ def _register_all() -> None:
     """Add every command group to ``app``, once (main() may run many times in a process)."""
     if _registered:
         return
-    from privdl.cli import anonymize, audit, budget, diff, he, risk
+    from privdl.cli import anonymize, audit, budget, diff, he, risk, train
 
-    for module in (anonymize, risk, budget, audit, he, diff):
+    for module in (anonymize, risk, budget, audit, he, train, diff):
         module.register(app)
     _registered.append(True)
 

@@ -1,37 +1,93 @@
-"""`privdl diff A B`: what differs between two runs' manifests."""
+"""`privdl diff A B`: what differs between two runs, grouped by the manifest's components.
+
+A and B are any mix of run manifests, reports (JSON, HTML or Markdown: the manifest
+they embed), model folders and training checkpoints (their ``manifest.json``). The
+differences are printed grouped by component, the most consequential first (training
+data and configuration before source, platform and hardware; the model state, which
+follows from all of them, last). Exit 0 when the runs are identical, 1 when they differ,
+2 when an argument holds no manifest.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
+_SHOWN_PER_COMPONENT = 8
+
+
+def _short(value: Any) -> str:
+    if value is None:
+        return "(absent)"
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
+        return text[:16] + "…"  # a SHA-256: the prefix is enough to tell two apart
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _field(name: str) -> str:
+    """``config.max_grad_norm`` -> ``max_grad_norm``; data and model fields keep their role."""
+    for prefix in ("config.", "data.", "model_state.", "hardware.", "libraries.", "reproducibility."):
+        if name.startswith(prefix):
+            rest = name[len(prefix) :]
+            return f"reproducibility: {rest}" if prefix == "reproducibility." else rest
+    return name
+
 
 def diff(
-    a: Path = typer.Argument(..., help="First manifest (or JSON report holding one)."),
-    b: Path = typer.Argument(..., help="Second manifest."),
+    a: Path = typer.Argument(
+        ..., help="First run: manifest, report (.json/.html/.md), model folder or checkpoint."
+    ),
+    b: Path = typer.Argument(..., help="Second run, in any of the same forms."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     include_time: bool = typer.Option(False, "--include-time", help="Also compare creation times."),
 ) -> None:
-    """List the fields that differ between two run manifests (exit 1 when any differ)."""
-    from privdl.manifest import RunManifest, diff_manifests
+    """List what differs between two runs, by component (exit 1 when anything differs)."""
+    from privdl.manifest import RunManifest, diff_components
 
-    rows = diff_manifests(RunManifest.load(a), RunManifest.load(b), include_time=include_time)
+    ma, mb = RunManifest.load(a), RunManifest.load(b)
+    groups = diff_components(ma, mb)
+    if include_time and ma.created != mb.created:
+        groups.append(("time", [("created", ma.created, mb.created)]))
     if as_json:
-        print(json.dumps([{"field": f, "a": x, "b": y} for f, x, y in rows], indent=2, default=str))
-    elif not rows:
-        print("no differences")
+        rows = [
+            {"component": component, "field": name, "a": x, "b": y}
+            for component, changes in groups
+            for name, x, y in changes
+        ]
+        print(json.dumps(rows, indent=2, default=str))
+    elif not groups:
+        print(
+            f"no differences: {a} and {b} have the same training data, configuration, source, "
+            "platform, hardware and model state"
+        )
     else:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table("field", str(a), str(b))
-        for name, x, y in rows:
-            table.add_row(name, "—" if x is None else str(x), "—" if y is None else str(y))
-        Console().print(table)
-    if rows:
+        print(f"A = {a}\nB = {b}")
+        for component, changes in groups:
+            label = component + (" (follows from the components above)" if component == "model state" else "")
+            print(f"{label}: {len(changes)} difference(s)")
+            for name, x, y in changes[:_SHOWN_PER_COMPONENT]:
+                print(f"  {_field(name)}: {_short(x)} -> {_short(y)}")
+            if len(changes) > _SHOWN_PER_COMPONENT:
+                print(f"  ... and {len(changes) - _SHOWN_PER_COMPONENT} more")
+        _explain(ma, mb, [c for c, _ in groups])
+    if groups:
         raise typer.Exit(1)
+
+
+def _explain(a: Any, b: Any, components: list[str]) -> None:
+    """One line when only the model state differs: why, from the manifests' statements."""
+    if components != ["model state"]:
+        return
+    ra, rb = dict(a.reproducibility), dict(b.reproducibility)
+    if ra.get("bitwise") and rb.get("bitwise"):
+        print("note: only the model state differs although both runs are stated bit-for-bit reproducible")
+    else:
+        why = ra.get("reason") or rb.get("reason") or "reproducibility was not assessed"
+        print(f"note: only the model state differs; these runs are not bit-for-bit reproducible: {why}")
 
 
 def register(app: typer.Typer) -> None:

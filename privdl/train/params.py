@@ -98,11 +98,12 @@ def check_params(trainer: Any) -> None:
     """
     from torch import nn
 
+    from privdl.train.architectures import TabularModel
     from privdl.train.dp_step import GRAD_SAMPLE_MODES
     from privdl.train.model_prep import LOSSES
 
-    if trainer.model is None or not isinstance(trainer.model, nn.Module):
-        raise UsageError("PrivateTrainer needs a torch.nn.Module as model")
+    if trainer.model is None or not isinstance(trainer.model, nn.Module | TabularModel):
+        raise UsageError("PrivateTrainer needs a torch.nn.Module (or a TabularModel spec) as model")
     eps = trainer.target_epsilon
     if eps == "remaining":
         if trainer.ledger is None:
@@ -142,7 +143,7 @@ def params_record(trainer: Any) -> dict[str, Any]:
         trainer.loss if trainer.loss is None or isinstance(trainer.loss, str) else type(trainer.loss).__name__
     )
     return {
-        "model": type(trainer.model).__name__ if trainer.model is not None else None,
+        "model": _model_name(trainer.model),
         "epsilon": trainer.target_epsilon,
         "delta": trainer.delta,
         "max_grad_norm": trainer.max_grad_norm,
@@ -164,3 +165,12 @@ def params_record(trainer: Any) -> dict[str, Any]:
         "privacy_unit": trainer.privacy_unit,
         "max_records_per_user": trainer.max_records_per_user,
     }
+
+
+def _model_name(model: Any) -> str | None:
+    """The module's class name, or a model spec's own spelling (``mlp:64,32``)."""
+    from privdl.train.architectures import TabularModel
+
+    if model is None:
+        return None
+    return str(model) if isinstance(model, TabularModel) else type(model).__name__

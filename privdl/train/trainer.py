@@ -505,7 +505,7 @@ class PrivateTrainer(EstimatorParams, Predictions):
         else:
             prior = []
         prepared = model_prep.prepare_for_training(
-            self.model_ if prior and self.model_ is not None else self.model,
+            self.model_ if prior and self.model_ is not None else self._sized_model(train),
             train,
             loss=self.loss,
             device=device,
@@ -585,6 +585,21 @@ class PrivateTrainer(EstimatorParams, Predictions):
             raise InputError("user-level training needs at least 2 users")
         self.n_users_, self.records_dropped_ = index.n_users, index.dropped
         return index
+
+    def _sized_model(self, train: Any) -> Any:
+        """``model``, or the module a :class:`~privdl.train.architectures.TabularModel`
+        stands for, sized from the encoded width and the encoder's label set."""
+        from privdl.train.architectures import TabularModel
+
+        if not isinstance(self.model, TabularModel):
+            return self.model
+        if self.encoder_ is None or not hasattr(train, "X"):
+            raise UsageError(
+                f"model {self.model}: a model spec is sized from a table; pass a DataFrame with "
+                "target= (or a torch module)"
+            )
+        classes = self.encoder_.classes_
+        return self.model.build(int(train.X.shape[1]), None if classes is None else len(classes))
 
     def _make_optimizer(self, params: list[Any]) -> Any:
         return make_optimizer(self.optimizer, self._lr(), params)
