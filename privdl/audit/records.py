@@ -15,9 +15,13 @@ An operation that wrote a ``started`` entry and a final entry counts once, under
 final outcome; one that never finished (killed midway) counts under ``started``.
 
 Measures are read from entry parameters, at any nesting depth, by key name:
-``key_id`` / ``key_ids`` / ``*_key_id``, ``k``, ``l``, ``t``, ``epsilon``, ``delta``,
-``he_params``, and column roles from ``identifiers``, ``quasi_identifiers``,
-``sensitive`` and ``drop``.
+``key_id`` / ``key_ids`` / ``*_key_id`` (labelled by the entry's event: an ``anonymize``
+key is a pseudonymization key, an ``he.*`` key an encryption key), ``k``, ``l``, ``t``,
+``he_params`` (in words), and column roles from ``identifiers`` (``email (pseudonymize,
+normalize=email)``, never a Python dict), ``quasi_identifiers``, ``sensitive`` and
+``drop``. Each DP figure is labelled with what it is: a dataset's total budget
+(``budget.set``), a training run's epsilon spent and its target, with delta and the
+dataset.
 """
 
 from __future__ import annotations
@@ -70,59 +74,100 @@ _ROLES = {
 
 
 class _Measures:
+    """What one activity's entries say was applied, each figure labelled by what it is."""
+
     def __init__(self) -> None:
-        self.key_ids: set[str] = set()
-        self.values: dict[str, set[str]] = {n: set() for n in ("k", "l", "t", "epsilon", "delta")}
+        # key ids by the role of the key (never the keys): a CKKS key is an encryption
+        # key, not a pseudonymization key
+        self.pseudonym_keys: set[str] = set()
+        self.encryption_keys: set[str] = set()
+        self.other_keys: dict[str, set[str]] = {}
+        self.values: dict[str, set[str]] = {n: set() for n in ("k", "l", "t")}
+        self.dp: list[str] = []
         self.he: set[str] = set()
         self.roles: dict[str, set[str]] = {r: set() for r in _ROLES}
         self.encrypted_events = 0
 
-    def scan(self, params: Any, depth: int = 0) -> None:
+    def scan(self, params: Any, event: str = "", depth: int = 0) -> None:
+        if depth == 0 and isinstance(params, Mapping):
+            self._dp(event, params)
         if depth > 6:
             return
         if isinstance(params, Mapping):
             for name, value in params.items():
-                self._one(str(name), value)
+                self._one(str(name), value, event)
                 if isinstance(value, Mapping | list):
-                    self.scan(value, depth + 1)
+                    self.scan(value, event, depth + 1)
         elif isinstance(params, list):
             for item in params:
                 if isinstance(item, Mapping | list):
-                    self.scan(item, depth + 1)
+                    self.scan(item, event, depth + 1)
 
-    def _one(self, name: str, value: Any) -> None:
+    def _key(self, value: str, event: str) -> None:
+        if event.startswith(("he.", "encrypt")) or value.startswith("he_"):
+            self.encryption_keys.add(value)
+        elif event.startswith("anonymize"):
+            self.pseudonym_keys.add(value)
+        else:
+            self.other_keys.setdefault(event or "?", set()).add(value)
+
+    def _one(self, name: str, value: Any, event: str) -> None:
         if name == "key_id" or name.endswith("_key_id"):
             if isinstance(value, str):
-                self.key_ids.add(value)
+                self._key(value, event)
         elif name == "key_ids" and isinstance(value, list):
-            self.key_ids.update(v for v in value if isinstance(v, str))
+            for v in value:
+                if isinstance(v, str):
+                    self._key(v, event)
         elif name in self.values and isinstance(value, int | float) and not isinstance(value, bool):
             self.values[name].add(repr(value))
-        elif name == "he_params" and value is not None:
-            self.he.add(json.dumps(value, sort_keys=True, separators=(",", ":")))
+        elif name == "he_params" and isinstance(value, Mapping):
+            self.he.add(_he_text(value))
         elif name in self.roles and isinstance(value, list):
-            self.roles[name].update(str(v) for v in value)
+            self.roles[name].update(_column_text(v) for v in value)
+
+    def _dp(self, event: str, params: Mapping[str, Any]) -> None:
+        """One labelled line per DP figure of an entry: a dataset's budget is not a
+        run's spend, and a run's target is not what it spent."""
+        eps, delta, dataset = params.get("epsilon"), params.get("delta"), params.get("dataset_id")
+        at = f" at delta = {_num(delta)}" if _is_num(delta) else ""
+        on = f" (dataset {dataset})" if isinstance(dataset, str) else ""
+        if event == "budget.set" and _is_num(eps):
+            line = f"DP budget of the dataset: total epsilon = {_num(eps)}{at}{on}"
+        elif _is_num(params.get("epsilon_spent")):
+            target = f" (target epsilon {_num(eps)})" if _is_num(eps) else ""
+            line = f"DP training run ({event}): epsilon spent = {_num(params['epsilon_spent'])}{target}{at}{on}"
+        elif _is_num(eps):
+            line = f"DP ({event}): epsilon = {_num(eps)}{at}{on}"
+        else:
+            return
+        if line not in self.dp:
+            self.dp.append(line)
 
     def describe(self) -> list[str]:
         out = []
-        if self.key_ids:
-            out.append("pseudonymization with keyed HMAC-SHA256, keys " + ", ".join(sorted(self.key_ids)))
+        if self.pseudonym_keys:
+            out.append(
+                "pseudonymization with keyed HMAC-SHA256, pseudonymization key ids "
+                + ", ".join(sorted(self.pseudonym_keys))
+            )
         if self.values["k"]:
             out.append("k-anonymity, k = " + ", ".join(sorted(self.values["k"], key=float)))
         if self.values["l"]:
             out.append("l-diversity, l = " + ", ".join(sorted(self.values["l"], key=float)))
         if self.values["t"]:
             out.append("t-closeness, t = " + ", ".join(sorted(self.values["t"], key=float)))
-        if self.values["epsilon"]:
-            text = "differential privacy, epsilon = " + ", ".join(sorted(self.values["epsilon"], key=float))
-            if self.values["delta"]:
-                text += "; delta = " + ", ".join(sorted(self.values["delta"], key=float))
-            out.append(text)
-        if self.he or self.encrypted_events:
+        if self.dp:
+            out.append("differential privacy: " + "; ".join(self.dp))
+        if self.he or self.encrypted_events or self.encryption_keys:
             text = "homomorphic encryption (CKKS) of data in use"
             if self.he:
-                text += ", parameters " + "; ".join(sorted(self.he))
+                text += ", " + "; ".join(sorted(self.he))
+            if self.encryption_keys:
+                text += ", encryption key ids " + ", ".join(sorted(self.encryption_keys))
             out.append(text)
+        for event, ids in sorted(self.other_keys.items()):
+            out.append(f"keys used by {event}: key ids " + ", ".join(sorted(ids)))
         out.append("tamper-evident audit log (HMAC-SHA256 chain, signed checkpoints)")
         return out
 
@@ -134,6 +179,49 @@ class _Measures:
         ]
 
 
+def _is_num(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _num(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _column_text(value: Any) -> str:
+    """A column as a person reads it: ``email (pseudonymize, normalize=email)``, not a
+    Python dict."""
+    if isinstance(value, Mapping):
+        column = str(value.get("column", "?"))
+        details = [str(value["transform"])] if value.get("transform") else []
+        details += [f"{k}={v}" for k, v in sorted(value.items()) if k not in ("column", "transform")]
+        return f"{column} ({', '.join(details)})" if details else column
+    return str(value)
+
+
+_HE_LABELS = {
+    "poly_modulus_degree": "polynomial modulus degree {}",
+    "coeff_mod_bit_sizes": "coefficient moduli {} bits",
+    "scale_bits": "scale 2^{}",
+    "security": "{}-bit security",
+    "encryption": "{} encryption",
+}
+
+
+def _he_text(params: Mapping[str, Any]) -> str:
+    """CKKS parameters in words (``polynomial modulus degree 8192, ...``)."""
+    parts = []
+    for name, label in _HE_LABELS.items():
+        value = params.get(name)
+        if value is None:
+            continue
+        parts.append(label.format("/".join(map(str, value)) if isinstance(value, list) else value))
+    for name in ("galois_keys", "relin_keys"):
+        if name in params:
+            what = "Galois" if name == "galois_keys" else "relinearization"
+            parts.append(f"{what} keys {'sent' if params[name] else 'not sent'} to the evaluator")
+    return "parameters: " + ", ".join(parts) if parts else "parameters not recorded"
+
+
 def _as_list(value: Any) -> list[str]:
     if value is None:
         return []
@@ -143,8 +231,11 @@ def _as_list(value: Any) -> list[str]:
 
 
 def _describe(value: Any) -> str:
+    """A config value in words: ``country: US, recipient: Cloud host`` (no Python reprs)."""
     if isinstance(value, Mapping):
-        return ", ".join(f"{k}: {v}" for k, v in value.items() if v not in (None, "", []))
+        return ", ".join(f"{k}: {_describe(v)}" for k, v in value.items() if v not in (None, "", []))
+    if isinstance(value, list | tuple):
+        return ", ".join(_describe(v) for v in value)
     return str(value)
 
 
@@ -212,7 +303,7 @@ def build_records(
         g["first"] = g["first"] or when
         g["last"] = when or g["last"]
         if entry.get("outcome") == "ok":
-            g["measures"].scan(entry.get("params") or {})
+            g["measures"].scan(entry.get("params") or {}, str(entry.get("event", "")))
             if str(entry.get("event", "")).startswith(("he.", "encrypt")):
                 g["measures"].encrypted_events += 1
     for pid in purposes_cfg:  # configured purposes with no processing yet still belong in it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -86,9 +87,9 @@ def test_records_fields(filled: AuditLog, config: Path, audit_key: Secret) -> No
     measures = " | ".join(churn["security_measures"])
     assert "kid_00112233aabbccdd" in measures
     assert "k = 5" in measures
-    assert "epsilon = 3.0" in measures and "delta = 1e-05" in measures
+    assert "DP (train): epsilon = 3 at delta = 1e-05" in measures
     assert "99.0" not in measures  # a refused run applied nothing
-    assert "poly_modulus_degree" in measures
+    assert "polynomial modulus degree 8192" in measures
     assert churn["third_country_transfers"] == ["country: US, recipient: Cloud host, safeguard: SCCs"]
     assert churn["retention"] == "24 months after contract end"
     assert churn["operations"] == {"anonymize": 1, "he.score": 1, "train": 2}
@@ -123,3 +124,28 @@ def test_bad_config_is_input_error(filled: AuditLog, tmp_path: Path) -> None:
         build_records(filled.path, config=bad)
     with pytest.raises(InputError):
         build_records(filled.path, config=tmp_path / "missing.toml")
+
+
+def test_records_read_as_sentences(tmp_path: Path, audit_key: Secret) -> None:
+    """No Python dict reprs; HE key ids are encryption keys; each epsilon says what it is."""
+    log = AuditLog(tmp_path / "audit.jsonl", key=audit_key, purpose="retention")
+    rules = [{"column": "email", "normalize": "email", "transform": "pseudonymize"}, {"column": "user_id"}]
+    log.append("anonymize", params={"key_id": "kid_aaaa", "policy": {"identifiers": rules, "k": 5}})
+    log.append("budget.set", params={"dataset_id": "ds", "epsilon": 8.0, "delta": 1e-5})
+    log.append(
+        "train", params={"dataset_id": "ds", "epsilon": 2.0, "epsilon_spent": 1.9946, "delta": 1e-5}
+    )
+    he = {"poly_modulus_degree": 8192, "coeff_mod_bit_sizes": [60, 40, 60], "scale_bits": 40}
+    log.append("he.encrypt", params={"key_id": "he_bbbb", "he_params": he})
+    rec = build_records(log.path, config={})
+    write_records(rec, tmp_path / "records.csv")
+    text = (tmp_path / "records.csv").read_text()
+    assert "{" not in text and "'" not in text  # no dict or list reprs anywhere
+    row = next(csv.DictReader(io.StringIO(text)))
+    assert "email (pseudonymize, normalize=email)" in row["personal_data_categories"]
+    measures = row["security_measures"]
+    assert "pseudonymization key ids kid_aaaa;" in measures and "he_bbbb" not in measures.split(";")[0]
+    assert "encryption key ids he_bbbb" in measures
+    assert "DP budget of the dataset: total epsilon = 8 at delta = 1e-05 (dataset ds)" in measures
+    assert "epsilon spent = 1.995 (target epsilon 2) at delta = 1e-05 (dataset ds)" in measures
+    assert "coefficient moduli 60/40/60 bits" in measures
