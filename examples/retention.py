@@ -74,12 +74,14 @@ def main() -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     key = _key("PRIVDL_KEY", out / "pseudonym.key")
-    audit_key = _key("PRIVDL_AUDIT_KEY", out / "audit.key")
+    # two keys, two names: the HMAC chain key (a secret for writing and verifying the log)
+    # and the Ed25519 key that signs checkpoints (its public half verifies them)
+    audit_key = _key("PRIVDL_AUDIT_KEY", out / "audit-chain.key")
     signing_dir = out / "signing"  # in real use: kept apart from the log
-    if not (signing_dir / "audit.key").exists():
-        generate_signing_key(signing_dir)
+    if not (signing_dir / "audit-signing.key").exists():
+        generate_signing_key(signing_dir, name="audit-signing")
     log = privdl.AuditLog(
-        out / "audit.jsonl", key=audit_key, signing_key=signing_dir / "audit.key", config=args.config
+        out / "audit.jsonl", key=audit_key, signing_key=signing_dir / "audit-signing.key", config=args.config
     )
 
     # 1. anonymize --------------------------------------------------------------------
@@ -183,7 +185,7 @@ def main() -> None:
     checkpoint = signing_dir / "audit.checkpoint"
     log.checkpoint(path=checkpoint)
     result = privdl.verify_audit_log(
-        out / "audit.jsonl", key=audit_key, checkpoint=checkpoint, public_key=signing_dir / "audit.pub"
+        out / "audit.jsonl", key=audit_key, checkpoint=checkpoint, public_key=signing_dir / "audit-signing.pub"
     )
     write_records(
         build_records(out / "audit.jsonl", config=args.config, verified=result), out / "records.csv"

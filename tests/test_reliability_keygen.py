@@ -127,8 +127,8 @@ def test_concurrent_audit_keygen_has_one_winner(tmp_path: Path) -> None:
         results = _run_all(tmp_path, ["audit", "keygen", "--out", "ak"])
         _check_one_winner(results)
         raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        sk = load_signing_key(tmp_path / "ak" / "audit.key")
-        pk = load_public_key(tmp_path / "ak" / "audit.pub")
+        sk = load_signing_key(tmp_path / "ak" / "audit-signing.key")
+        pk = load_public_key(tmp_path / "ak" / "audit-signing.pub")
         assert sk.public_key().public_bytes(*raw) == pk.public_bytes(*raw)
         _no_leftovers(tmp_path)
 

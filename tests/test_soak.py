@@ -115,12 +115,12 @@ def test_soak_killed_runs_leave_ledger_and_log_in_agreement(tmp_path: Path) -> N
 
 
 def _check_agreement(out: Path) -> None:
-    audit_key = Secret.from_file(out / "audit.key")
+    audit_key = Secret.from_file(out / "audit-chain.key")
     result = verify_audit_log(
         out / "audit.jsonl",
         key=audit_key,
         checkpoint=out / "signing" / "audit.checkpoint",
-        public_key=out / "signing" / "audit.pub",
+        public_key=out / "signing" / "audit-signing.pub",
         thorough=True,
     )
     entries = _entries(out / "audit.jsonl")

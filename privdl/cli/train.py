@@ -226,7 +226,8 @@ def train(
                 print(f"privdl: warning: {seen}", file=sys.stderr)
     # evidence first: the model folder and the report appear once their entry is written
     params = {"run_id": trainer.run_id_, "manifest_sha256": trainer.manifest_.sha256(), "model": str(spec)}
-    with operation(log, "train.save", params=params) as op:
+    people = None if subject_column is None else frame[subject_column]
+    with operation(log, "train.save", params=params, subjects=people) as op:
         trainer.save(op.stage(folder, folder=True), key=key)
         if report is not None:
             trainer.report(ledger_before=before, ledger_after=_status(trainer)).save(op.stage(report))

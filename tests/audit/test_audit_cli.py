@@ -81,11 +81,11 @@ def test_keygen_checkpoint_verify(cli_log: Path, tmp_path: Path, capsys: pytest.
     cp = tmp_path / "elsewhere" / "audit.checkpoint"
     cp.parent.mkdir()
     assert (
-        main(["audit", "checkpoint", str(cli_log), "--signing-key", str(keys / "audit.key"), "-o", str(cp)])
+        main(["audit", "checkpoint", str(cli_log), "--signing-key", str(keys / "audit-signing.key"), "-o", str(cp)])
         == 0
     )
     assert cp.read_text().split("\n")[1] == "4"
-    args = ["audit", "verify", str(cli_log), "--checkpoint", str(cp), "--public-key", str(keys / "audit.pub")]
+    args = ["audit", "verify", str(cli_log), "--checkpoint", str(cp), "--public-key", str(keys / "audit-signing.pub")]
     assert main(args) == 0
     assert "checkpoint" in capsys.readouterr().out
     lines = cli_log.read_bytes().splitlines(keepends=True)
@@ -106,7 +106,7 @@ def test_checkpoint_refuses_tampered_log(cli_log: Path, tmp_path: Path) -> None:
             "checkpoint",
             str(cli_log),
             "--signing-key",
-            str(tmp_path / "k" / "audit.key"),
+            str(tmp_path / "k" / "audit-signing.key"),
             "-o",
             str(out),
         ]
@@ -122,12 +122,12 @@ def test_config_defaults_for_verify(cli_log: Path, tmp_path: Path) -> None:
             "checkpoint",
             str(cli_log),
             "--signing-key",
-            str(tmp_path / "k" / "audit.key"),
+            str(tmp_path / "k" / "audit-signing.key"),
             "-o",
             str(tmp_path / "cp"),
         ]
     )
-    (tmp_path / "privdl.toml").write_text('[audit]\npublic_key = "k/audit.pub"\ncheckpoint = "cp"\n')
+    (tmp_path / "privdl.toml").write_text('[audit]\npublic_key = "k/audit-signing.pub"\ncheckpoint = "cp"\n')
     cli_log.write_bytes(b"".join(cli_log.read_bytes().splitlines(keepends=True)[:2]))
     assert main(["audit", "verify", str(cli_log)]) == 1  # the configured checkpoint is used
 

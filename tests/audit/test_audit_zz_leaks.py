@@ -67,7 +67,7 @@ def test_end_to_end_outputs(
             "checkpoint",
             str(log_path),
             "--signing-key",
-            str(tmp_path / "keys/audit.key"),
+            str(tmp_path / "keys/audit-signing.key"),
             "-o",
             str(tmp_path / "audit.checkpoint"),
         ]
@@ -82,7 +82,7 @@ def test_end_to_end_outputs(
             "--checkpoint",
             str(tmp_path / "audit.checkpoint"),
             "--public-key",
-            str(tmp_path / "keys/audit.pub"),
+            str(tmp_path / "keys/audit-signing.pub"),
             "--json",
         ]
     )
