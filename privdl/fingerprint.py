@@ -107,7 +107,11 @@ def fingerprint_frame(frame: Any) -> dict[str, Any]:
     """SHA-256 of a pandas DataFrame's column names and values (not its index)."""
     import pandas as pd
 
-    hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    try:
+        hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    except TypeError:  # lists or dicts in an object column (JSON Lines): hash their text
+        text = frame.apply(lambda col: col.map(repr) if col.dtype == object else col)
+        hashed = pd.util.hash_pandas_object(text, index=False).to_numpy()
     digest = hashlib.sha256()
     digest.update("\0".join(map(str, frame.columns)).encode("utf-8") + b"\n")
     digest.update(hashed.tobytes())

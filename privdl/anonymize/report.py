@@ -108,6 +108,8 @@ class AnonymizationReport(JSONSerializable):
         linkable_risk: :class:`~privdl.anonymize.metrics.TableMetrics` as a dict,
             measured on the released table with the linkable columns added to the
             quasi-identifiers (None when no column is linkable).
+        released_columns: the released table's columns, in its order.
+        dropped_columns: the input's columns that are not in the released table.
         manifest: the run's RunManifest (``privdl.manifest``) as a dict: the policy and
             key_id, fingerprints of the input and of the released table.
     """
@@ -131,6 +133,8 @@ class AnonymizationReport(JSONSerializable):
     notice: str = RECITAL_26
     linkable: dict[str, str] = field(default_factory=dict)
     linkable_risk: dict[str, Any] | None = None
+    released_columns: list[str] = field(default_factory=list)
+    dropped_columns: list[str] = field(default_factory=list)
     manifest: dict[str, Any] | None = None
 
     # to_dict / from_dict / to_json / from_json: privdl.serialize.JSONSerializable
@@ -243,6 +247,8 @@ class AnonymizationReport(JSONSerializable):
             warnings=[*warnings, *_linkable_warnings(linkable, linked, after)],
             linkable=dict(linkable),
             linkable_risk=linked,
+            released_columns=[str(c) for c in released.columns],
+            dropped_columns=[str(c) for c in original.columns if c not in released.columns],
         )
 
     # ------------------------------------------------------------------ values
@@ -319,7 +325,13 @@ class AnonymizationReport(JSONSerializable):
         head += [render.Note(w, "warning") for w in self.warnings]
         sections = [render.Section("Summary", head)]
         sections.append(
-            render.Section("Columns", [render.Table(["column", "role", "treatment"], self._column_rows())])
+            render.Section(
+                "Columns",
+                [
+                    *self._released_paragraphs(render),
+                    render.Table(["column", "role", "treatment", "in the release"], self._column_rows()),
+                ],
+            )
         )
         if self.before is not None and self.after is not None:
             sections.append(self._risk_section(render, figures))
@@ -345,10 +357,13 @@ class AnonymizationReport(JSONSerializable):
         return render.Document("Anonymization report", sections, subtitle=subtitle)
 
     def _column_rows(self) -> list[list[str]]:
+        """One row per input column: released (under which treatment) or dropped."""
         qis = set(self.quasi_identifiers)
         linked = "; linkable: counted in the risk"
+        dropped = set(self.dropped_columns) | set(self.policy.get("drop") or ())
+        dropped |= {c for c, t in self.identifier_columns.items() if t == "drop"}
         rows = [
-            [c, "identifier", t + (linked if c in self.linkable else "")]
+            [c, "identifier", "removed" if c in dropped else t + (linked if c in self.linkable else "")]
             for c, t in self.identifier_columns.items()
             if c not in qis
         ]
@@ -373,7 +388,36 @@ class AnonymizationReport(JSONSerializable):
             [c, "no role", "passed through unchanged" + (linked if c in self.linkable else ": review")]
             for c in self.passthrough
         ]
+        named = {r[0] for r in rows}
+        for c in [*(self.policy.get("drop") or ()), *self.dropped_columns]:
+            if c not in named:
+                named.add(c)
+                rows.append([c, "drop", "removed"])
+        released = set(self.released_columns)
+        for row in rows:
+            if self.released_columns:
+                row.append("released" if row[0] in released else "dropped")
+            else:  # a report saved before the released columns were recorded
+                row.append("dropped" if row[0] in dropped else "released")
         return rows
+
+    def _released_paragraphs(self, render: Any) -> list[Any]:
+        """Every released and every dropped column, named, before the table."""
+        if not self.released_columns and not self.dropped_columns:
+            return []
+        out = [
+            render.Paragraph(
+                f"Released ({len(self.released_columns)} columns): {', '.join(self.released_columns) or 'none'}."
+            )
+        ]
+        if self.dropped_columns:
+            out.append(
+                render.Paragraph(
+                    f"Dropped, not in the release ({len(self.dropped_columns)} columns): "
+                    f"{', '.join(self.dropped_columns)}."
+                )
+            )
+        return out
 
     def _linkable_section(self, render: Any) -> Any:
         blocks: list[Any] = [

@@ -113,3 +113,30 @@ def test_cli_anonymize_end_to_end(run_cli, tmp_path: Path) -> None:
     too_big = tmp_path / "never.csv"
     code, _, err = run_cli("anonymize", str(ADULT), "-o", str(too_big), "--qi", "age", "-k", "5000")
     assert code == 1 and "5000" in err and not too_big.exists()
+
+
+def test_columns_table_lists_every_released_and_dropped_column(users, key):
+    """Each input column has one row saying whether it is in the release (dropped ones too)."""
+    import privdl
+
+    policy = privdl.Policy(
+        identifiers=["user_id", "email", "phone:drop"],
+        drop=["ip", "full_name"],
+        quasi_identifiers=["age", "zip"],
+        hierarchies={"zip": "prefix"},
+        k=3,
+    )
+    anonymizer = privdl.Anonymizer(policy, key=key)
+    released = anonymizer.fit_transform(users)
+    report = anonymizer.report_
+    assert report.released_columns == list(released.columns)
+    assert set(report.dropped_columns) == {"ip", "full_name", "phone"}
+    rows = {row[0]: row for row in report._column_rows()}
+    assert set(rows) == set(users.columns)  # every column, once
+    assert all(rows[c][-1] == "released" for c in released.columns)
+    assert all(rows[c][-1] == "dropped" for c in ("ip", "full_name", "phone"))
+    text = report.to_document(figures=False)
+    md = __import__("privdl.render", fromlist=["to_markdown"]).to_markdown(text)
+    assert "Dropped, not in the release (3 columns)" in md and "| ip | drop | removed | dropped |" in md
+    again = type(report).from_json(report.to_json())
+    assert again.released_columns == report.released_columns
