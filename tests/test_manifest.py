@@ -40,3 +40,57 @@ def test_load_rejects_other_json(tmp_path):
     p.write_text("{}")
     with pytest.raises(InputError, match="not a privdl run manifest"):
         RunManifest.load(p)
+
+
+def test_anonymization_report_embeds_the_manifest_and_the_entry_its_hash(tmp_path, users, key, run_cli):
+    import secrets
+
+    import privdl
+    from privdl.keys import Secret
+
+    log = privdl.AuditLog(tmp_path / "audit.jsonl", key=Secret(secrets.token_bytes(32)))
+    policy = privdl.Policy(identifiers=["user_id", "email", "full_name", "phone", "ip"], quasi_identifiers=["age"], k=3)
+    anonymizer = privdl.Anonymizer(policy, key=key, audit_log=log)
+    released = anonymizer.fit_transform(users)
+    manifest = RunManifest.from_dict(anonymizer.report_.manifest)
+    entry = json.loads(log.path.read_text().splitlines()[-1])["entry"]
+    assert entry["params"]["manifest_sha256"] == manifest.sha256()
+    assert manifest.config["key_id"] == key.key_id and manifest.data["input"]["rows"] == len(users)
+    assert manifest.model_state["released table"] == privdl.fingerprint.fingerprint_frame(released)["sha256"]
+    text = manifest.to_json()
+    assert key.reveal().hex() not in text and str(users["email"].iloc[0]) not in text
+    for name in ("a.html", "a.md", "a.json"):
+        anonymizer.report_.save(tmp_path / name)
+        assert RunManifest.load(tmp_path / name) == manifest
+    # another k: the diff names the configuration and the released table, not the input
+    other = privdl.Anonymizer(
+        privdl.Policy(identifiers=["user_id", "email", "full_name", "phone", "ip"], quasi_identifiers=["age"], k=4),
+        key=key,
+    )
+    other.fit_transform(users)
+    other.report_.save(tmp_path / "b.json")
+    code, out, _ = run_cli("diff", tmp_path / "a.html", tmp_path / "b.json", "--json")
+    fields = {r["field"] for r in json.loads(out)}
+    assert code == 1 and "config.policy.k" in fields and not any(f.startswith("data.") for f in fields)
+
+
+def test_budget_report_embeds_a_manifest_of_the_ledger(tmp_path):
+    import privdl
+    from privdl.budget.report import PrivacyReport
+
+    ledger = privdl.BudgetLedger(tmp_path / "b.db")
+    ledger.set_budget("ds-manifest", epsilon=4.0, delta=1e-5)
+    report = PrivacyReport.from_ledger(ledger, "ds-manifest")
+    report.save(tmp_path / "budget.html")
+    loaded = RunManifest.load(tmp_path / "budget.html")
+    assert loaded.config["dataset_id"] == "ds-manifest" and loaded.config["total_epsilon"] == 4.0
+    assert loaded.data["ledger runs"]["rows"] == 0
+    assert PrivacyReport.from_json(report.to_json()).manifest == report.manifest
+
+
+def test_load_names_what_holds_no_manifest(tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "page.html").write_text("<html><body>no manifest</body></html>")
+    for target, words in (("folder", "holds no manifest.json"), ("page.html", "holds none"), ("nope", "does not exist")):
+        with pytest.raises(InputError, match=words):
+            RunManifest.load(tmp_path / target)
