@@ -8,7 +8,7 @@ none of them is needed. Recognised tables::
     actor = "data-team"               # who runs privdl (else $PRIVDL_ACTOR, else OS user)
     purpose = "retention-model"       # default purpose of entries
     legal_basis = "Art. 6(1)(f) legitimate interests"
-    public_key = "keys/audit.pub"     # checkpoint verification key
+    public_key = "keys/audit-signing.pub"  # checkpoint verification key
     checkpoint = "/mnt/evidence/audit.checkpoint"
 
     [controller]

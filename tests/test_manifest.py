@@ -94,3 +94,10 @@ def test_load_names_what_holds_no_manifest(tmp_path):
     for target, words in (("folder", "holds no manifest.json"), ("page.html", "holds none"), ("nope", "does not exist")):
         with pytest.raises(InputError, match=words):
             RunManifest.load(tmp_path / target)
+
+
+def test_diff_of_something_without_a_manifest_is_exit_2(tmp_path, run_cli):
+    good = RunManifest.collect(config={"epsilon": 1.0}).save(tmp_path / "m.json")
+    (tmp_path / "notes.md").write_text("# just notes\n")
+    code, out, err = run_cli("diff", good, tmp_path / "notes.md")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "notes.md" in err

@@ -219,7 +219,7 @@ def checkpoint_verified(
     The one way to checkpoint a log someone else writes (``privdl audit checkpoint``):
     verify it with the audit key, then sign what was verified::
 
-        cp = checkpoint_verified(verify_audit_log(log, key=key), signing_key="audit.key",
+        cp = checkpoint_verified(verify_audit_log(log, key=key), signing_key="audit-signing.key",
                                  output="elsewhere/audit.checkpoint")
 
     A writer holding the log open signs with :meth:`AuditLog.checkpoint` instead.

@@ -234,7 +234,7 @@ def verify_audit_log(
         UsageError: a checkpoint without a public key.
 
     Example:
-        >>> verify_audit_log("audit.jsonl", public_key="audit.pub",
+        >>> verify_audit_log("audit.jsonl", public_key="audit-signing.pub",
         ...                  checkpoint="audit.checkpoint").summary()  # doctest: +SKIP
     """
     from privdl.audit.checkpoint import Checkpoint, load_public_key, origin_for
@@ -322,7 +322,7 @@ def checkpoint_log(
             group-readable signing key file.
 
     Example:
-        >>> checkpoint_log("audit.jsonl", signing_key="audit.key",
+        >>> checkpoint_log("audit.jsonl", signing_key="audit-signing.key",
         ...                output="elsewhere/audit.checkpoint")  # doctest: +SKIP
     """
     from privdl.audit.checkpoint import checkpoint_verified, load_signing_key

@@ -105,9 +105,13 @@ def test_out_dir_spelling_and_html_report(run_cli, users_csv, setup):
 
 def test_seeded_cpu_runs_reproduce_bit_for_bit(run_cli, users_csv, setup):
     tmp, config, ledger = setup
-    for name in ("a", "b"):
-        code, _, err = _train(run_cli, users_csv, ledger, config, tmp / name)
-        assert code == 0, err
+    code, _, err = _train(run_cli, users_csv, ledger, config, tmp / "a")
+    assert code == 0, err
+    code, out, err = _train(run_cli, users_csv, ledger, config, tmp / "b", "--json")
+    assert code == 0, err
+    printed = json.loads(out)
+    assert printed["manifest_sha256"] == RunManifest.load(tmp / "b").sha256()
+    assert printed["reproducibility"]["bitwise"] is True and printed["model_folder"] == str(tmp / "b")
     assert (tmp / "a" / "model.safetensors").read_bytes() == (tmp / "b" / "model.safetensors").read_bytes()
     assert RunManifest.load(tmp / "a").reproducibility["bitwise"] is True
     code, out, _ = run_cli("diff", tmp / "a", tmp / "b")
