@@ -49,6 +49,7 @@ __all__ = [
     "diff_manifests",
     "embedded_manifest",
     "manifest_section",
+    "unfingerprinted",
 ]
 
 _LIBRARIES = ("numpy", "pandas", "pyarrow", "cryptography", "torch", "opacus", "tenseal", "pyspark")
@@ -355,7 +356,8 @@ def manifest_section(manifest: Mapping[str, Any] | None) -> Any:
     m = RunManifest.from_dict(manifest)
     digest = m.sha256()
     data = "; ".join(
-        f"{role}: sha256 {str(fp.get('sha256', ''))[:16]}"
+        f"{role}: "
+        + (f"sha256 {str(fp['sha256'])[:16]}" if fp.get("sha256") else "not fingerprinted")
         + (f", {fp['rows']} rows" if isinstance(fp, Mapping) and "rows" in fp else "")
         for role, fp in m.data.items()
         if isinstance(fp, Mapping)
@@ -385,3 +387,9 @@ def manifest_section(manifest: Mapping[str, Any] | None) -> Any:
             render.Code(json.dumps(m.to_dict(), indent=2, sort_keys=True), "the manifest (JSON)", _EMBED_ID),
         ],
     )
+
+
+def unfingerprinted(manifest: RunManifest) -> list[str]:
+    """The data roles a manifest could not fingerprint (a Dataset or DataLoader is not
+    hashed): a change in them would not show in a diff."""
+    return [role for role, fp in manifest.data.items() if isinstance(fp, Mapping) and not fp.get("sha256")]

@@ -101,3 +101,11 @@ def test_diff_of_something_without_a_manifest_is_exit_2(tmp_path, run_cli):
     (tmp_path / "notes.md").write_text("# just notes\n")
     code, out, err = run_cli("diff", good, tmp_path / "notes.md")
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "notes.md" in err
+
+
+def test_diff_warns_about_data_it_cannot_see(tmp_path, run_cli):
+    loader = {"kind": "DataLoader", "sha256": None}
+    a = RunManifest.collect(config={"epochs": 1}, data={"training data": loader}).save(tmp_path / "a.json")
+    code, out, err = run_cli("diff", a, a)
+    assert code == 0 and "no differences" in out
+    assert "the training data has no fingerprint" in err

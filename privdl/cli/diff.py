@@ -74,8 +74,24 @@ def diff(
             if len(changes) > _SHOWN_PER_COMPONENT:
                 print(f"  ... and {len(changes) - _SHOWN_PER_COMPONENT} more")
         _explain(ma, mb, [c for c, _ in groups])
+    _warn_unhashed(ma, mb, a, b)
     if groups:
         raise typer.Exit(1)
+
+
+def _warn_unhashed(ma: Any, mb: Any, a: Path, b: Path) -> None:
+    """A diff cannot see a change in data a manifest holds no SHA-256 of: say so."""
+    import sys
+
+    from privdl.manifest import unfingerprinted
+
+    for path, manifest in ((a, ma), (b, mb)):
+        for role in unfingerprinted(manifest):
+            print(
+                f"privdl: warning: {path}: the {role} has no fingerprint (not an in-memory table or "
+                "array): a change in it does not show here",
+                file=sys.stderr,
+            )
 
 
 def _explain(a: Any, b: Any, components: list[str]) -> None:
