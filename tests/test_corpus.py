@@ -169,7 +169,7 @@ def build_workspace(root: Path) -> Workspace:
     (inp / "tampered.jsonl").write_text("\n".join([tampered, *entries[1:]]) + "\n")
     (inp / "garbage.jsonl").write_text("this is not an audit log\n{\n")
     _must(["audit", "keygen", "--out", inp / "akeys"], ws)
-    _must(["audit", "checkpoint", log, "--signing-key", inp / "akeys" / "audit.key", "-o", inp / "checkpoint.txt"], ws)
+    _must(["audit", "checkpoint", log, "--signing-key", inp / "akeys" / "audit-signing.key", "-o", inp / "checkpoint.txt"], ws)
     (inp / "bad.pem").write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
 
     # a ledger with a budget, and a file that is not one
@@ -193,6 +193,15 @@ def build_workspace(root: Path) -> Workspace:
     _must(["he", "score", inp / "users.he", "--model", inp / "model.json", "--public", inp / "keys",
            "-o", inp / "scores.he"], ws)
     (inp / "garbage.he").write_bytes(secrets.token_bytes(4096))
+
+    # privdl train: a config with public domains (nothing is charged before a refusal)
+    (inp / "train.toml").write_text(
+        "[train]\nepochs = 1\nbatch_size = 64\nseed = 1\n[encoder]\nfeatures = ['age', 'plays_week1']\n"
+        "numeric_bounds = { age = [16, 90], plays_week1 = [0, 60] }\ncategories = { retained = [0, 1] }\n"
+    )
+    (inp / "train_key.toml").write_text("[train]\nepoch = 1\n")
+    (inp / "train_type.toml").write_text("[train]\nepochs = 'one'\n")
+    (inp / "train_syntax.toml").write_text("[train\nepochs = 1\n")
     return ws
 
 
@@ -322,9 +331,9 @@ def cases(ws: Workspace) -> list[Case]:
           "-o", i / "afolder"),
         a("audit keygen out is a file", "outputs", "audit", "keygen", "--out", i / "users.csv"),
         a("audit checkpoint output in missing folder", "outputs", "audit", "checkpoint", i / "audit.jsonl",
-          "--signing-key", i / "akeys" / "audit.key", "-o", o / "missing" / "c.txt"),
+          "--signing-key", i / "akeys" / "audit-signing.key", "-o", o / "missing" / "c.txt"),
         a("audit checkpoint output is a folder", "outputs", "audit", "checkpoint", i / "audit.jsonl",
-          "--signing-key", i / "akeys" / "audit.key", "-o", i / "afolder"),
+          "--signing-key", i / "akeys" / "audit-signing.key", "-o", i / "afolder"),
         a("audit records output in missing folder", "outputs", "audit", "records", i / "audit.jsonl", "-o",
           o / "missing" / "r.csv"),
         a("audit records output is a folder", "outputs", "audit", "records", i / "audit.jsonl", "-o", i / "afolder"),
@@ -390,19 +399,64 @@ def cases(ws: Workspace) -> list[Case]:
         a("audit verify bad public key", "audit", "audit", "verify", i / "audit.jsonl", "--public-key", i / "bad.pem",
           "--checkpoint", i / "checkpoint.txt"),
         a("audit verify garbage checkpoint", "audit", "audit", "verify", i / "audit.jsonl", "--public-key",
-          i / "akeys" / "audit.pub", "--checkpoint", i / "users.csv", expect=(1, 2)),
+          i / "akeys" / "audit-signing.pub", "--checkpoint", i / "users.csv", expect=(1, 2)),
         a("audit verify checkpoint of another log", "audit", "audit", "verify", i / "tampered.jsonl",
-          "--public-key", i / "akeys" / "audit.pub", "--checkpoint", i / "checkpoint.txt", expect=(1,)),
+          "--public-key", i / "akeys" / "audit-signing.pub", "--checkpoint", i / "checkpoint.txt", expect=(1,)),
         a("audit checkpoint bad signing key", "audit", "audit", "checkpoint", i / "audit.jsonl", "--signing-key",
           i / "bad.pem", "-o", o / "c.txt"),
         a("audit checkpoint of a tampered log", "audit", "audit", "checkpoint", i / "tampered.jsonl",
-          "--signing-key", i / "akeys" / "audit.key", "-o", o / "c.txt", expect=(1,)),
+          "--signing-key", i / "akeys" / "audit-signing.key", "-o", o / "c.txt", expect=(1,)),
         a("audit records of a tampered log", "audit", "audit", "records", i / "tampered.jsonl", "-o", o / "r.csv",
           expect=(1,)),
         a("audit records unknown extension", "audit", "audit", "records", i / "audit.jsonl", "-o", o / "r.docx"),
         a("audit erase-request missing log", "audit", "audit", "erase-request", "u123", "--log", i / "nope.jsonl"),
         a("audit keygen into existing keys", "audit", "audit", "keygen", "--out", i / "akeys", expect=(1, 2)),
         a("diff two tables", "audit", "diff", u, i / "latin1.csv"),
+        a("diff a folder without a manifest", "audit", "diff", i / "afolder", i / "afolder"),
+        a("audit erase-request --identifier without a key", "audit", "audit", "erase-request", "u123",
+          "--identifier", "--log", i / "audit.jsonl"),
+        a("audit erase-request --identifier no anonymization under the key", "audit", "audit", "erase-request",
+          "u123", "--identifier", *key, "--log", i / "audit.jsonl"),
+        a("audit erase-request key without --identifier", "audit", "audit", "erase-request", "u123", *key,
+          "--log", i / "audit.jsonl"),
+        # ---- privdl train -----------------------------------------------------------------
+        *[
+            a(f"train {name}", "train", "train", table, "--target", target, "--model", model, "--epsilon", eps,
+              "--ledger", i / "budget.db", "--dataset-id", dataset, "-o", out, "--config", config, *extra,
+              expect=expect)
+            for name, table, target, model, eps, dataset, out, config, extra, expect in [
+                ("missing input", i / "nope.csv", "retained", "logistic", "1", "ds", o / "m", i / "train.toml",
+                 (), (2,)),
+                ("empty file", i / "empty.csv", "retained", "logistic", "1", "ds", o / "m", i / "train.toml", (), (2,)),
+                ("header only", i / "header_only.csv", "retained", "logistic", "1", "ds", o / "m", i / "train.toml",
+                 (), (2,)),
+                ("latin-1 csv", i / "latin1.csv", "retained", "logistic", "1", "ds", o / "m", i / "train.toml",
+                 (), (2,)),
+                ("unknown target", u, "no_such", "logistic", "1", "ds", o / "m", i / "train.toml", (), (2,)),
+                ("bad model spec", u, "retained", "forest:3", "1", "ds", o / "m", i / "train.toml", (), (2,)),
+                ("epsilon text", u, "retained", "logistic", "lots", "ds", o / "m", i / "train.toml", (), (2,)),
+                ("epsilon negative", u, "retained", "logistic", "-1", "ds", o / "m", i / "train.toml", (), (2,)),
+                ("config missing", u, "retained", "logistic", "1", "ds", o / "m", i / "nope.toml", (), (2,)),
+                ("config syntax error", u, "retained", "logistic", "1", "ds", o / "m", i / "train_syntax.toml",
+                 (), (2,)),
+                ("config unknown key", u, "retained", "logistic", "1", "ds", o / "m", i / "train_key.toml", (), (2,)),
+                ("config wrong type", u, "retained", "logistic", "1", "ds", o / "m", i / "train_type.toml", (), (2,)),
+                ("model folder is a file", u, "retained", "logistic", "1", "ds", i / "users.csv", i / "train.toml",
+                 (), (2,)),
+                ("model folder in missing folder", u, "retained", "logistic", "1", "ds", o / "missing" / "m",
+                 i / "train.toml", (), (2,)),
+                ("model folder is a foreign folder", u, "retained", "logistic", "1", "ds", i / "keys",
+                 i / "train.toml", (), (2,)),
+                ("report unknown extension", u, "retained", "logistic", "1", "ds", o / "m", i / "train.toml",
+                 ("--report", o / "r.docx"), (2,)),
+                ("unknown dataset", u, "retained", "logistic", "1", "nope", o / "m", i / "train.toml", (), (1, 2)),
+                ("budget exceeded", u, "retained", "logistic", "5", "ds", o / "m", i / "train.toml",
+                 ("--report", o / "r.html"), (1,)),
+            ]
+        ],
+        a("train audit key unset", "train", "train", u, "--target", "retained", "--model", "logistic",
+          "--epsilon", "1", "--ledger", i / "budget.db", "--dataset-id", "ds", "-o", o / "m", "--config",
+          i / "train.toml", "--audit-log", o / "a.jsonl", env={"PRIVDL_AUDIT_KEY": None}),
         a("diff missing file", "audit", "diff", i / "nope.json", i / "model.json"),
     ]
     return c

@@ -157,6 +157,10 @@ def register(app: typer.Typer) -> None:
 
         if not identifier and (key_env or key_file or column):
             raise UsageError("--key-env, --key-file and --column go with --identifier")
+        if identifier and not (key_env or key_file):
+            raise UsageError(
+                "--identifier needs the pseudonymization key: give --key-env VAR or --key-file PATH"
+            )
         audit_key = _audit_key(audit_key_env, audit_key_file)
         if identifier:
             from privdl.anonymize.pseudonym_lookup import pseudonyms_for

@@ -50,6 +50,14 @@ _TRAIN_KEYS: dict[str, tuple[type, ...]] = {
     "device": (str,),
     "subjects": (str,),
 }
+_TYPE_WORDS = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    list: "a list",
+    dict: "a table",
+}
 _ENCODER_KEYS: dict[str, tuple[type, ...]] = {
     "features": (list,),
     "numeric_bounds": (dict,),
@@ -85,8 +93,8 @@ def _read_config(path: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
             types = allowed[key]
             ok = isinstance(value, types) and (bool in types or not isinstance(value, bool))
             if not ok:
-                names = " or ".join(t.__name__ for t in types)
-                raise UsageError(f"config {path}: [{section}] {key} must be a {names}")
+                names = " or ".join(_TYPE_WORDS[t] for t in types)
+                raise UsageError(f"config {path}: [{section}] {key} must be {names}")
         out.append(dict(table))
     return out[0], out[1]
 
@@ -96,7 +104,7 @@ def _check_model_dir(out: Path) -> None:
     folder is new, empty or a privdl model (replaced then)."""
     from privdl.io import check_output_path
 
-    check_output_path(out, what="model folder", folder=True)
+    check_output_path(out, what="model", folder=True)
     if out.is_dir() and any(out.iterdir()) and not (out / "signature.json").exists():
         raise UsageError(f"{out} exists and is not a privdl model folder")
 
@@ -197,6 +205,8 @@ def train(
     from privdl.train.trainer import PrivateTrainer
 
     frame = io.read_table(table, sep=sep, query=query)
+    if len(frame) < 2:
+        raise InputError(f"{table}: the table has {len(frame)} rows; training needs at least 2")
     if label not in frame.columns:
         raise InputError(f"{table}: no column {label!r} (the --target)")
     chosen = list(features) or enc_opts.get("features")

@@ -169,7 +169,7 @@ def test_secure_mode_and_gpu_runs_are_stated_not_reproducible(run_cli, users_csv
     ("extra", "config_text", "message"),
     [
         ((), "[train]\nepoch = 2\n", "unknown key 'epoch' in [train]"),
-        ((), "[train]\nepochs = 'two'\n", "epochs must be a int"),
+        ((), "[train]\nepochs = 'two'\n", "epochs must be an integer"),
         ((), "[training]\n", "unknown section [training]"),
         (("--model", "forest"), CONFIG, "--model 'forest'"),
         (("--target", "nope"), CONFIG, "no column 'nope'"),
