@@ -199,3 +199,29 @@ def test_budget_exceeded_exits_1_and_writes_nothing(run_cli, users_csv, setup):
     assert code == 1 and "run refused" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp / "m").exists() and not (tmp / "r.html").exists()
     assert _entries(log)[-1]["outcome"] == "refused"
+
+
+def test_policy_hierarchies_give_the_domains(run_cli, setup):
+    """--policy: an ARX hierarchy is the public vocabulary; domains="policy" refuses the rest."""
+    from tests.conftest import DATA
+
+    tmp, _, ledger = setup
+    policy = tmp / "policy.toml"
+    policy.write_text(
+        f'quasi_identifiers = ["education"]\nk = 2\n[hierarchies]\neducation = "{DATA / "adult_hierarchy_education.csv"}"\n'
+    )
+    config = tmp / "adult.toml"
+    config.write_text(
+        '[train]\nepochs = 1\nbatch_size = 128\nseed = 1\ndomains = "policy"\n'
+        '[encoder]\nfeatures = ["education", "age"]\nnumeric_bounds = { age = [17, 90] }\n'
+        'categories = { "salary-class" = ["<=50K", ">50K"] }\n'
+    )
+    args = ["train", DATA / "adult_2000.csv", "--target", "salary-class", "--model", "logistic", "--epsilon", "1",
+            "--ledger", ledger, "--dataset-id", "ds-train-cli", "--config", config, "--sep", ";"]  # fmt: skip
+    code, _, err = run_cli(*args, "-o", tmp / "m", "--policy", policy)
+    assert code == 0, err
+    features = RunManifest.load(tmp / "m").config["features"]
+    assert any(f.startswith("education=") for f in features) and "education=Bachelors" in features
+    # without the policy the vocabulary has no public source: refused, nothing written
+    code, _, err = run_cli(*args, "-o", tmp / "m2")
+    assert code == 2 and "education" in err and not (tmp / "m2").exists()
