@@ -246,6 +246,7 @@ class PrivateRun:
         self._state = "new"  # "open", "closed"
         self._stack: contextlib.ExitStack | None = None
         self._op: Any = None
+        self.manifest: Any = None  # the RunManifest, once the block has ended
 
     # ------------------------------------------------------------------ results
     @property
@@ -282,6 +283,7 @@ class PrivateRun:
             dataset_id=self.params["dataset_id"],
             run_id=self.run_id,
             ledger=self._ledger,
+            manifest=None if self.manifest is None else self.manifest.to_dict(),
         )
 
     def report(self, **kwargs: Any) -> Any:
@@ -341,11 +343,10 @@ class PrivateRun:
             )
         return chosen
 
-    def _audit(self) -> Any:
-        from privdl.audit import operation
-
+    def _record(self) -> dict[str, Any]:
+        """The run's configuration as plain data (``seed_given``, never the seed)."""
         p = self.params
-        record = {
+        return {
             "api": "make_private",
             "model": type(self._model_in).__name__,
             "epsilon": p["epsilon"],
@@ -360,17 +361,47 @@ class PrivateRun:
             "secure_mode": p["secure_mode"],
             "grad_sample_mode": p["grad_sample_mode"],
         }
-        if p["audit_log"] is None:
-            return operation(None, "train")
+
+    def _inputs(self) -> list[Any]:
         from torch.utils.data import TensorDataset
 
         from privdl.train.data import audit_inputs
 
         dataset = self._loader_in.dataset
         if type(dataset) is TensorDataset and len(dataset.tensors) == 2:
-            inputs = audit_inputs(tuple(dataset.tensors))  # fingerprints: hashes and shapes
-        else:
-            inputs = [{"kind": type(dataset).__name__, "sha256": None, "rows": self.n_samples}]
+            return audit_inputs(tuple(dataset.tensors))  # fingerprints: hashes and shapes
+        return [{"kind": type(dataset).__name__, "sha256": None, "rows": self.n_samples}]
+
+    def _manifest(self) -> Any:
+        """The run's RunManifest (configuration, data fingerprints, weight digests)."""
+        from privdl.fingerprint import fingerprint
+        from privdl.manifest import RunManifest
+        from privdl.train.provenance import statement, tensor_digests
+
+        model = self._plain_model()
+        parts = self._inputs()
+        names = ("features", "labels") if len(parts) == 2 else ("",)
+        data = {f"training data ({n})" if n else "training data": fingerprint(x) for n, x in zip(names, parts, strict=False)}
+        device = str(_device_of(model)) if isinstance(model, nn.Module) else "cpu"
+        p = self.params
+        return RunManifest.collect(
+            config=self._record(),
+            data=data,
+            model_digests=tensor_digests(model) if isinstance(model, nn.Module) else {},
+            hardware={"device": device},
+            reproducibility=statement(
+                seed_given=p["seed"] is not None, secure_mode=bool(p["secure_mode"]), dp_domains=False, device=device
+            ),
+        )
+
+    def _audit(self) -> Any:
+        from privdl.audit import operation
+
+        p = self.params
+        record = self._record()
+        if p["audit_log"] is None:
+            return operation(None, "train")
+        inputs = self._inputs()
         # "started" before the reservation: it has its evidence even if the run is killed
         return operation(p["audit_log"], "train", params=record, inputs=inputs, started=True)
 
@@ -585,6 +616,8 @@ class PrivateRun:
                 exc.add_note(f"the ledger run {self.run_id} could not be settled ({type(settle_exc).__name__})")
         self.model = self._release()
         self._restore_optimizer()
+        if exc_type is None and failure is None:
+            self.manifest = self._manifest()
         if self._op is not None:
             self._op.update(
                 params={
@@ -592,6 +625,7 @@ class PrivateRun:
                     "steps": self.steps,
                     "accountant": self.accountant,
                     "grad_sample_mode": self.grad_sample_mode,
+                    **({"manifest_sha256": self.manifest.sha256()} if self.manifest is not None else {}),
                 }
             )
         stack, self._stack = self._stack, None

@@ -21,21 +21,28 @@ from typing import Any
 
 from privdl.manifest import RunManifest
 
-__all__ = ["reproducibility", "tensor_digests", "training_manifest"]
+__all__ = ["reproducibility", "statement", "tensor_digests", "training_manifest"]
 
 
 def reproducibility(trainer: Any) -> dict[str, Any]:
     """``{"bitwise": bool, "reason": str}`` for a trainer's run."""
-    device = str(trainer.device_ or trainer.device or "cpu")
+    return statement(
+        seed_given=trainer.seed is not None,
+        secure_mode=bool(trainer.secure_mode),
+        dp_domains=bool(trainer.domain_history_),
+        device=str(trainer.device_ or trainer.device or "cpu"),
+    )
+
+
+def statement(*, seed_given: bool, secure_mode: bool, dp_domains: bool, device: str) -> dict[str, Any]:
+    """The reproducibility statement of a run with these facts."""
     reasons = []
-    if trainer.seed is None:
+    if not seed_given:
         reasons.append("no seed was given: initialization, sampling and noise differ on every run")
-    if trainer.secure_mode:
+    if secure_mode:
         reasons.append("secure_mode draws the sampling and the noise from the operating system's CSPRNG")
-    if trainer.domain_history_:
-        reasons.append(
-            "the encoder's domains were estimated with DP noise from the operating system's CSPRNG"
-        )
+    if dp_domains:
+        reasons.append("the encoder's domains were estimated with DP noise from the operating system's CSPRNG")
     if not device.startswith("cpu"):
         reasons.append(f"the run used {device}: GPU kernels are not deterministic by default")
     if reasons:

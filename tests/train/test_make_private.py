@@ -93,6 +93,14 @@ def test_loop_trains_charges_and_reports(tmp_path):
     html = (tmp_path / "privacy.html").read_text()
     assert "<html" in html.lower() and f"{run.epsilon:.2f}" in html
     assert run.run_facts().batch_size == 50 and run.run_facts().grad_sample_mode == "bk"
+    # the run's manifest: in the report, with the trained weights' digests
+    from privdl.manifest import RunManifest
+    from privdl.train.provenance import tensor_digests
+
+    assert RunManifest.load(tmp_path / "privacy.html") == run.manifest
+    assert dict(run.manifest.model_state) == tensor_digests(run.model)
+    assert run.manifest.data["training data (features)"]["rows"] == len(X)
+    assert run.manifest.reproducibility["bitwise"] is True
 
 
 def test_refused_before_any_step(tmp_path):
