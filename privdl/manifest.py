@@ -62,7 +62,7 @@ MANIFEST_FILE = "manifest.json"
 COMPONENTS: dict[str, tuple[str, ...]] = {
     "training data": ("data",),
     "configuration": ("config", "reproducibility"),
-    "source": ("privdl_version", "source_commit"),
+    "source": ("privdl_version", "source_commit", "source_modified"),
     "platform": ("python", "platform", "libraries"),
     "hardware": ("hardware",),
     "model state": ("model_state",),
@@ -103,6 +103,25 @@ def _git_commit() -> str | None:
     return proc.stdout.strip() or None if proc.returncode == 0 else None
 
 
+def _git_modified() -> bool | None:
+    """Whether tracked files of the privdl checkout differ from its commit (None: not a
+    git checkout, or git is not available)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        proc = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", "privdl"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(proc.stdout.strip()) if proc.returncode == 0 else None
+
+
 def _hardware() -> dict[str, Any]:
     info: dict[str, Any] = {"machine": platform.machine(), "cpus": os.cpu_count()}
     torch = sys.modules.get("torch")  # only if already loaded: a manifest never imports torch
@@ -117,7 +136,8 @@ class RunManifest(JSONSerializable):
 
     Attributes:
         created: ISO-8601 UTC time (ignored by :func:`diff_manifests` by default).
-        privdl_version, source_commit: the source.
+        privdl_version, source_commit: the source; ``source_modified``: the checkout's
+            privdl files differ from that commit (None outside a git checkout).
         python, platform, libraries: the platform.
         hardware: machine, CPUs, CUDA devices seen, the device the run used.
         config: the run's parameters (plain data; key_ids only).
@@ -139,6 +159,7 @@ class RunManifest(JSONSerializable):
     data: Mapping[str, Any] = field(default_factory=dict)
     model_state: Mapping[str, str] = field(default_factory=dict)
     reproducibility: Mapping[str, Any] = field(default_factory=dict)
+    source_modified: bool | None = None
 
     # from_dict / to_json / from_json: privdl.serialize.JSONSerializable
     _json_kind = "run manifest"
@@ -188,6 +209,7 @@ class RunManifest(JSONSerializable):
             data=fingerprints,
             model_state=state,
             reproducibility=dict(reproducibility or {}),
+            source_modified=_git_modified(),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -367,7 +389,9 @@ def manifest_section(manifest: Mapping[str, Any] | None) -> Any:
         ("configuration", f"{len(m.config)} parameters (below)"),
         (
             "source",
-            f"privdl {m.privdl_version}" + (f", commit {m.source_commit[:12]}" if m.source_commit else ""),
+            f"privdl {m.privdl_version}"
+            + (f", commit {m.source_commit[:12]}" if m.source_commit else "")
+            + (" with local changes" if m.source_modified else ""),
         ),
         ("platform", f"Python {m.python}, {m.platform}"),
         ("hardware", ", ".join(f"{k} {v}" for k, v in m.hardware.items())),

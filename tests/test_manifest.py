@@ -109,3 +109,14 @@ def test_diff_warns_about_data_it_cannot_see(tmp_path, run_cli):
     code, out, err = run_cli("diff", a, a)
     assert code == 0 and "no differences" in out
     assert "the training data has no fingerprint" in err
+
+
+def test_local_changes_to_the_source_are_a_source_difference():
+    import dataclasses
+
+    from privdl.manifest import diff_components
+
+    m = RunManifest.collect(config={"epochs": 1})
+    assert m.source_modified in (True, False, None)  # None outside a git checkout
+    changed = dataclasses.replace(m, source_modified=not m.source_modified)
+    assert diff_components(m, changed) == [("source", [("source_modified", m.source_modified, not m.source_modified)])]
