@@ -49,6 +49,9 @@ _TRAIN_KEYS: dict[str, tuple[type, ...]] = {
     "domain_epsilon": (int, float),
     "device": (str,),
     "subjects": (str,),
+    "privacy_unit": (str,),
+    "max_records_per_user": (int,),
+    "user_column": (str,),
 }
 _TYPE_WORDS = {
     int: "an integer",
@@ -186,6 +189,9 @@ def train(
     spec = TabularModel.parse(str(opts.pop("model")))
     label = str(opts.pop("target"))
     subject_column = opts.pop("subjects", None)
+    user_column = opts.pop("user_column", None)
+    if opts.get("privacy_unit", "record") == "user" and user_column is None:
+        raise UsageError('privacy_unit = "user" needs user_column (the pseudonym column) in [train]')
     if "engine" in opts:
         opts["grad_sample_mode"] = opts.pop("engine")
     _check_model_dir(folder)
@@ -212,6 +218,8 @@ def train(
     chosen = list(features) or enc_opts.get("features")
     if subject_column is not None and subject_column not in frame.columns:
         raise InputError(f"{table}: no column {subject_column!r} (the --subjects column)")
+    if user_column is not None and user_column not in frame.columns:
+        raise InputError(f"{table}: no column {user_column!r} (the user_column)")
     encoder = TableEncoder(
         the_policy,
         features=chosen,
@@ -229,7 +237,10 @@ def train(
         warnings.simplefilter("always")
         try:
             trainer.fit(
-                frame, target=label, subjects=None if subject_column is None else frame[subject_column]
+                frame,
+                target=label,
+                subjects=None if subject_column is None else frame[subject_column],
+                user_column=user_column,
             )
         finally:  # one line each, as every command prints them (no source location)
             for seen in dict.fromkeys(str(w.message) for w in caught):
@@ -271,7 +282,7 @@ def _print(trainer: Any, spec: Any, folder: Path, report: Path | None, as_json: 
         "model": str(spec),
         "epsilon": trainer.epsilon,
         "delta": trainer.delta_,
-        "privacy_unit": "record",
+        "privacy_unit": trainer.privacy_unit,
         "dataset_id": trainer.dataset_id,
         "ledger_spent": None if status is None else status.spent,
         "ledger_total": None if status is None else status.epsilon,
@@ -291,7 +302,7 @@ def _print(trainer: Any, spec: Any, folder: Path, report: Path | None, as_json: 
     )
     extra = f", report {report}" if report is not None else ""
     print(
-        f"trained {spec} with epsilon {trainer.epsilon:.3f} (delta {trainer.delta_:.1e}, per record){ledger};"
+        f"trained {spec} with epsilon {trainer.epsilon:.3f} (delta {trainer.delta_:.1e}, per {trainer.privacy_unit}){ledger};"
         f" model {folder}{extra}; manifest sha256 {result['manifest_sha256'][:16]}"
     )
 

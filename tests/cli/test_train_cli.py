@@ -225,3 +225,40 @@ def test_policy_hierarchies_give_the_domains(run_cli, setup):
     # without the policy the vocabulary has no public source: refused, nothing written
     code, _, err = run_cli(*args, "-o", tmp / "m2")
     assert code == 2 and "education" in err and not (tmp / "m2").exists()
+
+
+def test_user_level_run_from_the_config(run_cli, setup):
+    """[train] privacy_unit = "user": epsilon per person (all their records), stated as such."""
+    import privdl
+
+    tmp, _, ledger = setup
+    privdl.BudgetLedger(ledger).set_budget("ds-users", epsilon=20.0, delta=1e-5, privacy_unit="user")
+    rng = __import__("numpy").random.default_rng(0)
+    people = [f"p{i:03d}" for i in range(120)]
+    rows = [
+        {"user": p, "plays": int(rng.integers(0, 30)), "retained": int(rng.integers(0, 2))}
+        for p in people
+        for _ in range(int(rng.integers(1, 5)))
+    ]
+    table = tmp / "events.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    config = tmp / "user.toml"
+    config.write_text(
+        '[train]\nepochs = 2\nbatch_size = 32\nseed = 1\nprivacy_unit = "user"\nmax_records_per_user = 4\n'
+        'user_column = "user"\n[encoder]\nfeatures = ["plays"]\nnumeric_bounds = { plays = [0, 30] }\n'
+        "categories = { retained = [0, 1] }\n"
+    )
+    code, out, err = run_cli(
+        "train", table, "--target", "retained", "--model", "logistic", "--epsilon", "2", "--ledger", ledger,
+        "--dataset-id", "ds-users", "-o", tmp / "m", "--config", config, "--report", tmp / "r.json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "per user" in out
+    assert json.loads((tmp / "r.json").read_text())["privacy_unit"]["unit"] == "user"
+    bad = tmp / "bad.toml"
+    bad.write_text('[train]\nprivacy_unit = "user"\n')
+    code, _, err = run_cli(
+        "train", table, "--target", "retained", "--model", "logistic", "--epsilon", "2", "--ledger", ledger,
+        "--dataset-id", "ds-users", "-o", tmp / "m2", "--config", bad,
+    )  # fmt: skip
+    assert code == 2 and "user_column" in err and not (tmp / "m2").exists()
