@@ -8,6 +8,7 @@ what that block claims; ``examples/adult/run.py --quick`` must reach Adult's acc
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -98,6 +99,18 @@ def test_main_job_prints_what_the_readme_quotes(tmp_path: Path) -> None:
     for name in ("privacy.html", "anonymization-users.html", "anonymization-events.html", "records.csv"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "privacy-utility.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # README step 4 ("On the main job's output folder"), as written, from the repo's layout
+    step4 = README.read_text(encoding="utf-8").split("### 4. Evidence", 1)[1].split("```bash", 1)[1]
+    script = step4.split("```", 1)[0]
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("PRIVDL_AUDIT_KEY", None)
+    ran = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert (tmp_path / "records.csv").stat().st_size > 0
 
 
 @pytest.mark.slow

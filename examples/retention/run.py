@@ -242,9 +242,9 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("PRIVDL_KEY")
         else ["--key-file", str(out / "pseudonym.key")]
     )
-    audit_key = _key("PRIVDL_AUDIT_KEY", out / "audit.key")
+    audit_key = _key("PRIVDL_AUDIT_KEY", out / "audit-chain.key")
     signing_dir = out / "signing"  # in real use: kept apart from the log
-    generate_signing_key(signing_dir)
+    generate_signing_key(signing_dir, name="audit-signing")
     log_path = out / "audit.jsonl"
     timings: dict[str, float] = {}
 
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     t = time.perf_counter()
     env = {**os.environ, "PRIVDL_CONFIG": str(config)}
     if not os.environ.get("PRIVDL_AUDIT_KEY"):  # the demo's audit key file, as the CLI reads keys
-        env["PRIVDL_AUDIT_KEY"] = (out / "audit.key").read_text().strip()
+        env["PRIVDL_AUDIT_KEY"] = (out / "audit-chain.key").read_text().strip()
     anonymize_cli(users_csv, HERE / "users-policy.toml", out / "users.parquet",
                   out / "anonymization-users.html", env=env, key=key_option, log=log_path)  # fmt: skip
     anonymize_cli(events_csv, HERE / "events-policy.toml", out / "events.parquet",
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # 3. train: the privacy-utility sweep under one ledger ---------------------------------
     t = time.perf_counter()
-    log = privdl.AuditLog(log_path, key=audit_key, signing_key=signing_dir / "audit.key", config=config)
+    log = privdl.AuditLog(log_path, key=audit_key, signing_key=signing_dir / "audit-signing.key", config=config)
     ledger = privdl.BudgetLedger(out / "budget.db")
     budget = 2 * sum(EPSILONS)  # covers the whole sweep, even summed without composition
     ledger.set_budget(DATASET_ID, epsilon=budget, delta=1e-5, audit_log=log)
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     checkpoint = signing_dir / "audit.checkpoint"
     log.checkpoint(path=checkpoint)
     verified = privdl.verify_audit_log(
-        log_path, key=audit_key, checkpoint=checkpoint, public_key=signing_dir / "audit.pub"
+        log_path, key=audit_key, checkpoint=checkpoint, public_key=signing_dir / "audit-signing.pub"
     )
     write_records(build_records(log_path, config=config, verified=verified), out / "records.csv")
     plot(out / "privacy-utility.png", results)
