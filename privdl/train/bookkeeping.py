@@ -394,6 +394,9 @@ class BookKeeping:
             and halved as in Opacus' secure mode.
         copy_outputs: hand the next operation a copy of each layer's output, for models
             that modify a layer output in place (see :func:`forward_probe`).
+        collective: in a distributed run, the
+            :class:`~privdl.train.distributed.Group`: the clipped sums of all ranks are
+            summed (all-reduce) and only the rank that ``adds_noise`` adds noise, once.
     """
 
     def __init__(
@@ -408,6 +411,7 @@ class BookKeeping:
         generator: Any = None,
         secure: bool = False,
         copy_outputs: bool = False,
+        collective: Any = None,
     ) -> None:
         layers = _trainable_layers(model)
         if layers is None:
@@ -422,6 +426,7 @@ class BookKeeping:
         self.expected_batch_size = int(expected_batch_size)
         self.generator = generator
         self.copy_outputs = bool(copy_outputs)
+        self.collective = collective
         self._rng = ChaChaRandom() if secure else None
         self._layers = layers
         self._names = {id(m): name for name, m in model.named_modules()}
@@ -588,7 +593,8 @@ class BookKeeping:
 
         The noise for all parameters is one draw split into views, and the additions
         and divisions are two multi-tensor (``foreach``) operations: a few kernels per
-        step on a GPU instead of three per parameter.
+        step on a GPU instead of three per parameter. In a distributed run the ranks'
+        noised sums (one rank's noise) are summed before the division.
         """
         params = self.params
         grads = [self._sums.get(id(p)) for p in params]
@@ -597,12 +603,16 @@ class BookKeeping:
         groups: dict[tuple[Any, Any], list[int]] = {}
         for i, p in enumerate(params):
             groups.setdefault((p.device, p.dtype), []).append(i)
+        reduce = self.collective
         for members in groups.values():
-            sizes = [params[i].numel() for i in members]
-            flat = self._noise(sum(sizes), params[members[0]])
-            noise = [n.view_as(params[i]) for n, i in zip(flat.split(sizes), members, strict=True)]
             mine = [grads[i] for i in members]
-            torch._foreach_add_(mine, noise)
+            if reduce is None or reduce.adds_noise:
+                sizes = [params[i].numel() for i in members]
+                flat = self._noise(sum(sizes), params[members[0]])
+                noise = [n.view_as(params[i]) for n, i in zip(flat.split(sizes), members, strict=True)]
+                torch._foreach_add_(mine, noise)
+            if reduce is not None:
+                reduce.sum_(mine)
             torch._foreach_div_(mine, float(self.expected_batch_size))
         for p, g in zip(params, grads, strict=True):
             p.grad = g
@@ -636,6 +646,7 @@ class BookKeepingStep:
             generator=settings.generator,
             secure=settings.secure,
             copy_outputs=copy_outputs,
+            collective=settings.collective,
         )
 
     @property

@@ -433,7 +433,9 @@ def audit_inputs(data: Any) -> list[Any]:
     return [{"kind": type(data).__name__, "sha256": None}]
 
 
-def val_overlap(data: Any, val: Any, target: str | None, train: Any, valid: Any) -> int | None:
+def val_overlap(
+    data: Any, val: Any, target: str | None, train: Any, valid: Any, *, stacklevel: int = 3
+) -> int | None:
     """How many ``val`` rows are training rows (raw DataFrame rows when both are frames,
     else the prepared ``train`` / ``valid``); warns when there are some. The count is
     for the trainer's own screen only, never for a report (it is not DP)."""
@@ -447,6 +449,6 @@ def val_overlap(data: Any, val: Any, target: str | None, train: Any, valid: Any)
             f"val shares {shared} row(s) with the training data: its metric is then "
             "computed partly on training records, without DP",
             UserWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     return shared

@@ -45,6 +45,9 @@ class StepSettings:
         device: where the model and the batches are.
         generator: torch generator for the noise (``None``: torch's default).
         secure: draw the noise from ChaCha20 (``os.urandom`` key).
+        collective: in a distributed run, the
+            :class:`~privdl.train.distributed.Group` (``adds_noise``, ``sum_``): the
+            clipped sums are all-reduced and only one rank adds the noise.
     """
 
     noise_multiplier: float
@@ -56,6 +59,7 @@ class StepSettings:
     device: Any = "cpu"
     generator: Any = None
     secure: bool = False
+    collective: Any = None
 
 
 @runtime_checkable

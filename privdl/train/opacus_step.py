@@ -14,7 +14,9 @@ included, an empty batch as a noise-only step), and patches three things:
   rows of its per-sample gradients, so a record's gradient would be split over two rows
   each clipped to C: such a call is refused (:func:`_guard_rows`);
 * ``secure_mode`` noise comes from ChaCha20 (:func:`_secure_noise`), and the ghost
-  optimizer's ``accumulate`` clones instead of deep-copying (:func:`_ghost_optimizer`).
+  optimizer's ``accumulate`` clones instead of deep-copying (:func:`_ghost_optimizer`);
+* in a distributed run (:mod:`privdl.train.distributed`) one rank adds the noise and
+  the ranks' sums are all-reduced before the update (:func:`_distributed`).
 
 Model validation (Opacus' ``ModuleValidator``) and the distributed wrapper types are
 here too, so that no other module imports Opacus.
@@ -189,6 +191,8 @@ class OpacusStep:
             _guard_rows(gsm)
         if s.secure:
             opt_cls = _secure_noise(opt_cls)
+        if s.collective is not None:
+            opt_cls = _distributed(opt_cls, s.collective)
         self.module = gsm
         self.dp_optimizer = opt_cls(
             base,
@@ -362,6 +366,36 @@ def _ghost_optimizer(base: type) -> type:
                     p.summed_grad = p.grad.detach().clone()
 
     return GhostOptimizer
+
+
+def _distributed(base: type, collective: Any) -> type:
+    """``base`` DP optimizer for one rank of a distributed run (Opacus' DPDDP idea):
+    only the rank that ``adds_noise`` adds noise to its clipped sum, and the ranks' sums
+    are all-reduced (SUM, one flat buffer) before the update; ``expected_batch_size`` is
+    the global one, so every rank applies ``(all clipped gradients + one noise draw) / (n q)``.
+    """
+    from opacus.optimizers.optimizer import _mark_as_processed
+
+    class DistributedNoise(base):
+        def add_noise(self) -> None:
+            if collective.adds_noise:
+                super().add_noise()
+                return
+            for p in self.params:
+                p.grad = p.summed_grad.view_as(p)
+                _mark_as_processed(p.summed_grad)
+
+        def pre_step(self, closure: Any = None) -> Any:
+            ready = super().pre_step(closure)
+            if ready:  # not a skipped (physical chunk) step: the whole batch is summed
+                for p in self.params:  # every rank reduces the same buffers
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                collective.sum_([p.grad for p in self.params])
+            return ready
+
+    DistributedNoise.__name__ = f"Distributed{base.__name__}"
+    return DistributedNoise
 
 
 _SECURE_CLASSES: dict[type, type] = {}

@@ -401,6 +401,7 @@ def start_run(
     on_switch: Callable[[str], None] | None = None,
     resume: ResumePoint | None = None,
     make_step: Callable[[str, Any, Any], Any] | None = None,
+    collective: Any = None,
 ) -> TrainingRun:
     """The run, ready for its first (or next) step: the DP step over the prepared model
     (a :class:`~privdl.train.model_prep.PreparedModel`), the Poisson sampler, in-memory
@@ -409,6 +410,10 @@ def start_run(
     ``generator(device, offset)`` gives the seeded torch generator (or ``None``) for the
     sampler (offset 0) and the noise (offset 1). ``make_step(mode, model, settings)``
     builds another DP step (a user-level one) instead of :func:`make_dp_step`'s.
+
+    In a distributed run ``data`` is this rank's shard, sampled with the plan's (global)
+    rate, and ``collective`` the :class:`~privdl.train.distributed.Group` that sums the
+    ranks' clipped gradients (see :mod:`privdl.train.distributed`).
     """
     from privdl.train.dp_step import StepSettings, make_dp_step
     from privdl.train.model_prep import shape_for_loss
@@ -423,6 +428,7 @@ def start_run(
         device=device,
         generator=generator(device, 1),
         secure=secure,
+        collective=collective,
     )
     # "bk" hands a copy of a layer output on when an op in a forward changes it in place
     copy_outputs = mode == "bk" and bool(prepared.probe.modified)
@@ -432,7 +438,7 @@ def start_run(
         step = make_dp_step(mode, prepared.model, settings, copy_outputs=copy_outputs, on_switch=on_switch)
     in_memory = isinstance(data, TensorData)
     sampler = PoissonSampler(
-        plan.n_samples,
+        len(data),  # the whole data set, or this rank's shard of it
         plan.sample_rate,
         generator=generator(_cpu(), 0),
         device=device if in_memory else "cpu",

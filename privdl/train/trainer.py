@@ -34,6 +34,7 @@ from privdl.budget.facts import RunFacts
 from privdl.errors import InputError, UsageError
 from privdl.estimator import EstimatorParams
 from privdl.train import checkpoint, model_prep, outputs, provenance, user_level
+from privdl.train import distributed as dist_run
 from privdl.train import run as runs
 from privdl.train.data import as_data, audit_inputs, resolve_device, steps_per_epoch, val_overlap
 from privdl.train.dp_step import choose_mode
@@ -54,6 +55,17 @@ torch: Any = require("torch", "train")
 from torch import nn  # noqa: E402
 
 __all__ = ["DEFAULTS", "PrivateTrainer"]
+
+# what a fitted encoder sets on the trainer (handed from rank 0 in a distributed run)
+_ENCODER_STATE = (
+    "encoder_",
+    "feature_names_",
+    "_domain_segments",
+    "domain_history_",
+    "domain_run_id_",
+    "domain_source_",
+    "accountant_",
+)
 
 
 class PrivateTrainer(EstimatorParams, Predictions):
@@ -222,6 +234,8 @@ class PrivateTrainer(EstimatorParams, Predictions):
         self._step_open = False  # inside a DP step (see _settle_on_failure)
         # this fit's ledger reservation while nothing else settles it (no checkpoint yet)
         self._open_plan: runs.RunPlan | None = None
+        # this process's place in a torchrun run (None: one process)
+        self._group: dist_run.Group | None = None
 
     # ------------------------------------------------------------------ parameters
     _param_attributes: ClassVar[dict[str, str]] = {"epsilon": "target_epsilon"}
@@ -314,24 +328,32 @@ class PrivateTrainer(EstimatorParams, Predictions):
 
         Raises:
             BudgetExceededError: the ledger refuses the run (before any step).
-            UsageError / InputError: bad configuration or data; also inside an
-                initialized ``torch.distributed`` process group or for a
-                ``DistributedDataParallel`` model (not supported yet).
+            UsageError / InputError: bad configuration or data; also for a
+                ``DistributedDataParallel`` model (pass the plain module), a SQLite
+                ledger in a torchrun run on several machines, or a user-level run
+                under torchrun (not supported yet).
+
+        Under ``torchrun`` (or an initialized ``torch.distributed`` process group) the
+        same call trains one DP run over all processes: see
+        :mod:`privdl.train.distributed`.
         """
         data, target = _with_target(data, target)
-        model_prep.refuse_distributed(self.model, self.model_)
         check_params(self)
         user_level.check_user_params(self)
         if self.privacy_unit != "user" and (user_column is not None or users is not None):
             raise UsageError('user_column= / users= need privacy_unit="user"')
         self._users = (user_column, users)
+        self._group = dist_run.join(
+            self.device, ledger=self.ledger, models=(self.model, self.model_), privacy_unit=self.privacy_unit
+        )
         self._open_plan = None
         with self._audit("train", data) as op, self._settle_on_failure():
             if subjects is not None:
                 op.update(subjects=subjects)
             run = self._setup(data, target, val)
             self.data_fingerprints_ = {**_fingerprints("training data", data), **_fingerprints("validation data", val)}
-            self.val_overlap_ = val_overlap(data, val, target, run.data, run.val)
+            if self._group is None:  # (a distributed run checks the whole data in _setup)
+                self.val_overlap_ = val_overlap(data, val, target, run.data, run.val)
             op.update(
                 params={
                     "n_samples": self.n_samples_,
@@ -345,6 +367,7 @@ class PrivateTrainer(EstimatorParams, Predictions):
                     "replaced_modules": list(self.replaced_modules_),
                     "privacy_unit": self.privacy_unit,
                     "n_users": self.n_users_,
+                    "processes": 1 if self._group is None else self._group.world_size,
                 }
             )
             self._train(run)
@@ -393,7 +416,7 @@ class PrivateTrainer(EstimatorParams, Predictions):
     def _audit(self, name: str, data: Any) -> Any:
         from privdl.audit import operation
 
-        if self.audit_log is None:
+        if self.audit_log is None or not dist_run.writes(self._group):
             return operation(None, name)
         written = [self.checkpoint_dir] if self.checkpoint_dir is not None else []
         # a "started" entry before the block: the ledger reservation made in _setup has
@@ -424,7 +447,9 @@ class PrivateTrainer(EstimatorParams, Predictions):
         if user_column is not None and user_column in data.columns:
             data = data.drop(columns=[user_column])  # who a record belongs to is no feature
         if fit and self.encoder_ is None:
-            self._fit_encoder(data, target)  # the first table decides the input layout
+            # the first table decides the input layout; fitted (a DP estimate drawn and
+            # charged) once, on rank 0 of a distributed run
+            self._on_writer(lambda: self._fit_encoder(data, target), _ENCODER_STATE)
         elif fit:
             # a model trained before keeps its input layout: reuse its encoder
             self.feature_names_ = list(self.encoder_.feature_names_)
@@ -472,7 +497,8 @@ class PrivateTrainer(EstimatorParams, Predictions):
     def _setup(self, data: Any, target: str | None, val: Any) -> TrainingRun:
         """Prepare data and model, plan the run (sigma, ledger reservation), build the
         DP step: everything before the first step."""
-        device = resolve_device(self.device)
+        group = self._group
+        device = dist_run.local_device(resolve_device(self.device), group)
         self.device_ = str(device)
         if self.seed is not None:
             torch.manual_seed(self.seed)
@@ -481,6 +507,10 @@ class PrivateTrainer(EstimatorParams, Predictions):
         n = len(train)
         if n < 2:
             raise InputError("training data needs at least 2 rows")
+        if group is not None:
+            group.check_same_data(train)
+            # on the whole training data (each rank trains on its shard)
+            self.val_overlap_ = val_overlap(data, val, target, train, valid, stacklevel=4)
         unit_index = self._user_index(data, n) if self.privacy_unit == "user" else None
         units = n if unit_index is None else unit_index.n_users
         resume = self._resume
@@ -490,10 +520,6 @@ class PrivateTrainer(EstimatorParams, Predictions):
                 "a resumed run must see the same data"
             )
         self.n_samples_ = n
-        # delta: the ledger's when there is one, else 1/(10 n); never >= 1/n
-        ledger = runs.open_ledger(self.ledger)
-        accountant = self._accountant(ledger)
-        self.delta_ = runs.resolve_delta(self.delta_ if resume else self.delta, units, ledger, self.dataset_id)
         self.batch_size_ = resolve_batch_size(self.batch_size, data)
         per_epoch = resume.per_epoch if resume else steps_per_epoch(units, self.batch_size_)
         # A second fit continues training the fitted model: its earlier runs stay in
@@ -511,6 +537,8 @@ class PrivateTrainer(EstimatorParams, Predictions):
             device=device,
         )
         model, probe = prepared.model, prepared.probe
+        if group is not None:
+            group.broadcast_module(model)  # one initial state: rank 0's
         if resume is None:
             self.replaced_modules_ = list(prepared.replaced)
         self.n_outputs_, self.task_ = prepared.n_outputs, prepared.task
@@ -519,33 +547,44 @@ class PrivateTrainer(EstimatorParams, Predictions):
         else:
             mode = user_level.choose_user_mode(self.grad_sample_mode, model)
         model_prep.refuse_random_under_vmap(model, mode)
-        # noise for the whole planned run, this run's DP domain estimate composed in;
-        # the ledger reservation before the first step (a resumed run keeps both)
-        plan = runs.plan_run(
-            n=units,
-            per_epoch=per_epoch,
-            epochs=int(self.epochs),
-            delta=self.delta_,
-            target_epsilon=self.target_epsilon,
-            accountant=accountant,
-            prior=prior,
-            domain=list(self._domain_segments),
-            ledger=ledger,
-            dataset_id=self.dataset_id,
-            model_name=type(model).__name__,
-            resumed=None if resume is None else (float(self.noise_multiplier_ or 0.0), self.run_id_),
-            privacy_unit=self.privacy_unit,
-        )
+        def make_plan() -> runs.RunPlan:
+            # delta: the ledger's when there is one, else 1/(10 n); never >= 1/n
+            ledger = runs.open_ledger(self.ledger)
+            accountant = self._accountant(ledger)
+            self.delta_ = runs.resolve_delta(self.delta_ if resume else self.delta, units, ledger, self.dataset_id)
+            # noise for the whole planned run, this run's DP domain estimate composed in;
+            # the ledger reservation before the first step (a resumed run keeps both)
+            plan = runs.plan_run(
+                n=units,
+                per_epoch=per_epoch,
+                epochs=int(self.epochs),
+                delta=self.delta_,
+                target_epsilon=self.target_epsilon,
+                accountant=accountant,
+                prior=prior,
+                domain=list(self._domain_segments),
+                ledger=ledger,
+                dataset_id=self.dataset_id,
+                model_name=type(model).__name__,
+                resumed=None if resume is None else (float(self.noise_multiplier_ or 0.0), self.run_id_),
+                privacy_unit=self.privacy_unit,
+            )
+            self.ledger_ = ledger
+            return plan
+
+        # made once, on rank 0 of a distributed run, and handed to the other ranks (which
+        # hold no ledger: rank 0 alone settles)
+        plan = self._on_writer(make_plan, ("delta_", "accountant_"))
         self.noise_multiplier_, self.sample_rate_ = plan.noise_multiplier, plan.sample_rate
         self.planned_steps_ = plan.planned_steps
-        self.run_id_, self.ledger_ = plan.run_id, ledger
-        self._open_plan = plan if resume is None and plan.run_id is not None else None
+        self.run_id_ = plan.run_id
+        self._open_plan = plan if resume is None and plan.run_id is not None and self.ledger_ else None
         self.grad_sample_mode_ = mode
         run = runs.start_run(
             plan,
             prepared,
             mode,
-            train,
+            train if group is None else group.shard(train),
             valid,
             device=device,
             max_grad_norm=self.max_grad_norm,
@@ -556,6 +595,7 @@ class PrivateTrainer(EstimatorParams, Predictions):
             on_switch=self._switched,
             resume=resume,
             make_step=None if unit_index is None else user_level.make_user_step,
+            collective=group,
         )
         if unit_index is not None:
             run = user_level.as_user_run(run, unit_index)
@@ -601,15 +641,18 @@ class PrivateTrainer(EstimatorParams, Predictions):
         classes = self.encoder_.classes_
         return self.model.build(int(train.X.shape[1]), None if classes is None else len(classes))
 
+    def _on_writer(self, make: Any, attrs: tuple[str, ...]) -> Any:
+        """``make()`` here on one process; on rank 0 only of a distributed run, its result
+        and the trainer's ``attrs`` handed to the other ranks."""
+        if self._group is None:
+            return make()
+        return self._group.from_writer(make, self, attrs)
+
     def _make_optimizer(self, params: list[Any]) -> Any:
         return make_optimizer(self.optimizer, self._lr(), params)
 
     def _generator(self, device: Any, offset: int) -> Any:
-        if self.seed is None:
-            return None
-        g = torch.Generator(device=device)
-        g.manual_seed(int(self.seed) * 1000 + 17 + offset)
-        return g
+        return dist_run.generator(self._group, self.seed, device, offset)
 
     def _switched(self, note: str) -> None:
         """The DP step moved from ghost clipping to hooks: recorded and reported."""
@@ -625,7 +668,7 @@ class PrivateTrainer(EstimatorParams, Predictions):
                 # Opacus' ghost clipping triggers this torch notice on every step when
                 # the input does not require grad, which is the normal case
                 warnings.filterwarnings("ignore", message="Full backward hook", category=UserWarning)
-                with progress_bar(self.progress) as bar:
+                with progress_bar(self.progress if dist_run.writes(self._group) else False) as bar:
                     while run.epoch < self.epochs:
                         run = self._run_epoch(run, bar)
         finally:
@@ -633,6 +676,7 @@ class PrivateTrainer(EstimatorParams, Predictions):
         # the DP step hands the plain module back; the ledger holds each run's own
         # history (earlier runs settled already)
         self.model_ = run.dp_step.release()
+        dist_run.check_in_sync(self._group, self.model_)
         if self.ledger_ is not None and self.run_id_ is not None:
             self._open_plan = None  # settled here, by the run's own record
             self.ledger_.settle(self.run_id_, history=self.accountant_history_[-1:])
@@ -674,7 +718,12 @@ class PrivateTrainer(EstimatorParams, Predictions):
         if self.checkpoint_dir is not None:
             point = ResumePoint(run.epoch, self.steps_, plan.per_epoch, run.dp_step.optimizer.state_dict())
             self.manifest_ = provenance.training_manifest(self)  # this checkpoint's model state
-            checkpoint.save_checkpoint(self, self.checkpoint_dir, key=self.checkpoint_key, point=point)
+            # rank 0 of a distributed run writes; every rank waits for it, so this epoch's
+            # checkpoint is complete before any rank starts the next epoch
+            self._on_writer(
+                lambda: checkpoint.save_checkpoint(self, self.checkpoint_dir, key=self.checkpoint_key, point=point),
+                (),
+            )
             self._open_plan = None  # the checkpoint's resume goes on with the reservation
         return run
 
@@ -693,7 +742,8 @@ class PrivateTrainer(EstimatorParams, Predictions):
             self.manifest_ is None or dict(self.manifest_.model_state) != provenance.tensor_digests(self.model_)
         ):
             self.manifest_ = provenance.training_manifest(self)  # the weights as saved
-        return checkpoint.save_model(self, path, key=key)
+        # rank 0 of a distributed run writes; the others wait for it (and see its error)
+        return self._on_writer(lambda: checkpoint.save_model(self, path, key=key), ())
 
     @classmethod
     def resume(

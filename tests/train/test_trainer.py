@@ -644,34 +644,5 @@ def test_val_that_is_a_subset_of_the_same_dataset_is_detected():
         tr.fit(Subset(base, range(150)), val=Subset(base, range(130, 200)))
 
 
-# -- issue 10.8: no distributed runs yet -------------------------------------------------------
-def test_fit_refuses_inside_a_torch_distributed_process_group(tmp_path):
-    import torch.distributed as dist
-
-    from privdl.budget.ledger import BudgetLedger
-
-    X, y = blobs(n=200)
-    ledger = BudgetLedger(tmp_path / "b.db")
-    ledger.set_budget("ds", epsilon=5.0, delta=1e-4)
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        tr = PrivateTrainer(mlp(), epsilon=1.0, epochs=1, ledger=ledger, dataset_id="ds")
-        with pytest.raises(UsageError, match=r"does not support torch\.distributed.*one process"):
-            tr.fit((X, y))
-        ddp = nn.parallel.DistributedDataParallel(mlp())
-    finally:
-        dist.destroy_process_group()
-    assert ledger.runs("ds") == [] and tr.steps_ == 0  # refused before any charge or step
-    # a DDP-wrapped model is refused even once the group is gone
-    with pytest.raises(UsageError, match="DistributedDataParallel"):
-        PrivateTrainer(ddp, epsilon=1.0, epochs=1).fit((X, y))
-    assert PrivateTrainer(mlp(), epsilon=1.0, epochs=1).fit((X, y)).steps_ > 0
-
-
-def test_fit_refuses_a_torchrun_rank(monkeypatch):
-    X, y = blobs(n=200)
-    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets on each of 2 ranks
-    with pytest.raises(UsageError, match="WORLD_SIZE=2"):
-        PrivateTrainer(mlp(), epsilon=1.0, epochs=1).fit((X, y))
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    assert PrivateTrainer(mlp(), epsilon=1.0, epochs=1).fit((X, y)).steps_ > 0
+# -- issue 10.8's refusal of torch.distributed became issue 13's distributed training:
+# see tests/train/test_distributed.py
