@@ -46,7 +46,8 @@ one machine's file is not composed with the runs charged from the others. Use a
 Not supported: a model wrapped in ``DistributedDataParallel`` (its hooks average
 unclipped gradients: refused with a message), user-level runs (``privacy_unit="user"``:
 refused on several processes), ``make_private`` (refused under torch.distributed by
-:mod:`privdl.train.private_loop`), a process group made by other means without the
+:mod:`privdl.train.private_loop`), ``privdl.tune`` (refused on several processes: each
+rank would draw its own number of runs), a process group made by other means without the
 torchrun environment on several machines (the SQLite check cannot see it).
 """
 
@@ -72,6 +73,7 @@ __all__ = [
     "check_in_sync",
     "generator",
     "join",
+    "refuse_several_processes",
     "refuse_sqlite_across_machines",
     "refuse_wrapped",
     "sample_digest",
@@ -404,6 +406,22 @@ def join(
     dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
     atexit.register(_destroy)
     return Group(rank=dist.get_rank(), world_size=dist.get_world_size(), created=True)
+
+
+def refuse_several_processes(what: str) -> None:
+    """Refuse ``what`` in a run of several processes (an initialized process group of
+    more than one rank, or ``WORLD_SIZE > 1``).
+
+    Raises:
+        UsageError: there are several processes.
+    """
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        world = dist.get_world_size()
+    else:
+        world = TorchrunEnv.read().world_size
+    if world > 1:
+        raise UsageError(f"{what} does not run on {world} processes yet: run it on one process")
 
 
 def _refuse_user_level(privacy_unit: str, world_size: int) -> None:

@@ -174,9 +174,12 @@ def tune(
     from privdl.audit import operation
     from privdl.budget.accounting import check_epsilon
     from privdl.train.data import as_data
+    from privdl.train.distributed import refuse_several_processes
     from privdl.train.params import DEFAULTS
     from privdl.train.run import open_ledger
 
+    # each rank would draw its own number of runs and charge the ledger on its own
+    refuse_several_processes("privdl.tune")
     check_epsilon(epsilon)
     if distribution not in DISTRIBUTIONS:
         raise UsageError(f"distribution must be one of {', '.join(map(repr, DISTRIBUTIONS))}")
