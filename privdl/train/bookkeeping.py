@@ -603,7 +603,7 @@ class BookKeeping:
         groups: dict[tuple[Any, Any], list[int]] = {}
         for i, p in enumerate(params):
             groups.setdefault((p.device, p.dtype), []).append(i)
-        reduce = self.collective
+        reduce = getattr(self, "collective", None)  # (user-level subclasses may not set it)
         for members in groups.values():
             mine = [grads[i] for i in members]
             if reduce is None or reduce.adds_noise:

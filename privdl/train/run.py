@@ -438,7 +438,8 @@ def start_run(
         step = make_dp_step(mode, prepared.model, settings, copy_outputs=copy_outputs, on_switch=on_switch)
     in_memory = isinstance(data, TensorData)
     sampler = PoissonSampler(
-        len(data),  # the whole data set, or this rank's shard of it
+        # records (or users) of the run; a distributed rank samples its shard of the records
+        plan.n_samples if collective is None else len(data),
         plan.sample_rate,
         generator=generator(_cpu(), 0),
         device=device if in_memory else "cpu",
