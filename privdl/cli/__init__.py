@@ -23,7 +23,7 @@ app = typer.Typer(
     name="privdl",
     help="Anonymize, train with differential privacy, score encrypted, keep GDPR evidence.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -146,11 +146,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"privdl: error: {exc}", file=sys.stderr)
         code = exc.exit_code
     except usage_error as exc:
-        message = exc.format_message().replace("\n", " ")  # type: ignore[attr-defined]
-        ctx = getattr(exc, "ctx", None)
-        path = ctx.command_path if ctx is not None else "privdl"
-        print(f"{path}: error: {message} (see --help)", file=sys.stderr)
-        code = 2
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            # a bare group (no_args_is_help): its help on stdout, success, as typer shows it
+            # in standalone mode; click >= 8.2 raises it as a usage error to stderr, exit 2
+            print(exc.ctx.get_help())  # type: ignore[attr-defined]
+            code = 0
+        else:
+            message = exc.format_message().replace("\n", " ")  # type: ignore[attr-defined]
+            ctx = getattr(exc, "ctx", None)
+            path = ctx.command_path if ctx is not None else "privdl"
+            print(f"{path}: error: {message} (see --help)", file=sys.stderr)
+            code = 2
     except KeyboardInterrupt:
         _say_interrupted(command, args)
         code = 130

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,12 @@ from privdl.errors import UsageError
 
 
 def anonymize(
-    input: str = typer.Argument(..., help="Input table: .csv .tsv .parquet .jsonl or sqlite:///db?table=T"),
-    output: str = typer.Option(..., "-o", "--output", help="Output table (format from the extension)."),
+    input: str = typer.Argument(
+        ..., help="Input table: .csv .tsv .parquet .jsonl, sqlite:///db?table=T, or - (standard input)."
+    ),
+    output: str = typer.Option(
+        ..., "-o", "--output", help="Output table (format from the extension), or - (standard output)."
+    ),
     policy: Path | None = typer.Option(None, "--policy", help="Policy TOML file; flags add to it."),
     ids: list[str] = typer.Option(
         [],
@@ -52,8 +57,76 @@ def anonymize(
     ),
     sep: str | None = typer.Option(None, "--sep", help="Delimiter for text tables."),
     query: str | None = typer.Option(None, "--query", help="SQL query for a database input."),
+    fmt: str | None = typer.Option(
+        None, "--format", help="Format of - (standard input/output): csv (default), tsv, jsonl, parquet."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON document."),
 ) -> None:
     """Pseudonymize identifiers and generalize quasi-identifiers; write the released table."""
+    from privdl.cli import streams
+
+    stream_fmt = streams.check_format(fmt, streams=streams.STREAM in (input, output))
+    if output == streams.STREAM and as_json:
+        raise UsageError("--json prints to standard output, which -o - uses for the table")
+    with streams.stream_folder() as folder, streams.named_as_streams(folder):
+        source = input
+        target = str(streams.stdout_target(folder, stream_fmt)) if output == streams.STREAM else output
+        if input == streams.STREAM:
+            _check_options(output=target, report=report)  # before standard input is read
+            source = str(streams.spool_stdin(folder, stream_fmt))
+        summary = _anonymize(
+            source, target, policy=policy, ids=ids, qi=qi, sensitive=sensitive, drop=drop, keep=keep,
+            strict=strict, k=k, l_diversity=l_diversity, l_kind=l_kind, t_closeness=t_closeness,
+            max_suppression=max_suppression, hierarchy=hierarchy, algorithm=algorithm, engine=engine,
+            key_env=key_env, key_file=key_file, report=report, audit_log=audit_log,
+            audit_key_env=audit_key_env, sep=sep, query=query,
+        )  # fmt: skip
+        if output == streams.STREAM:  # the entry is written: the table may go out now
+            streams.copy_to_stdout(Path(target))
+    shown = "standard output" if output == streams.STREAM else output
+    if as_json:
+        typer.echo(json.dumps({**summary, "output": shown}, indent=2, sort_keys=True))
+    else:
+        # the table's own stream stays clean: the summary goes to stderr beside it
+        typer.echo(_summary_line(summary, shown), err=output == streams.STREAM)
+
+
+def _check_options(*, output: str, report: Path | None) -> None:
+    from privdl import io
+
+    io.check_output(output)
+    if report is not None:
+        report_target(report)
+
+
+def _anonymize(
+    input: str,
+    output: str,
+    *,
+    policy: Path | None,
+    ids: list[str],
+    qi: list[str],
+    sensitive: list[str],
+    drop: list[str],
+    keep: list[str],
+    strict: bool,
+    k: int | None,
+    l_diversity: int | None,
+    l_kind: str | None,
+    t_closeness: float | None,
+    max_suppression: float | None,
+    hierarchy: list[str],
+    algorithm: str | None,
+    engine: str,
+    key_env: str | None,
+    key_file: Path | None,
+    report: Path | None,
+    audit_log: Path | None,
+    audit_key_env: str,
+    sep: str | None,
+    query: str | None,
+) -> dict[str, Any]:
+    """The release itself (files only; see :mod:`privdl.cli.streams` for ``-``)."""
     from privdl import io
     from privdl.anonymize.anonymizer import Anonymizer
     from privdl.anonymize.policy import Policy
@@ -90,7 +163,7 @@ def anonymize(
     anonymizer.release(input, output, report=report, sep=sep, query=query, progress=sys.stderr.isatty())
     for line in anonymizer.warnings_:
         print(f"privdl: warning: {line}", file=sys.stderr)
-    print(_summary(the_policy, output, key, anonymizer.report_))
+    return _summary(the_policy, key, anonymizer.report_)
 
 
 def _split_hierarchy(spec: str) -> tuple[str, str]:
@@ -100,30 +173,46 @@ def _split_hierarchy(spec: str) -> tuple[str, str]:
     return column.strip(), value.strip()
 
 
-def _summary(policy: Any, output: str, key: Any, report: Any) -> str:
+def _summary(policy: Any, key: Any, report: Any) -> dict[str, Any]:
+    """What the command prints, as a value (the line below, or ``--json``)."""
     counts: dict[str, int] = {}
     for rule in policy.identifiers:
         counts[rule.transform] = counts.get(rule.transform, 0) + 1
-    done = ", ".join(f"{n} {t}" for t, n in sorted(counts.items()))
-    extra = f"; {len(policy.drop)} dropped" if policy.drop else ""
-    qi = (
-        f"; {len(policy.quasi_identifiers)} quasi-identifiers generalized (target k={policy.k})"
-        if policy.quasi_identifiers
-        else ""
-    )
     # the achieved k is the honest one: linkable columns counted (see the warnings)
     achieved = report.summary()
-    if "k" in achieved:
-        linkable = achieved.get("linkable") or []
-        counted = f" with {len(linkable)} linkable column(s) counted" if linkable else ""
-        qi += f"; achieved k={achieved['k']}{counted}"
-    kid = f", key {key.key_id}" if key is not None else ""
-    suppressed = report.rows_in - report.rows_out
-    sup = f", {suppressed} suppressed" if suppressed else ""
+    return {
+        "rows_in": report.rows_in,
+        "rows_out": report.rows_out,
+        "suppressed": report.rows_in - report.rows_out,
+        "key_id": key.key_id if key is not None else None,
+        "identifier_transforms": dict(sorted(counts.items())),
+        "dropped": len(policy.drop),
+        "quasi_identifiers": len(policy.quasi_identifiers),
+        "k_target": policy.k if policy.quasi_identifiers else None,
+        "k_achieved": achieved.get("k"),
+        "linkable_columns_counted": len(achieved.get("linkable") or []),
+        "passed_through": len(report.passthrough),
+    }
+
+
+def _summary_line(s: dict[str, Any], output: str) -> str:
+    done = ", ".join(f"{n} {t}" for t, n in s["identifier_transforms"].items())
+    extra = f"; {s['dropped']} dropped" if s["dropped"] else ""
+    qi = (
+        f"; {s['quasi_identifiers']} quasi-identifiers generalized (target k={s['k_target']})"
+        if s["quasi_identifiers"]
+        else ""
+    )
+    if s["k_achieved"] is not None:
+        linkable = s["linkable_columns_counted"]
+        counted = f" with {linkable} linkable column(s) counted" if linkable else ""
+        qi += f"; achieved k={s['k_achieved']}{counted}"
+    kid = f", key {s['key_id']}" if s["key_id"] is not None else ""
+    sup = f", {s['suppressed']} suppressed" if s["suppressed"] else ""
     return (
-        f"released {report.rows_out} of {report.rows_in} rows{sup} to {output}{kid}"
+        f"released {s['rows_out']} of {s['rows_in']} rows{sup} to {output}{kid}"
         f" ({done or 'no identifier transforms'}{extra}{qi});"
-        f" {len(report.passthrough)} columns passed through unchanged"
+        f" {s['passed_through']} columns passed through unchanged"
     )
 
 
