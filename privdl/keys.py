@@ -11,9 +11,13 @@ Key text formats accepted from an environment variable or a file:
 * ``hex:<hex digits>`` or bare hex of 32+ digits (decoded as hex, so 32 hex digits
   are a 16-byte key and are refused),
 * ``base64:<standard or url-safe base64>``,
-* anything else is taken as raw UTF-8 bytes (a long random passphrase).
+* in a file only: raw key bytes that are not text (32+ random bytes).
 
-Keys shorter than 32 bytes (256 bits) are refused.
+Keys shorter than 32 bytes (256 bits) are refused, and so is text that is none of
+these, a passphrase, or a hex / base64 value that decodes to text: every report
+publishes the :func:`key_id`, an HMAC under the key, so a key that a person could
+type could be guessed offline from it. ``privdl keygen -o KEYFILE`` makes a random
+key (32 bytes from :mod:`secrets`, hex, mode 0600).
 """
 
 from __future__ import annotations
@@ -46,6 +50,12 @@ __all__ = [
 ]
 
 MIN_KEY_BYTES = 32
+#: what a refused passphrase is told to do instead
+MAKE_KEY_HINT = (
+    "make a random key with `privdl keygen -o KEYFILE` (32 random bytes, hex, mode 0600)"
+    " and give --key-file KEYFILE, or set the variable to the file's hex:... line"
+)
+_TEXT_BYTES = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
 _HEX = re.compile(r"^[0-9a-fA-F]{32,}$")
 _KEY_ID_LABEL = b"privdl/v1/key-id"
 
@@ -118,6 +128,8 @@ class Secret:
         try:
             text = data.decode("ascii").strip()
         except UnicodeDecodeError:
+            if _is_text(data):  # a passphrase with non-ASCII letters is still typed text
+                raise _passphrase_error(source) from None
             return cls(data, source=source)
         return cls(_decode_key_text(text, source=source), source=source)
 
@@ -207,24 +219,53 @@ def hmac_sha256(key: Secret | bytes, message: bytes) -> bytes:
 
 
 def _decode_key_text(text: str, *, source: str) -> bytes:
+    """The key bytes of a ``hex:`` / ``base64:`` / bare-hex text.
+
+    Raises:
+        InputError: invalid hex or base64.
+        SecurityError: any other text (a passphrase), or an encoding of text.
+    """
     text = text.strip()
     if text.startswith("hex:"):
         try:
-            return bytes.fromhex(text[4:])
+            value = bytes.fromhex(text[4:])
         except ValueError:
             raise InputError(f"key from {source} is not valid hex") from None
-    if text.startswith("base64:"):
+    elif text.startswith("base64:"):
         body = text[7:].strip()
         if "-" in body or "_" in body:  # url-safe alphabet: map it, then decode strictly
             body = body.replace("-", "+").replace("_", "/")
         try:
             # validate=True: a character outside the alphabet is an error, never skipped
-            return base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+            value = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
         except (ValueError, binascii.Error):
             raise InputError(f"key from {source} is not valid base64") from None
-    if _HEX.match(text) and len(text) % 2 == 0:
-        return bytes.fromhex(text)
-    return text.encode("utf-8")
+    elif _HEX.match(text) and len(text) % 2 == 0:
+        value = bytes.fromhex(text)
+    else:
+        raise _passphrase_error(source)
+    # 32 random bytes are all printable ASCII with probability (98/256)**32 < 1e-13
+    if len(value) >= MIN_KEY_BYTES and _is_text(value):
+        raise SecurityError(f"key from {source} decodes to text, not random bytes; {MAKE_KEY_HINT}")
+    return value
+
+
+def _is_text(data: bytes) -> bool:
+    """Whether ``data`` reads as typed text: printable ASCII, or printable UTF-8."""
+    if all(b in _TEXT_BYTES for b in data):
+        return True
+    try:
+        decoded = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in "\t\r\n" for c in decoded)
+
+
+def _passphrase_error(source: str) -> SecurityError:
+    return SecurityError(
+        f"key from {source} is text (a passphrase?), not a hex:, base64: or raw random key;"
+        f" a typed key can be guessed offline from the key_id every report publishes; {MAKE_KEY_HINT}"
+    )
 
 
 # -- Ed25519 key files -----------------------------------------------------------------

@@ -53,9 +53,9 @@ def _register_all() -> None:
     """Add every command group to ``app``, once (main() may run many times in a process)."""
     if _registered:
         return
-    from privdl.cli import anonymize, audit, budget, diff, he, risk, train
+    from privdl.cli import anonymize, audit, budget, diff, he, keygen, risk, train
 
-    for module in (anonymize, risk, budget, audit, he, train, diff):
+    for module in (anonymize, risk, budget, audit, he, train, diff, keygen):
         module.register(app)
     _registered.append(True)
 
@@ -116,8 +116,11 @@ def _say_interrupted(command: Any, args: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the exit code."""
+    from privdl.cli.examples import add_examples
+
     _register_all()
     command = typer.main.get_command(app)
+    add_examples(command)  # every --help ends with an example
     # click's UsageError, or typer's vendored one (typer >= 0.24 no longer needs click)
     usage_error: type[Exception] = typer.BadParameter.__mro__[1]
     args = list(sys.argv[1:] if argv is None else argv)

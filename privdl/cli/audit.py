@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
+from privdl.cli.options import JsonFlag, emit
+
 _KEY_ENV_HELP = "environment variable holding the audit (HMAC chain) key"
 _KEY_FILE_HELP = "file holding the audit (HMAC chain) key, instead of --audit-key-env"
 
@@ -76,6 +78,7 @@ def register(app: typer.Typer) -> None:
         audit_key_env: Annotated[str, typer.Option("--audit-key-env", help=_KEY_ENV_HELP)] = (
             "PRIVDL_AUDIT_KEY"
         ),
+        as_json: JsonFlag = False,
     ) -> None:
         """Verify the log, then sign a checkpoint of it (store it apart from the log)."""
         from privdl.audit.verify import checkpoint_log
@@ -85,7 +88,11 @@ def register(app: typer.Typer) -> None:
         check_output_path(out, what="checkpoint")  # before the key is read or the log verified
         key = Secret.from_env(audit_key_env)
         cp = checkpoint_log(log, key=key, signing_key=signing_key, output=out)
-        print(f"{out}: checkpoint of {log}: {cp.size} entries, head {cp.root_hash.hex()[:16]}")
+        emit(
+            as_json,
+            {"checkpoint": str(out), "log": str(log), "entries": cp.size, "head": cp.root_hash.hex()},
+            f"{out}: checkpoint of {log}: {cp.size} entries, head {cp.root_hash.hex()[:16]}",
+        )
 
     @audit.command("records")
     def records(
@@ -99,6 +106,7 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--no-verify", help="skip verification (marked in the output)")
         ] = False,
         audit_key_file: Annotated[Path | None, typer.Option("--audit-key-file", help=_KEY_FILE_HELP)] = None,
+        as_json: JsonFlag = False,
     ) -> None:
         """Export the record of processing activities (GDPR Article 30) as CSV or JSON."""
         from privdl.audit.records import build_records, write_records
@@ -115,7 +123,8 @@ def register(app: typer.Typer) -> None:
         rec = build_records(log, config=config, verified=verified)
         write_records(rec, out)
         count, entries = len(rec["activities"]), rec["log"]["entries"]
-        print(f"{out}: {count} processing activities from {entries} entries")
+        emit(as_json, {"output": str(out), "activities": count, "entries": entries},
+             f"{out}: {count} processing activities from {entries} entries")  # fmt: skip
 
     @audit.command("erase-request")
     def erase_request_cmd(
@@ -181,22 +190,35 @@ def register(app: typer.Typer) -> None:
 
     @audit.command("keygen")
     def keygen(
-        out: Annotated[
-            Path, typer.Option("--out", help="folder for audit-signing.key and audit-signing.pub")
-        ],
+        out_dir: Annotated[
+            Path | None,
+            typer.Option("--out-dir", help="folder for audit-signing.key and audit-signing.pub (required)"),
+        ] = None,
         name: Annotated[
             str,
             typer.Option(
                 "--name", help="file name stem (default audit-signing: not the audit chain key's name)"
             ),
         ] = "audit-signing",
+        as_json: JsonFlag = False,
+        old_out: Annotated[Path | None, typer.Option("--out", hidden=True, help="old name of --out-dir")] = None,
     ) -> None:
         """Create an Ed25519 key pair for signing checkpoints (private key mode 0600)."""
         from privdl.audit.checkpoint import generate_signing_key, verifier_key
+        from privdl.cli.options import renamed
+        from privdl.errors import UsageError
+
+        out = renamed(out_dir, old_out, new="--out-dir", old="--out")
+        if out is None:
+            raise UsageError("missing option --out-dir (the folder for the key pair)")
 
         priv, pub = generate_signing_key(out, name=name)
-        print(f"signing key: {priv} (keep it away from the log)\npublic key:  {pub}")
-        print(f"verifier key: {verifier_key(pub)}")
+        vkey = verifier_key(pub)
+        emit(
+            as_json,
+            {"signing_key": str(priv), "public_key": str(pub), "verifier_key": vkey},
+            f"signing key: {priv} (keep it away from the log)\npublic key:  {pub}\nverifier key: {vkey}",
+        )
 
     app.add_typer(audit, name="audit")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from privdl.cli.options import cli_audit_log, report_target
+from privdl.cli.options import JsonFlag, cli_audit_log, emit, report_target
 from privdl.errors import UsageError
 
 _LEDGER_HELP = "Ledger: a SQLite file, sqlite:///PATH or postgresql://URL."
@@ -126,6 +126,7 @@ def set_budget(
     max_records_per_user: int | None = typer.Option(
         None, "--max-records-per-user", help="Most records one person has (group privacy for record-level runs)."
     ),
+    as_json: JsonFlag = False,
 ) -> None:
     """Create or change a dataset's total budget (never below what it has spent)."""
     from privdl.budget.ledger import BudgetLedger, check_budget
@@ -152,9 +153,11 @@ def set_budget(
             privacy_unit=privacy_unit,
             max_records_per_user=max_records_per_user,
         )
-    typer.echo(
+    emit(
+        as_json,
+        json.loads(status.to_json()),
         f"{dataset}: {status.privacy_unit}-level epsilon={status.epsilon:g} delta={status.delta:g} "
-        f"spent={status.spent:.4g} remaining={status.remaining:.4g} ({status.runs} runs)"
+        f"spent={status.spent:.4g} remaining={status.remaining:.4g} ({status.runs} runs)",
     )
 
 
@@ -162,6 +165,7 @@ def report(
     ledger: str = typer.Argument(..., help=_LEDGER_HELP),
     dataset: str = typer.Option(..., "--dataset", help="Dataset identifier."),
     output: Path = typer.Option(..., "-o", "--output", help="Report file: .html, .md or .json."),
+    as_json: JsonFlag = False,
 ) -> None:
     """Write a privacy report for every run charged to a dataset."""
     from privdl.budget.ledger import BudgetLedger
@@ -171,7 +175,7 @@ def report(
     with BudgetLedger(ledger, create=False) as led:
         rep = PrivacyReport.from_ledger(led, dataset)
     written = rep.save(output)
-    typer.echo(f"wrote {written}")
+    emit(as_json, {"report": str(written), "dataset": dataset}, f"wrote {written}")
 
 
 def register(app: typer.Typer) -> None:

@@ -11,6 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
+from privdl.cli.options import JsonFlag, emit
+
 AUDIT_HELP = "Append one entry to this audit log (key from --audit-key-env)."
 
 # The key that verifies a signed model folder (encrypt and score): see load_model_key.
@@ -51,10 +53,14 @@ def _audit(path: Path | None, key_env: str) -> Any:
 
 
 def keygen(
-    out: Path = typer.Option(..., "--out", help="Folder for secret.he (0600) and public.he."),
+    out_dir: Path | None = typer.Option(
+        None, "--out-dir", help="Folder for secret.he (0600) and public.he. Required."
+    ),
     depth: int | None = typer.Option(None, "--depth", help="Multiplicative depth (default 1)."),
     model: str | None = typer.Option(None, "--model", help="Choose the depth this model needs."),
-    output: str = typer.Option("logit", "--output", help="logit (default) or probability."),
+    output_kind: str | None = typer.Option(
+        None, "--output-kind", help="Scores the key set is sized for: logit (default) or probability."
+    ),
     security: str = typer.Option("128", "--security", help="128, 192, 256 or insecure-100."),
     encryption: str = typer.Option(
         "symmetric", "--encryption", help="symmetric (data owner encrypts) or public-key."
@@ -64,22 +70,39 @@ def keygen(
     ),
     audit_log: AuditLogPath = None,
     audit_key_env: AuditKeyEnv = "PRIVDL_AUDIT_KEY",
+    as_json: JsonFlag = False,
+    old_out: Path | None = typer.Option(None, "--out", hidden=True, help="Old name of --out-dir."),
+    old_output: str | None = typer.Option(None, "--output", hidden=True, help="Old name of --output-kind."),
 ) -> None:
     """Generate a CKKS key set for a model; print its key id and file sizes."""
-    from privdl.cli.options import cli_audit_log
+    from privdl.cli.options import cli_audit_log, renamed
     from privdl.encrypted.keys import PUBLIC_FILE, SECRET_FILE, HEKeys
+    from privdl.errors import UsageError
 
+    out = renamed(out_dir, old_out, new="--out-dir", old="--out")
+    if out is None:
+        raise UsageError("missing option --out-dir (the folder for the key set)")
+    output = renamed(output_kind, old_output, new="--output-kind", old="--output", default="logit")
     keys = HEKeys.generate_into(
         out, model=model, depth=depth, output=output, security=security, encryption=encryption,
         galois_keys=galois_keys, audit_log=cli_audit_log(audit_log, audit_key_env),
     )  # fmt: skip
     p = keys.params
-    typer.echo(
+    secret, public = out / SECRET_FILE, out / PUBLIC_FILE
+    payload = {
+        "key_id": keys.key_id, "poly_modulus_degree": p.poly_modulus_degree,
+        "coeff_mod_bit_sizes": list(p.coeff_mod_bit_sizes), "scale_bits": p.scale_bits,
+        "security": p.security, "secret_file": str(secret), "secret_bytes": secret.stat().st_size,
+        "public_file": str(public), "public_bytes": public.stat().st_size,
+    }  # fmt: skip
+    emit(
+        as_json,
+        payload,
         f"key set {keys.key_id}: N={p.poly_modulus_degree}, moduli {list(p.coeff_mod_bit_sizes)}, "
-        f"scale 2^{p.scale_bits}, {p.security}-bit security"
+        f"scale 2^{p.scale_bits}, {p.security}-bit security\n"
+        f"  {secret} ({payload['secret_bytes']} bytes, keep private)\n"
+        f"  {public} ({payload['public_bytes']} bytes, for the scorer)",
     )
-    typer.echo(f"  {out / SECRET_FILE} ({(out / SECRET_FILE).stat().st_size} bytes, keep private)")
-    typer.echo(f"  {out / PUBLIC_FILE} ({(out / PUBLIC_FILE).stat().st_size} bytes, for the scorer)")
 
 
 def encrypt(
@@ -102,6 +125,7 @@ def encrypt(
     model_public_key: ModelPublicKey = None,
     audit_log: AuditLogPath = None,
     audit_key_env: AuditKeyEnv = "PRIVDL_AUDIT_KEY",
+    as_json: JsonFlag = False,
 ) -> None:
     """Encrypt COLUMNS of INPUT feature-major with the secret key set."""
     from privdl.cli.options import load_model_key
@@ -115,10 +139,13 @@ def encrypt(
         model_key=load_model_key(model_key_env, model_key_file, model_public_key) if model is not None else None,
     )  # fmt: skip
     size = output.stat().st_size
-    typer.echo(
+    emit(
+        as_json,
+        {"rows": header.rows, "columns": len(header.columns), "key_id": keys.key_id,
+         "output": str(output), "bytes": size},
         f"encrypted {header.rows} rows x {len(header.columns)} columns with {keys.key_id} "
-        f"-> {output} ({size} bytes, {size / max(header.rows or 1, 1):.0f} bytes/row)"
-    )
+        f"-> {output} ({size} bytes, {size / max(header.rows or 1, 1):.0f} bytes/row)",
+    )  # fmt: skip
 
 
 def score(
@@ -140,6 +167,7 @@ def score(
     model_public_key: ModelPublicKey = None,
     audit_log: AuditLogPath = None,
     audit_key_env: AuditKeyEnv = "PRIVDL_AUDIT_KEY",
+    as_json: JsonFlag = False,
 ) -> None:
     """Score ENCRYPTED with MODEL using public material only."""
     from privdl.cli.options import load_model_key
@@ -167,10 +195,13 @@ def score(
         encrypted, output, plain=plain, plain_columns=pcols or None, sep=sep, workers=workers,
         audit_log=_audit(audit_log, audit_key_env),
     )  # fmt: skip
-    typer.echo(
-        f"scored {header.rows} rows ({len(header.info['encrypted_columns'])} encrypted, "
-        f"{len(header.info['plain_columns'])} plain columns) -> {output}"
-    )
+    encrypted_n, plain_n = len(header.info["encrypted_columns"]), len(header.info["plain_columns"])
+    emit(
+        as_json,
+        {"rows": header.rows, "encrypted_columns": encrypted_n, "plain_columns": plain_n,
+         "output": str(output)},
+        f"scored {header.rows} rows ({encrypted_n} encrypted, {plain_n} plain columns) -> {output}",
+    )  # fmt: skip
 
 
 def decrypt(
@@ -181,6 +212,7 @@ def decrypt(
     decimals: int | None = typer.Option(None, "--decimals", help="Round released scores."),
     audit_log: AuditLogPath = None,
     audit_key_env: AuditKeyEnv = "PRIVDL_AUDIT_KEY",
+    as_json: JsonFlag = False,
 ) -> None:
     """Decrypt SCORES with the secret key set into a table (rows in input order)."""
     from privdl.encrypted.keys import HEKeys
@@ -189,7 +221,11 @@ def decrypt(
     frame = keys.decrypt_to_table(
         scores, output, raw=raw, decimals=decimals, audit_log=_audit(audit_log, audit_key_env)
     )
-    typer.echo(f"decrypted {len(frame)} scores -> {output}")
+    emit(
+        as_json,
+        {"scores": len(frame), "output": output},
+        f"decrypted {len(frame)} scores -> {output}",
+    )
 
 
 def register(app: typer.Typer) -> None:

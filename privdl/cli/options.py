@@ -5,12 +5,24 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from privdl.errors import FormatError, KeyMissingError, UsageError
 from privdl.keys import Secret
 
 REPORT_SUFFIXES = (".json", ".md", ".markdown", ".html", ".htm")
+
+#: ``--json`` of a command that prints results: one JSON document on stdout instead
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as one JSON document.")]
+
+
+def emit(as_json: bool, payload: dict[str, Any], text: str) -> None:
+    """Print a command's result: ``payload`` as one JSON document, or ``text``."""
+    import json
+
+    typer.echo(json.dumps(payload, indent=2, sort_keys=True, default=str) if as_json else text)
 
 
 def load_key(key_env: str | None, key_file: Path | None, *, required: bool) -> Secret | None:
@@ -109,3 +121,20 @@ def audit_context(
     log = cli_audit_log(log_path, key_env)
     with operation(log, event, params=params or {}, inputs=list(inputs), started=started) as op:
         yield op
+
+
+def renamed(value: Any, old_value: Any, *, new: str, old: str, default: Any = None) -> Any:
+    """The value of an option that was renamed: ``new``, or its hidden deprecated old
+    spelling ``old`` (warned on stderr); ``default`` when neither is given.
+
+    Raises:
+        UsageError: both spellings given.
+    """
+    import sys
+
+    if old_value is None:
+        return default if value is None else value
+    if value is not None:
+        raise UsageError(f"give {new} only ({old} is its old spelling)")
+    print(f"privdl: warning: {old} is deprecated; use {new}", file=sys.stderr)
+    return old_value

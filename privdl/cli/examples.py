@@ -1,0 +1,84 @@
+"""An example for every ``--help``: the epilog of each command and group.
+
+Kept in one table (the command path -> the lines shown), applied to the command tree
+by :func:`add_examples`, so a command module stays a parser and a call; a command
+that sets its own epilog keeps it. ``tests/cli/test_cli_habits.py`` checks that every
+command in the tree has one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "privdl": (
+        "privdl keygen -o pseudonym.key",
+        "privdl anonymize users.csv -o released.parquet --id email --qi age --qi zip -k 5"
+        " --key-file pseudonym.key",
+        "privdl budget show budget.db",
+    ),
+    "privdl anonymize": (
+        "privdl anonymize users.csv -o released.parquet --id email --id phone:mask --drop ip"
+        " --qi age --qi zip -k 5 --key-file pseudonym.key --report report.html",
+        "export-users | privdl anonymize - -o - --format jsonl --policy policy.toml"
+        " --key-env PRIVDL_KEY > released.jsonl",
+    ),
+    "privdl risk": (
+        "privdl risk released.parquet --qi age --qi zip --sensitive diagnosis --max-risk 0.2",
+        "privdl risk - --qi age --qi zip --json < released.csv",
+    ),
+    "privdl diff": ("privdl diff run-a/manifest.json run-b/manifest.json --json",),
+    "privdl keygen": (
+        "privdl keygen -o pseudonym.key",
+        "privdl anonymize users.csv -o out.csv --id email --key-file pseudonym.key",
+    ),
+    "privdl train": (
+        "privdl train released.csv --target retained --model logistic --epsilon 2"
+        " --ledger budget.db --dataset-id retention-2026-11 -o model/",
+    ),
+    "privdl budget": (
+        "privdl budget set budget.db --dataset retention-2026-11 --epsilon 8 --delta 1e-5",
+        "privdl budget show budget.db --dataset retention-2026-11",
+    ),
+    "privdl budget show": ("privdl budget show budget.db --dataset retention-2026-11 --json",),
+    "privdl budget set": ("privdl budget set budget.db --dataset retention-2026-11 --epsilon 8 --delta 1e-5",),
+    "privdl budget report": ("privdl budget report budget.db --dataset retention-2026-11 -o privacy.html",),
+    "privdl audit": (
+        "privdl audit verify audit.jsonl --checkpoint audit.checkpoint --public-key keys/audit.pub",
+        "privdl audit records audit.jsonl -o records.csv",
+    ),
+    "privdl audit verify": (
+        "PRIVDL_AUDIT_KEY=$(cat audit-hmac.key) privdl audit verify audit.jsonl"
+        " --checkpoint audit.checkpoint --public-key keys/audit.pub",
+    ),
+    "privdl audit checkpoint": (
+        "privdl audit checkpoint audit.jsonl --signing-key keys/audit.key -o audit.checkpoint",
+    ),
+    "privdl audit records": ("privdl audit records audit.jsonl -o records.csv",),
+    "privdl audit erase-request": ("privdl audit erase-request uq57wuutfbq6ig4d --log audit.jsonl --json",),
+    "privdl audit keygen": ("privdl audit keygen --out-dir keys/",),
+    "privdl he": (
+        "privdl he keygen --out-dir keys/ --model model/",
+        "privdl he encrypt users.csv --keys keys/ --columns age,income -o batch.enc",
+        "privdl he score batch.enc --model model/ --public keys/public.he -o scores.enc",
+        "privdl he decrypt scores.enc --keys keys/ -o scores.csv",
+    ),
+    "privdl he keygen": ("privdl he keygen --out-dir keys/ --model model/ --output-kind probability",),
+    "privdl he encrypt": ("privdl he encrypt users.csv --keys keys/ --columns age,income -o batch.enc",),
+    "privdl he score": ("privdl he score batch.enc --model model/ --public keys/public.he -o scores.enc",),
+    "privdl he decrypt": ("privdl he decrypt scores.enc --keys keys/ -o scores.csv --decimals 3",),
+}
+
+
+def epilog(lines: tuple[str, ...]) -> str:
+    """The epilog text: click keeps a paragraph that starts with ``\\b`` unwrapped."""
+    return "Examples:\n\n\b\n" + "\n".join(f"  $ {line}" for line in lines)
+
+
+def add_examples(command: Any, path: str = "privdl") -> None:
+    """Set the epilog of ``command`` and every subcommand that has none, from :data:`EXAMPLES`."""
+    lines = EXAMPLES.get(path)
+    if lines and not getattr(command, "epilog", None):
+        command.epilog = epilog(lines)
+    for name, sub in (getattr(command, "commands", None) or {}).items():
+        add_examples(sub, f"{path} {name}")
