@@ -83,6 +83,8 @@ def keygen(
     if out is None:
         raise UsageError("missing option --out-dir (the folder for the key set)")
     output = renamed(output_kind, old_output, new="--output-kind", old="--output", default="logit")
+    if output not in ("logit", "probability"):
+        raise UsageError(f"--output-kind {output!r}: choose logit or probability")
     keys = HEKeys.generate_into(
         out, model=model, depth=depth, output=output, security=security, encryption=encryption,
         galois_keys=galois_keys, audit_log=cli_audit_log(audit_log, audit_key_env),

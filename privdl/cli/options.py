@@ -124,17 +124,15 @@ def audit_context(
 
 
 def renamed(value: Any, old_value: Any, *, new: str, old: str, default: Any = None) -> Any:
-    """The value of an option that was renamed: ``new``, or its hidden deprecated old
-    spelling ``old`` (warned on stderr); ``default`` when neither is given.
+    """The value of a renamed option: ``new``, or its old spelling ``old`` (a hidden
+    alias, kept so that existing scripts run; accepted silently, so that the one-line
+    error contract holds for them too); ``default`` when neither is given.
 
     Raises:
         UsageError: both spellings given.
     """
-    import sys
-
     if old_value is None:
         return default if value is None else value
     if value is not None:
         raise UsageError(f"give {new} only ({old} is its old spelling)")
-    print(f"privdl: warning: {old} is deprecated; use {new}", file=sys.stderr)
     return old_value
