@@ -74,3 +74,57 @@ def test_key_id_is_stable_and_short(key):
     assert key_id(key) == key.key_id == key_id(key.reveal())
     assert key.key_id.startswith("kid_") and len(key.key_id) == 20
     assert Secret.generate().key_id != key.key_id
+
+
+# -- text passphrases are refused (issue 15): key_id is public, a typed key is guessable
+PHRASE = "correct horse battery staple, long enough for any length check"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        PHRASE,
+        "base64:" + __import__("base64").b64encode(PHRASE.encode()).decode(),  # text, encoded
+        "hex:" + PHRASE.encode().hex(),
+        PHRASE.encode().hex(),  # bare hex of text
+    ],
+    ids=["plain", "base64-of-text", "hex-of-text", "bare-hex-of-text"],
+)
+def test_text_keys_refused_from_env_with_how_to_make_one(monkeypatch, text):
+    monkeypatch.setenv("PRIVDL_TEST_PHRASE", text)
+    with pytest.raises(SecurityError) as info:
+        Secret.from_env("PRIVDL_TEST_PHRASE")
+    message = str(info.value)
+    assert "PRIVDL_TEST_PHRASE" in message and "privdl keygen -o KEYFILE" in message
+    assert "horse" not in message and text not in message
+
+
+@pytest.mark.parametrize(
+    "data",
+    [PHRASE.encode() + b"\n", ("pässwörter sind keine schlüssel " * 2).encode("utf-8")],
+    ids=["ascii", "utf-8"],
+)
+def test_text_key_files_refused(tmp_path, data):
+    path = tmp_path / "phrase.key"
+    path.write_bytes(data)
+    path.chmod(0o600)
+    with pytest.raises(SecurityError, match="privdl keygen"):
+        Secret.from_file(path)
+
+
+def test_random_keys_in_every_accepted_form(tmp_path, monkeypatch):
+    import base64
+    import secrets
+
+    raw = secrets.token_bytes(32)  # all 32 bytes printable text: probability < 1e-13
+    binary = tmp_path / "raw.key"
+    binary.write_bytes(raw)
+    binary.chmod(0o600)
+    assert Secret.from_file(binary).reveal() == raw
+    for text in ("hex:" + raw.hex(), raw.hex(), "base64:" + base64.b64encode(raw).decode(),
+                 "base64:" + base64.urlsafe_b64encode(raw).decode().rstrip("=")):  # fmt: skip
+        monkeypatch.setenv("PRIVDL_TEST_RANDOM", text)
+        assert Secret.from_env("PRIVDL_TEST_RANDOM").reveal() == raw
+    # the fixed test keys of the suite stay valid (not random, but not text either)
+    monkeypatch.setenv("PRIVDL_TEST_RANDOM", "hex:" + "ab" * 32)
+    assert Secret.from_env("PRIVDL_TEST_RANDOM").reveal() == b"\xab" * 32
