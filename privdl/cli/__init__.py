@@ -163,6 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say_interrupted(command, args)
         code = 130
+    except SystemExit as exc:
+        # typer's own exits inside main(): a reader that closed the pipe early (`| head`)
+        # is exit 1, quietly, as click and Unix tools do; returned, not raised
+        code = exc.code if isinstance(exc.code, int) else 1
     except Exception as exc:
         if _is(exc, "Exit"):
             code = int(getattr(exc, "exit_code", 0) or 0)

@@ -330,3 +330,15 @@ def test_passphrase_in_a_variable_is_refused_with_how_to_make_a_key(run_cli, use
     assert code == 2 and out == "" and not (tmp_path / "o.csv").exists()
     assert err.count("\n") == 1 and "PRIVDL_KEY" in err and "privdl keygen -o KEYFILE" in err
     assert "horse" not in err
+
+
+def test_closed_pipe_is_one_line_not_an_internal_error(run_cli, users_csv, stdin_from, env_key, monkeypatch):
+    from privdl.cli import streams
+
+    def closed(path):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(streams, "copy_to_stdout", closed)
+    stdin_from(users_csv.read_bytes())
+    code, _, err = run_cli("anonymize", "-", "-o", "-", *IDS)  # returned, not raised
+    assert code == 1 and "internal error" not in err and "Traceback" not in err
