@@ -226,6 +226,8 @@ def _decode_key_text(text: str, *, source: str) -> bytes:
         SecurityError: any other text (a passphrase), or an encoding of text.
     """
     text = text.strip()
+    if not text:
+        raise SecurityError(f"key from {source} is empty; {MAKE_KEY_HINT}")
     if text.startswith("hex:"):
         try:
             value = bytes.fromhex(text[4:])

@@ -112,6 +112,14 @@ def test_text_key_files_refused(tmp_path, data):
         Secret.from_file(path)
 
 
+def test_empty_key_file_says_empty(tmp_path):
+    path = tmp_path / "empty.key"
+    path.write_bytes(b"\n")
+    path.chmod(0o600)
+    with pytest.raises(SecurityError, match="is empty; make a random key"):
+        Secret.from_file(path)
+
+
 def test_random_keys_in_every_accepted_form(tmp_path, monkeypatch):
     import base64
     import secrets
