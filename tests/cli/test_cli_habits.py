@@ -148,7 +148,6 @@ def test_no_option_means_two_things():
                 assert getattr(param, "hidden", False), (path, param.name)
 
 
-@pytest.mark.slow
 def test_he_keygen_out_dir_output_kind_and_old_spellings(run_cli, tmp_path):
     pytest.importorskip("tenseal")
     code, out, err = run_cli(
