@@ -68,10 +68,15 @@ def anonymize(
     stream_fmt = streams.check_format(fmt, streams=streams.STREAM in (input, output))
     if output == streams.STREAM and as_json:
         raise UsageError("--json prints to standard output, which -o - uses for the table")
-    with streams.stream_folder() as folder, streams.named_as_streams(folder):
+    piped = streams.STREAM in (input, output)
+    with streams.stream_folder(piped) as folder, streams.named_as_streams(folder):
         source = input
-        target = str(streams.stdout_target(folder, stream_fmt)) if output == streams.STREAM else output
+        target = output
+        if output == streams.STREAM:
+            assert folder is not None
+            target = str(streams.stdout_target(folder, stream_fmt))
         if input == streams.STREAM:
+            assert folder is not None
             _check_options(output=target, report=report)  # before standard input is read
             source = str(streams.spool_stdin(folder, stream_fmt))
         summary = _anonymize(

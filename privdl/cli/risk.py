@@ -47,6 +47,7 @@ def risk(
         _risk(input, qi, sensitive, as_json, max_risk, report, sep, audit_log, audit_key_env)
         return
     with streams.stream_folder() as folder, streams.named_as_streams(folder):
+        assert folder is not None
         source = str(streams.spool_stdin(folder, stream_fmt))
         _risk(source, qi, sensitive, as_json, max_risk, report, sep, audit_log, audit_key_env, shown="-")
 

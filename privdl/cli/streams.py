@@ -45,8 +45,12 @@ def check_format(fmt: str | None, *, streams: bool) -> str:
 
 
 @contextlib.contextmanager
-def stream_folder() -> Iterator[Path]:
-    """A private temporary folder (0700), removed with everything in it on exit."""
+def stream_folder(needed: bool = True) -> Iterator[Path | None]:
+    """A private temporary folder (0700), removed with everything in it on exit; None
+    (and nothing made) when no ``-`` is used."""
+    if not needed:
+        yield None
+        return
     folder = Path(tempfile.mkdtemp(prefix="privdl-stream-"))
     try:
         yield folder
@@ -89,12 +93,14 @@ def copy_to_stdout(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def named_as_streams(folder: Path) -> Iterator[None]:
-    """Errors that name a temporary stream file name the stream instead (never a value)."""
+def named_as_streams(folder: Path | None) -> Iterator[None]:
+    """Errors that name a temporary stream file (in ``folder``, which is unique to this
+    run) name the stream instead; never a value."""
     try:
         yield
     except PrivdlError as exc:
-        exc.args = tuple(_rename(a, folder) for a in exc.args)
+        if folder is not None:
+            exc.args = tuple(_rename(a, folder) for a in exc.args)
         raise
 
 
@@ -103,6 +109,6 @@ def _rename(arg: object, folder: Path) -> object:
         return arg
     for name, label in ((STDIN_NAME, "standard input"), (STDOUT_NAME, "standard output")):
         for ext in FORMATS.values():
-            for shown in (str(folder / (name + ext)), name + ext):
-                arg = arg.replace(f"input file {shown}", label).replace(shown, label)
+            shown = str(folder / (name + ext))
+            arg = arg.replace(f"input file {shown}", label).replace(shown, label)
     return arg
