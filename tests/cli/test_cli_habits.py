@@ -346,3 +346,10 @@ def test_closed_pipe_is_one_line_not_an_internal_error(run_cli, users_csv, stdin
     stdin_from(users_csv.read_bytes())
     code, _, err = run_cli("anonymize", "-", "-o", "-", *IDS)  # returned, not raised
     assert code == 1 and "internal error" not in err and "Traceback" not in err
+
+
+def test_a_file_named_stdin_is_still_a_file(run_cli, tmp_path, env_key):
+    path = tmp_path / "stdin.csv"
+    path.write_text("email,b\nx@example.org,2\ny@example.org,3,4\n")  # a ragged row
+    code, _, err = run_cli("anonymize", path, "-o", tmp_path / "o.csv", "--id", "email", "--key-env", "PRIVDL_KEY")
+    assert code == 2 and str(path) in err and "standard input" not in err
