@@ -57,6 +57,9 @@ def _register_all() -> None:
 
     for module in (anonymize, risk, budget, audit, he, train, diff, keygen):
         module.register(app)
+    from privdl.cli.examples import add_examples
+
+    add_examples(app)  # every --help ends with an example
     _registered.append(True)
 
 
@@ -116,11 +119,8 @@ def _say_interrupted(command: Any, args: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the exit code."""
-    from privdl.cli.examples import add_examples
-
     _register_all()
     command = typer.main.get_command(app)
-    add_examples(command)  # every --help ends with an example
     # click's UsageError, or typer's vendored one (typer >= 0.24 no longer needs click)
     usage_error: type[Exception] = typer.BadParameter.__mro__[1]
     args = list(sys.argv[1:] if argv is None else argv)

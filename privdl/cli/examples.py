@@ -1,9 +1,11 @@
 """An example for every ``--help``: the epilog of each command and group.
 
-Kept in one table (the command path -> the lines shown), applied to the command tree
-by :func:`add_examples`, so a command module stays a parser and a call; a command
-that sets its own epilog keeps it. ``tests/cli/test_cli_habits.py`` checks that every
-command in the tree has one.
+Kept in one table (the command path -> the lines shown), set as typer's ``epilog`` of
+each registered command and group by :func:`add_examples` (called once, when the
+commands are registered), so a command module stays a parser and a call, and every
+reader of the tree (``--help``, the site's generated CLI reference) shows them; a
+command that sets its own epilog keeps it. ``tests/cli/test_cli_habits.py`` checks that
+every command in the tree has one.
 """
 
 from __future__ import annotations
@@ -44,15 +46,15 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "privdl budget set": ("privdl budget set budget.db --dataset retention-2026-11 --epsilon 8 --delta 1e-5",),
     "privdl budget report": ("privdl budget report budget.db --dataset retention-2026-11 -o privacy.html",),
     "privdl audit": (
-        "privdl audit verify audit.jsonl --checkpoint audit.checkpoint --public-key keys/audit.pub",
+        "privdl audit verify audit.jsonl --checkpoint audit.checkpoint --public-key keys/audit-signing.pub",
         "privdl audit records audit.jsonl -o records.csv",
     ),
     "privdl audit verify": (
-        "PRIVDL_AUDIT_KEY=$(cat audit-hmac.key) privdl audit verify audit.jsonl"
-        " --checkpoint audit.checkpoint --public-key keys/audit.pub",
+        "PRIVDL_AUDIT_KEY=$(cat audit-chain.key) privdl audit verify audit.jsonl"
+        " --checkpoint audit.checkpoint --public-key keys/audit-signing.pub",
     ),
     "privdl audit checkpoint": (
-        "privdl audit checkpoint audit.jsonl --signing-key keys/audit.key -o audit.checkpoint",
+        "privdl audit checkpoint audit.jsonl --signing-key keys/audit-signing.key -o audit.checkpoint",
     ),
     "privdl audit records": ("privdl audit records audit.jsonl -o records.csv",),
     "privdl audit erase-request": ("privdl audit erase-request uq57wuutfbq6ig4d --log audit.jsonl --json",),
@@ -75,10 +77,24 @@ def epilog(lines: tuple[str, ...]) -> str:
     return "Examples:\n\n\b\n" + "\n".join(f"  $ {line}" for line in lines)
 
 
-def add_examples(command: Any, path: str = "privdl") -> None:
-    """Set the epilog of ``command`` and every subcommand that has none, from :data:`EXAMPLES`."""
-    lines = EXAMPLES.get(path)
-    if lines and not getattr(command, "epilog", None):
-        command.epilog = epilog(lines)
-    for name, sub in (getattr(command, "commands", None) or {}).items():
+def _unset(value: Any) -> bool:
+    return not getattr(value, "value", value)  # None, or typer's DefaultPlaceholder(None)
+
+
+def add_examples(app: Any, path: str = "privdl") -> None:
+    """Set the epilog of ``app`` (a typer.Typer), of its commands and of its groups, from
+    :data:`EXAMPLES`, where none is set."""
+    if path in EXAMPLES and _unset(app.info.epilog):
+        app.info.epilog = epilog(EXAMPLES[path])
+    for info in app.registered_commands:
+        name = info.name or info.callback.__name__.lower().replace("_", "-")
+        lines = EXAMPLES.get(f"{path} {name}")
+        if lines and _unset(info.epilog):
+            info.epilog = epilog(lines)
+    for group in app.registered_groups:
+        sub = group.typer_instance
+        name = group.name if not _unset(group.name) else sub.info.name
+        lines = EXAMPLES.get(f"{path} {name}")
+        if lines and _unset(group.epilog) and _unset(sub.info.epilog):
+            group.epilog = epilog(lines)
         add_examples(sub, f"{path} {name}")

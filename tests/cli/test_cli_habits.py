@@ -91,11 +91,9 @@ def _commands():
     import typer
 
     from privdl.cli import _register_all, app
-    from privdl.cli.examples import add_examples
 
     _register_all()
     root = typer.main.get_command(app)
-    add_examples(root)
     found = []
 
     def walk(command, path):
@@ -122,9 +120,9 @@ def test_every_help_has_an_example(run_cli):
 def test_out_dir_for_folders_and_old_spellings_hidden_but_working(run_cli, tmp_path):
     code, _, err = run_cli("audit", "keygen", "--out-dir", tmp_path / "new")
     assert code == 0 and err == "", err
-    assert (tmp_path / "new" / "audit.key").exists()
+    assert (tmp_path / "new" / "audit-signing.key").exists()
     code, _, err = run_cli("audit", "keygen", "--out", tmp_path / "old")  # DESIGN.md's old call
-    assert code == 0 and (tmp_path / "old" / "audit.key").exists() and err == ""
+    assert code == 0 and (tmp_path / "old" / "audit-signing.key").exists() and err == ""
     code, _, err = run_cli("audit", "keygen", "--out", tmp_path / "x", "--out-dir", tmp_path / "y")
     assert code == 2 and err.count("\n") == 1 and not (tmp_path / "x").exists()
     code, _, err = run_cli("audit", "keygen")
