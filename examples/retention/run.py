@@ -10,6 +10,10 @@ The terms of service forbid raw demographics reaching the model or the scoring s
     2. features    first-week activity aggregated per pseudonym, joined to the released users
     3. train       PrivateTrainer at epsilon 1, 3, 8 for a logistic model and a small MLP,
                    one ledger whose budget covers the sweep; non-private baselines beside them
+    3b. user level a small MLP on the released events table itself (one row per user and
+                   active day, <= 7 per user) with user-level DP-SGD at epsilon 3, on a
+                   user-level budget in the same ledger: it protects one person with all
+                   their events
     4. score       new users scored by EncryptedScorer: their demographics reach the service
                    only as CKKS ciphertexts, their activity in plaintext (hybrid)
     5. evidence    privacy report (HTML, plots, membership audit), anonymization reports,
@@ -48,6 +52,12 @@ EPSILONS = (1.0, 3.0, 8.0)
 DEPLOYED = ("logistic", 3.0)  # the model the scoring service gets
 DELTA = 1e-6  # per run; the dataset's budget below holds all six
 DEMOGRAPHICS = ("age", "sex", "city")  # encrypted on the client
+# the user-level stage: the events table's own dataset id and budget, in the same ledger
+EVENTS_DATASET_ID = "retention-events-2026-11"
+EVENTS_EPSILON = 3.0
+EVENTS_BUDGET = 3.0  # user-level: one person with all their events
+DAYS = 7  # the export's window (days 0-6): at most one event row per user and day
+EVENT_FEATURES = ("day", "platform", "log_plays", "log_minutes", "log_skips", "log_searches", "log_likes", "log_playlist_adds")  # fmt: skip
 ACTIVITY = (
     "active_days",
     "log_plays",
@@ -138,6 +148,34 @@ def anonymize_cli(table: Path, policy: Path, out: Path, report: Path, *, env: di
     if done.returncode != 0:
         sys.stderr.write(done.stderr)
         raise SystemExit(done.returncode)
+
+
+def event_rows(events: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
+    """The released events table as training rows: one per user and active day, its
+    counts log-scaled, joined by pseudonym to the user's label (users without an event
+    have no row)."""
+    rows = events.join(users.set_index("user_id")[[LABEL]], on="user_id", how="inner")
+    for column in ("plays", "minutes", "skips", "searches", "likes", "playlist_adds"):
+        rows[f"log_{column}"] = np.log1p(rows[column])
+    return rows[["user_id", *EVENT_FEATURES, LABEL]]
+
+
+def events_encoder() -> Any:
+    """The event rows' TableEncoder: public domains (the window, bounds, the platforms)."""
+    import privdl
+
+    bounds = {"day": (0, DAYS - 1), "log_plays": (0, 6), "log_minutes": (0, 8), "log_skips": (0, 5),
+              "log_searches": (0, 5), "log_likes": (0, 5), "log_playlist_adds": (0, 4)}  # fmt: skip
+    return privdl.TableEncoder(
+        numeric_bounds=bounds,
+        categories={"platform": ["android", "ios", "tv", "web"], LABEL: [0, 1]},
+        target=LABEL,
+    )
+
+
+def per_user(rows: pd.DataFrame, p: np.ndarray) -> pd.DataFrame:
+    """A user's score: the mean of their rows' predicted probabilities; their label."""
+    return rows.assign(score=p).groupby("user_id").agg(score=("score", "mean"), y=(LABEL, "first"))
 
 
 def encoder_for(cities: list[str]) -> Any:
@@ -299,11 +337,10 @@ def main(argv: list[str] | None = None) -> None:
             if (kind, epsilon) == DEPLOYED:
                 status["before"] = ledger.status(DATASET_ID)
             # USER-LEVEL DP: one row per account here (activity aggregated per pseudonym), so
-            # record level is account level and the unit stays "record". To train on the
-            # event rows themselves (several per user), switch this run to
-            # privacy_unit="user", max_records_per_user=N and fit(..., user_column="user_id"),
-            # with a user-level budget (set_budget(..., privacy_unit="user",
-            # max_records_per_user=N)), as examples/retention_events.py does.
+            # record level is account level and the unit stays "record". Stage 3b below
+            # trains on the event rows themselves (several per user) at user level:
+            # privacy_unit="user", max_records_per_user=DAYS, fit(..., user_column=...),
+            # on its own user-level budget in this ledger.
             trainer = privdl.PrivateTrainer(
                 make_model(kind, len(encoder.feature_names_)), epsilon=epsilon, delta=DELTA,
                 epochs=epochs, batch_size=batch_size, ledger=ledger, dataset_id=DATASET_ID,
@@ -331,6 +368,33 @@ def main(argv: list[str] | None = None) -> None:
         model.fit(x_train, y_train)
         results[kind, None] = scores(y_test, model.predict_proba(x_test)[:, 1])
     timings["train"] = time.perf_counter() - t
+
+    # 3b. user level on the events table: the unit is one person with all their events ----
+    t = time.perf_counter()
+    rows = event_rows(events, users)
+    in_test = rows["user_id"].isin(set(test["user_id"])).to_numpy()  # split by the same users
+    rows_train, rows_test = rows[~in_test], rows[in_test]
+    events_enc = events_encoder().fit(rows_train[[*EVENT_FEATURES, LABEL]], target=LABEL)
+    ledger.set_budget(EVENTS_DATASET_ID, epsilon=EVENTS_BUDGET, delta=1e-5, privacy_unit="user",
+                      max_records_per_user=DAYS, audit_log=log)  # fmt: skip
+    torch.manual_seed(0)
+    user_level = privdl.PrivateTrainer(
+        make_model("mlp", len(events_enc.feature_names_)), epsilon=EVENTS_EPSILON, delta=DELTA,
+        privacy_unit="user", max_records_per_user=DAYS, epochs=epochs, batch_size=batch_size,
+        ledger=ledger, dataset_id=EVENTS_DATASET_ID, audit_log=log, encoder=events_enc, seed=0,
+        progress=False,
+    )  # fmt: skip
+    user_level.fit(rows_train, target=LABEL, user_column="user_id", subjects=rows_train["user_id"])
+    proba = user_level.predict_proba(rows_test[list(EVENT_FEATURES)])
+    held_out = per_user(rows_test, proba[:, -1] if proba.ndim == 2 else proba)
+    user_auc = scores(held_out["y"].to_numpy(), held_out["score"].to_numpy())[0]
+    # the same rows without DP (logistic regression, per-user mean): what the rows allow
+    rows_model = LogisticRegression(max_iter=2000).fit(events_enc.transform(rows_train), rows_train[LABEL])
+    plain_rows = per_user(rows_test, rows_model.predict_proba(events_enc.transform(rows_test))[:, 1])
+    rows_auc = scores(plain_rows["y"].to_numpy(), plain_rows["score"].to_numpy())[0]
+    user_level.report().save(out / "privacy-events.html")  # headline: user-level
+    events_status = ledger.status(EVENTS_DATASET_ID)
+    timings["user-level"] = time.perf_counter() - t
 
     # the deployed model's privacy report, with a membership audit
     t = time.perf_counter()
@@ -401,7 +465,15 @@ def main(argv: list[str] | None = None) -> None:
         f"released users: k={risk.k}, l={risk.l_distinct[LABEL]} (distinct, on {LABEL}), "
         f"{risk.rows:,} rows, recomputed from the released table; {joined_share:.1%} join events by pseudonym"
     )
-    print(f"ledger: epsilon {spent:.2f} of {budget:g} spent by {len(EPSILONS) * 2} runs (composed, PRV)")
+    print(
+        f"user-level (events table, mlp, epsilon {user_level.epsilon:.2f}, <= {DAYS} days per user): "
+        f"AUC {user_auc:.3f} per user on {len(held_out):,} held-out users with events "
+        f"(non-private on the same rows {rows_auc:.3f}); protects one person with all their events"
+    )
+    print(
+        f"ledger: epsilon {spent:.2f} of {budget:g} spent by {len(EPSILONS) * 2} runs (composed, PRV); "
+        f"user-level budget of the events table: {events_status.spent:.2f} of {EVENTS_BUDGET:g}"
+    )
     print(
         f"encrypted scoring ({DEPLOYED[0]}, epsilon {DEPLOYED[1]:g}) of {new_users:,} new users: "
         f"max |encrypted - plain| < {bound:.0e}, same decision for {same:.1%}"
@@ -412,7 +484,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     print("wall s: " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in timings.items()))
     print(
-        f"outputs in {out}/: privacy.html, anonymization-users.html, anonymization-events.html, privacy-utility.png"
+        f"outputs in {out}/: privacy.html, privacy-events.html, anonymization-users.html, anonymization-events.html,"
+        " privacy-utility.png"
     )
 
 
