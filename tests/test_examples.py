@@ -99,6 +99,12 @@ def test_main_job_prints_what_the_readme_quotes(tmp_path: Path) -> None:
     for name in ("privacy.html", "anonymization-users.html", "anonymization-events.html", "records.csv"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "privacy-utility.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the user-level stage: its budget and run are user-level in the ledger, its report says so
+    status = privdl.BudgetLedger(out / "budget.db").status("retention-events-2026-11")
+    assert (status.privacy_unit, status.max_records_per_user, status.runs) == ("user", 7, 1)
+    line = next(x for x in printed if x.startswith("user-level (events table"))
+    assert f"user-level budget of the events table: {status.spent:.2f} of 3" in printed[printed.index(line) + 1]
+    assert "satisfies user-level (" in (out / "privacy-events.html").read_text(encoding="utf-8")
 
     # README step 4 ("On the main job's output folder"), as written, from the repo's layout
     step4 = README.read_text(encoding="utf-8").split("### 4. Evidence", 1)[1].split("```bash", 1)[1]
