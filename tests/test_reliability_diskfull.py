@@ -214,7 +214,7 @@ def _commands(i: Path, full: Path) -> dict[str, list[object]]:
                      "-o", full / "scores.he"],
         "he decrypt": ["he", "decrypt", i / "scores.he", "--keys", i / "keys", "-o", full / "scores.csv"],
         "audit keygen": ["audit", "keygen", "--out", full / "akeys"],
-        "audit checkpoint": ["audit", "checkpoint", i / "audit.jsonl", "--signing-key", i / "akeys" / "audit.key",
+        "audit checkpoint": ["audit", "checkpoint", i / "audit.jsonl", "--signing-key", i / "akeys" / "audit-signing.key",
                              "-o", full / "checkpoint.txt"],
         "audit records": ["audit", "records", i / "audit.jsonl", "-o", full / "records.csv"],
         "budget report": ["budget", "report", i / "budget.db", "--dataset", "ds", "-o", full / "budget.html"],

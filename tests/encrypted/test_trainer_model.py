@@ -117,7 +117,9 @@ def test_cli_scores_signed_models_with_their_verifying_key(saved, tmp_path, monk
 
     d, _, expected = saved
     trainer = PrivateTrainer.load(d / "model")
-    mac_key = "hex:" + "5c" * 32
+    import secrets
+
+    mac_key = "hex:" + secrets.token_hex(32)  # random: a key that decodes to text is refused
     monkeypatch.setenv("MODEL_KEY", mac_key)
     trainer.save(tmp_path / "hmac", key=Secret.from_env("MODEL_KEY"))
     signer = Ed25519PrivateKey.generate()
