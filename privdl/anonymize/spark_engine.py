@@ -25,7 +25,7 @@ from privdl.anonymize.spark_mondrian import DEFAULT_PART_ROWS, DEFAULT_SAMPLE_RO
 from privdl.anonymize.spark_transforms import transform_identifiers
 from privdl.errors import InputError, KeyMissingError
 
-__all__ = ["SparkRelease", "SparkSubjects", "prepare", "report_for"]
+__all__ = ["PART_ROWS_CONF", "SAMPLE_ROWS_CONF", "SparkRelease", "SparkSubjects", "prepare", "report_for", "subjects_of"]
 
 
 class SparkSubjects:
@@ -72,16 +72,24 @@ def _check_scalar_qis(sdf: Any, columns: Any) -> None:
             raise InputError(f"column {column!r} holds lists/objects: a quasi-identifier needs scalar values")
 
 
+#: Spark settings that tune the distributed Mondrian (``--conf`` on spark-submit)
+PART_ROWS_CONF = "spark.privdl.partRows"
+SAMPLE_ROWS_CONF = "spark.privdl.sampleRows"
+
+
 def prepare(
     sdf: Any,
     policy: Any,
     key: Any,
     *,
-    part_rows: int = DEFAULT_PART_ROWS,
-    sample_rows: int = DEFAULT_SAMPLE_ROWS,
+    part_rows: int | None = None,
+    sample_rows: int | None = None,
 ) -> SparkRelease:
     """Check the policy, then define the released table (lazy, except the small jobs
     that plan Mondrian's top-level cuts).
+
+    ``part_rows`` / ``sample_rows`` default to the session's ``spark.privdl.partRows``
+    / ``spark.privdl.sampleRows`` settings, else 100,000 / 200,000.
 
     Raises:
         PolicyError, KeyMissingError, InputError, PolicyNotMetError: as the pandas engine.
@@ -100,6 +108,11 @@ def prepare(
         f" add --id {column}, --drop {column} or --keep {column}"
         for column, kind in suspicious.items()
     ]
+    conf = sdf.sparkSession.conf
+    if part_rows is None:
+        part_rows = int(conf.get(PART_ROWS_CONF, str(DEFAULT_PART_ROWS)))
+    if sample_rows is None:
+        sample_rows = int(conf.get(SAMPLE_ROWS_CONF, str(DEFAULT_SAMPLE_ROWS)))
     generalization = None
     released = out
     if policy.quasi_identifiers:
