@@ -23,7 +23,14 @@ from privdl.anonymize.hierarchy import EncodedQI, encode_qi
 from privdl.anonymize.metrics import SensitiveCodes
 from privdl.errors import PolicyError
 
-__all__ = ["ColumnCodes", "distinct_counts", "encode_qi_codes", "encode_sensitive_codes"]
+__all__ = [
+    "ColumnCodes",
+    "distinct_counts",
+    "encode_qi_codes",
+    "encode_sensitive_codes",
+    "ordered_flags",
+    "per_column_counts",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,6 +68,32 @@ class ColumnCodes:
         return out
 
 
+def per_column_counts(sdf: Any, columns: Sequence[str], measure: Any) -> dict[str, pd.DataFrame]:
+    """Per column, its distinct values with ``measure`` (an aggregate, named ``__n``).
+
+    One ``GROUPING SETS`` job for all columns (pyspark >= 4); one job per column on
+    older versions.
+    """
+    from pyspark.sql import functions as F
+
+    cols = list(dict.fromkeys(columns))
+    if not cols:
+        return {}
+    if not hasattr(sdf, "groupingSets"):
+        return {
+            c: sdf.groupBy(F.col(f"`{c}`")).agg(measure.alias("__n")).toPandas()[[c, "__n"]]
+            for c in cols
+        }
+    width = len(cols)
+    grouped = sdf.groupingSets([[F.col(f"`{c}`")] for c in cols], *[F.col(f"`{c}`") for c in cols])
+    table = grouped.agg(measure.alias("__n"), F.grouping_id().alias("__g")).toPandas()
+    full = (1 << width) - 1
+    return {
+        c: table.loc[table["__g"] == full - (1 << (width - 1 - i)), [c, "__n"]].reset_index(drop=True)
+        for i, c in enumerate(cols)
+    }
+
+
 def distinct_counts(sdf: Any, columns: Sequence[str]) -> dict[str, pd.DataFrame]:
     """Per column, its distinct values and their record counts (one Spark job).
 
@@ -69,19 +102,7 @@ def distinct_counts(sdf: Any, columns: Sequence[str]) -> dict[str, pd.DataFrame]
     """
     from pyspark.sql import functions as F
 
-    if not columns:
-        return {}
-    cols = list(dict.fromkeys(columns))
-    width = len(cols)
-    grouped = sdf.groupingSets([[F.col(f"`{c}`")] for c in cols], *[F.col(f"`{c}`") for c in cols])
-    table = grouped.agg(F.count(F.lit(1)).alias("__n"), F.grouping_id().alias("__g")).toPandas()
-    out = {}
-    full = (1 << width) - 1
-    for i, c in enumerate(cols):
-        gid = full - (1 << (width - 1 - i))
-        part = table.loc[table["__g"] == gid, [c, "__n"]].reset_index(drop=True)
-        out[c] = part
-    return out
+    return per_column_counts(sdf, columns, F.count(F.lit(1)))
 
 
 def encode_qi_codes(

@@ -2,7 +2,8 @@
 
 * Input: a CSV, Parquet or JSON Lines file, a folder of part files, or a glob
   (``exports/2026-11-*.parquet``); the format follows the extension (of the path, or
-  of the part files in a folder). CSV is read with a header, types inferred and
+  of the part files in a folder). A URL (``hdfs://``, ``s3a://``) is passed to Spark
+  as it is (Parquet unless its extension says otherwise). CSV is read with a header, types inferred and
   ``FAILFAST`` (a ragged or malformed row fails the run); its delimiter is sniffed
   from the first file's header as :func:`privdl.io.read_table` does.
 * Output: a folder of Parquet (``.parquet``, or no extension) or CSV (``.csv``,
@@ -48,6 +49,10 @@ def spark_inputs(location: str | os.PathLike[str]) -> tuple[list[Path], str]:
     """
     text = os.fspath(location)
     path = Path(text)
+    if "://" in text:
+        # a cluster file system (hdfs://, s3a://...): Spark lists it; Parquet by default
+        kind = _READ.get(_suffix(Path(text.split("://", 1)[1])), "parquet")
+        return [], kind
     if glob.has_magic(text):
         files = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
         if not files:
@@ -77,13 +82,13 @@ def read_spark(spark: Any, location: str | os.PathLike[str], *, sep: str | None 
     from privdl.io import sniff_delimiter
 
     files, kind = spark_inputs(location)
-    paths = [str(f) for f in files]
+    paths = [str(f) for f in files] or [os.fspath(location)]
     if kind == "parquet":
         return spark.read.parquet(*paths)
     if kind == "json":
         return spark.read.options(mode="FAILFAST").json(paths)
-    default = "\t" if _suffix(files[0]) == ".tsv" else ","
-    delimiter = sep if sep is not None else sniff_delimiter(files[0], default)
+    default = "\t" if _suffix(Path(paths[0])) == ".tsv" else ","
+    delimiter = sep if sep is not None else (sniff_delimiter(files[0], default) if files else default)
     return spark.read.options(
         header=True, inferSchema=True, sep=delimiter, mode="FAILFAST", enforceSchema=False
     ).csv(paths)
@@ -152,9 +157,12 @@ def release_spark(
         inputs: list[Any] = [{"kind": "spark table", "columns": len(data.columns)}]
         session = data.sparkSession
     else:
-        check_distinct_paths(data, output)
         files, _ = spark_inputs(data)
-        inputs = [os.fspath(data)] if Path(data).exists() else [os.fspath(f) for f in files]
+        if files:
+            check_distinct_paths(data, output)
+            inputs = [os.fspath(data)] if Path(data).exists() else [os.fspath(f) for f in files]
+        else:
+            inputs = [{"url": os.fspath(data)}]
         session = active_or_local(spark)
     with operation(anonymizer.audit_log, "anonymize", params=anonymizer.get_params(), inputs=inputs) as op:
         try:

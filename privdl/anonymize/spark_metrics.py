@@ -46,7 +46,7 @@ from privdl.anonymize.metrics import (
     diversity,
     emd,
 )
-from privdl.anonymize.spark_codes import ColumnCodes, encode_sensitive_codes
+from privdl.anonymize.spark_codes import ColumnCodes, encode_sensitive_codes, per_column_counts
 
 __all__ = ["SparkMeasure", "identifier_like_spark", "linkable_columns_spark", "measure_spark"]
 
@@ -193,17 +193,7 @@ def _sum_counts(cells: Any, columns: Sequence[str]) -> dict[str, pd.DataFrame]:
     """Per column of the cells, its distinct values and summed counts (one job)."""
     from pyspark.sql import functions as F
 
-    cols = list(dict.fromkeys(columns))
-    if not cols:
-        return {}
-    width = len(cols)
-    grouped = cells.groupingSets([[F.col(f"`{c}`")] for c in cols], *[F.col(f"`{c}`") for c in cols])
-    table = grouped.agg(F.sum(_N).alias("__n"), F.grouping_id().alias("__g")).toPandas()
-    full = (1 << width) - 1
-    return {
-        c: table.loc[table["__g"] == full - (1 << (width - 1 - i)), [c, "__n"]].reset_index(drop=True)
-        for i, c in enumerate(cols)
-    }
+    return per_column_counts(cells, columns, F.sum(_N))
 
 
 def _sample(sdf: Any, columns: Sequence[str], rows: int, n: int) -> pd.DataFrame:
@@ -259,6 +249,12 @@ def linkable_columns_spark(sdf: Any, columns: Sequence[str], *, rows: int) -> di
         if isinstance(kind, T.BooleanType):
             continue
         rest.append(c)
+    if rest and rows and not hasattr(sdf, "groupingSets"):
+        for c in rest:
+            counts = sdf.where(F.col(f"`{c}`").isNotNull()).groupBy(F.col(f"`{c}`")).count()
+            row = counts.agg(F.count(F.lit(1)).alias("d"), F.sum((F.col("count") == 1).cast("long")).alias("u")).first()
+            _judge(found, c, int(row["d"] or 0), int(row["u"] or 0), rows)
+        rest = []
     if rest and rows:
         width = len(rest)
         grouped = sdf.groupingSets([[F.col(f"`{c}`")] for c in rest], *[F.col(f"`{c}`") for c in rest])
@@ -280,10 +276,12 @@ def linkable_columns_spark(sdf: Any, columns: Sequence[str], *, rows: int) -> di
             row = stats[stats["__g"] == full - (1 << (width - 1 - i))]
             if row.empty:
                 continue
-            distinct, unique = int(row["distinct"].iloc[0]), int(row["unique"].iloc[0] or 0)
-            share = unique / rows
-            if distinct >= MIN_DISTINCT and (distinct / rows >= DISTINCT_SHARE or share >= UNIQUE_SHARE):
-                found[c] = (
-                    f"high-cardinality values ({distinct} distinct, {share:.0%} of records unique on it alone)"
-                )
+            _judge(found, c, int(row["distinct"].iloc[0]), int(row["unique"].iloc[0] or 0), rows)
     return {c: found[c] for c in columns if c in found}
+
+
+def _judge(found: dict[str, str], column: str, distinct: int, unique: int, rows: int) -> None:
+    """The pandas detector's high-cardinality rule, on exact Spark counts."""
+    share = unique / rows
+    if distinct >= MIN_DISTINCT and (distinct / rows >= DISTINCT_SHARE or share >= UNIQUE_SHARE):
+        found[column] = f"high-cardinality values ({distinct} distinct, {share:.0%} of records unique on it alone)"

@@ -56,9 +56,15 @@ def local_session(*, cores: str = "*", shuffle_partitions: int | None = None) ->
 
 
 def active_or_local(spark: Any = None) -> Any:
-    """``spark`` if given, else the active session (``spark-submit``), else :func:`local_session`."""
+    """``spark`` if given, else the active session, else the session of ``spark-submit``
+    (its master and settings as given), else :func:`local_session`."""
     if spark is not None:
         return spark
     sql = require("pyspark.sql", "spark")
     active = sql.SparkSession.getActiveSession()
-    return active if active is not None else local_session()
+    if active is not None:
+        return active
+    if os.environ.get("PYSPARK_GATEWAY_PORT"):
+        # launched by spark-submit: its JVM is up and its --master / --conf decide
+        return sql.SparkSession.builder.appName("privdl").getOrCreate()
+    return local_session()
