@@ -153,3 +153,11 @@ def test_policy_not_met_and_global_recoding_are_refused(spark, key) -> None:
         Anonymizer(Policy(quasi_identifiers=["age"], k=5), engine="spark").fit_transform(frame)
     with pytest.raises(PolicyError, match="one machine"):
         Anonymizer(Policy(quasi_identifiers=["age"], k=2, algorithm="global"), engine="spark").fit_transform(frame)
+
+
+def test_a_pandas_frame_with_the_spark_engine_still_comes_back_as_pandas(spark, adult) -> None:
+    frame = adult.drop(columns=["email", "rid"]).iloc[:600]
+    policy = Policy(quasi_identifiers=QIS, sensitive=["salary-class"], k=5, hierarchies=HIER)
+    released = Anonymizer(policy, engine="spark").fit_transform(frame)
+    assert isinstance(released, pd.DataFrame) and released.index.equals(frame.index)
+    assert measure(released, quasi_identifiers=QIS).k >= 5
