@@ -288,11 +288,8 @@ class Anonymizer(EstimatorParams):
         policy = self.policy
         if self.engine not in ENGINES:
             raise UsageError(f"unknown engine {self.engine!r}; choose pandas or spark")
-        if self.engine == "spark":
-            from privdl.anonymize.spark_session import is_spark_frame
-
-            if is_spark_frame(frame):
-                return self._run_spark(frame)
+        if self.engine == "spark" and _is_spark(frame):
+            return  # checked on Spark by spark_engine.prepare, without collecting it
         policy.validate(frame.columns)
         _require_scalar_qis(frame, policy.quasi_identifiers)
         if policy.needs_key and self.key is None:
@@ -305,6 +302,8 @@ class Anonymizer(EstimatorParams):
         import pandas as pd
 
         policy = self.policy
+        if self.engine == "spark" and _is_spark(frame):
+            return self._run_spark(frame)
         self._check(frame)
         replaced: dict[str, pd.Series] = {}
         dropped = set(policy.drop)
@@ -356,12 +355,15 @@ class Anonymizer(EstimatorParams):
 
     def _run_spark(self, frame: Any) -> Any:
         """Spark in, lazy Spark out; the report from Spark aggregations on the release."""
-        from privdl.anonymize.spark_engine import prepare, report_for, subjects_of
+        from privdl.anonymize.spark_engine import prepare, report_for, subjects_of, with_manifest
 
         run = prepare(frame, self.policy, self.key)
-        self.report_ = report_for(run, run.released, policy=self.policy, key=self.key, linkable=self._linkable)
+        report = report_for(run, run.released, policy=self.policy, key=self.key, linkable=self._linkable)
+        shape = {"kind": "spark table", "rows": run.rows, "columns": len(frame.columns)}
+        self.report_ = with_manifest(report, self.params_record(), source=shape, released_sha256=None)
         self.warnings_ = list(self.report_.warnings)
         self.subjects_ = subjects_of(run.released, self.policy)
+        self.released_columns_ = list(run.released.columns)
         return run.released
 
     def _linkable(self, released: pd.DataFrame, passthrough: list[str], detect: Any = None) -> dict[str, str]:
@@ -427,6 +429,12 @@ class Anonymizer(EstimatorParams):
             linkable=linkable,
             generalized_from=generalized_from,
         )
+
+
+def _is_spark(frame: Any) -> bool:
+    from privdl.anonymize.spark_session import is_spark_frame
+
+    return is_spark_frame(frame)
 
 
 def _require_scalar_qis(frame: pd.DataFrame, columns: Any) -> None:

@@ -175,6 +175,22 @@ def report_for(run: SparkRelease, measured: Any, *, policy: Any, key: Any, linka
     )
 
 
+def with_manifest(report: Any, params: Any, *, source: Any, released_sha256: str | None) -> Any:
+    """``report`` with the run's manifest: the parameters (key_id only), the input's
+    fingerprint (files, or the Spark table's shape) and the written release's digest
+    (None for a lazy DataFrame, which has no bytes to hash yet)."""
+    import dataclasses
+
+    from privdl.manifest import RunManifest
+
+    manifest = RunManifest.collect(
+        config=params,
+        data={"input": source},
+        model_digests={"released table": released_sha256} if released_sha256 else {},
+    )
+    return dataclasses.replace(report, manifest=manifest.to_dict())
+
+
 def subjects_of(measured: Any, policy: Any) -> Any:
     """The subject column's pseudonyms (streamed), or [] when the policy has none."""
     subject = policy.subject_column

@@ -146,9 +146,10 @@ def release_spark(
     Returns:
         The released table as read back from the output folder (a Spark DataFrame).
     """
-    from privdl.anonymize.spark_engine import prepare, report_for, subjects_of
+    from privdl.anonymize.spark_engine import prepare, report_for, subjects_of, with_manifest
     from privdl.anonymize.spark_session import active_or_local, is_spark_frame
     from privdl.audit import operation
+    from privdl.fingerprint import fingerprint, fingerprint_folder
     from privdl.io import check_distinct_paths
 
     kind = check_spark_output(output)
@@ -164,20 +165,28 @@ def release_spark(
         else:
             inputs = [{"url": os.fspath(data)}]
         session = active_or_local(spark)
-    with operation(anonymizer.audit_log, "anonymize", params=anonymizer.get_params(), inputs=inputs) as op:
+    with operation(anonymizer.audit_log, "anonymize", params=anonymizer.params_record(), inputs=inputs) as op:
         try:
             frame = data if is_spark_frame(data) else read_spark(session, data, sep=sep)
             run = prepare(frame, anonymizer.policy, anonymizer.key)
             staged = op.stage(output, folder=True)
             _write(run.released, staged, kind, out_sep)
             measured = _read_back(session, staged, kind, out_sep, run.released.schema)
-            anonymizer.report_ = report_for(
+            report_ = report_for(
                 run, measured, policy=anonymizer.policy, key=anonymizer.key, linkable=anonymizer._linkable
+            )
+            source = inputs[0] if len(inputs) == 1 else {"files": [fingerprint(i) for i in inputs]}
+            anonymizer.report_ = with_manifest(
+                report_,
+                anonymizer.params_record(),
+                source=source,
+                released_sha256=fingerprint_folder(staged)["sha256"],
             )
         except Exception as exc:
             raise _one_line(exc, data) from None
         anonymizer.warnings_ = list(anonymizer.report_.warnings)
         anonymizer.subjects_ = subjects_of(measured, anonymizer.policy)
+        anonymizer.released_columns_ = list(measured.columns)
         if report is not None:
             anonymizer.report_.save(op.stage(report))
         anonymizer._record(op)
