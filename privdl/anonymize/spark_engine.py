@@ -172,6 +172,8 @@ def report_for(run: SparkRelease, measured: Any, *, policy: Any, key: Any, linka
         after=after,
         linked=linked,
         loss=loss,
+        released_columns=[str(c) for c in measured.columns],
+        dropped_columns=[str(c) for c in run.original.columns if c not in released_cols],
     )
 
 

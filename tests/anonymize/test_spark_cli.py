@@ -45,12 +45,15 @@ def test_cli_reads_a_folder_of_parts_and_writes_a_parquet_folder_atomically(
     assert any(p.name.startswith("part-") for p in out.iterdir())
     facts = json.loads(report.read_text())
     assert facts["after"]["k"] >= 5 and facts["algorithm_info"]["engine"] == "spark"
+    # the manifest names the written release by its digest (the folder's, as the entry does)
+    assert facts["manifest"] is not None and facts["released_columns"] == list(frame.columns)
     from privdl.anonymize.metrics import measure
 
     assert measure(released, quasi_identifiers=QIS).k == facts["after"]["k"]
     entries = [json.loads(line)["entry"] for line in log.read_text().splitlines()]
     assert [e["event"] for e in entries] == ["anonymize"] and entries[0]["outcome"] == "ok"
     assert entries[0]["outputs"][0]["kind"] == "dir" and entries[0]["outputs"][0]["name"] == "released.parquet"
+    assert entries[0]["params"]["manifest_sha256"]
     assert run_cli("audit", "verify", log)[0] == 0
     assert sorted((p.name, p.read_bytes()) for p in parts.iterdir()) == before  # input unchanged
     # an existing output folder is never mixed with a new release
