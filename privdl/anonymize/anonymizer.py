@@ -50,7 +50,10 @@ class Anonymizer(EstimatorParams):
         policy: the column roles and targets.
         key: the master key for keyed transforms (pseudonymize, encrypt, shift_dates);
             only its ``key_id`` is ever recorded.
-        engine: ``"pandas"`` (default) or ``"spark"`` for the generalization step.
+        engine: ``"pandas"`` (default) or ``"spark"``: a PySpark DataFrame is then
+            anonymized on Spark end to end and a lazy PySpark DataFrame returned
+            (:mod:`privdl.anonymize.spark_engine`); a pandas frame is generalized on
+            Spark and returned as pandas.
         audit_log: an :class:`~privdl.audit.log.AuditLog` (or path) that receives one
             entry per :meth:`fit_transform`.
 
@@ -237,8 +240,14 @@ class Anonymizer(EstimatorParams):
             >>> anonymizer.release("users.csv", "released.csv", report="report.html")  # doctest: +SKIP
         """
         from privdl import io
+        from privdl.anonymize.spark_session import is_spark_frame
         from privdl.audit import operation
 
+        if self.engine == "spark" and (isinstance(data, str | os.PathLike) or is_spark_frame(data)):
+            # read and written by Spark: a folder of part files (pyspark is an extra)
+            from privdl.anonymize.spark_io import release_spark
+
+            return release_spark(self, data, output, report=report, sep=sep)
         source = data if isinstance(data, str | os.PathLike) else None
         if source is not None:
             io.check_distinct_paths(source, output)
@@ -279,6 +288,8 @@ class Anonymizer(EstimatorParams):
         policy = self.policy
         if self.engine not in ENGINES:
             raise UsageError(f"unknown engine {self.engine!r}; choose pandas or spark")
+        if self.engine == "spark" and _is_spark(frame):
+            return  # checked on Spark by spark_engine.prepare, without collecting it
         policy.validate(frame.columns)
         _require_scalar_qis(frame, policy.quasi_identifiers)
         if policy.needs_key and self.key is None:
@@ -291,6 +302,8 @@ class Anonymizer(EstimatorParams):
         import pandas as pd
 
         policy = self.policy
+        if self.engine == "spark" and _is_spark(frame):
+            return self._run_spark(frame)
         self._check(frame)
         replaced: dict[str, pd.Series] = {}
         dropped = set(policy.drop)
@@ -340,7 +353,20 @@ class Anonymizer(EstimatorParams):
         self.released_columns_ = [str(c) for c in out.columns]
         return out
 
-    def _linkable(self, released: pd.DataFrame, passthrough: list[str]) -> dict[str, str]:
+    def _run_spark(self, frame: Any) -> Any:
+        """Spark in, lazy Spark out; the report from Spark aggregations on the release."""
+        from privdl.anonymize.spark_engine import prepare, report_for, subjects_of, with_manifest
+
+        run = prepare(frame, self.policy, self.key)
+        report = report_for(run, run.released, policy=self.policy, key=self.key, linkable=self._linkable)
+        shape = {"kind": "spark table", "rows": run.rows, "columns": len(frame.columns)}
+        self.report_ = with_manifest(report, self.params_record(), source=shape, released_sha256=None)
+        self.warnings_ = list(self.report_.warnings)
+        self.subjects_ = subjects_of(run.released, self.policy)
+        self.released_columns_ = list(run.released.columns)
+        return run.released
+
+    def _linkable(self, released: pd.DataFrame, passthrough: list[str], detect: Any = None) -> dict[str, str]:
         """Released columns outside the quasi-identifiers that an attacker can link on.
 
         Passed-through columns are linkable when they hold dates, free text or
@@ -352,7 +378,8 @@ class Anonymizer(EstimatorParams):
         """
         policy = self.policy
         qis = set(policy.quasi_identifiers)
-        found = linkable_columns(released, [c for c in passthrough if c in released.columns])
+        detect = detect or linkable_columns  # the Spark engine passes its own detector
+        found = detect(released, [c for c in passthrough if c in released.columns])
         for rule in policy.identifiers:
             if rule.column in qis or rule.column not in released.columns:
                 continue
@@ -363,7 +390,7 @@ class Anonymizer(EstimatorParams):
                     " the shifted date is still near-exact)"
                 )
             elif rule.transform == "mask":
-                masked = linkable_columns(released, [rule.column])
+                masked = detect(released, [rule.column])
                 if rule.column in masked:
                     found[rule.column] = f"masked values that still show {masked[rule.column]}"
         return {c: found[c] for c in released.columns if c in found}
@@ -402,6 +429,12 @@ class Anonymizer(EstimatorParams):
             linkable=linkable,
             generalized_from=generalized_from,
         )
+
+
+def _is_spark(frame: Any) -> bool:
+    from privdl.anonymize.spark_session import is_spark_frame
+
+    return is_spark_frame(frame)
 
 
 def _require_scalar_qis(frame: pd.DataFrame, columns: Any) -> None:

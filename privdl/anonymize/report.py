@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from privdl.anonymize.metrics import information_loss, measure
+from privdl.anonymize.metrics import TableMetrics, information_loss, measure
 from privdl.serialize import JSONSerializable
 
 if TYPE_CHECKING:
@@ -178,13 +178,8 @@ class AnonymizationReport(JSONSerializable):
         qis = list(getattr(policy, "quasi_identifiers", ()) or ())
         sensitive = [c for c in (getattr(policy, "sensitive", ()) or ()) if c in released]
         k = getattr(policy, "k", None)
-        l_target = getattr(policy, "l", None)
-        l_kind = getattr(policy, "l_kind", "distinct") or "distinct"
-        t_target = getattr(policy, "t", None)
         suppressed = generalization.suppressed if generalization is not None else 0
-        before = after = loss = linked = None
-        met: dict[str, bool] = {}
-        info: dict[str, Any] = {}
+        before_m = after_m = linked_m = loss = None
         ordered = {c: _is_numeric(original[c]) for c in sensitive}
         linkable = {c: why for c, why in (linkable or {}).items() if c in released.columns and c not in qis}
         if linkable:
@@ -196,7 +191,6 @@ class AnonymizationReport(JSONSerializable):
                 suppressed=suppressed,
                 ordered=ordered,
             )
-            linked = asdict(linked_m)
         if qis and generalization is not None:
             from privdl.anonymize.generalize import encode_for
 
@@ -214,9 +208,64 @@ class AnonymizationReport(JSONSerializable):
             source = original if generalized_from is None else generalized_from
             encoded, _ = encode_for(source, policy, algorithm=generalization.algorithm)
             loss = information_loss(released, encoded, suppressed=suppressed)
-            before, after = asdict(before_m), asdict(after_m)
+        return cls.from_measures(
+            policy=policy,
+            rows_in=len(original),
+            rows_out=len(released),
+            generalization=generalization,
+            key_id=key_id,
+            identifier_columns=identifier_columns,
+            passthrough=passthrough,
+            warnings=warnings,
+            linkable=linkable,
+            before=before_m,
+            after=after_m,
+            linked=linked_m,
+            loss=loss,
+            released_columns=[str(c) for c in released.columns],
+            dropped_columns=[str(c) for c in original.columns if c not in released.columns],
+        )
+
+    @classmethod
+    def from_measures(
+        cls,
+        *,
+        policy: Any,
+        rows_in: int,
+        rows_out: int,
+        generalization: Any,
+        key_id: str | None,
+        identifier_columns: Mapping[str, str],
+        passthrough: Sequence[str],
+        warnings: Sequence[str],
+        linkable: Mapping[str, str],
+        before: TableMetrics | None,
+        after: TableMetrics | None,
+        linked: TableMetrics | None,
+        loss: dict[str, Any] | None,
+        released_columns: Sequence[str] = (),
+        dropped_columns: Sequence[str] = (),
+    ) -> AnonymizationReport:
+        """Assemble the report from figures measured on the input and the released table
+        (by :meth:`build` with pandas, or by Spark aggregations); judges the targets.
+
+        ``generalization`` needs ``algorithm``, ``suppressed`` and ``info`` (None: no
+        quasi-identifiers); ``linked`` is measured with the ``linkable`` columns added.
+        """
+        qis = list(getattr(policy, "quasi_identifiers", ()) or ())
+        k = getattr(policy, "k", None)
+        l_target = getattr(policy, "l", None)
+        l_kind = getattr(policy, "l_kind", "distinct") or "distinct"
+        t_target = getattr(policy, "t", None)
+        suppressed = generalization.suppressed if generalization is not None else 0
+        met: dict[str, bool] = {}
+        info: dict[str, Any] = {}
+        linked_d = asdict(linked) if linked is not None else None
+        before_d = after_d = None
+        if after is not None and before is not None and generalization is not None:
+            before_d, after_d = asdict(before), asdict(after)
             # targets are judged on the honest measure: linkable columns count as QIs
-            judged = [after_m] if linked is None else [after_m, linked_m]
+            judged = [after] if linked is None else [after, linked]
             if k is not None:
                 met["k"] = all(m.k >= k for m in judged)
             if l_target is not None:
@@ -232,23 +281,23 @@ class AnonymizationReport(JSONSerializable):
             policy=_jsonable(_policy_params(policy)),
             key_id=key_id,
             algorithm=generalization.algorithm if generalization is not None else "none",
-            rows_in=len(original),
-            rows_out=len(released),
+            rows_in=rows_in,
+            rows_out=rows_out,
             suppressed=suppressed,
             quasi_identifiers=qis,
             sensitive=list(getattr(policy, "sensitive", ()) or ()),
             identifier_columns=dict(identifier_columns),
             passthrough=list(passthrough),
-            before=before,
-            after=after,
+            before=before_d,
+            after=after_d,
             information_loss=loss,
             algorithm_info=info,
             policy_met=met,
-            warnings=[*warnings, *_linkable_warnings(linkable, linked, after)],
+            warnings=[*warnings, *_linkable_warnings(linkable, linked_d, after_d)],
             linkable=dict(linkable),
-            linkable_risk=linked,
-            released_columns=[str(c) for c in released.columns],
-            dropped_columns=[str(c) for c in original.columns if c not in released.columns],
+            linkable_risk=linked_d,
+            released_columns=list(released_columns),
+            dropped_columns=list(dropped_columns),
         )
 
     # ------------------------------------------------------------------ values

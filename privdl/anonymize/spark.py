@@ -14,6 +14,9 @@ l-diversity (entropy is concave) and t-closeness (EMD is convex).
 
 Global recoding's lattice search runs on the driver, so ``algorithm="global"`` falls
 back to the pandas engine.
+
+This is the path of a *pandas* frame with ``engine="spark"``; a Spark DataFrame goes
+through :mod:`privdl.anonymize.spark_engine` and is never collected.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from privdl._optional import require
 from privdl.anonymize.generalize import Generalization, encode_for, generalize, release_ranges, targets
 from privdl.anonymize.metrics import SensitiveCodes
 from privdl.anonymize.mondrian import mondrian
@@ -36,18 +38,10 @@ DEFAULT_CHUNK_ROWS = 100_000
 
 
 def _session(spark: Any) -> Any:
-    if spark is not None:
-        return spark
-    sql = require("pyspark.sql", "spark")
-    return (
-        sql.SparkSession.builder.master("local[*]")  # type: ignore[attr-defined]
-        .appName("privdl-anonymize")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.log.level", "ERROR")  # keep the CLI's stderr to privdl's own lines
-        .getOrCreate()
-    )
+    # a local session runs its workers on this interpreter (spark_session pins it)
+    from privdl.anonymize.spark_session import active_or_local
+
+    return active_or_local(spark)
 
 
 def generalize_spark(

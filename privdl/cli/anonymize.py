@@ -18,7 +18,11 @@ def anonymize(
         ..., help="Input table: .csv .tsv .parquet .jsonl, sqlite:///db?table=T, or - (standard input)."
     ),
     output: str = typer.Option(
-        ..., "-o", "--output", help="Output table (format from the extension), or - (standard output)."
+        ...,
+        "-o",
+        "--output",
+        help="Output table (format from the extension), or - (standard output);"
+        " with --engine spark a .parquet or .csv folder.",
     ),
     policy: Path | None = typer.Option(None, "--policy", help="Policy TOML file; flags add to it."),
     ids: list[str] = typer.Option(
@@ -47,7 +51,9 @@ def anonymize(
         [], "--hierarchy", help="COL=SPEC: prefix, interval:W, date or an ARX CSV file."
     ),
     algorithm: str | None = typer.Option(None, "--algorithm", help="mondrian (default) or global."),
-    engine: str = typer.Option("pandas", "--engine", help="pandas or spark."),
+    engine: str = typer.Option(
+        "pandas", "--engine", help="pandas or spark (Spark reads files, folders or globs of part files)."
+    ),
     key_env: str | None = typer.Option(None, "--key-env", help="Environment variable holding the key."),
     key_file: Path | None = typer.Option(None, "--key-file", help="Key file (mode 0600)."),
     report: Path | None = typer.Option(None, "--report", help="Write the report (.json, .md or .html)."),
@@ -138,7 +144,13 @@ def _anonymize(
 
     # Cheap checks first: no input is read and no key is asked for when usage is wrong.
     io.check_distinct_paths(input, output)
-    io.check_output(output)
+    if engine == "spark":
+        # read and written by Spark: INPUT may be a folder or glob, OUTPUT is a folder
+        from privdl.anonymize.spark_io import check_spark_output
+
+        check_spark_output(output)
+    else:
+        io.check_output(output)
     if report is not None:
         report_target(report)
     hierarchies = dict(_split_hierarchy(h) for h in hierarchy)

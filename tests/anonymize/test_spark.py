@@ -18,23 +18,6 @@ QIS = ["sex", "age", "race", "marital-status", "education", "native-country", "w
 HIER = {c: str(DATA / f"adult_hierarchy_{c}.csv") for c in QIS if c != "age"}
 
 
-@pytest.fixture(scope="module")
-def spark():
-    from pyspark.sql import SparkSession
-
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("privdl-test")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", "4")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
-
-
 def _policy(**kw: object) -> SimpleNamespace:
     base = dict(
         quasi_identifiers=tuple(QIS),
