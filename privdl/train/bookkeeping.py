@@ -551,7 +551,19 @@ class BookKeeping:
             entry = calls.setdefault(id(layer), (layer, []))
             if g is not None:  # an output not used by the loss contributes zero
                 entry[1].append((x, g))
-        norm2 = torch.zeros(batch, dtype=dtype, device=device)
+        self._clip_units(calls, captured, batch, dtype, device)
+
+    def _clip_units(
+        self,
+        calls: dict[int, tuple[nn.Module, list[tuple[Any, Any]]]],
+        captured: list[tuple[nn.Module, Any, Any, int]],
+        units: int,
+        dtype: Any,
+        device: Any,
+    ) -> Any:
+        """Sum every layer's squared per-unit norms (a unit: a record, or a user's records),
+        clip each unit to ``max_grad_norm`` and add the clipped sums; the squared norms."""
+        norm2 = torch.zeros(units, dtype=dtype, device=device)
         sums: list[tuple[Any, Callable[[Any], Any]]] = []
         for layer, pairs in calls.values():
             if len(captured) > len(calls):
@@ -564,6 +576,7 @@ class BookKeeping:
         clip = (self.max_grad_norm / (norm2.sqrt() + 1e-6)).clamp(max=1.0)
         for p, clipped_sum in sums:
             self._add(p, clipped_sum(clip.to(p.dtype)))
+        return norm2
 
     def _count(self, layer: nn.Module, captured: list[tuple[nn.Module, Any, Any, int]]) -> None:
         count = sum(1 for m, *_ in captured if m is layer)

@@ -41,7 +41,7 @@ import numpy as np
 
 from privdl._optional import require
 from privdl.errors import InputError, UsageError
-from privdl.train.bookkeeping import _PARTS, BookKeeping, _trainable_layers
+from privdl.train.bookkeeping import BookKeeping, _trainable_layers
 from privdl.train.data import ChaChaRandom, TensorData
 from privdl.train.run import TrainingRun
 
@@ -373,19 +373,7 @@ class UserBookKeeping(BookKeeping):
             entry = calls.setdefault(id(layer), (layer, []))
             if g is not None:
                 entry[1].append(_to_users(layer, x, g, batch))
-        norm2 = torch.zeros(batch.n_users, dtype=losses.dtype, device=losses.device)
-        sums: list[tuple[Any, Callable[[Any], Any]]] = []
-        for layer, pairs in calls.values():
-            if len(captured) > len(calls):
-                self._count(layer, captured)
-            if not pairs:
-                continue
-            for p, n2, clipped_sum in _PARTS[type(layer)](layer, pairs):
-                norm2 = norm2 + n2.to(norm2.dtype)
-                sums.append((p, clipped_sum))
-        clip = (self.max_grad_norm / (norm2.sqrt() + 1e-6)).clamp(max=1.0)
-        for p, clipped_sum in sums:
-            self._add(p, clipped_sum(clip.to(p.dtype)))
+        norm2 = self._clip_units(calls, captured, batch.n_users, losses.dtype, losses.device)
         return norm2.detach()
 
 
