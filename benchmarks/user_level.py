@@ -1,6 +1,6 @@
 """User-level DP-SGD against the group-privacy route and non-private training (issue 16).
 
-Run:  python benchmarks/user_level.py [--quick] [--seeds 5] [--fixed]
+Run:  python benchmarks/user_level.py [--quick] [--seeds 10] [--fixed]
 
 Two retention-like regimes, each split by users (80 % train, 20 % test), target per user,
 user-level guarantee (epsilon=2, delta=1e-5) for the two private routes:
@@ -242,7 +242,7 @@ def describe(route, hp):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="4,000 users in the many-users regime")
     ap.add_argument("--fixed", action="store_true", help="no selection: batch 1/20, lr 0.02, 10 epochs, cap 60")
     ap.add_argument("--regimes", default="many,few", help="comma-separated: many, few")
