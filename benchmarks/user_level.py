@@ -15,6 +15,10 @@ model's logits over their events):
   m chosen on the tuning draw (below);
 * ``group``: record-level DP-SGD calibrated so that group privacy over k = 60 records per
   person gives the same (2, 1e-5): ``k eps_r = 2`` and ``k e^((k-1) eps_r) delta_r = 1e-5``;
+* ``group k chosen``: the same group route with its own contribution bound: at most k
+  records per user (their first ones) and group privacy over k, k in {16, 60} chosen like
+  the other hyperparameters (k = 60 is the ``group`` route). The issue's goals are stated
+  against ``group`` (k = 60); the script prints the comparison with both;
 * ``non-private``: the same model, loss and optimizer without clipping or noise;
 * ``(sklearn)``: a converged non-private reference (scikit-learn's LogisticRegression, or
   MLPClassifier with the same 32 tanh units). The goal "within 3 points of non-private"
@@ -24,8 +28,8 @@ Hyperparameters: Adam, clipping norm 1, and per route a grid search over the exp
 batch (a fraction of the training units: users for ``user``, records for ``group`` and
 the non-private run) in {1/20, 1/5, 1/2}, the learning rate in {0.02, 0.1} and the
 number of epochs in {2, 5, 15}; the user-level route also chooses its contribution bound
-``max_records_per_user`` in {16, 60} (the group route keeps k = 60: its calibration is
-group privacy over the largest number of records one person can have). Each route keeps
+``max_records_per_user`` in {16, 60} (``group`` keeps k = 60, the largest number of
+records one person has; ``group k chosen`` chooses its k in {16, 60}). Each route keeps
 the point with the best validation AUC, averaged over 2 training seeds, on *independent
 draws* of the generator (seeds 9999 and 10000: trained on the first's training split,
 validated on all users of the second; never evaluated): public look-alikes, as a team
@@ -172,7 +176,9 @@ def private(name, train, seed, epochs, *, unit: str, fraction: float = 1 / 20, l
         )
         t.fit((X, y), users=owner)
     else:
-        eps_r, delta_r = group_calibration()
+        if cap < K:  # the group route's own contribution bound: the first `cap` records of each user
+            X, y, owner = cap_records(train, cap)
+        eps_r, delta_r = group_calibration(k=cap)
         t = PrivateTrainer(
             make_model(name, seed),
             epsilon=eps_r,
@@ -187,6 +193,17 @@ def private(name, train, seed, epochs, *, unit: str, fraction: float = 1 / 20, l
     return t
 
 
+def cap_records(train, cap):
+    """At most ``cap`` records per user (their first ones; a user's events are exchangeable)."""
+    X, y, owner = train
+    order = np.argsort(owner, kind="stable")
+    o = owner[order]
+    first = np.r_[0, np.flatnonzero(np.diff(o)) + 1]
+    rank = np.arange(len(o)) - np.repeat(first, np.diff(np.r_[first, len(o)]))
+    keep = np.sort(order[rank < cap])
+    return X[keep], y[keep], owner[keep]
+
+
 FRACTIONS, LRS, EPOCHS, CAPS = (1 / 20, 1 / 5, 1 / 2), (0.02, 0.1), (2, 5, 15), (16, K)
 FIXED = {"fraction": 1 / 20, "lr": 0.02, "epochs": 10, "cap": K}
 PROXY_SEED = 9999  # the tuning draws: 9999 (training) and 10000 (validation)
@@ -194,7 +211,7 @@ SELECT_REPEATS = 2  # training seeds per grid point in the selection
 
 
 def grid(route):
-    caps = CAPS if route == "user" else (K,)
+    caps = CAPS if route in ("user", "groupk") else (K,)
     return [
         {"fraction": f, "lr": lr, "epochs": e, "cap": m} for f in FRACTIONS for lr in LRS for e in EPOCHS for m in caps
     ]
@@ -203,8 +220,9 @@ def grid(route):
 def train_route(route, name, train, seed, hp):
     if route == "none":
         return non_private(name, train, seed, hp["epochs"], max(1, round(len(train[0]) * hp["fraction"])), lr=hp["lr"])
-    cap = hp["cap"] if route == "user" else K
-    return private(name, train, seed, hp["epochs"], unit=route, fraction=hp["fraction"], lr=hp["lr"], cap=cap)
+    cap = hp["cap"] if route in ("user", "groupk") else K
+    unit = "user" if route == "user" else "group"
+    return private(name, train, seed, hp["epochs"], unit=unit, fraction=hp["fraction"], lr=hp["lr"], cap=cap)
 
 
 def select(name, quick, repeats=SELECT_REPEATS):
@@ -214,15 +232,18 @@ def select(name, quick, repeats=SELECT_REPEATS):
     fit, _test, _n = make_regime(name, PROXY_SEED, quick)
     (Xa, _ya, oa), (Xb, ob, label), _n = make_regime(name, PROXY_SEED + 1, quick)
     val = (np.concatenate([Xa, Xb]), np.concatenate([oa, ob]), label)
-    chosen = {}
-    for route in ("user", "group", "none"):
+    chosen, cache = {}, {}
+    for route in ("user", "group", "groupk", "none"):
         best = None
         for hp in grid(route):
-            scores = []
-            for r in range(repeats):
-                out = train_route(route, name, fit, 100 + r, hp)
-                scores.append(user_auc(out if route == "none" else out.model_, val))
-            score = statistics.mean(scores)
+            key = ("group" if route == "groupk" and hp["cap"] == K else route, tuple(sorted(hp.items())))
+            if key not in cache:  # groupk at k = 60 is the group route: scored once
+                scores = []
+                for r in range(repeats):
+                    out = train_route(route, name, fit, 100 + r, hp)
+                    scores.append(user_auc(out if route == "none" else out.model_, val))
+                cache[key] = statistics.mean(scores)
+            score = cache[key]
             if best is None or score > best[0]:
                 best = (score, hp)
         chosen[route] = best[1]
@@ -236,7 +257,7 @@ def mean_se(values):
 
 
 def describe(route, hp):
-    cap = f"/cap {hp['cap']}" if route == "user" else ""
+    cap = f"/cap {hp['cap']}" if route in ("user", "groupk") else ""
     return f"{route} {hp['fraction']:.2g}/{hp['lr']:g}/{hp['epochs']}ep{cap}"
 
 
@@ -256,17 +277,17 @@ def main() -> None:
           f"(eps_r={eps_r:.4g}, delta_r={delta_r:.3g}) over k={K} records per person")
     print(f"test AUC per user, mean +- standard error over {args.seeds} seed(s)")
     print(
-        f"{'regime':<32}{'user-level':>17}{'group':>17}{'non-private':>17}{'(sklearn)':>17}"
+        f"{'regime':<32}{'user-level':>17}{'group k=60':>17}{'group k chosen':>17}{'non-private':>17}{'(sklearn)':>17}"
         "   user-level eps (trainer)"
     )
     regimes = (("many", "many users (20,000, logistic)"), ("few", "few users (2,000, MLP)"))
     for name, label in regimes:
         if name not in args.regimes.split(","):
             continue
-        rows = {"user": [], "group": [], "none": [], "ref": []}
+        rows = {"user": [], "group": [], "groupk": [], "none": [], "ref": []}
         eps = []
         t0 = time.perf_counter()
-        chosen = {route: FIXED for route in ("user", "group", "none")} if args.fixed else select(name, args.quick)
+        chosen = {route: FIXED for route in ("user", "group", "groupk", "none")} if args.fixed else select(name, args.quick)
         t_select = time.perf_counter() - t0
         print(f"{'':<32}chosen (batch fraction/lr/epochs): " + ", ".join(describe(r, hp) for r, hp in chosen.items()))
         for seed in range(args.seeds):
@@ -275,12 +296,13 @@ def main() -> None:
             rows["user"].append(user_auc(u.model_, test))
             eps.append(u.epsilon)
             rows["group"].append(user_auc(train_route("group", name, train, seed, chosen["group"]).model_, test))
+            rows["groupk"].append(user_auc(train_route("groupk", name, train, seed, chosen["groupk"]).model_, test))
             rows["none"].append(user_auc(train_route("none", name, train, seed, chosen["none"]), test))
             rows["ref"].append(user_auc(reference(name, train, seed), test))
         if name == "many" and args.quick:
             label = f"many users ({n_users:,}, logistic)"
         stat = {k: mean_se(v) for k, v in rows.items()}
-        cells = "".join(f"{f'{m:.4f} +- {se:.4f}':>17}" for m, se in (stat[k] for k in ("user", "group", "none", "ref")))
+        cells = "".join(f"{f'{m:.4f} +- {se:.4f}':>17}" for m, se in (stat[k] for k in ("user", "group", "groupk", "none", "ref")))
         print(
             f"{label:<32}{cells}   {statistics.mean(eps):.3f}   "
             f"(select {t_select:.0f} s, total {time.perf_counter() - t0:.0f} s)"
@@ -288,14 +310,14 @@ def main() -> None:
         mean = {k: v[0] for k, v in stat.items()}
         # against the better of the two non-private models (the stricter comparison)
         gap = (max(mean["none"], mean["ref"]) - mean["user"]) * 100
-        diff = [(u - g) * 100 for u, g in zip(rows["user"], rows["group"])]
-        lead, lead_se = mean_se(diff)
-        within = "within" if abs(lead) <= lead_se else "outside"
         print(f"{'':<32}goal: user within 3 points of non-private: {gap:.1f} points "
               f"({'met' if gap <= 3 else 'MISSED'})")
-        print(f"{'':<32}goal: never below group: user - group {lead:+.2f} +- {lead_se:.2f} points, paired "
-              f"({'met' if lead >= 0 else 'MISSED'}; {within} one standard error of 0)"
-              + (f"; goal >= 10: {'met' if lead >= 10 else 'MISSED'}" if name == "few" else ""))
+        for other, what in (("group", "group k=60"), ("groupk", "group k chosen")):
+            lead, lead_se = mean_se([(u - g) * 100 for u, g in zip(rows["user"], rows[other])])
+            within = "within" if abs(lead) <= lead_se else "outside"
+            print(f"{'':<32}goal: never below {what}: user - group {lead:+.2f} +- {lead_se:.2f} points, paired "
+                  f"({'met' if lead >= 0 else 'MISSED'}; {within} one standard error of 0)"
+                  + (f"; goal >= 10: {'met' if lead >= 10 else 'MISSED'}" if name == "few" else ""))
     print(f"total {time.perf_counter() - start:.0f} s")
 
 
