@@ -38,11 +38,6 @@ class Step:
         if self._reporter is not None:
             self._reporter.progress.advance(self._task, amount)
 
-    def total(self, total: float | None) -> None:
-        """Set (or learn late) how much there is to do."""
-        if self._reporter is not None:
-            self._reporter.progress.update(self._task, total=total)
-
 
 _NULL = Step()
 

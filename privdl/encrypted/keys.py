@@ -440,8 +440,7 @@ class HEKeys:
         """
         from privdl.encrypted.packing import as_matrix
 
-        if packing not in ("feature-major", "row"):
-            raise UsageError(f"packing must be 'feature-major' or 'row', not {packing!r}")
+        _check_packing(packing)
         matrix, names = as_matrix(data, columns, encoder=encoder)
         if packing == "row" and matrix.shape[0] > MAX_ROW_PACKED:
             raise UsageError(
@@ -547,8 +546,7 @@ class HEKeys:
         from privdl import io
         from privdl.encrypted.packing import source_columns
 
-        if packing not in ("feature-major", "row"):
-            raise UsageError(f"packing must be 'feature-major' or 'row', not {packing!r}")
+        _check_packing(packing)
         if workers < 1:
             raise UsageError(f"workers must be at least 1, not {workers}")
         io.check_distinct_paths(source, output)
@@ -768,6 +766,11 @@ def _can_fork() -> bool:
     import multiprocessing
 
     return "fork" in multiprocessing.get_all_start_methods()
+
+
+def _check_packing(packing: str) -> None:
+    if packing not in ("feature-major", "row"):
+        raise UsageError(f"packing must be 'feature-major' or 'row', not {packing!r}")
 
 
 def _appendable(audit_log: Any) -> Any:
