@@ -543,13 +543,7 @@ class PrivacyReport(_Value):
                 "generator, which floating-point attacks on the Gaussian mechanism can exploit"
             )
         if facts.privacy_unit == "user":
-            unit = PrivacyUnit(
-                unit="user",
-                max_records_per_user=facts.max_records_per_user,
-                epsilon=epsilon,
-                delta=delta,
-                method="user-level DP-SGD",
-            )
+            unit = _unit(epsilon, delta, facts.max_records_per_user, user_method="user-level DP-SGD")
         else:
             unit = _unit(epsilon, delta, max_records_per_user)
         warnings += _unit_warnings(unit)
@@ -669,13 +663,7 @@ class PrivacyReport(_Value):
         if status.privacy_unit == "user":
             # a user-level budget: every run was charged at user level (group privacy
             # for record-level runs, by the ledger)
-            unit = PrivacyUnit(
-                unit="user",
-                max_records_per_user=status.max_records_per_user,
-                epsilon=composed,
-                delta=delta,
-                method="user-level budget",
-            )
+            unit = _unit(composed, delta, status.max_records_per_user, user_method="user-level budget")
         else:
             unit = _unit(composed, delta, max_records_per_user)
         warnings += _unit_warnings(unit)
@@ -811,7 +799,12 @@ def _float(value: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _unit(epsilon: float, delta: float, k: int | None) -> PrivacyUnit:
+def _unit(epsilon: float, delta: float, k: int | None, *, user_method: str | None = None) -> PrivacyUnit:
+    """The privacy unit of a guarantee: with ``user_method`` (how it was obtained),
+    (epsilon, delta) is already per person; else it is per record, and with ``k``
+    records per person also stated per person by group privacy."""
+    if user_method is not None:
+        return PrivacyUnit(unit="user", max_records_per_user=k, epsilon=epsilon, delta=delta, method=user_method)
     if k is None:
         return PrivacyUnit(unit="record", max_records_per_user=None, epsilon=epsilon, delta=delta)
     user_eps, user_delta = group_privacy(epsilon, delta, int(k))
