@@ -38,6 +38,7 @@ __all__ = [
     "OpacusStep",
     "distributed_types",
     "fix_for_opacus",
+    "forget_forward",
     "grad_sample_module",
     "opacus_mode",
     "opacus_version",
@@ -284,21 +285,27 @@ class OpacusStep:
             self.on_switch(note)
 
     def forget_forward(self) -> None:
-        """Drop what a forward pass without its backward left in Opacus' hooks (the
-        activations and call counters), so the next batch starts clean: a loop may run
-        the model on an empty batch and step on noise only."""
-        for m in self.module._module.modules():
-            for attr in ("activations", "max_batch_len"):
-                if hasattr(m, attr):
-                    delattr(m, attr)
-            for p in m.parameters(recurse=False):
-                if hasattr(p, "_current_grad_sample"):
-                    del p._current_grad_sample
-                if getattr(p, "_forward_counter", 0):
-                    p._forward_counter = 0
+        """Drop what a forward pass without its backward left in Opacus' hooks (see
+        :func:`forget_forward`)."""
+        forget_forward(self.module)
 
     def release(self) -> Any:
         return self.module.to_standard_module()
+
+
+def forget_forward(gsm: Any) -> None:
+    """Drop what a forward pass without its backward left in the hooks of Opacus'
+    ``GradSampleModule`` ``gsm`` (the activations and call counters), so the next batch
+    starts clean: a loop may run the model on an empty batch and step on noise only."""
+    for m in gsm._module.modules():
+        for attr in ("activations", "max_batch_len"):
+            if hasattr(m, attr):
+                delattr(m, attr)
+        for p in m.parameters(recurse=False):
+            if hasattr(p, "_current_grad_sample"):
+                del p._current_grad_sample
+            if getattr(p, "_forward_counter", 0):
+                p._forward_counter = 0
 
 
 def grad_sample_module(model: Any, *, functorch: bool = False) -> Any:

@@ -35,6 +35,13 @@ What the accountant assumes, and the loop must keep true: one ``optimizer.step()
 batch drawn from ``run.data_loader`` (empty batches included: they come as zero-row
 batches, and a step on one is noise only), and a loss that is the mean over the
 batch's records of each record's own loss.
+
+User-level DP-SGD (``privacy_unit="user"``, ``users=`` one user id per record,
+``max_records_per_user=m``): the loader's ``batch_size`` is the expected number of
+*users* per step, each batch is the kept records (at most ``m`` per user, drawn once on
+entry) of a Poisson sample of users, and each user's gradient of their mean loss is
+clipped as one unit (:mod:`privdl.train.user_level`: the trainer's math, from the
+gradients of your ``backward()``); the accountant runs on ``(sigma, q_user, steps)``.
 """
 
 from __future__ import annotations
@@ -79,18 +86,34 @@ def make_private(
     grad_sample_mode: str = "auto",
     seed: int | None = None,
     secure_mode: bool = False,
+    privacy_unit: str = "record",
+    users: Any = None,
+    max_records_per_user: int | None = None,
 ) -> PrivateRun:
     """A DP training run over your own loop, to use as a context manager.
+
+    User-level DP-SGD::
+
+        with privdl.make_private(model, optimizer, data_loader, epsilon=2.0, epochs=5,
+                                 privacy_unit="user", users=user_ids,
+                                 max_records_per_user=32) as run:
+            for x, y in run.data_loader:     # the kept records of a Poisson sample of users
+                run.optimizer.zero_grad()
+                loss_fn(run.model(x), y).backward()   # the mean over the batch's records
+                run.optimizer.step()                  # each user clipped as one unit
+        run.epsilon                                   # for one person with all their records
 
     Args:
         model: the ``torch.nn.Module`` to train (on the device you train on).
         optimizer: a ``torch.optim.Optimizer`` over the model's parameters.
         data_loader: a ``DataLoader`` over a map-style dataset; its ``batch_size`` is the
-            *expected* size of the Poisson batches, its ``collate_fn`` collates them.
+            *expected* size of the Poisson batches (at user level: the expected number
+            of users per step), its ``collate_fn`` collates them.
         epsilon: the run's target epsilon, or ``"remaining"`` (what the ledger has left).
         epochs: the passes the noise is calibrated and the ledger reserved for (each of
-            ``ceil(n / batch_size)`` steps).
-        delta: default: the ledger's, else ``1 / (10 n)``.
+            ``ceil(n / batch_size)`` steps; at user level ``ceil(U / batch_size)`` for
+            ``U`` users).
+        delta: default: the ledger's, else ``1 / (10 n)`` (``n``: records, or users).
         max_grad_norm: per-sample clipping norm C.
         ledger: a :class:`~privdl.BudgetLedger` or its path / URL.
         dataset_id: the ledger's dataset (required with ``ledger``).
@@ -101,9 +124,28 @@ def make_private(
         seed: seeds the Poisson sampling and the noise (reproducible experiments only:
             whoever knows it can reproduce the noise).
         secure_mode: sampling and noise from a CSPRNG (ChaCha20).
+        privacy_unit: ``"record"`` (default) or ``"user"``: user-level DP-SGD, which
+            samples users, clips each user's gradient as one unit and accounts epsilon
+            for adding or removing one person with all their records (engines: ``"bk"``
+            where every trainable layer is a ``Linear``, ``Embedding`` or
+            ``LayerNorm``, else Opacus' ``"hooks"`` / ``"functorch"``; not ``"ew"``).
+            The ledger records the unit (a user-level run on a record-level budget is
+            charged as the trainer's is: :mod:`privdl.budget.accounting.units`).
+        users: with ``privacy_unit="user"``: one user id per record of the loader's
+            dataset (any hashable values, an array or a tensor); never recorded.
+        max_records_per_user: with ``privacy_unit="user"``: each user trains on at most
+            this many of their records (a random subset, drawn once on entry: seeded,
+            ChaCha20 in ``secure_mode``).
 
     Returns:
-        A :class:`PrivateRun`; nothing is checked or reserved until ``with`` enters it.
+        A :class:`PrivateRun`; nothing is reserved until ``with`` enters it.
+
+    Raises:
+        UsageError: (on entry) ``privacy_unit="user"`` without ``users=`` or
+            ``max_records_per_user=``, ``users=`` at record level, or a mode that
+            cannot train at user level.
+        InputError: (on entry) ``users=`` of another length than the dataset, records
+            without a user id, or fewer than 2 users.
     """
     return PrivateRun(
         model,
@@ -120,21 +162,38 @@ def make_private(
         grad_sample_mode=grad_sample_mode,
         seed=seed,
         secure_mode=secure_mode,
+        privacy_unit=privacy_unit,
+        users=users,
+        max_records_per_user=max_records_per_user,
     )
 
 
 class PoissonLoader:
     """``run.data_loader``: ``ceil(n / batch_size)`` Poisson batches per pass over the
     user loader's dataset, collated with its ``collate_fn``; an empty batch comes as a
-    zero-row batch of the same structure."""
+    zero-row batch of the same structure.
 
-    def __init__(self, run: PrivateRun, dataset: Any, collate_fn: Any, sampler: PoissonSampler, per_epoch: int):
+    At user level (``users``, a :class:`~privdl.train.user_level.UserIndex`) the sampler
+    draws users, ``ceil(U / batch_size)`` times per pass, and a batch is their kept
+    records, user by user; its :class:`~privdl.train.user_level.UserBatch` is
+    ``run.last_users``."""
+
+    def __init__(
+        self,
+        run: PrivateRun,
+        dataset: Any,
+        collate_fn: Any,
+        sampler: PoissonSampler,
+        per_epoch: int,
+        users: Any = None,
+    ):
         self._run = run
         self.dataset = dataset
         self.collate_fn = collate_fn
         self.sampler = sampler
         self.per_epoch = per_epoch
         self.batch_size = int(run._batch_size)
+        self.users = users
         self._empty: Any = None
 
     def __len__(self) -> int:
@@ -144,6 +203,9 @@ class PoissonLoader:
         for _ in range(self.per_epoch):
             self._run._check_open()
             idx = self.sampler.sample()
+            if self.users is not None:  # sampled users -> their kept records, user by user
+                self._run.last_users = self.users.gather(idx)
+                idx = self._run.last_users.records
             batch = self._batch(idx)
             self._run._batches += 1
             yield batch
@@ -216,6 +278,11 @@ class PrivateRun:
         grad_sample_mode: the engine (``"bk"``, ``"hooks"``, ...).
         replaced_modules: the changes model preparation made (``"name: A -> B"``).
         run_id: the ledger reservation, or ``None``.
+        privacy_unit: ``"record"`` or ``"user"``.
+        n_users, records_dropped: at user level, the users sampled from and the records
+            beyond a user's ``max_records_per_user`` (not used by the run).
+        last_users: at user level, the :class:`~privdl.train.user_level.UserBatch` of
+            the last batch drawn (whose records belong to whom).
     """
 
     def __init__(self, model: Any, optimizer: Any, data_loader: Any, **params: Any) -> None:
@@ -234,6 +301,11 @@ class PrivateRun:
         self.replaced_modules: list[str] = []
         self.run_id: str | None = None
         self.n_samples: int | None = None
+        self.privacy_unit = str(params["privacy_unit"])
+        self.n_users: int | None = None
+        self.records_dropped: int | None = None
+        self.last_users: Any = None
+        self._user_codes: Any = None
         self.history: list[dict[str, Any]] = []
         self._plan: runs.RunPlan | None = None
         self._ledger: Any = None
@@ -273,7 +345,7 @@ class PrivateRun:
             max_grad_norm=float(self.params["max_grad_norm"]),
             epochs=int(self.params["epochs"]),
             batch_size=self._batch_size,
-            n_samples=plan.n_samples,
+            n_samples=self.n_samples,
             secure_mode=bool(self.params["secure_mode"]),
             replaced_modules=tuple(self.replaced_modules),
             grad_sample_mode=self.grad_sample_mode,
@@ -284,6 +356,9 @@ class PrivateRun:
             run_id=self.run_id,
             ledger=self._ledger,
             manifest=None if self.manifest is None else self.manifest.to_dict(),
+            privacy_unit=self.privacy_unit,
+            max_records_per_user=_user_cap(self.params) if self.privacy_unit == "user" else None,
+            n_users=self.n_users,
         )
 
     def report(self, **kwargs: Any) -> Any:
@@ -306,6 +381,9 @@ class PrivateRun:
         model_prep.refuse_distributed(self._model_in)
         n = len(dataset)
         self._batch_size, self.n_samples = batch_size, n
+        if self.privacy_unit == "user":
+            self._user_codes = _user_codes(p["users"], n)
+            self.n_users = int(self._user_codes.max()) + 1
         ledger = runs.open_ledger(p["ledger"])
         self._ledger = ledger
         self.accountant = self._accountant(ledger)
@@ -360,6 +438,10 @@ class PrivateRun:
             "seed_given": p["seed"] is not None,
             "secure_mode": p["secure_mode"],
             "grad_sample_mode": p["grad_sample_mode"],
+            # the unit and counts, never the user ids
+            "privacy_unit": self.privacy_unit,
+            "max_records_per_user": p["max_records_per_user"],
+            "n_users": self.n_users,
         }
 
     def _inputs(self) -> list[Any]:
@@ -415,10 +497,22 @@ class PrivateRun:
         example = _model_input(_collate(dataset, collate_fn, torch.arange(2)), device)
         mode = self._choose_mode(model, example)
         model_prep.refuse_random_under_vmap(model, mode)
-        self.delta = runs.resolve_delta(p["delta"], n, ledger, p["dataset_id"])
-        per_epoch = steps_per_epoch(n, self._batch_size)
+        users = None
+        if self.privacy_unit == "user":
+            from privdl.train.user_level import UserIndex
+
+            users = UserIndex.build(
+                self._user_codes,
+                _user_cap(p),
+                generator=self._generator("cpu", 2),  # the trainer's stream for the subset
+                secure=bool(p["secure_mode"]),
+            )
+            self.records_dropped = users.dropped
+        units = n if users is None else users.n_users  # what is sampled and accounted
+        self.delta = runs.resolve_delta(p["delta"], units, ledger, p["dataset_id"])
+        per_epoch = steps_per_epoch(units, self._batch_size)
         plan = runs.plan_run(
-            n=n,
+            n=units,
             per_epoch=per_epoch,
             epochs=int(p["epochs"]),
             delta=self.delta,
@@ -429,6 +523,7 @@ class PrivateRun:
             ledger=ledger,
             dataset_id=p["dataset_id"],
             model_name=type(model).__name__,
+            privacy_unit=self.privacy_unit,
         )
         # from here the ledger holds a reservation: __exit__ (or a failed entry) settles it
         self._plan, self.run_id = plan, plan.run_id
@@ -446,14 +541,16 @@ class PrivateRun:
                 "run_id": plan.run_id,
                 "grad_sample_mode": mode,
                 "replaced_modules": list(self.replaced_modules),
+                "privacy_unit": self.privacy_unit,
+                "n_users": self.n_users,
             }
         )
         self._engine = self._make_engine(mode, model, optimizer, plan, device)
         self._guard_optimizer(optimizer)
         sampler = PoissonSampler(
-            n, plan.sample_rate, generator=self._generator("cpu", 0), secure=bool(p["secure_mode"])
+            units, plan.sample_rate, generator=self._generator("cpu", 0), secure=bool(p["secure_mode"])
         )
-        self.data_loader = PoissonLoader(self, dataset, collate_fn, sampler, per_epoch)
+        self.data_loader = PoissonLoader(self, dataset, collate_fn, sampler, per_epoch, users)
         self.optimizer = PrivateOptimizer(self, optimizer)
 
     def _choose_mode(self, model: Any, example: Any) -> str:
@@ -465,7 +562,12 @@ class PrivateRun:
             probe = forward_probe(model, example)
         except Exception:  # the model takes another part of the batch: no probe
             probe, example = None, None
-        mode = choose_mode(requested, model, example, probe)
+        if self.privacy_unit == "user":
+            from privdl.train.user_level import choose_user_mode
+
+            mode = choose_user_mode(requested, model)  # as the trainer's user level
+        else:
+            mode = choose_mode(requested, model, example, probe)
         if mode == "ghost":  # needs to own the loss: the loop runs Opacus' hooks instead
             mode = "hooks"
         self._probe = probe
@@ -475,10 +577,12 @@ class PrivateRun:
     def _make_engine(self, mode: str, model: Any, optimizer: Any, plan: Any, device: Any) -> Any:
         p = self.params
         generator = self._generator(device, 1)
+        user = self.privacy_unit == "user"
         if mode == "bk":
             from privdl.train.bookkeeping import BookKeeping
+            from privdl.train.user_level import UserBookKeeping
 
-            engine = BookKeeping(
+            engine = (UserBookKeeping if user else BookKeeping)(
                 model,
                 optimizer,
                 None,
@@ -506,6 +610,12 @@ class PrivateRun:
             generator=generator,
             secure=bool(p["secure_mode"]),
         )
+        if user:
+            from privdl.train.user_level import OpacusUserStep
+
+            user_engine = OpacusUserStep(mode, model, settings)  # the user's optimizer updates
+            self.model = user_engine.module
+            return user_engine
         engine = OpacusStep(mode, model, settings)
         self.model = engine.module
         return engine
@@ -553,6 +663,13 @@ class PrivateRun:
         engine = self._engine
         if self.grad_sample_mode == "bk":
             engine.zero_grad(set_to_none=True)
+        elif self.privacy_unit == "user":
+            from privdl.train.opacus_step import forget_forward
+
+            for q in engine.params:
+                q.grad_sample = None
+                q.grad = None
+            forget_forward(engine.module)
         else:
             engine.dp_optimizer.zero_grad(set_to_none=True)
             engine.forget_forward()
@@ -573,7 +690,9 @@ class PrivateRun:
                 "counts one Poisson batch per step"
             )
         self._step_open = True  # from here the step may release a noisy update
-        if self.grad_sample_mode == "bk":
+        if self.privacy_unit == "user":
+            self._user_step()
+        elif self.grad_sample_mode == "bk":
             self._engine.accumulate_backward("mean")
             self._engine.step()
         else:
@@ -591,6 +710,19 @@ class PrivateRun:
                 p.grad_sample = torch.zeros((rows, *p.shape), dtype=p.dtype, device=p.device)
         opt.step()
         self._engine.forget_forward()
+
+    def _user_step(self) -> None:
+        """Each sampled user's gradient of their mean loss, from the backward of the
+        batch's mean loss, clipped as one unit; the noisy sum over users."""
+        batch = self.last_users
+        if self.grad_sample_mode == "bk":
+            self._engine.accumulate_backward_users(batch)
+            self._engine.step()  # no user sampled: a noise-only step, accounted
+        else:
+            from privdl.train.opacus_step import forget_forward
+
+            self._engine.step_from_backward(batch)
+            forget_forward(self._engine.module)
 
     def _epoch_done(self) -> None:
         self.history.append({"epoch": len(self.history) + 1, "steps": self.steps, "epsilon": self.epsilon})
@@ -694,9 +826,54 @@ def _check(model: Any, optimizer: Any, loader: Any, p: dict[str, Any]) -> tuple[
         from privdl.errors import SecurityError
 
         raise SecurityError("secure_mode draws from a CSPRNG and cannot take a seed")
+    _check_unit(p)
     from torch.utils.data import default_collate
 
     return loader.dataset, loader.collate_fn or default_collate, int(loader.batch_size)
+
+
+def _check_unit(p: dict[str, Any]) -> None:
+    """``privacy_unit``, ``users`` and ``max_records_per_user``, by the trainer's rules.
+
+    Raises:
+        UsageError: an unknown unit, a bad or missing maximum, a mode that cannot train
+            at user level, ``users=`` missing at user level or given at record level.
+    """
+    from types import SimpleNamespace
+
+    from privdl.train.user_level import check_user_params
+
+    # the trainer's check reads these three attributes
+    check_user_params(
+        SimpleNamespace(
+            privacy_unit=p["privacy_unit"],
+            max_records_per_user=p["max_records_per_user"],
+            grad_sample_mode=p["grad_sample_mode"],
+        )
+    )
+    if p["privacy_unit"] == "user" and p["users"] is None:
+        raise UsageError('privacy_unit="user" needs users=: one user id per record of the DataLoader\'s dataset')
+    if p["privacy_unit"] != "user" and p["users"] is not None:
+        raise UsageError('users= needs privacy_unit="user"')
+
+
+def _user_codes(users: Any, n: int) -> Any:
+    """Every record's user as a code (:func:`~privdl.train.user_level.users_of`).
+
+    Raises:
+        InputError: another length than the dataset, a record without a user id, or
+            fewer than 2 users.
+    """
+    from privdl.train.user_level import users_of
+
+    codes = users_of(None, users, None, n, what="the DataLoader's dataset")
+    if int(codes.max()) + 1 < 2:
+        raise InputError("user-level training needs at least 2 users")
+    return codes
+
+
+def _user_cap(p: dict[str, Any]) -> int:
+    return int(p["max_records_per_user"])
 
 
 def _collate(dataset: Any, collate_fn: Any, idx: Any) -> Any:

@@ -60,6 +60,7 @@ __all__ = [
     "as_user_run",
     "check_user_params",
     "choose_user_mode",
+    "clipped_user_sums",
     "make_user_step",
     "refused_dp_domains",
     "user_bk_supports",
@@ -355,25 +356,57 @@ class UserBookKeeping(BookKeeping):
         records = losses.shape[0]
         if not captured or records == 0:
             return torch.zeros(batch.n_users)
-        for layer, x, out, version in captured:
-            if out._version != version:
-                raise UsageError(
-                    "a layer's output was modified in place after book-keeping was set up; "
-                    "use out-of-place operations (e.g. ReLU(inplace=False))"
-                )
+        self._check_user_rows(captured, records)
+        weighted = (losses * batch.weight.to(losses.dtype)).sum()
+        grads = torch.autograd.grad(weighted, [out for _, _, out, _ in captured], allow_unused=True)
+        return self._clip_users(captured, list(grads), batch, losses.dtype, losses.device)
+
+    def accumulate_backward_users(self, batch: UserBatch) -> Any:
+        """Clip each user's gradient from the caller's own ``loss.backward()`` (with
+        :attr:`from_backward` set, as :meth:`accumulate_backward`) and add it to the sum.
+
+        The loss was the mean over the batch's ``B`` records (``make_private``'s loop), so
+        a record's own gradient is ``B`` times its row of the output gradient, and a
+        user's gradient of their mean loss is the sum of those rows times
+        ``B * batch.weight``.
+
+        Returns:
+            The per-user squared gradient norms before clipping (U,).
+        """
+        captured, self._captured = self._captured, []
+        grads, self._output_grads = self._output_grads, []
+        records = int(batch.records.numel())
+        if not captured or records == 0:
+            return torch.zeros(batch.n_users)
+        self._check_user_rows(captured, records)
+        given = [g for g in grads if g is not None]
+        if not given:  # no output reached the loss: this batch adds nothing
+            return torch.zeros(batch.n_users)
+        dtype, device = given[0].dtype, given[0].device
+        scale = batch.weight.to(device, dtype) * records
+        scaled = [None if g is None else g * scale.reshape(-1, *([1] * (g.ndim - 1))) for g in grads]
+        return self._clip_users(captured, scaled, batch.to(device), dtype, device)
+
+    def _check_user_rows(self, captured: list[tuple[nn.Module, Any, Any, int]], records: int) -> None:
+        self._check_versions(captured)
+        for layer, x, out, _ in captured:
             if x.shape[:1] != (records,) or out.shape[:1] != (records,):
                 raise UsageError(
                     f"layer {self._names.get(id(layer), '?')!r} ran on part of a batch of {records}: "
                     "per-user clipping needs every trainable layer to run on the whole batch"
                 )
-        weighted = (losses * batch.weight.to(losses.dtype)).sum()
-        grads = torch.autograd.grad(weighted, [out for _, _, out, _ in captured], allow_unused=True)
+
+    def _clip_users(
+        self, captured: list[tuple[nn.Module, Any, Any, int]], grads: list[Any], batch: UserBatch, dtype: Any, device: Any
+    ) -> Any:
+        """Every call's (input, output gradient) regrouped by user, each user clipped as
+        one unit and the clipped sums added; the squared norms."""
         calls: dict[int, tuple[nn.Module, list[tuple[Any, Any]]]] = {}
         for (layer, x, _, _), g in zip(captured, grads, strict=True):
             entry = calls.setdefault(id(layer), (layer, []))
             if g is not None:
                 entry[1].append(_to_users(layer, x, g, batch))
-        norm2 = self._clip_units(calls, captured, batch.n_users, losses.dtype, losses.device)
+        norm2 = self._clip_units(calls, captured, batch.n_users, dtype, device)
         return norm2.detach()
 
 
@@ -437,7 +470,8 @@ class OpacusUserStep:
         # the noise and the update of the book-keeping engine, over the same parameters
         self._noisy = _NoisyUpdate(self.params, settings)
         self._criterion = copy.copy(settings.criterion)
-        self._criterion.reduction = "none"
+        if self._criterion is not None:  # None: the caller's loop computes the loss
+            self._criterion.reduction = "none"
 
     @property
     def optimizer(self) -> Any:
@@ -460,33 +494,79 @@ class OpacusUserStep:
                 losses = losses.reshape(losses.shape[0], -1).mean(dim=1)
             b = batch.to(losses.device)
             (losses * b.weight.to(losses.dtype)).sum().backward()
-            per_user = []
-            for p in self.params:
-                gs = p.grad_sample
-                if gs is None:
-                    per_user.append(None)
-                    continue
-                flat = gs.reshape(gs.shape[0], -1)
-                per_user.append(torch.zeros((b.n_users, flat.shape[1]), dtype=flat.dtype, device=flat.device)
-                                .index_add_(0, b.owner, flat))
-                p.grad_sample = None
-                p.grad = None
-            norm2 = torch.zeros(b.n_users, dtype=losses.dtype, device=losses.device)
-            for g in per_user:
-                if g is not None:
-                    norm2 = norm2 + (g * g).sum(dim=1).to(norm2.dtype)
-            clip = (s.max_grad_norm / (norm2.sqrt() + 1e-6)).clamp(max=1.0)
-            for p, g in zip(self.params, per_user, strict=True):
-                if g is None:
-                    continue
-                value = (clip.to(g.dtype) @ g).reshape(p.shape)
-                sums[id(p)] = value if id(p) not in sums else sums[id(p)] + value
+            part, _ = clipped_user_sums(self.params, b, s.max_grad_norm)
+            for key, value in part.items():
+                sums[key] = value if key not in sums else sums[key] + value
             total = total + losses.detach().sum()
         self._noisy.apply(sums)
         return total
 
+    def step_from_backward(self, batch: UserBatch) -> None:
+        """One DP step from the caller's own ``loss.backward()`` of the mean loss over
+        ``batch``'s records (``make_private``'s loop): Opacus' per-record rows, each the
+        record's own gradient divided by ``B``, weighted by ``B * batch.weight`` into the
+        user's gradient of their mean loss; clipped, noised and applied as :meth:`step`."""
+        sums: dict[int, Any] = {}
+        records = int(batch.records.numel())
+        if records:
+            weight = batch.weight * records
+            sums, _ = clipped_user_sums(self.params, batch, self.settings.max_grad_norm, row_weight=weight)
+        else:
+            for p in self.params:  # an empty batch: noise only
+                p.grad_sample = None
+                p.grad = None
+        self._noisy.apply(sums)
+
     def release(self) -> nn.Module:
         return self.module.to_standard_module()
+
+
+def clipped_user_sums(
+    params: Sequence[Any], batch: UserBatch, max_grad_norm: float, *, row_weight: Any = None
+) -> tuple[dict[int, Any], Any]:
+    """Opacus' per-record gradients (``p.grad_sample``, cleared here with ``p.grad``)
+    summed per user, each row times ``row_weight`` (B,) when given, every user's
+    gradient clipped to ``max_grad_norm`` as one unit.
+
+    Returns:
+        The clipped sums by ``id(param)`` (parameters without a ``grad_sample`` are
+        left out: they contribute zero) and the per-user squared norms (U,).
+
+    Raises:
+        UsageError: a ``grad_sample`` whose rows are not ``batch``'s records.
+    """
+    records = int(batch.records.numel())
+    per_user: list[Any] = []
+    dtype, device = None, None
+    for p in params:
+        gs = getattr(p, "grad_sample", None)
+        if gs is None:
+            per_user.append(None)
+            continue
+        if gs.shape[0] != records:
+            raise UsageError(
+                f"per-record gradients of {gs.shape[0]} rows for a batch of {records} records: "
+                "step on the backward of the batch just drawn, every layer on the whole batch"
+            )
+        flat = gs.reshape(gs.shape[0], -1)
+        if row_weight is not None:
+            flat = flat * row_weight.to(flat.device, flat.dtype)[:, None]
+        owner = batch.owner.to(flat.device)
+        per_user.append(torch.zeros((batch.n_users, flat.shape[1]), dtype=flat.dtype, device=flat.device)
+                        .index_add_(0, owner, flat))
+        dtype, device = dtype or flat.dtype, device or flat.device
+        p.grad_sample = None
+        p.grad = None
+    norm2 = torch.zeros(batch.n_users, dtype=dtype or torch.float32, device=device)
+    for g in per_user:
+        if g is not None:
+            norm2 = norm2 + (g * g).sum(dim=1).to(norm2.dtype)
+    clip = (float(max_grad_norm) / (norm2.sqrt() + 1e-6)).clamp(max=1.0)
+    sums: dict[int, Any] = {}
+    for p, g in zip(params, per_user, strict=True):
+        if g is not None:
+            sums[id(p)] = (clip.to(g.dtype) @ g).reshape(p.shape)
+    return sums, norm2.detach()
 
 
 class _NoisyUpdate:
