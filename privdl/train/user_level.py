@@ -27,6 +27,12 @@ Two gradient engines compute the per-user norms:
   record's normalization or spatial axis cannot absorb the user axis) and go to Opacus;
 * ``"hooks"`` / ``"functorch"`` (:class:`OpacusUserStep`): Opacus' per-record gradients
   (``grad_sample``) summed per user before clipping.
+
+Your own loop (``privdl.make_private(..., privacy_unit="user", users=...)``,
+:mod:`privdl.train.private_loop`) uses the same engines from the gradients of the
+caller's ``backward()`` of the batch's mean loss:
+:meth:`UserBookKeeping.accumulate_backward_users` and
+:meth:`OpacusUserStep.step_from_backward`.
 """
 
 from __future__ import annotations
