@@ -138,7 +138,7 @@ def make_private(
             ChaCha20 in ``secure_mode``).
 
     Returns:
-        A :class:`PrivateRun`; nothing is reserved until ``with`` enters it.
+        A :class:`PrivateRun`; nothing is checked or reserved until ``with`` enters it.
 
     Raises:
         UsageError: (on entry) ``privacy_unit="user"`` without ``users=`` or
