@@ -257,7 +257,8 @@ class PrivateOptimizer:
         Raises:
             BudgetExceededError: the step would exceed the run's reservation (nothing
                 is changed).
-            UsageError: no new batch was drawn since the last step, or the run ended.
+            UsageError: no new batch was drawn since the last step (at user level: not
+                exactly one), or the run ended.
         """
         if closure is not None:
             raise UsageError("run.optimizer.step() takes no closure (each step is one Poisson batch)")
@@ -688,6 +689,13 @@ class PrivateRun:
             raise UsageError(
                 "run.optimizer.step() needs a new batch from run.data_loader: the accountant "
                 "counts one Poisson batch per step"
+            )
+        if self.privacy_unit == "user" and self._batches != self.steps + 1:
+            # the step groups the backward's rows by run.last_users: a batch drawn before
+            # the last one would be clipped with another batch's owners
+            raise UsageError(
+                'at privacy_unit="user" step on every batch from run.data_loader before drawing '
+                "the next (empty ones too): the step must know whose records the batch holds"
             )
         self._step_open = True  # from here the step may release a noisy update
         if self.privacy_unit == "user":

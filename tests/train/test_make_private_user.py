@@ -184,6 +184,22 @@ def test_batches_are_the_kept_records_of_sampled_users():
     assert max(rows_per_batch) > max(users_per_batch)  # users bring several records
 
 
+def test_a_step_must_follow_the_batch_it_trains_on():
+    """At user level the step groups the backward's rows by the last batch's owners: a
+    batch drawn before the last one is refused, not clipped with the wrong owners."""
+    X, y, owners = events()
+    with user_run(X, y, owners, batch_size=30, epochs=1, seed=4) as run:
+        first, _second = list(run.data_loader)  # both drawn before any step
+        xb, yb = first
+        run.optimizer.zero_grad()
+        F.cross_entropy(run.model(xb), yb).backward()
+        before = [p.detach().clone() for p in run.model.parameters()]
+        with pytest.raises(UsageError, match="before drawing the next"):
+            run.optimizer.step()
+        assert all(torch.equal(a, b) for a, b in zip(before, run.model.parameters(), strict=True))
+        assert run.steps == 0
+
+
 # ------------------------------------------------------------------ (2) the accountant
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])
 def test_epsilon_is_opacus_accountant_for_the_user_level_history(accountant):
