@@ -137,7 +137,10 @@ def _fixture(kind):
 
 
 @pytest.mark.filterwarnings("ignore:Full backward hook:UserWarning")
-@pytest.mark.parametrize(("mode", "kind"), [("bk", "mlp"), ("bk", "seq"), ("hooks", "mlp"), ("hooks", "conv")])
+@pytest.mark.parametrize(
+    ("mode", "kind"),
+    [("bk", "mlp"), ("bk", "seq"), ("hooks", "mlp"), ("hooks", "conv"), ("functorch", "mlp")],
+)
 def test_removing_one_user_moves_the_loops_update_by_at_most_C(mode, kind):
     model, X, y, index = _fixture(kind)
     everyone = list(range(index.n_users))
@@ -340,6 +343,15 @@ def test_user_level_run_on_user_and_on_record_level_budgets(tmp_path):
     assert rec2.charge.epsilon == pytest.approx(2 * eps, rel=1e-6)
     assert rec2.charge.delta == pytest.approx(2 * math.exp(eps) * run2.delta, rel=1e-6)
     assert ledger.spent("rows") == pytest.approx(2 * eps, rel=1e-6)
+    # what is left of the user-level budget, in secure mode (ChaCha20 subset, sampling, noise)
+    with user_run(X, y, owners, ledger=ledger, dataset_id="people", epsilon="remaining", epochs=1,
+                  secure_mode=True) as run3:
+        loop(run3, 1)
+    assert run3.steps == math.ceil(60 / 10) and run3.epsilon > 0
+    both = [(r.noise_multiplier, r.sample_rate, r.steps) for r in (run, run3)]
+    assert ledger.spent("people") == pytest.approx(epsilon_of(both, delta=1e-5, accountant="prv"), rel=1e-6)
+    assert 0 <= ledger.remaining("people") < 0.1  # the calibration took (almost) all of it
+    assert run3.report().to_dict()["training"]["secure_mode"] is True
     # a record-level loop on the user-level budget, no declared maximum: refused first
     model = mlp()
     with pytest.raises(PolicyError, match="max_records_per_user"), make_private(
@@ -347,7 +359,7 @@ def test_user_level_run_on_user_and_on_record_level_budgets(tmp_path):
         epsilon=1.0, epochs=1, ledger=ledger, dataset_id="people",
     ):
         raise AssertionError("the block must not run")
-    assert len(ledger.runs("people")) == 1
+    assert len(ledger.runs("people")) == 2
 
 
 # ----------------------------------------------------- (6) report, audit entry, manifest
