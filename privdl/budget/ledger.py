@@ -52,6 +52,7 @@ from privdl.budget.accounting import (
     naive_epsilon_sum,
     noise_multiplier_for,
 )
+from privdl.budget.accounting.remaining import RemainingTarget, largest_converted_target
 from privdl.budget.accounting.units import Charge, check_unit, compose, fixed_part, unit_charge
 from privdl.budget.store import RUN_COLUMNS, Store, Transaction, open_store
 from privdl.errors import (
@@ -741,6 +742,44 @@ class BudgetLedger:
             accountant=ds_accountant,
             prior=prior,
         )
+
+    def plan_remaining(
+        self, dataset_id: str, *, privacy_unit: str = "record", delta: float | None = None
+    ) -> RemainingTarget | None:
+        """``epsilon="remaining"`` for a run in ``privacy_unit``: its own target.
+
+        ``None`` for a run in the budget's unit (:meth:`calibrate_remaining` spends
+        what is left by composition). For a run in the other unit: the largest own
+        target epsilon (and the run's delta: ``delta``, or one chosen for it) whose
+        converted charge fits what is left (see
+        :mod:`privdl.budget.accounting.remaining`). The run must still :meth:`reserve`.
+
+        Raises:
+            PolicyError: unknown dataset; a record-level run on a user-level budget
+                without a declared maximum of records per user.
+            BudgetExceededError: nothing is left.
+        """
+        check_unit(privacy_unit)
+        with self._store.transaction(write=False) as tx:
+            total, ds_delta, ds_accountant = self._dataset(tx, dataset_id)
+            unit, k = self._unit(tx, dataset_id)
+            runs = self._runs(tx, dataset_id)
+        if unit == privacy_unit:
+            return None
+        try:
+            return largest_converted_target(
+                runs=_parts(runs),
+                total=total,
+                delta=ds_delta,
+                accountant=ds_accountant,
+                run_unit=privacy_unit,
+                budget_unit=unit,
+                max_records_per_user=k,
+                run_delta=delta,
+            )
+        except BudgetExceededError as exc:
+            exc.dataset_id = dataset_id
+            raise
 
     # -- internals ------------------------------------------------------------
 

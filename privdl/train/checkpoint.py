@@ -60,6 +60,7 @@ __all__ = [
 ]
 
 _LAYER_ARGS = LAYER_ARGS
+_USERS_FILE = "users.safetensors"  # a user-level checkpoint's kept-record draw
 _HAS_BIAS = HAS_BIAS
 
 
@@ -224,6 +225,9 @@ def _write(trainer: Any, path: Any, key: Any, kind: str, extra: dict[str, Any]) 
         opt_tensors = extra.pop("optimizer_tensors", None)
         if opt_tensors is not None:
             _save_tensors(save_file, opt_tensors, tmp / "optimizer.safetensors", target)
+        user_tensors = extra.pop("user_tensors", None)
+        if user_tensors is not None:
+            _save_tensors(save_file, user_tensors, tmp / _USERS_FILE, target)
         (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True, indent=1), "utf-8")
         if trainer.manifest_ is not None:  # the run's RunManifest, signed with the rest
             (tmp / MANIFEST_FILE).write_text(trainer.manifest_.to_json() + "\n", "utf-8")
@@ -273,18 +277,20 @@ def save_checkpoint(trainer: Any, path: Any, *, point: ResumePoint, key: Any = N
         key: as in :func:`save_model`.
     """
     tensors, structure = _split_optimizer_state(point.optimizer)
-    extra = {
-        "meta": {
-            "checkpoint": {
-                "epoch": point.epoch,
-                "steps": point.steps,
-                "per_epoch": point.per_epoch,
-                "optimizer": structure,
-                "ledger": _ledger_location(trainer.ledger),
-            }
-        },
-        "optimizer_tensors": tensors,
+    state: dict[str, Any] = {
+        "epoch": point.epoch,
+        "steps": point.steps,
+        "per_epoch": point.per_epoch,
+        "optimizer": structure,
+        "ledger": _ledger_location(trainer.ledger),
     }
+    extra: dict[str, Any] = {"meta": {"checkpoint": state}, "optimizer_tensors": tensors}
+    draw = point.users
+    if draw is not None:  # a user-level run: the draw of every user's kept records
+        import torch
+
+        state["users"] = draw.to_meta()
+        extra["user_tensors"] = {"keys": torch.from_numpy(draw.keys.astype("float64", copy=True))}
     return _write(trainer, path, key, CHECKPOINT_FORMAT, extra)
 
 
@@ -378,14 +384,33 @@ def read_checkpoint(path: Any, *, key: Any = None) -> tuple[ModelFolder, ResumeP
     ckpt = folder.meta.get("checkpoint")
     if not isinstance(ckpt, dict):
         raise InputError(f"{folder.path}: checkpoint state is missing")
+    unit = str((folder.meta.get("params") or {}).get("privacy_unit") or "record")
     point = ResumePoint(
         epoch=int(ckpt["epoch"]),
         steps=int(ckpt["steps"]),
         per_epoch=int(ckpt["per_epoch"]),
         optimizer=_join_optimizer_state(ckpt["optimizer"], _tensors(folder, "optimizer.safetensors")),
         history=tuple(folder.meta.get("history") or ()),
+        privacy_unit=unit,
+        users=_user_draw(folder, ckpt) if unit == "user" else None,
     )
     return folder, point
+
+
+def _user_draw(folder: ModelFolder, ckpt: dict[str, Any]) -> Any:
+    """A user-level checkpoint's :class:`~privdl.train.user_level.UserDraw`.
+
+    Raises:
+        InputError: its user-level state is missing or malformed.
+    """
+    from privdl.train.user_level import UserDraw
+
+    if not isinstance(ckpt.get("users"), dict) or not (folder.path / _USERS_FILE).is_file():
+        raise InputError(f"{folder.path}: a user-level checkpoint without its user-level state")
+    keys = _tensors(folder, _USERS_FILE).get("keys")
+    if keys is None:
+        raise InputError(f"{folder.path}: the user-level state is malformed")
+    return UserDraw.from_meta(ckpt["users"], keys.numpy())
 
 
 def checkpoint_ledger(folder: ModelFolder) -> str | None:

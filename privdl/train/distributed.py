@@ -77,6 +77,7 @@ __all__ = [
     "refuse_sqlite_across_machines",
     "refuse_wrapped",
     "sample_digest",
+    "stream_seed",
     "writes",
 ]
 
@@ -461,9 +462,23 @@ def generator(group: Group | None, seed: int | None, device: Any, offset: int) -
     if seed is None:
         g.manual_seed(int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
     else:
-        shift = 0 if group is None else 2 * group.rank
-        g.manual_seed(int(seed) * 1000 + 17 + offset + shift)
+        g.manual_seed(stream_seed(group, seed, offset))
     return g
+
+
+def stream_seed(group: Group | None, seed: int, offset: int, epoch: int = 0) -> int:
+    """The seed of a seeded stream (``offset``: 0 the sampler, 1 the noise) in ``epoch``.
+
+    The trainer reseeds its streams at the start of every epoch after the first, so that
+    a run resumed from an epoch's checkpoint with the same ``seed`` draws what the
+    uninterrupted run would (a checkpoint holds no generator state: a seeded generator's
+    state would give away the noise already added). Epoch 0 keeps the plain seed; later
+    epochs hash ``(seed, offset, rank, epoch)``, so no two streams of a run repeat."""
+    shift = 0 if group is None else 2 * group.rank
+    if epoch == 0:
+        return int(seed) * 1000 + 17 + offset + shift
+    text = f"privdl-stream:{int(seed)}:{int(offset) + shift}:{int(epoch)}".encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") & ((1 << 63) - 1)
 
 
 def check_in_sync(group: Group | None, module: Any) -> None:

@@ -12,6 +12,8 @@ A model saved by :meth:`PrivateTrainer.save <privdl.PrivateTrainer.save>` is a f
     manifest.json          the run's RunManifest (privdl.manifest: hardware, platform,
                            source, configuration, data fingerprints, weight digests)
     optimizer.safetensors  optimizer tensors (training checkpoints only; structure in meta)
+    users.safetensors      a user-level checkpoint's kept-record draw: one random key per
+                           record, no user id (privdl.train.user_level.UserDraw)
     signature.json         SHA-256 of every file above, bound by a signature
 
 The signature is an HMAC-SHA256 under a key derived from a :class:`~privdl.Secret`
@@ -59,7 +61,14 @@ MODEL_FORMAT = "privdl-model/1"
 CHECKPOINT_FORMAT = "privdl-checkpoint/1"
 _SIG_PURPOSE = "model-signature"
 #: the files a model folder may hold besides signature.json, in signing order
-FILES = ("model.safetensors", "meta.json", "encoder.json", "optimizer.safetensors", "manifest.json")
+FILES = (
+    "model.safetensors",
+    "meta.json",
+    "encoder.json",
+    "optimizer.safetensors",
+    "manifest.json",
+    "users.safetensors",
+)
 _FILES = FILES
 
 _CONV_ARGS = (

@@ -35,6 +35,7 @@ __all__ = [
     "fit_table_encoder",
     "open_ledger",
     "plan_run",
+    "remaining_target",
     "reserve",
     "resolve_delta",
     "start_run",
@@ -97,6 +98,9 @@ class ResumePoint:
         per_epoch: steps per epoch (the run keeps its sample rate).
         optimizer: the torch optimizer's ``state_dict``.
         history: the saved per-epoch rows.
+        privacy_unit: the unit the checkpointed run trains in.
+        users: a user-level run's :class:`~privdl.train.user_level.UserDraw` (its kept
+            records), else ``None``.
     """
 
     epoch: int
@@ -104,6 +108,8 @@ class ResumePoint:
     per_epoch: int
     optimizer: dict[str, Any] = field(compare=False)
     history: tuple[dict[str, Any], ...] = ()
+    privacy_unit: str = "record"
+    users: Any = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,8 @@ class TrainingRun:
         device: the torch device.
         max_physical_batch_size: split each batch into chunks of at most this size.
         epoch: epochs completed.
+        streams: ``(offset, generator)`` of the seeded sampler (0) and noise (1)
+            generators (``None`` when not seeded), reseeded per epoch by the trainer.
     """
 
     plan: RunPlan
@@ -129,6 +137,7 @@ class TrainingRun:
     device: Any
     max_physical_batch_size: int | None = None
     epoch: int = 0
+    streams: tuple[tuple[int, Any], ...] = ()
 
     def step(self, idx: Any) -> Any:
         """One DP-SGD step on the Poisson batch ``idx`` (record indices); the summed loss."""
@@ -156,6 +165,30 @@ def resolve_delta(delta: float | None, n: int, ledger: Any, dataset_id: str | No
     if delta is None:
         delta = ledger.budget(dataset_id)[1] if ledger is not None else 1.0 / (10 * n)
     return check_delta(delta, records=n)
+
+
+def remaining_target(
+    ledger: Any, dataset_id: str | None, *, privacy_unit: str, delta: float | None, n: int
+) -> tuple[float | str, float]:
+    """``epsilon="remaining"``: the run's target and delta.
+
+    A run in the budget's unit keeps ``"remaining"`` (:func:`calibrate` asks the ledger
+    for the noise that spends what is left) at :func:`resolve_delta`'s delta. A run in
+    the other unit gets the largest own epsilon whose converted charge fits what is
+    left, at ``delta`` or at one chosen for it
+    (:meth:`~privdl.BudgetLedger.plan_remaining`); the reservation then checks it.
+
+    Raises:
+        PolicyError: a record-level run on a user-level budget without its maximum
+            records per user.
+        BudgetExceededError: nothing is left.
+    """
+    if delta is not None:
+        check_delta(delta, records=n)
+    target = ledger.plan_remaining(str(dataset_id), privacy_unit=privacy_unit, delta=delta)
+    if target is None:
+        return "remaining", resolve_delta(delta, n, ledger, dataset_id)
+    return float(target.epsilon), check_delta(target.delta, records=n)
 
 
 def calibrate(
@@ -418,6 +451,7 @@ def start_run(
     from privdl.train.dp_step import StepSettings, make_dp_step
     from privdl.train.model_prep import shape_for_loss
 
+    noise_generator, sampler_generator = generator(device, 1), generator(_cpu(), 0)
     settings = StepSettings(
         noise_multiplier=plan.noise_multiplier,
         max_grad_norm=max_grad_norm,
@@ -426,7 +460,7 @@ def start_run(
         shape_for_loss=partial(shape_for_loss, prepared.task),
         make_optimizer=make_optimizer,
         device=device,
-        generator=generator(device, 1),
+        generator=noise_generator,
         secure=secure,
         collective=collective,
     )
@@ -441,7 +475,7 @@ def start_run(
         # records (or users) of the run; a distributed rank samples its shard of the records
         plan.n_samples if collective is None else len(data),
         plan.sample_rate,
-        generator=generator(_cpu(), 0),
+        generator=sampler_generator,
         device=device if in_memory else "cpu",
         secure=secure,
     )
@@ -458,6 +492,7 @@ def start_run(
         device=device,
         max_physical_batch_size=max_physical_batch_size,
         epoch=0 if resume is None else resume.epoch,
+        streams=((0, sampler_generator), (1, noise_generator)),
     )
 
 

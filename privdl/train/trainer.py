@@ -194,6 +194,8 @@ class PrivateTrainer(EstimatorParams, Predictions):
         self.n_users_: int | None = None
         self.records_dropped_: int | None = None
         self._users: tuple[str | None, Any] = (None, None)
+        # the draw of every user's kept records (a checkpoint keeps it for a resume)
+        self._user_draw: user_level.UserDraw | None = None
         # set by privdl.tune on the candidate it releases: the search that chose it
         self.search_: dict[str, Any] | None = None
         # learned state, set by fit(); domain_*: where the encoder's domains came from
@@ -511,9 +513,14 @@ class PrivateTrainer(EstimatorParams, Predictions):
             group.check_same_data(train)
             # on the whole training data (each rank trains on its shard)
             self.val_overlap_ = val_overlap(data, val, target, train, valid, stacklevel=4)
+        resume = self._resume
+        if resume is not None and resume.privacy_unit != self.privacy_unit:
+            raise InputError(
+                f"the checkpoint is of a {resume.privacy_unit}-level run: it resumes with "
+                f"privacy_unit={resume.privacy_unit!r}, not {self.privacy_unit!r}"
+            )
         unit_index = self._user_index(data, n) if self.privacy_unit == "user" else None
         units = n if unit_index is None else unit_index.n_users
-        resume = self._resume
         if resume is not None and n != self.n_samples_:
             raise InputError(
                 f"the checkpoint was trained on {self.n_samples_} records, not {n}: "
@@ -551,7 +558,15 @@ class PrivateTrainer(EstimatorParams, Predictions):
             # delta: the ledger's when there is one, else 1/(10 n); never >= 1/n
             ledger = runs.open_ledger(self.ledger)
             accountant = self._accountant(ledger)
-            self.delta_ = runs.resolve_delta(self.delta_ if resume else self.delta, units, ledger, self.dataset_id)
+            target = self.target_epsilon
+            if target == "remaining" and resume is None and ledger is not None:
+                # in the other unit than the budget: the largest target whose converted
+                # charge fits (and its delta)
+                target, self.delta_ = runs.remaining_target(
+                    ledger, self.dataset_id, privacy_unit=self.privacy_unit, delta=self.delta, n=units
+                )
+            else:
+                self.delta_ = runs.resolve_delta(self.delta_ if resume else self.delta, units, ledger, self.dataset_id)
             # noise for the whole planned run, this run's DP domain estimate composed in;
             # the ledger reservation before the first step (a resumed run keeps both)
             plan = runs.plan_run(
@@ -559,7 +574,7 @@ class PrivateTrainer(EstimatorParams, Predictions):
                 per_epoch=per_epoch,
                 epochs=int(self.epochs),
                 delta=self.delta_,
-                target_epsilon=self.target_epsilon,
+                target_epsilon=target,
                 accountant=accountant,
                 prior=prior,
                 domain=list(self._domain_segments),
@@ -607,20 +622,26 @@ class PrivateTrainer(EstimatorParams, Predictions):
         return run
 
     def _user_index(self, data: Any, n: int) -> Any:
-        """The kept records of every user (user-level runs), drawn once per fit."""
+        """The kept records of every user (user-level runs), drawn once per fit; a
+        resumed fit takes the checkpoint's draw (checked against the users given)."""
         import pandas as pd
 
-        if self._resume is not None or self.checkpoint_dir is not None:
-            raise UsageError('privacy_unit="user" does not write or resume training checkpoints yet')
         column, users = self._users
         frame = data if isinstance(data, pd.DataFrame) else None
         codes = user_level.users_of(frame, users, column, n, what="training data")
-        index = user_level.UserIndex.build(
-            codes,
-            int(self.max_records_per_user),  # type: ignore[arg-type]
-            generator=self._generator(torch.device("cpu"), 2),
-            secure=self.secure_mode,
-        )
+        cap = int(self.max_records_per_user)  # type: ignore[arg-type]
+        resume = self._resume
+        if resume is not None:
+            if resume.users is None:
+                raise InputError("the checkpoint holds no user-level state: it cannot resume at user level")
+            resume.users.check(codes, cap)
+            draw = resume.users
+        else:
+            draw = user_level.UserDraw.new(
+                codes, cap, generator=self._generator(torch.device("cpu"), 2), secure=self.secure_mode
+            )
+        index = draw.index(codes)
+        self._user_draw = draw
         if index.n_users < 2:
             raise InputError("user-level training needs at least 2 users")
         self.n_users_, self.records_dropped_ = index.n_users, index.dropped
@@ -685,6 +706,12 @@ class PrivateTrainer(EstimatorParams, Predictions):
     def _run_epoch(self, run: TrainingRun, bar: Any) -> TrainingRun:
         plan = run.plan
         run.dp_step.train()
+        if self.seed is not None and run.epoch > 0:
+            # seeded streams start each epoch afresh, from (seed, epoch): a run resumed
+            # from this epoch's checkpoint with the same seed draws the same batches and noise
+            for offset, generator in run.streams:
+                if generator is not None:
+                    generator.manual_seed(dist_run.stream_seed(self._group, self.seed, offset, run.epoch))
         loss_sum = torch.zeros((), device=run.device)
         count = 0
         task = None
@@ -716,7 +743,14 @@ class PrivateTrainer(EstimatorParams, Predictions):
         if task is not None:
             bar.update(task, stats=progress_stats(row))
         if self.checkpoint_dir is not None:
-            point = ResumePoint(run.epoch, self.steps_, plan.per_epoch, run.dp_step.optimizer.state_dict())
+            point = ResumePoint(
+                run.epoch,
+                self.steps_,
+                plan.per_epoch,
+                run.dp_step.optimizer.state_dict(),
+                privacy_unit=self.privacy_unit,
+                users=self._user_draw if self.privacy_unit == "user" else None,
+            )
             self.manifest_ = provenance.training_manifest(self)  # this checkpoint's model state
             # rank 0 of a distributed run writes; every rank waits for it, so this epoch's
             # checkpoint is complete before any rank starts the next epoch
@@ -754,18 +788,28 @@ class PrivateTrainer(EstimatorParams, Predictions):
         key: Any = None,
         ledger: Any = None,
         audit_log: Any = None,
+        seed: int | None = None,
     ) -> PrivateTrainer:
         """A trainer that continues the checkpointed run at ``path`` on its next ``fit``.
 
         The run keeps its noise, sample rate, planned steps and ledger reservation;
         ``fit`` must get the same number of records. The ledger is the one recorded in
-        the checkpoint unless ``ledger=`` is given.
+        the checkpoint unless ``ledger=`` is given. A user-level run also keeps its
+        privacy unit, cap and every user's kept records: ``fit`` must get the same
+        users (``users=`` / ``user_column=``) for the same records.
+
+        Args:
+            seed: the run's seed, when it had one: the resumed epochs then draw what
+                the uninterrupted run would have (the checkpoint never holds the seed).
         """
         folder, point = checkpoint.read_checkpoint(path, key=key)
         trainer = cls._from_folder(folder, model)
         trainer.model.train()  # type: ignore[union-attr]
         trainer.ledger = ledger if ledger is not None else checkpoint.checkpoint_ledger(folder)
         trainer.audit_log, trainer.checkpoint_dir, trainer.checkpoint_key = audit_log, folder.path, key
+        trainer.seed = seed
+        if point.users is not None:
+            trainer.n_users_ = point.users.n_users
         trainer._resume = point
         return trainer
 

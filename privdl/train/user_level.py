@@ -40,7 +40,7 @@ from __future__ import annotations
 import copy
 import numbers
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -61,12 +61,14 @@ __all__ = [
     "UserBatch",
     "UserBookKeeping",
     "UserBookKeepingStep",
+    "UserDraw",
     "UserIndex",
     "UserTrainingRun",
     "as_user_run",
     "check_user_params",
     "choose_user_mode",
     "clipped_user_sums",
+    "draw_user_keys",
     "make_user_step",
     "refused_dp_domains",
     "user_bk_supports",
@@ -203,7 +205,13 @@ class UserIndex:
 
     @classmethod
     def build(
-        cls, codes: Any, max_records_per_user: int, *, generator: Any = None, secure: bool = False
+        cls,
+        codes: Any,
+        max_records_per_user: int,
+        *,
+        generator: Any = None,
+        secure: bool = False,
+        keys: Any = None,
     ) -> UserIndex:
         """Group records by user and keep a random subset of at most ``m`` per user.
 
@@ -211,13 +219,13 @@ class UserIndex:
             codes: the user code of every record (int64, from :func:`users_of`).
             generator: a seeded CPU ``torch.Generator`` (``None``: torch's default).
             secure: draw the subset from ChaCha20 (``os.urandom`` key).
+            keys: the random key of every record, drawn before (see :class:`UserDraw`):
+                the same keys and codes give the same index.
         """
         codes = np.asarray(codes, dtype=np.int64)
         n = len(codes)
-        if secure:
-            keys = ChaChaRandom().uniform(n)
-        else:
-            keys = torch.rand(n, generator=generator, dtype=torch.float64).numpy()
+        if keys is None:
+            keys = draw_user_keys(n, generator=generator, secure=secure)
         order = np.lexsort((keys, codes))  # by user, then by the random key
         sorted_codes = codes[order]
         n_users = int(codes.max()) + 1 if n else 0
@@ -662,3 +670,123 @@ def as_user_run(run: TrainingRun, users: UserIndex) -> UserTrainingRun:
     DP step from :func:`make_user_step`) as a :class:`UserTrainingRun` over ``users``."""
     fields = {f: getattr(run, f) for f in TrainingRun.__dataclass_fields__}
     return UserTrainingRun(**fields, users=users)
+
+
+# --------------------------------------------------------------------------------------
+# checkpoints: the draw of the kept records, kept so that a resumed run trains on them
+# --------------------------------------------------------------------------------------
+def draw_user_keys(n: int, *, generator: Any = None, secure: bool = False) -> Any:
+    """One uniform random key per record (float64): :meth:`UserIndex.build` keeps the
+    ``m`` records of each user with the smallest keys. The keys depend on nothing but
+    the generator (ChaCha20 in ``secure`` mode): no user id, no data value."""
+    if secure:
+        return ChaChaRandom().uniform(n)
+    return torch.rand(n, generator=generator, dtype=torch.float64).numpy()
+
+
+def _grouping_digest(codes: Any) -> str:
+    """SHA-256 of the records' user codes (the grouping of records into users, in order
+    of first appearance), through the project's one fingerprint."""
+    from privdl.fingerprint import fingerprint_array
+
+    return str(fingerprint_array(np.ascontiguousarray(codes, dtype=np.int64))["sha256"])
+
+
+@dataclass(frozen=True)
+class UserDraw:
+    """What reproduces a fit's :class:`UserIndex` exactly, for a training checkpoint.
+
+    The random keys of the kept-record draw (data-independent, see
+    :func:`draw_user_keys`; under ``secure_mode`` the only copy of a CSPRNG draw),
+    and what a resumed fit is checked against: the counts, the cap and a SHA-256 of
+    the grouping of records into users. No user id and no data value.
+
+    Attributes:
+        keys: one float64 key per record.
+        n_records, n_users: records and users of the fit.
+        max_records_per_user: the cap.
+        grouping_sha256: :func:`~privdl.fingerprint.fingerprint_array` of the codes.
+    """
+
+    keys: Any = field(repr=False, compare=False)
+    n_records: int
+    n_users: int
+    max_records_per_user: int
+    grouping_sha256: str
+
+    @classmethod
+    def new(cls, codes: Any, max_records_per_user: int, *, generator: Any = None, secure: bool = False) -> UserDraw:
+        """A fresh draw for the user codes ``codes`` (from :func:`users_of`)."""
+        codes = np.asarray(codes, dtype=np.int64)
+        return cls(
+            keys=draw_user_keys(len(codes), generator=generator, secure=secure),
+            n_records=len(codes),
+            n_users=int(codes.max()) + 1 if len(codes) else 0,
+            max_records_per_user=int(max_records_per_user),
+            grouping_sha256=_grouping_digest(codes),
+        )
+
+    def index(self, codes: Any) -> UserIndex:
+        """The :class:`UserIndex` of this draw over ``codes`` (checked first)."""
+        self.check(codes, self.max_records_per_user)
+        return UserIndex.build(codes, self.max_records_per_user, keys=self.keys)
+
+    def check(self, codes: Any, max_records_per_user: int) -> None:
+        """Check that a resumed fit has the checkpoint's records, cap and users.
+
+        Raises:
+            InputError: other counts, another cap or another grouping of the records
+                into users (the message gives counts, never a value).
+        """
+        codes = np.asarray(codes, dtype=np.int64)
+        if len(codes) != self.n_records:
+            raise InputError(
+                f"the checkpoint was trained on {self.n_records} records, not {len(codes)}: "
+                "a resumed run must see the same data"
+            )
+        if int(max_records_per_user) != self.max_records_per_user:
+            raise InputError(
+                f"the checkpoint was trained with max_records_per_user={self.max_records_per_user}, "
+                f"not {int(max_records_per_user)}: a resumed run keeps its cap"
+            )
+        users = int(codes.max()) + 1 if len(codes) else 0
+        if users != self.n_users:
+            raise InputError(
+                f"the checkpoint was trained on {self.n_users} users, not {users}: "
+                "a resumed run must see the same users"
+            )
+        if _grouping_digest(codes) != self.grouping_sha256:
+            raise InputError(
+                f"the users given group the {self.n_records} records differently from the checkpoint's "
+                "run: a resumed run must see the same users, records in the same order"
+            )
+
+    def to_meta(self) -> dict[str, Any]:
+        """The JSON part (the keys go to a tensor file)."""
+        return {
+            "n_records": self.n_records,
+            "n_users": self.n_users,
+            "max_records_per_user": self.max_records_per_user,
+            "grouping_sha256": self.grouping_sha256,
+        }
+
+    @classmethod
+    def from_meta(cls, meta: Any, keys: Any) -> UserDraw:
+        """Read back :meth:`to_meta` and the keys.
+
+        Raises:
+            InputError: malformed or inconsistent (a checkpoint from elsewhere).
+        """
+        try:
+            draw = cls(
+                keys=np.asarray(keys, dtype=np.float64).reshape(-1),
+                n_records=int(meta["n_records"]),
+                n_users=int(meta["n_users"]),
+                max_records_per_user=int(meta["max_records_per_user"]),
+                grouping_sha256=str(meta["grouping_sha256"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise InputError("checkpoint: the user-level state is malformed") from None
+        if len(draw.keys) != draw.n_records:
+            raise InputError("checkpoint: the user-level state does not match its record count")
+        return draw
