@@ -965,6 +965,19 @@ def _coverage(
                 "per epoch follow from n",
             )
         )
+        if facts.privacy_unit == "user":
+            items.append(
+                _item(
+                    "user-level resume state (number of users, one random key per record, "
+                    "SHA-256 of the records' grouping into users)",
+                    ("checkpoint",),
+                    dp=False,
+                    data=True,
+                    note="the keys that chose each user's kept records are random and independent "
+                    "of the data; the number of users is released exactly and the digest "
+                    "identifies the grouping without holding a user id",
+                )
+            )
     items += [
         _item(
             "epsilon, delta, accountant history (noise multiplier, sampling rate, steps), "

@@ -243,7 +243,8 @@ def test_physical_chunks_train_the_same_model(mode):
     assert a.grad_sample_mode_ == mode
 
 
-def test_secure_mode_and_no_checkpoints_yet(tmp_path):
+def test_secure_mode():
+    # checkpoints and resume (secure mode too): tests/train/test_user_checkpoint.py
     X, y, users = _events(60)
     t = PrivateTrainer(
         nn.Linear(5, 2), epsilon=2.0, privacy_unit="user", max_records_per_user=5, epochs=1,
@@ -251,12 +252,6 @@ def test_secure_mode_and_no_checkpoints_yet(tmp_path):
     )
     t.fit((X, y), users=users)
     assert t.steps_ == 3 and t.secure_mode
-    c = PrivateTrainer(
-        nn.Linear(5, 2), epsilon=2.0, privacy_unit="user", max_records_per_user=5, epochs=1,
-        checkpoint_dir=tmp_path / "ck", progress=False,
-    )
-    with pytest.raises(UsageError, match="checkpoints"):
-        c.fit((X, y), users=users)
 
 
 def test_dataframe_dp_domains_are_refused_at_user_level():
