@@ -4,7 +4,8 @@ The folder format (files, signature, the layer table) is :mod:`privdl.train.mode
 read there without torch. This module writes a fitted trainer's model, encoder and
 privacy record into one (:func:`save_model`), a training checkpoint after an epoch
 (:func:`save_checkpoint`: the optimizer state, the steps taken and the ledger run id, so
-that a resumed run keeps the reservation made before its first step), and reads them
+that a resumed run keeps the reservation made before its first step; for a user-level
+run also the draw of every user's kept records, ``users.safetensors``), and reads them
 back as torch tensors (:func:`read_model_files`, :func:`read_checkpoint`);
 :func:`init_params` and :func:`restore_fitted` turn a folder back into a trainer's
 parameters and fitted state. It reads a trainer's attributes and never imports the

@@ -33,6 +33,10 @@ Your own loop (``privdl.make_private(..., privacy_unit="user", users=...)``,
 caller's ``backward()`` of the batch's mean loss:
 :meth:`UserBookKeeping.accumulate_backward_users` and
 :meth:`OpacusUserStep.step_from_backward`.
+
+A training checkpoint of a user-level run keeps the kept-record draw as a
+:class:`UserDraw` (one random key per record, no user id), so that a resumed fit trains
+on the same records of the same users (checked against the users it is given).
 """
 
 from __future__ import annotations
