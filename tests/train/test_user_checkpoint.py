@@ -158,9 +158,10 @@ def test_the_checkpoint_holds_no_user_id(tmp_path):
     frame = pd.DataFrame({"a": X[:, 0], "b": X[:, 1], "who": users, "t": y})
     t = PrivateTrainer(
         nn.Linear(6, 2), encoder=TableEncoder(domains="learned-unprotected"),
-        checkpoint_dir=tmp_path / "ck", **_params(epochs=1),
+        checkpoint_dir=tmp_path / "ck", **_params(epochs=2),
     )
-    with pytest.warns(UserWarning):
+    t.loss = CrashingLoss(steps=PER_EPOCH)
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="power cut"):
         t.fit(frame, target="t", user_column="who")
     folder = tmp_path / "ck"
     names = sorted(p.name for p in folder.iterdir())
@@ -173,10 +174,13 @@ def test_the_checkpoint_holds_no_user_id(tmp_path):
     by_item = {c["item"]: c for c in meta["coverage"]}
     (resume_state,) = [c for item, c in by_item.items() if item.startswith("user-level resume state")]
     assert resume_state["dp_protected"] is False and resume_state["released_in"] == ["checkpoint"]
-    # the DataFrame run resumes from its checkpoint (the same user column)
-    again = PrivateTrainer.resume(folder)
-    assert again.steps_ == t.steps_
-    assert again.privacy_unit == "user"
+    # the DataFrame run resumes from its checkpoint (the same user column), and its
+    # second checkpoint holds no id either
+    again = PrivateTrainer.resume(folder, seed=3)
+    again.fit(frame, target="t", user_column="who")
+    assert again.steps_ == 2 * PER_EPOCH and again.n_users_ == 150
+    blob = b"".join(p.read_bytes() for p in folder.iterdir())
+    assert b"user-0" not in blob
 
 
 def test_secure_mode_resume_keeps_the_drawn_records_and_the_draw_is_signed(tmp_path):
