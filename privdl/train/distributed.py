@@ -469,11 +469,12 @@ def generator(group: Group | None, seed: int | None, device: Any, offset: int) -
 def stream_seed(group: Group | None, seed: int, offset: int, epoch: int = 0) -> int:
     """The seed of a seeded stream (``offset``: 0 the sampler, 1 the noise) in ``epoch``.
 
-    The trainer reseeds its streams at the start of every epoch after the first, so that
-    a run resumed from an epoch's checkpoint with the same ``seed`` draws what the
-    uninterrupted run would (a checkpoint holds no generator state: a seeded generator's
-    state would give away the noise already added). Epoch 0 keeps the plain seed; later
-    epochs hash ``(seed, offset, rank, epoch)``, so no two streams of a run repeat."""
+    A trainer that writes checkpoints reseeds its streams at the start of every epoch
+    after the first, so that a run resumed from an epoch's checkpoint with the same
+    ``seed`` draws what the uninterrupted run would (a checkpoint holds no generator
+    state: a seeded generator's state would give away the noise already added). Epoch 0
+    keeps the plain seed; later epochs hash ``(seed, offset, rank, epoch)``, so no two
+    streams of a run repeat."""
     shift = 0 if group is None else 2 * group.rank
     if epoch == 0:
         return int(seed) * 1000 + 17 + offset + shift

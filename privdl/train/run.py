@@ -126,7 +126,8 @@ class TrainingRun:
         max_physical_batch_size: split each batch into chunks of at most this size.
         epoch: epochs completed.
         streams: ``(offset, generator)`` of the seeded sampler (0) and noise (1)
-            generators (``None`` when not seeded), reseeded per epoch by the trainer.
+            generators (``None`` when not seeded), reseeded per epoch by a trainer that
+            writes checkpoints.
     """
 
     plan: RunPlan

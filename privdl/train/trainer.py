@@ -706,9 +706,10 @@ class PrivateTrainer(EstimatorParams, Predictions):
     def _run_epoch(self, run: TrainingRun, bar: Any) -> TrainingRun:
         plan = run.plan
         run.dp_step.train()
-        if self.seed is not None and run.epoch > 0:
-            # seeded streams start each epoch afresh, from (seed, epoch): a run resumed
-            # from this epoch's checkpoint with the same seed draws the same batches and noise
+        if self.seed is not None and self.checkpoint_dir is not None and run.epoch > 0:
+            # a seeded run that writes checkpoints starts its streams afresh each epoch,
+            # from (seed, epoch): resumed from this epoch's checkpoint with the same seed,
+            # it draws the same batches and noise (other runs keep one stream per fit)
             for offset, generator in run.streams:
                 if generator is not None:
                     generator.manual_seed(dist_run.stream_seed(self._group, self.seed, offset, run.epoch))

@@ -59,7 +59,9 @@ def _killed(tmp_path, X, y, users, *, ledger=None, key=None, **kw):
 @pytest.mark.parametrize("mode", ["bk", "hooks"])
 def test_a_killed_user_level_run_resumes_to_the_uninterrupted_model(tmp_path, mode):
     X, y, users = _events()
-    full = PrivateTrainer(_model(), **_params(grad_sample_mode=mode)).fit((X, y), users=users)
+    # the uninterrupted run writes checkpoints too (such a run reseeds per epoch)
+    full = PrivateTrainer(_model(), checkpoint_dir=tmp_path / "full", **_params(grad_sample_mode=mode))
+    full.fit((X, y), users=users)
 
     ledger = BudgetLedger(tmp_path / "b.db")
     ledger.set_budget("ds", epsilon=5.0, delta=1e-5, privacy_unit="user")
@@ -91,7 +93,7 @@ def test_a_killed_user_level_run_resumes_to_the_uninterrupted_model(tmp_path, mo
 def test_a_record_level_run_resumed_with_its_seed_ends_where_the_uninterrupted_one_does(tmp_path):
     X, y, _ = _events()
     params = dict(epsilon=2.0, delta=1e-4, epochs=3, batch_size=100, seed=5, progress=False)
-    full = PrivateTrainer(_model(), **params).fit((X, y))
+    full = PrivateTrainer(_model(), checkpoint_dir=tmp_path / "full", **params).fit((X, y))
     per_epoch = full.planned_steps_ // 3
     t = PrivateTrainer(_model(), checkpoint_dir=tmp_path / "ck", **params)
     t.loss = CrashingLoss(steps=per_epoch)
