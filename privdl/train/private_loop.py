@@ -510,14 +510,22 @@ class PrivateRun:
             )
             self.records_dropped = users.dropped
         units = n if users is None else users.n_users  # what is sampled and accounted
-        self.delta = runs.resolve_delta(p["delta"], units, ledger, p["dataset_id"])
+        target = p["epsilon"]
+        if target == "remaining" and ledger is not None:
+            # in the other unit than the budget: the largest target whose converted charge
+            # fits (and its delta), as the trainer plans it
+            target, self.delta = runs.remaining_target(
+                ledger, p["dataset_id"], privacy_unit=self.privacy_unit, delta=p["delta"], n=units
+            )
+        else:
+            self.delta = runs.resolve_delta(p["delta"], units, ledger, p["dataset_id"])
         per_epoch = steps_per_epoch(units, self._batch_size)
         plan = runs.plan_run(
             n=units,
             per_epoch=per_epoch,
             epochs=int(p["epochs"]),
             delta=self.delta,
-            target_epsilon=p["epsilon"],
+            target_epsilon=target,
             accountant=self.accountant,
             prior=[],
             domain=[],

@@ -409,3 +409,19 @@ def test_record_level_stays_record_level():
     from privdl.budget import report_document
 
     assert "record-level (" in report_document.statement(run.report())
+
+
+def test_remaining_in_the_other_unit_plans_a_run_the_ledger_accepts(tmp_path):
+    """epsilon="remaining" for a user-level loop on a record-level budget: the largest
+    target whose group-of-two charge fits what is left (the trainer's planning), accepted
+    by the reservation, leaving almost nothing."""
+    X, y, owners = events()
+    ledger = BudgetLedger(tmp_path / "b.db")
+    ledger.set_budget("rows", epsilon=4.0, delta=1e-5)
+    with user_run(X, y, owners, ledger=ledger, dataset_id="rows", epsilon="remaining", epochs=1, seed=2) as run:
+        loop(run, 1)
+    rec = next(r for r in ledger.runs("rows") if r.run_id == run.run_id)
+    assert rec.privacy_unit == "user" and rec.charge is not None
+    assert rec.charge.epsilon == pytest.approx(2 * run.epsilon, rel=1e-6)  # the group of two
+    assert 0 <= ledger.remaining("rows") < 0.05 * 4.0
+    assert run.delta < 1e-5  # its charge 2 e^eps delta fits the budget's delta
