@@ -6,6 +6,13 @@ differences are printed grouped by component, the most consequential first (trai
 data and configuration before source, platform and hardware; the model state, which
 follows from all of them, last). Exit 0 when the runs are identical, 1 when they differ,
 2 when an argument holds no manifest.
+
+A model folder or checkpoint is verified before its manifest is read when a model key
+is given (``--model-key-file`` / ``--model-key-env``, or ``--model-public-key``): a
+folder that does not verify is a failed check (exit 1) and nothing is compared. An
+unsigned folder's files are checked against its ``signature.json`` digests. Without a
+key a signed folder's manifest is compared as it stands and a note on stderr says its
+signature was not checked; a manifest file or report carries no signature at all.
 """
 
 from __future__ import annotations
@@ -44,10 +51,22 @@ def diff(
     b: Path = typer.Argument(..., help="Second run, in any of the same forms."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     include_time: bool = typer.Option(False, "--include-time", help="Also compare creation times."),
+    model_key_env: str | None = typer.Option(
+        None, "--model-key-env", help="Variable holding the HMAC key that signed the model folders."
+    ),
+    model_key_file: Path | None = typer.Option(
+        None, "--model-key-file", help="File holding the HMAC key that signed the model folders."
+    ),
+    model_public_key: str | None = typer.Option(
+        None, "--model-public-key", help="Ed25519 public key (PEM) that verifies the model folders."
+    ),
 ) -> None:
     """List what differs between two runs, by component (exit 1 when anything differs)."""
+    from privdl.cli.options import load_model_key
     from privdl.manifest import RunManifest, diff_components
 
+    key = load_model_key(model_key_env, model_key_file, model_public_key)
+    unchecked = [path for path in (a, b) if not _verified(path, key)]  # before any manifest is read
     ma, mb = RunManifest.load(a), RunManifest.load(b)
     groups = diff_components(ma, mb)
     if include_time and ma.created != mb.created:
@@ -75,8 +94,42 @@ def diff(
                 print(f"  ... and {len(changes) - _SHOWN_PER_COMPONENT} more")
         _explain(ma, mb, [c for c, _ in groups])
     _warn_unhashed(ma, mb, a, b)
+    _note_unchecked(unchecked)
     if groups:
         raise typer.Exit(1)
+
+
+def _verified(path: Path, key: Any) -> bool:
+    """Verify ``path`` when it is a model folder (signature first); ``False`` when it is
+    a signed folder and no key was given (its manifest is then compared unverified).
+
+    Raises:
+        TamperDetectedError: a file or the signature does not verify (exit 1).
+        KeyMissingError, SecurityError: the key does not fit the folder.
+    """
+    if not path.is_dir() or not (path / "signature.json").is_file():
+        return True  # no folder signature to check (a missing manifest is reported by load)
+    from privdl.errors import KeyMissingError
+    from privdl.train.modelfile import verify_folder
+
+    try:
+        verify_folder(path, key)
+    except KeyMissingError:
+        if key is not None:
+            raise
+        return False
+    return True
+
+
+def _note_unchecked(paths: list[Path]) -> None:
+    import sys
+
+    for path in paths:
+        print(
+            f"privdl: note: {path}: signed model folder compared without checking its signature "
+            "(give --model-key-file, --model-key-env or --model-public-key)",
+            file=sys.stderr,
+        )
 
 
 def _warn_unhashed(ma: Any, mb: Any, a: Path, b: Path) -> None:
