@@ -23,6 +23,8 @@ from typing import Any
 
 import typer
 
+from privdl.cli.options import ModelKeyEnv, ModelKeyFile, ModelPublicKey
+
 _SHOWN_PER_COMPONENT = 8
 
 
@@ -51,15 +53,9 @@ def diff(
     b: Path = typer.Argument(..., help="Second run, in any of the same forms."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     include_time: bool = typer.Option(False, "--include-time", help="Also compare creation times."),
-    model_key_env: str | None = typer.Option(
-        None, "--model-key-env", help="Variable holding the HMAC key that signed the model folders."
-    ),
-    model_key_file: Path | None = typer.Option(
-        None, "--model-key-file", help="File holding the HMAC key that signed the model folders."
-    ),
-    model_public_key: str | None = typer.Option(
-        None, "--model-public-key", help="Ed25519 public key (PEM) that verifies the model folders."
-    ),
+    model_key_env: ModelKeyEnv = None,
+    model_key_file: ModelKeyFile = None,
+    model_public_key: ModelPublicKey = None,
 ) -> None:
     """List what differs between two runs, by component (exit 1 when anything differs)."""
     from privdl.cli.options import load_model_key

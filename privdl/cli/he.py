@@ -11,23 +11,10 @@ from typing import Annotated, Any
 
 import typer
 
-from privdl.cli.options import JsonFlag, emit
+from privdl.cli.options import JsonFlag, ModelKeyEnv, ModelKeyFile, ModelPublicKey, emit
 
 AUDIT_HELP = "Append one entry to this audit log (key from --audit-key-env)."
 
-# The key that verifies a signed model folder (encrypt and score): see load_model_key.
-ModelKeyEnv = Annotated[
-    str | None,
-    typer.Option("--model-key-env", help="Variable holding the HMAC key of a signed model folder."),
-]
-ModelKeyFile = Annotated[
-    Path | None,
-    typer.Option("--model-key-file", help="File holding the HMAC key of a signed model folder."),
-]
-ModelPublicKey = Annotated[
-    str | None,
-    typer.Option("--model-public-key", help="Ed25519 public key (PEM) of a signed model folder."),
-]
 AuditLogPath = Annotated[Path | None, typer.Option("--audit-log", help=AUDIT_HELP)]
 AuditKeyEnv = Annotated[str, typer.Option("--audit-key-env")]
 

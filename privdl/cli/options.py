@@ -18,6 +18,21 @@ REPORT_SUFFIXES = (".json", ".md", ".markdown", ".html", ".htm")
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as one JSON document.")]
 
 
+# The key that verifies a signed model folder (he encrypt/score, diff): see load_model_key.
+ModelKeyEnv = Annotated[
+    str | None,
+    typer.Option("--model-key-env", help="Variable holding the HMAC key of a signed model folder."),
+]
+ModelKeyFile = Annotated[
+    Path | None,
+    typer.Option("--model-key-file", help="File holding the HMAC key of a signed model folder."),
+]
+ModelPublicKey = Annotated[
+    str | None,
+    typer.Option("--model-public-key", help="Ed25519 public key (PEM) of a signed model folder."),
+]
+
+
 def emit(as_json: bool, payload: dict[str, Any], text: str) -> None:
     """Print a command's result: ``payload`` as one JSON document, or ``text``."""
     import json
