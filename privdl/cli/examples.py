@@ -37,6 +37,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "privdl train": (
         "privdl train released.csv --target retained --model logistic --epsilon 2"
         " --ledger budget.db --dataset-id retention-2026-11 -o model/",
+        "privdl train events.csv --target retained --model mlp:32 --epsilon 2 --privacy-unit user"
+        " --user-column user_pseudonym --max-records-per-user 32 -o model/",
     ),
     "privdl budget": (
         "privdl budget set budget.db --dataset retention-2026-11 --epsilon 8 --delta 1e-5",

@@ -136,6 +136,15 @@ def train(
     subjects: str | None = typer.Option(
         None, "--subjects", help="Pseudonym column: lets an erasure request find this run."
     ),
+    privacy_unit: str | None = typer.Option(
+        None, "--privacy-unit", help='"record" (default) or "user": protect a person with all their rows.'
+    ),
+    user_column: str | None = typer.Option(
+        None, "--user-column", help="With --privacy-unit user: the column of user pseudonyms (not a feature)."
+    ),
+    max_records_per_user: int | None = typer.Option(
+        None, "--max-records-per-user", help="With --privacy-unit user: rows kept per user (a random subset)."
+    ),
     model_key_env: str | None = typer.Option(
         None, "--model-key-env", help="Variable holding the model signing key."
     ),
@@ -174,6 +183,9 @@ def train(
         "batch_size": batch_size,
         "seed": seed,
         "subjects": subjects,
+        "privacy_unit": privacy_unit,
+        "user_column": user_column,
+        "max_records_per_user": max_records_per_user,
     }
     opts.update({k: v for k, v in flags.items() if v is not None})
     for name, flag in (("target", "--target"), ("model", "--model"), ("epsilon", "--epsilon")):
@@ -190,8 +202,15 @@ def train(
     label = str(opts.pop("target"))
     subject_column = opts.pop("subjects", None)
     user_column = opts.pop("user_column", None)
-    if opts.get("privacy_unit", "record") == "user" and user_column is None:
-        raise UsageError('privacy_unit = "user" needs user_column (the pseudonym column) in [train]')
+    unit = opts.get("privacy_unit", "record")
+    if unit not in ("record", "user"):
+        raise UsageError('--privacy-unit must be "record" or "user"')
+    if unit == "user" and user_column is None:
+        raise UsageError("--privacy-unit user needs --user-column (the pseudonym column; or user_column in [train])")
+    if unit == "user" and opts.get("max_records_per_user") is None:
+        raise UsageError("--privacy-unit user needs --max-records-per-user (or max_records_per_user in [train])")
+    if unit != "user" and (user_column is not None or opts.get("max_records_per_user") is not None):
+        raise UsageError("--user-column and --max-records-per-user need --privacy-unit user")
     if "engine" in opts:
         opts["grad_sample_mode"] = opts.pop("engine")
     _check_model_dir(folder)
@@ -219,7 +238,7 @@ def train(
     if subject_column is not None and subject_column not in frame.columns:
         raise InputError(f"{table}: no column {subject_column!r} (the --subjects column)")
     if user_column is not None and user_column not in frame.columns:
-        raise InputError(f"{table}: no column {user_column!r} (the user_column)")
+        raise InputError(f"{table}: no column {user_column!r} (the --user-column)")
     encoder = TableEncoder(
         the_policy,
         features=chosen,

@@ -262,3 +262,46 @@ def test_user_level_run_from_the_config(run_cli, setup):
         "--dataset-id", "ds-users", "-o", tmp / "m2", "--config", bad,
     )  # fmt: skip
     assert code == 2 and "user_column" in err and not (tmp / "m2").exists()
+
+
+def test_user_level_run_from_flags(run_cli, setup):
+    """--privacy-unit user --user-column C --max-records-per-user M, no config needed; the
+    flags are checked before the table is read or the budget touched."""
+    import privdl
+
+    tmp, _, ledger = setup
+    privdl.BudgetLedger(ledger).set_budget("ds-users-flags", epsilon=20.0, delta=1e-5, privacy_unit="user")
+    rng = __import__("numpy").random.default_rng(1)
+    rows = [
+        {"user": f"p{i:03d}", "plays": int(rng.integers(0, 30)), "retained": int(rng.integers(0, 2))}
+        for i in range(120)
+        for _ in range(int(rng.integers(1, 6)))
+    ]
+    table = tmp / "events-flags.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    config = tmp / "enc.toml"
+    config.write_text(
+        "[train]\nepochs = 2\nbatch_size = 32\nseed = 1\n[encoder]\nfeatures = [\"plays\"]\n"
+        "numeric_bounds = { plays = [0, 30] }\ncategories = { retained = [0, 1] }\n"
+    )
+    base = ("train", table, "--target", "retained", "--model", "logistic", "--epsilon", "2", "--ledger", ledger,
+            "--dataset-id", "ds-users-flags", "--config", config)  # fmt: skip
+    code, out, err = run_cli(
+        *base, "-o", tmp / "mu", "--privacy-unit", "user", "--user-column", "user", "--max-records-per-user", "3",
+        "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["privacy_unit"] == "user" and result["ledger_spent"] == pytest.approx(result["epsilon"], rel=1e-6)
+    spent = privdl.BudgetLedger(ledger).spent("ds-users-flags")
+    for extra, words in (
+        (("--privacy-unit", "user", "--max-records-per-user", "3"), "--user-column"),
+        (("--privacy-unit", "user", "--user-column", "user"), "--max-records-per-user"),
+        (("--user-column", "user", "--max-records-per-user", "3"), "--privacy-unit user"),
+        (("--privacy-unit", "person", "--user-column", "user", "--max-records-per-user", "3"), "--privacy-unit"),
+        (("--privacy-unit", "user", "--user-column", "nobody", "--max-records-per-user", "3"), "nobody"),
+    ):
+        code, out, err = run_cli(*base, "-o", tmp / "bad", *extra)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, (extra, err)
+        assert not (tmp / "bad").exists()
+    assert privdl.BudgetLedger(ledger).spent("ds-users-flags") == spent  # nothing charged
