@@ -20,6 +20,19 @@ Every rank passes the same data; the run is still *one* DP-SGD run:
   *global* rate ``q``, from a generator of its own: every record is in exactly one
   shard and is included independently with probability ``q``, so the union of the
   shards' samples is exactly a Poisson sample of the whole data set with rate ``q``;
+* **user level** (``privacy_unit="user"``): users are sharded, not records. The ranks
+  also compare their user counts and a SHA-256 of the grouping of records into users
+  (:meth:`Group.check_same_users`: a rank given other ``users=`` refuses with an
+  ``InputError`` naming counts, never a user id); rank 0 draws every user's kept
+  records (seeded, or ChaCha20 in ``secure_mode``) and hands the draw to every rank
+  (:class:`~privdl.train.user_level.UserDraw`, what a checkpoint keeps); rank ``r``
+  trains on the contiguous block ``[r U / W, (r + 1) U / W)`` of the ``U`` users with
+  all their kept records (:meth:`Group.shard_users`; a rank holds only those records)
+  and Poisson-samples its users with the run's ``q_user``, from its own generator. Each
+  user is in one block and included with probability ``q_user`` independently, so the
+  union is a Poisson sample of all users; each rank clips each of its sampled users as
+  one unit, and the sums are reduced exactly as below and divided by ``U q_user``. The
+  accountant's ``(sigma, q_user, steps)`` are those of the one-process run;
 * **one noise draw per step**: each rank clips its records' gradients and sums them;
   rank 0 alone adds the Gaussian noise ``N(0, sigma^2 C^2)`` to its sum, and the sums
   are all-reduced (SUM), then divided by the global expected batch size ``n q``. Every
@@ -44,8 +57,7 @@ one machine's file is not composed with the runs charged from the others. Use a
 ``postgresql://`` ledger there.
 
 Not supported: a model wrapped in ``DistributedDataParallel`` (its hooks average
-unclipped gradients: refused with a message), user-level runs (``privacy_unit="user"``:
-refused on several processes), ``make_private`` (refused under torch.distributed by
+unclipped gradients: refused with a message), ``make_private`` (refused under torch.distributed by
 :mod:`privdl.train.private_loop`), ``privdl.tune`` (refused on several processes: each
 rank would draw its own number of runs), a process group made by other means without the
 torchrun environment on several machines (the SQLite check cannot see it).

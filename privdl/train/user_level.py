@@ -34,6 +34,10 @@ caller's ``backward()`` of the batch's mean loss:
 :meth:`UserBookKeeping.accumulate_backward_users` and
 :meth:`OpacusUserStep.step_from_backward`.
 
+Under ``torchrun`` the ranks shard users, not records (each a contiguous block of users
+with all their kept records, from rank 0's draw), and reduce the clipped user sums with
+one noise draw: :mod:`privdl.train.distributed`.
+
 A training checkpoint of a user-level run keeps the kept-record draw as a
 :class:`UserDraw` (one random key per record, no user id), so that a resumed fit trains
 on the same records of the same users (checked against the users it is given).
