@@ -20,6 +20,19 @@ Every rank passes the same data; the run is still *one* DP-SGD run:
   *global* rate ``q``, from a generator of its own: every record is in exactly one
   shard and is included independently with probability ``q``, so the union of the
   shards' samples is exactly a Poisson sample of the whole data set with rate ``q``;
+* **user level** (``privacy_unit="user"``): users are sharded, not records. The ranks
+  also compare their user counts and a SHA-256 of the grouping of records into users
+  (:meth:`Group.check_same_users`: a rank given other ``users=`` refuses with an
+  ``InputError`` naming counts, never a user id); rank 0 draws every user's kept
+  records (seeded, or ChaCha20 in ``secure_mode``) and hands the draw to every rank
+  (:class:`~privdl.train.user_level.UserDraw`, what a checkpoint keeps); rank ``r``
+  trains on the contiguous block ``[r U / W, (r + 1) U / W)`` of the ``U`` users with
+  all their kept records (:meth:`Group.shard_users`; a rank holds only those records)
+  and Poisson-samples its users with the run's ``q_user``, from its own generator. Each
+  user is in one block and included with probability ``q_user`` independently, so the
+  union is a Poisson sample of all users; each rank clips each of its sampled users as
+  one unit, and the sums are reduced exactly as below and divided by ``U q_user``. The
+  accountant's ``(sigma, q_user, steps)`` are those of the one-process run;
 * **one noise draw per step**: each rank clips its records' gradients and sums them;
   rank 0 alone adds the Gaussian noise ``N(0, sigma^2 C^2)`` to its sum, and the sums
   are all-reduced (SUM), then divided by the global expected batch size ``n q``. Every
@@ -44,8 +57,7 @@ one machine's file is not composed with the runs charged from the others. Use a
 ``postgresql://`` ledger there.
 
 Not supported: a model wrapped in ``DistributedDataParallel`` (its hooks average
-unclipped gradients: refused with a message), user-level runs (``privacy_unit="user"``:
-refused on several processes), ``make_private`` (refused under torch.distributed by
+unclipped gradients: refused with a message), ``make_private`` (refused under torch.distributed by
 :mod:`privdl.train.private_loop`), ``privdl.tune`` (refused on several processes: each
 rank would draw its own number of runs), a process group made by other means without the
 torchrun environment on several machines (the SQLite check cannot see it).
@@ -250,6 +262,52 @@ class Group:
                 "every rank passes the same data, not its own part (each trains on its shard)"
             )
 
+    def check_same_users(self, n_users: int, grouping_sha256: str) -> None:
+        """Every rank of a user-level run must group the records into the same users:
+        the ranks compare their user counts and a SHA-256 of the grouping (the records'
+        user codes, :class:`~privdl.train.user_level.UserDraw`'s ``grouping_sha256``).
+
+        Raises:
+            InputError: the ranks were given other users (the message gives counts,
+                never a user id).
+        """
+        seen = self.all_gather((int(n_users), str(grouping_sha256)))
+        counts = [u for u, _ in seen]
+        if len(set(counts)) > 1:
+            raise InputError(
+                f"the users given have {', '.join(map(str, counts))} users on ranks 0-{self.world_size - 1}: "
+                "under torchrun every rank passes the same users= (or user_column=) for the same data"
+            )
+        if len({d for _, d in seen}) > 1:
+            raise InputError(
+                "the users given group the records differently on the ranks (same number of users): "
+                "under torchrun every rank passes the same users= (or user_column=) for the same data"
+            )
+
+    def shard_users(self, data: TensorData | IndexedData, users: Any) -> tuple[TensorData | IndexedData, Any]:
+        """This rank's contiguous block of the users of ``users`` (a
+        :class:`~privdl.train.user_level.UserIndex` over ``data``), with all their kept
+        records: ``(the block's kept records, an index of the block over them)``. In-memory
+        data is copied to those rows only; a dataset read record by record becomes a
+        ``Subset`` of them, so a rank reads only its own users' records.
+
+        Raises:
+            InputError: fewer users than processes.
+        """
+        if self.world_size == 1:
+            return data, users
+        u = int(users.n_users)
+        if u < self.world_size:
+            raise InputError(f"training data has {u} users, fewer than the {self.world_size} processes")
+        start, stop = self.shard_range(u)
+        index, records = users.block(start, stop)
+        if isinstance(data, TensorData):
+            rows = records.to(data.X.device)
+            return TensorData(data.X[rows], None if data.y is None else data.y[rows.to(data.y.device)]), index
+        from torch.utils.data import Subset
+
+        return IndexedData(Subset(data.dataset, records.tolist()), data.collate_fn), index
+
     def shard_range(self, n: int) -> tuple[int, int]:
         """This rank's contiguous block of the ``n`` records."""
         return self.rank * n // self.world_size, (self.rank + 1) * n // self.world_size
@@ -370,26 +428,24 @@ def join(
     ``device=``) resolves to CUDA, after selecting the GPU ``LOCAL_RANK``; gloo
     otherwise. Runs before anything is charged or trained.
 
+    ``privacy_unit`` is accepted for compatibility: both units run on several
+    processes (a user-level run shards users, see :meth:`Group.shard_users`).
+
     Raises:
         UsageError: a DistributedDataParallel model; a SQLite ledger on several
-            machines; ``WORLD_SIZE > 1`` without the rest of the torchrun environment;
-            ``privacy_unit="user"`` on several processes (user-level sampling is not
-            sharded yet).
+            machines; ``WORLD_SIZE > 1`` without the rest of the torchrun environment.
     """
+    del privacy_unit
     refuse_wrapped(*models)
     dist = torch.distributed
     available = dist.is_available()
     if available and dist.is_initialized():
         env = TorchrunEnv.read()
         refuse_sqlite_across_machines(ledger, env)
-        group = Group(rank=dist.get_rank(), world_size=dist.get_world_size())
-        if group.world_size > 1:
-            _refuse_user_level(privacy_unit, group.world_size)
-        return group
+        return Group(rank=dist.get_rank(), world_size=dist.get_world_size())
     env = TorchrunEnv.read()
     if env.world_size <= 1:
         return None
-    _refuse_user_level(privacy_unit, env.world_size)
     refuse_sqlite_across_machines(ledger, env)
     if not available:
         raise UsageError(f"WORLD_SIZE={env.world_size} but this torch build has no torch.distributed")
@@ -423,14 +479,6 @@ def refuse_several_processes(what: str) -> None:
         world = TorchrunEnv.read().world_size
     if world > 1:
         raise UsageError(f"{what} does not run on {world} processes yet: run it on one process")
-
-
-def _refuse_user_level(privacy_unit: str, world_size: int) -> None:
-    if privacy_unit == "user":
-        raise UsageError(
-            f'privacy_unit="user" does not run on {world_size} processes yet (users would have to '
-            "be sharded, not records): run a user-level fit on one process"
-        )
 
 
 def _destroy() -> None:

@@ -436,6 +436,7 @@ def start_run(
     resume: ResumePoint | None = None,
     make_step: Callable[[str, Any, Any], Any] | None = None,
     collective: Any = None,
+    units: int | None = None,
 ) -> TrainingRun:
     """The run, ready for its first (or next) step: the DP step over the prepared model
     (a :class:`~privdl.train.model_prep.PreparedModel`), the Poisson sampler, in-memory
@@ -447,7 +448,9 @@ def start_run(
 
     In a distributed run ``data`` is this rank's shard, sampled with the plan's (global)
     rate, and ``collective`` the :class:`~privdl.train.distributed.Group` that sums the
-    ranks' clipped gradients (see :mod:`privdl.train.distributed`).
+    ranks' clipped gradients (see :mod:`privdl.train.distributed`); ``units``: the
+    units this rank samples when they are not ``data``'s records (a distributed
+    user-level rank: its block of users).
     """
     from privdl.train.dp_step import StepSettings, make_dp_step
     from privdl.train.model_prep import shape_for_loss
@@ -473,8 +476,9 @@ def start_run(
         step = make_dp_step(mode, prepared.model, settings, copy_outputs=copy_outputs, on_switch=on_switch)
     in_memory = isinstance(data, TensorData)
     sampler = PoissonSampler(
-        # records (or users) of the run; a distributed rank samples its shard of the records
-        plan.n_samples if collective is None else len(data),
+        # records (or users) of the run; a distributed rank samples its shard of the
+        # records, or (units=) its block of the users
+        units if units is not None else plan.n_samples if collective is None else len(data),
         plan.sample_rate,
         generator=sampler_generator,
         device=device if in_memory else "cpu",

@@ -332,8 +332,8 @@ class PrivateTrainer(EstimatorParams, Predictions):
             BudgetExceededError: the ledger refuses the run (before any step).
             UsageError / InputError: bad configuration or data; also for a
                 ``DistributedDataParallel`` model (pass the plain module), a SQLite
-                ledger in a torchrun run on several machines, or a user-level run
-                under torchrun (not supported yet).
+                ledger in a torchrun run on several machines, or ranks of a torchrun run
+                given other data or other users.
 
         Under ``torchrun`` (or an initialized ``torch.distributed`` process group) the
         same call trains one DP run over all processes: see
@@ -521,6 +521,8 @@ class PrivateTrainer(EstimatorParams, Predictions):
             )
         unit_index = self._user_index(data, n) if self.privacy_unit == "user" else None
         units = n if unit_index is None else unit_index.n_users
+        # a distributed user-level rank trains on its block of the users (all their records)
+        user_shard = None if unit_index is None or group is None else group.shard_users(train, unit_index)
         if resume is not None and n != self.n_samples_:
             raise InputError(
                 f"the checkpoint was trained on {self.n_samples_} records, not {n}: "
@@ -595,11 +597,15 @@ class PrivateTrainer(EstimatorParams, Predictions):
         self.run_id_ = plan.run_id
         self._open_plan = plan if resume is None and plan.run_id is not None and self.ledger_ else None
         self.grad_sample_mode_ = mode
+        if user_shard is not None:
+            shard, unit_index = user_shard
+        else:
+            shard = train if group is None else group.shard(train)
         run = runs.start_run(
             plan,
             prepared,
             mode,
-            train if group is None else group.shard(train),
+            shard,
             valid,
             device=device,
             max_grad_norm=self.max_grad_norm,
@@ -611,6 +617,7 @@ class PrivateTrainer(EstimatorParams, Predictions):
             resume=resume,
             make_step=None if unit_index is None else user_level.make_user_step,
             collective=group,
+            units=None if user_shard is None else unit_index.n_users,
         )
         if unit_index is not None:
             run = user_level.as_user_run(run, unit_index)
@@ -630,6 +637,8 @@ class PrivateTrainer(EstimatorParams, Predictions):
         frame = data if isinstance(data, pd.DataFrame) else None
         codes = user_level.users_of(frame, users, column, n, what="training data")
         cap = int(self.max_records_per_user)  # type: ignore[arg-type]
+        if self._group is not None:  # every rank the same users (before any rank may refuse)
+            self._group.check_same_users(int(codes.max()) + 1 if len(codes) else 0, user_level.grouping_digest(codes))
         resume = self._resume
         if resume is not None:
             if resume.users is None:
@@ -637,8 +646,12 @@ class PrivateTrainer(EstimatorParams, Predictions):
             resume.users.check(codes, cap)
             draw = resume.users
         else:
-            draw = user_level.UserDraw.new(
-                codes, cap, generator=self._generator(torch.device("cpu"), 2), secure=self.secure_mode
+            # one draw for the run: rank 0's (seeded, or ChaCha20), handed to every rank
+            draw = self._on_writer(
+                lambda: user_level.UserDraw.new(
+                    codes, cap, generator=self._generator(torch.device("cpu"), 2), secure=self.secure_mode
+                ),
+                (),
             )
         index = draw.index(codes)
         self._user_draw = draw

@@ -34,6 +34,10 @@ caller's ``backward()`` of the batch's mean loss:
 :meth:`UserBookKeeping.accumulate_backward_users` and
 :meth:`OpacusUserStep.step_from_backward`.
 
+Under ``torchrun`` the ranks shard users, not records (each a contiguous block of users
+with all their kept records, from rank 0's draw), and reduce the clipped user sums with
+one noise draw: :mod:`privdl.train.distributed`.
+
 A training checkpoint of a user-level run keeps the kept-record draw as a
 :class:`UserDraw` (one random key per record, no user id), so that a resumed fit trains
 on the same records of the same users (checked against the users it is given).
@@ -73,6 +77,7 @@ __all__ = [
     "choose_user_mode",
     "clipped_user_sums",
     "draw_user_keys",
+    "grouping_digest",
     "make_user_step",
     "refused_dp_domains",
     "user_bk_supports",
@@ -247,6 +252,22 @@ class UserIndex:
             n_records=n,
             max_records_per_user=int(max_records_per_user),
         )
+
+    def block(self, start: int, stop: int) -> tuple[UserIndex, Any]:
+        """Users ``start`` to ``stop - 1`` on their own (a distributed rank's block, see
+        :meth:`privdl.train.distributed.Group.shard_users`): an index whose records are
+        positions ``0..R-1`` in the block's kept records, and those records' indices in
+        the whole data (R,), user by user. A user keeps every one of their kept records."""
+        lo, hi = int(self.offsets[start]), int(self.offsets[stop])
+        records = self.records[lo:hi]
+        local = UserIndex(
+            records=torch.arange(hi - lo, dtype=torch.int64),
+            offsets=self.offsets[start : stop + 1] - lo,
+            n_users=int(stop) - int(start),
+            n_records=hi - lo,
+            max_records_per_user=self.max_records_per_user,
+        )
+        return local, records
 
     def counts(self, users: Any) -> Any:
         users = users.to(torch.int64).cpu()
@@ -445,6 +466,7 @@ class UserBookKeepingStep:
             expected_batch_size=settings.expected_batch_size,
             generator=settings.generator,
             secure=settings.secure,
+            collective=settings.collective,
         )
 
     @property
@@ -602,6 +624,8 @@ class _NoisyUpdate:
         e.expected_batch_size = int(settings.expected_batch_size)
         e.generator = settings.generator
         e._rng = ChaChaRandom() if settings.secure else None
+        # a distributed run: the ranks' clipped sums all-reduced, the noise added once
+        e.collective = settings.collective
         e._sums = {}
 
     def apply(self, sums: dict[int, Any]) -> None:
@@ -688,7 +712,7 @@ def draw_user_keys(n: int, *, generator: Any = None, secure: bool = False) -> An
     return torch.rand(n, generator=generator, dtype=torch.float64).numpy()
 
 
-def _grouping_digest(codes: Any) -> str:
+def grouping_digest(codes: Any) -> str:
     """SHA-256 of the records' user codes (the grouping of records into users, in order
     of first appearance), through the project's one fingerprint."""
     from privdl.fingerprint import fingerprint_array
@@ -727,7 +751,7 @@ class UserDraw:
             n_records=len(codes),
             n_users=int(codes.max()) + 1 if len(codes) else 0,
             max_records_per_user=int(max_records_per_user),
-            grouping_sha256=_grouping_digest(codes),
+            grouping_sha256=grouping_digest(codes),
         )
 
     def index(self, codes: Any) -> UserIndex:
@@ -759,7 +783,7 @@ class UserDraw:
                 f"the checkpoint was trained on {self.n_users} users, not {users}: "
                 "a resumed run must see the same users"
             )
-        if _grouping_digest(codes) != self.grouping_sha256:
+        if grouping_digest(codes) != self.grouping_sha256:
             raise InputError(
                 f"the users given group the {self.n_records} records differently from the checkpoint's "
                 "run: a resumed run must see the same users, records in the same order"

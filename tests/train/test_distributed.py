@@ -261,13 +261,15 @@ def test_world_size_without_the_rest_of_torchrun_is_refused(monkeypatch, tmp_pat
     assert ledger.runs("ds") == [] and tr.steps_ == 0
 
 
-def test_user_level_runs_and_tune_are_refused_on_several_processes(monkeypatch, tmp_path):
+def test_tune_is_refused_on_several_processes_and_user_level_runs_are_not(monkeypatch, tmp_path):
     from privdl.train.tune import tune
 
     X, y = blobs(n=200)
     monkeypatch.setenv("WORLD_SIZE", "2")  # before any rendezvous: refused first
     tr = PrivateTrainer(mlp(), epsilon=1.0, epochs=1, privacy_unit="user", max_records_per_user=2)
-    with pytest.raises(UsageError, match='privacy_unit="user" does not run on 2 processes'):
+    # a user-level run goes on to the rendezvous (tests/train/test_distributed_users.py
+    # trains one on 2 processes); here the rest of the torchrun environment is missing
+    with pytest.raises(UsageError, match="WORLD_SIZE=2 but RANK, MASTER_ADDR, MASTER_PORT are not set"):
         tr.fit((X, y), users=np.arange(200) // 2)
     with pytest.raises(UsageError, match=r"privdl\.tune does not run on 2 processes"):
         tune(mlp, {"lr": [0.1, 0.2]}, (X, y), epsilon=1.0)
