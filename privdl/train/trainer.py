@@ -22,8 +22,9 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -134,6 +135,47 @@ class PrivateTrainer(EstimatorParams, Predictions):
             this many of their records (a random subset when they have more).
     """
 
+    # Learned state: class-level defaults until fit() sets each on the instance, so that
+    # __init__ stores the parameters only (scikit-learn's rule). A fit replaces these
+    # values and never mutates them in place (the sequences and the mapping are immutable).
+    # user-level runs (privacy_unit="user"): users, and records beyond the cap
+    n_users_: int | None = None
+    records_dropped_: int | None = None
+    # set by privdl.tune on the candidate it releases: the search that chose it
+    search_: dict[str, Any] | None = None
+    # domain_*: where the encoder's domains came from ("policy", "dp",
+    # "learned-unprotected"), a DP estimate's segments and ledger run
+    domain_source_: str | None = None
+    domain_history_: Sequence[tuple[float, float, int]] = ()
+    domain_run_id_: str | None = None
+    model_: nn.Module | None = None
+    # per epoch; its exact training "loss" is for the live progress bar only (not DP)
+    history_: Sequence[dict[str, Any]] = ()
+    val_overlap_: int | None = None
+    accountant_history_: Sequence[tuple[float, float, int]] = ()
+    # the dataset's accountant when a ledger chose it (else None: ours applies)
+    accountant_: str | None = None
+    noise_multiplier_: float | None = None
+    sample_rate_: float | None = None
+    steps_: int = 0
+    planned_steps_: int = 0
+    delta_: float | None = None
+    n_samples_: int | None = None
+    batch_size_: int | None = None  # the expected batch size used
+    replaced_modules_: Sequence[str] = ()
+    grad_sample_mode_: str | None = None
+    task_: str | None = None
+    n_outputs_: int | None = None
+    encoder_: Any = None
+    feature_names_: list[str] | None = None
+    ledger_: Any = None
+    run_id_: str | None = None
+    device_: str | None = None
+    fit_seconds_: float | None = None
+    # the last fit's RunManifest (privdl.train.provenance) and its data fingerprints
+    manifest_: Any = None
+    data_fingerprints_: Mapping[str, Any] = MappingProxyType({})
+
     def __init__(
         self,
         model: nn.Module | None = None,
@@ -165,7 +207,7 @@ class PrivateTrainer(EstimatorParams, Predictions):
         max_records_per_user: int | None = None,
     ) -> None:
         self.model = model
-        self.target_epsilon = epsilon
+        self._target_epsilon = epsilon  # the parameter epsilon= (trainer.epsilon is the spent one)
         self.delta = delta
         self.max_grad_norm = max_grad_norm
         self.epochs = epochs
@@ -190,47 +232,12 @@ class PrivateTrainer(EstimatorParams, Predictions):
         self.domain_epsilon = domain_epsilon
         self.privacy_unit = privacy_unit
         self.max_records_per_user = max_records_per_user
-        # user-level runs (privacy_unit="user"): users, and records beyond the cap
-        self.n_users_: int | None = None
-        self.records_dropped_: int | None = None
+        # user-level runs (privacy_unit="user"): the users= / user_column= of the fit
         self._users: tuple[str | None, Any] = (None, None)
         # the draw of every user's kept records (a checkpoint keeps it for a resume)
         self._user_draw: user_level.UserDraw | None = None
-        # set by privdl.tune on the candidate it releases: the search that chose it
-        self.search_: dict[str, Any] | None = None
-        # learned state, set by fit(); domain_*: where the encoder's domains came from
-        # ("policy", "dp", "learned-unprotected"), a DP estimate's segments and ledger run
-        self.domain_source_: str | None = None
-        self.domain_history_: list[tuple[float, float, int]] = []
-        self.domain_run_id_: str | None = None
+        # a DP domain estimate's accountant segments (domain_history_ is the public copy)
         self._domain_segments: list[tuple[float, float, int]] = []
-        self.model_: nn.Module | None = None
-        # per epoch; its exact training "loss" is for the live progress bar only (not DP)
-        self.history_: list[dict[str, Any]] = []
-        self.val_overlap_: int | None = None
-        self.accountant_history_: list[tuple[float, float, int]] = []
-        # the dataset's accountant when a ledger chose it (else None: ours applies)
-        self.accountant_: str | None = None
-        self.noise_multiplier_: float | None = None
-        self.sample_rate_: float | None = None
-        self.steps_: int = 0
-        self.planned_steps_: int = 0
-        self.delta_: float | None = None
-        self.n_samples_: int | None = None
-        self.batch_size_: int | None = None  # the expected batch size used
-        self.replaced_modules_: list[str] = []
-        self.grad_sample_mode_: str | None = None
-        self.task_: str | None = None
-        self.n_outputs_: int | None = None
-        self.encoder_: Any = None
-        self.feature_names_: list[str] | None = None
-        self.ledger_: Any = None
-        self.run_id_: str | None = None
-        self.device_: str | None = None
-        self.fit_seconds_: float | None = None
-        # the last fit's RunManifest (privdl.train.provenance) and its data fingerprints
-        self.manifest_: Any = None
-        self.data_fingerprints_: dict[str, Any] = {}
         # set by resume(): where the checkpointed run goes on from
         self._resume: ResumePoint | None = None
         self._step_open = False  # inside a DP step (see _settle_on_failure)
@@ -241,6 +248,16 @@ class PrivateTrainer(EstimatorParams, Predictions):
 
     # ------------------------------------------------------------------ parameters
     _param_attributes: ClassVar[dict[str, str]] = {"epsilon": "target_epsilon"}
+
+    @property
+    def target_epsilon(self) -> float | str:
+        """The ``epsilon=`` parameter: the run's target (``trainer.epsilon`` is the
+        epsilon spent)."""
+        return self._target_epsilon
+
+    @target_epsilon.setter
+    def target_epsilon(self, value: float | str) -> None:
+        self._target_epsilon = value
 
     def params_record(self) -> dict[str, Any]:
         """The run's configuration as plain data, as it goes into the audit record, the
@@ -691,7 +708,7 @@ class PrivateTrainer(EstimatorParams, Predictions):
     def _switched(self, note: str) -> None:
         """The DP step moved from ghost clipping to hooks: recorded and reported."""
         self.grad_sample_mode_ = "hooks"
-        self.replaced_modules_.append(note)
+        self.replaced_modules_ = [*self.replaced_modules_, note]
         warnings.warn(note, UserWarning, stacklevel=2)
 
     # ------------------------------------------------------------------ training loop

@@ -133,6 +133,7 @@ def test_params_come_from_the_signature_and_clone_makes_an_unfitted_twin():
         "check_estimator_repr",
         "check_do_not_raise_errors_in_init_or_set_params",
         "check_parameters_default_constructible",
+        "check_no_attributes_set_in_init",
     ],
 )
 def test_sklearn_estimator_checks(name):
