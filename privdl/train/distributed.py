@@ -50,6 +50,12 @@ Every rank passes the same data; the run is still *one* DP-SGD run:
 * **one output**: rank 0 writes the model folder (``save``), checkpoints and the audit
   entry; the others wait for it (and see its error, if any).
 
+A search (``privdl.tune``) runs on several processes too, as *one* search
+(:mod:`privdl.train.tune_ranks`): rank 0 draws the split, the number of candidates and
+their hyperparameters, reserves and settles the one ledger run; each candidate is the
+distributed fit above; its held-out score is summed over the ranks' blocks and noised
+once, by rank 0 (:meth:`Group.together` lets ranks refuse their arguments together).
+
 A ledger on a SQLite path is refused before any step when the torchrun environment
 shows several machines (``WORLD_SIZE > LOCAL_WORLD_SIZE``, ``GROUP_WORLD_SIZE > 1`` or
 ``NNODES > 1``): rank 0 lands on any machine the rendezvous picks, and a budget kept in
@@ -58,8 +64,7 @@ one machine's file is not composed with the runs charged from the others. Use a
 
 Not supported: a model wrapped in ``DistributedDataParallel`` (its hooks average
 unclipped gradients: refused with a message), ``make_private`` (refused under torch.distributed by
-:mod:`privdl.train.private_loop`), ``privdl.tune`` (refused on several processes: each
-rank would draw its own number of runs), a process group made by other means without the
+:mod:`privdl.train.private_loop`), a process group made by other means without the
 torchrun environment on several machines (the SQLite check cannot see it).
 """
 
@@ -222,6 +227,27 @@ class Group:
         for name, attr in state.items():
             setattr(obj, name, attr)
         return value
+
+    def together(self, make: Callable[[], T]) -> T:
+        """Run ``make`` on every rank and leave together: when it raises on some rank,
+        every rank raises (its own error, else the lowest failing rank's), so that no rank
+        waits in a later collective for one that has already left.
+
+        For checks that each rank makes on its own arguments before the first collective
+        that depends on them (``privdl.tune``'s)."""
+        error: Exception | None = None
+        result: Any = None
+        try:
+            result = make()
+        except Exception as exc:  # every rank must reach the gather below
+            error = exc
+        seen = self.all_gather(None if error is None else _portable(error))
+        if error is not None:
+            raise error
+        for other in seen:
+            if other is not None:
+                raise other
+        return result
 
     def broadcast_module(self, module: Any) -> None:
         """Give every rank rank 0's parameters and buffers (the run's one initial state)."""

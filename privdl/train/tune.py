@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -171,38 +172,67 @@ def tune(
         UsageError: a bad grid, data or distribution.
         BudgetExceededError: the ledger refuses the search (before any candidate).
     """
-    from privdl.audit import operation
     from privdl.budget.accounting import check_epsilon
-    from privdl.train.data import as_data
-    from privdl.train.distributed import refuse_several_processes
-    from privdl.train.params import DEFAULTS
-    from privdl.train.run import open_ledger
+    from privdl.train.distributed import join
+    from privdl.train.tune_ranks import Ranks, argument_digests
 
-    # each rank would draw its own number of runs and charge the ledger on its own
-    refuse_several_processes("privdl.tune")
-    check_epsilon(epsilon)
-    if distribution not in DISTRIBUTIONS:
-        raise UsageError(f"distribution must be one of {', '.join(map(repr, DISTRIBUTIONS))}")
-    if not (0 < val_fraction < 1) and public_val is None:
-        raise UsageError("val_fraction must be in (0, 1)")
-    if not score_noise > 0:
-        raise UsageError("score_noise must be positive")
-    if ledger is not None and not dataset_id:
-        raise UsageError("a ledger needs a dataset_id= to charge")
+    # under torchrun: one search over all ranks (privdl.train.tune_ranks)
+    ranks = Ranks(join(str(trainer_params.get("device", "auto")), ledger=ledger))
+
+    def checked() -> tuple[Any, ...]:
+        # every rank checks its own arguments; a refusal on one is raised on all
+        check_epsilon(epsilon)
+        if distribution not in DISTRIBUTIONS:
+            raise UsageError(f"distribution must be one of {', '.join(map(repr, DISTRIBUTIONS))}")
+        if not (0 < val_fraction < 1) and public_val is None:
+            raise UsageError("val_fraction must be in (0, 1)")
+        if not score_noise > 0:
+            raise UsageError("score_noise must be positive")
+        if ledger is not None and not dataset_id:
+            raise UsageError("a ledger needs a dataset_id= to charge")
+        return _checked_data(grid, data, users, public_val, trainer_params, several=ranks.several)
+
+    configs, unit, train, codes, n_units, public = ranks.together(checked)
+    arguments = {
+        "grid": grid, "epsilon": epsilon, "delta": delta, "dataset_id": dataset_id, "mean_runs": mean_runs,
+        "distribution": distribution, "eta": eta, "val_fraction": val_fraction, "score_noise": score_noise,
+        "accountant": accountant, "seed": seed, "public_val": public_val is not None, "users": users is not None,
+    }
+    if ranks.several:
+        from privdl.train import user_level
+
+        grouping = None if users is None else (n_units, user_level.grouping_digest(codes))
+        ranks.check_same_search(argument_digests(arguments, trainer_params), train, public, grouping)
+    return _tune(
+        make_model, configs, train, codes, n_units, ranks=ranks, grid=grid, epsilon=float(epsilon),
+        delta=delta, ledger=ledger, dataset_id=dataset_id, mean_runs=mean_runs, distribution=distribution,
+        eta=eta, val_fraction=val_fraction, score_noise=score_noise, public_val=public_val, users=users,
+        unit=unit, accountant=accountant, seed=seed, audit_log=audit_log, trainer_params=trainer_params,
+    )
+
+
+def _checked_data(
+    grid: Mapping[str, Sequence[Any]],
+    data: Any,
+    users: Any,
+    public_val: Any,
+    trainer_params: Mapping[str, Any],
+    *,
+    several: bool,
+) -> tuple[Any, ...]:
+    """The grid's configurations, the unit, the data and every record's unit code."""
+    import pandas as pd
+
+    from privdl.train.data import as_data
+
     configs = _configs(grid)
     unit = str(trainer_params.get("privacy_unit", "record"))
     if (unit == "user") != (users is not None):
         raise UsageError('users= goes with privacy_unit="user" (and the reverse)')
-    import pandas as pd
-
     if isinstance(data, pd.DataFrame):
         raise UsageError("tune takes (X, y) arrays: encode the table first (a TableEncoder with public domains)")
     train = as_data(data, what="training data")
-    X, y = train.X, train.y
     n = len(train)
-    rng = np.random.default_rng(seed if seed is not None else int.from_bytes(os.urandom(16), "big"))
-
-    # the split: every unit independently held out with probability val_fraction
     if unit == "user":
         from privdl.train.user_level import users_of
 
@@ -211,41 +241,109 @@ def tune(
     else:
         codes = np.arange(n)
         n_units = n
-    if public_val is None:
-        held = rng.random(n_units) < val_fraction
-        val_rows = np.flatnonzero(held[codes])
-        train_rows = np.flatnonzero(~held[codes])
-        m_val = int(held.sum())
-        if m_val < 1 or len(train_rows) < 2:
-            raise UsageError("the held-out split is empty or leaves too little to train: change val_fraction")
-    else:
-        train_rows, val_rows, m_val = np.arange(n), np.array([], dtype=np.int64), 0
-    n_train_units = len(np.unique(codes[train_rows]))
+    # (compared between the ranks; on one process scored as given)
+    public = as_data(tuple(public_val), what="public_val") if several and public_val is not None else None
+    return configs, unit, train, codes, n_units, public
 
-    ledger_obj = open_ledger(ledger)
-    if delta is None:
-        delta = ledger_obj.budget(dataset_id)[1] / 2 if ledger_obj is not None else 1.0 / (10 * n_units)
-    delta = float(delta)
+
+@dataclass(frozen=True)
+class _Plan:
+    """What rank 0 draws and computes before the search, for every rank."""
+
+    held: Any  # per unit: held out (None with public_val)
+    delta: float
+    sigma: float
+    planned: float
+    k: int
+    picks: tuple[int, ...]  # the candidates' configurations (indices into the grid's)
+
+
+def _tune(
+    make_model: Callable[[], Any],
+    configs: list[dict[str, Any]],
+    train: Any,
+    codes: np.ndarray,
+    n_units: int,
+    *,
+    ranks: Any,
+    grid: Mapping[str, Sequence[Any]],
+    epsilon: float,
+    delta: float | None,
+    ledger: Any,
+    dataset_id: str | None,
+    mean_runs: float,
+    distribution: str,
+    eta: float,
+    val_fraction: float,
+    score_noise: float,
+    public_val: Any,
+    users: Any,
+    unit: str,
+    accountant: str,
+    seed: int | None,
+    audit_log: Any,
+    trainer_params: Mapping[str, Any],
+) -> TuneResult:
+    from privdl.audit import operation
+    from privdl.train.params import DEFAULTS
+    from privdl.train.run import open_ledger
+
+    X, y = train.X, train.y
+    n = len(train)
+    # rank 0's randomness draws the split, K, the candidates and the scores' noise
+    rng = np.random.default_rng(seed if seed is not None else int.from_bytes(os.urandom(16), "big"))
+    # the other ranks hold no ledger: rank 0 alone reserves and settles
+    ledger_obj = open_ledger(ledger) if ranks.writes else None
     defaults = {"batch_size": trainer_params.get("batch_size", DEFAULTS["batch_size"]),
                 "epochs": trainer_params.get("epochs", DEFAULTS["epochs"])}
-    def score_segment(sigma: float) -> list[tuple[float, float, int]]:
+
+    def split(held: Any) -> tuple[np.ndarray, np.ndarray, int, int]:
+        if held is None:
+            return np.arange(n), np.array([], dtype=np.int64), 0, len(np.unique(codes))
+        val_rows = np.flatnonzero(held[codes])
+        train_rows = np.flatnonzero(~held[codes])
+        return train_rows, val_rows, int(held.sum()), len(np.unique(codes[train_rows]))
+
+    def score_segment(sigma: float, m_val: int) -> list[tuple[float, float, int]]:
         # the score's Gaussian noise (in counts): score_noise of the held-out units, and
         # never below the training noise multiplier, so that some noise level meets epsilon
         return [] if public_val is not None else [(float(max(score_noise * m_val, sigma)), 1.0, 1)]
 
-    def histories(sigma: float) -> list[list[tuple[float, float, int]]]:
-        return [_history(sigma, n_train_units, c, defaults) + score_segment(sigma) for c in configs]
+    def histories(sigma: float, m_val: int, n_train_units: int) -> list[list[tuple[float, float, int]]]:
+        return [_history(sigma, n_train_units, c, defaults) + score_segment(sigma, m_val) for c in configs]
 
-    def bound(sigma: float) -> float:
-        return search_epsilon(histories(sigma), delta=delta, distribution=distribution, mean_runs=mean_runs, eta=eta)
+    def make_plan() -> _Plan:
+        # the split: every unit independently held out with probability val_fraction
+        held = None
+        if public_val is None:
+            held = rng.random(n_units) < val_fraction
+            _, val_rows, m_val, _ = split(held)
+            if m_val < 1 or n - len(val_rows) < 2:
+                raise UsageError("the held-out split is empty or leaves too little to train: change val_fraction")
+        _, _, m_val, n_train_units = split(held)
+        if delta is None:
+            d = ledger_obj.budget(dataset_id)[1] / 2 if ledger_obj is not None else 1.0 / (10 * n_units)
+        else:
+            d = float(delta)
 
-    sigma = _calibrate(bound, float(epsilon))
-    planned = bound(sigma)
-    score_seg = score_segment(sigma)
+        def bound(sigma: float) -> float:
+            return search_epsilon(histories(sigma, m_val, n_train_units), delta=d, distribution=distribution,
+                                  mean_runs=mean_runs, eta=eta)
+
+        sigma = _calibrate(bound, float(epsilon))
+        # K and every candidate's configuration, drawn before any candidate runs
+        k = _count(rng, distribution, mean_runs, eta)
+        picks = tuple(int(rng.integers(len(configs))) for _ in range(k))
+        return _Plan(held=held, delta=float(d), sigma=sigma, planned=bound(sigma), k=k, picks=picks)
+
+    plan = ranks.on_writer(make_plan)
+    train_rows, val_rows, m_val, n_train_units = split(plan.held)
+    delta, sigma = plan.delta, plan.sigma
+    score_seg = score_segment(sigma, m_val)
     how = f"Papernot-Steinke search, {distribution} mean {mean_runs:g}" + (
         f" eta {eta:g}" if distribution != "poisson" else ""
     )
-    worst = max(histories(sigma), key=lambda h: epsilon_of(h, delta=delta, accountant="rdp"))
+    worst = max(histories(sigma, m_val, n_train_units), key=lambda h: epsilon_of(h, delta=delta, accountant="rdp"))
 
     params = {
         "grid": {k: [str(v) for v in vs] for k, vs in grid.items()},
@@ -258,10 +356,21 @@ def tune(
         "privacy_unit": unit,
         "public_val": public_val is not None,
     }
-    with operation(audit_log, "tune", params=params, started=audit_log is not None) as op:
-        run_id = None
-        if ledger_obj is not None:
-            run_id = ledger_obj.reserve(
+    if ranks.several:
+        params["processes"] = ranks.group.world_size
+    with contextlib.ExitStack() as stack:
+        # rank 0 writes the one audit entry; a log that refuses it stops every rank
+        op = ranks.together(
+            lambda: stack.enter_context(
+                operation(audit_log if ranks.writes else None, "tune", params=params,
+                          started=audit_log is not None and ranks.writes)
+            )
+        )
+
+        def reserve() -> str | None:
+            if ledger_obj is None:
+                return None
+            return ledger_obj.reserve(
                 str(dataset_id),
                 history=worst,
                 delta=delta,
@@ -269,29 +378,36 @@ def tune(
                 model_name=f"search over {len(configs)} configurations",
                 epsilon=float(epsilon),
                 privacy_unit=unit,
-                charge=Charge(planned, delta, how),
+                charge=Charge(plan.planned, delta, how),
             )
+
+        run_id = ranks.on_writer(reserve)
         settled = False
         try:
             result = _search(
                 make_model, configs, X, y, codes, train_rows, val_rows, m_val, public_val,
-                rng=rng, sigma=sigma, delta=delta, accountant=accountant, unit=unit,
-                users=users, seed=seed, distribution=distribution, mean_runs=mean_runs,
+                rng=rng, ranks=ranks, picks=plan.picks, sigma=sigma, delta=delta, accountant=accountant,
+                unit=unit, users=users, seed=seed, distribution=distribution, mean_runs=mean_runs,
                 eta=eta, score_seg=score_seg, trainer_params=trainer_params,
                 secure=bool(trainer_params.get("secure_mode")), defaults=defaults,
+                planned=histories(sigma, m_val, n_train_units),
             )
             result.run_id = run_id
-            if ledger_obj is not None and run_id is not None:
-                ledger_obj.settle(
-                    run_id,
-                    history=worst,
-                    charge=Charge(result.epsilon, delta, how + f", {len(result.candidates_)} candidates"),
-                )
-                settled = True
+
+            def settle() -> None:
+                if ledger_obj is not None and run_id is not None:
+                    ledger_obj.settle(
+                        run_id,
+                        history=worst,
+                        charge=Charge(result.epsilon, delta, how + f", {len(result.candidates_)} candidates"),
+                    )
+
+            ranks.on_writer(settle)
+            settled = True
         finally:
             if ledger_obj is not None and run_id is not None and not settled:
                 # a failed search keeps its whole planned charge: candidates may have run
-                ledger_obj.settle(run_id, history=worst, charge=Charge(planned, delta, how))
+                ledger_obj.settle(run_id, history=worst, charge=Charge(plan.planned, delta, how))
         if result.trainer_ is not None:
             result.trainer_.dataset_id = dataset_id
             result.trainer_.run_id_ = run_id
@@ -334,6 +450,8 @@ def _search(
     public_val: Any,
     *,
     rng: np.random.Generator,
+    ranks: Any,
+    picks: Sequence[int],
     sigma: float,
     delta: float,
     accountant: str,
@@ -347,25 +465,28 @@ def _search(
     trainer_params: Mapping[str, Any],
     secure: bool,
     defaults: Mapping[str, Any],
+    planned: list[list[tuple[float, float, int]]],
 ) -> TuneResult:
     import torch
 
     from privdl.train.data import ChaChaRandom
     from privdl.train.trainer import PrivateTrainer
 
-    k = _count(rng, distribution, mean_runs, eta)
     tr = torch.from_numpy(train_rows)
     Xt, yt = X[tr], y[tr]
     fit_users = None if users is None else np.asarray(users)[train_rows]
-    noise = ChaChaRandom() if secure else None
+    noise = ChaChaRandom() if secure and ranks.writes else None
     best: tuple[float, Any, dict[str, Any]] | None = None
     candidates: list[dict[str, Any]] = []
     n_train_units = len(np.unique(codes[train_rows]))
-    for i in range(k):
-        config = configs[int(rng.integers(len(configs)))]
+    score = _scorer(X, y, codes, val_rows, public_val, unit, ranks)
+    for i, pick in enumerate(picks):
+        config = configs[pick]
         kwargs = {**trainer_params, **config}
         kwargs.setdefault("progress", False)
         own = _history(sigma, n_train_units, config, defaults)
+        # no ledger: the search holds the one ledger run (under torchrun an ordinary
+        # distributed fit, the same configuration on every rank)
         trainer = PrivateTrainer(
             make_model(),
             epsilon=epsilon_of(own, delta=delta, accountant=accountant),
@@ -379,30 +500,27 @@ def _search(
         else:
             trainer.fit((Xt, yt), users=fit_users)
         history = [*trainer.accountant_history_, *score_seg]
+        total = score(trainer)
         if public_val is not None:
-            Xv, yv = public_val
-            score = float(np.mean(np.asarray(trainer.predict(Xv)) == np.asarray(yv)))
+            value = ranks.on_writer(lambda total=total: total / len(public_val[1]))
         else:
-            vr = torch.from_numpy(val_rows)
-            correct = (np.asarray(trainer.predict(X[vr])) == np.asarray(y[vr])).astype(np.float64)
-            if unit == "user":
-                per = codes[val_rows]
-                _, inv = np.unique(per, return_inverse=True)
-                total = float((np.bincount(inv, weights=correct) / np.bincount(inv)).sum())
-            else:
-                total = float(correct.sum())
             std = score_seg[0][0]
-            z = float(noise.normal(1)[0]) if noise is not None else float(rng.normal())
-            score = (total + std * z) / m_val
+
+            def noisy(total: float = total, std: float = std) -> float:
+                # one Gaussian draw for the whole held-out split, on rank 0
+                z = float(noise.normal(1)[0]) if noise is not None else float(rng.normal())
+                return (total + std * z) / m_val
+
+            value = ranks.on_writer(noisy)
         candidates.append({"params": dict(config), "history": history})
-        if best is None or score > best[0]:
-            best = (score, trainer, dict(config))
+        if best is None or value > best[0]:
+            best = (value, trainer, dict(config))
     hists = [c["history"] for c in candidates]
-    if hists:
-        eps = search_epsilon(hists, delta=delta, distribution=distribution, mean_runs=mean_runs, eta=eta)
-    else:  # K = 0: nothing ran; the planned bound (the law of K) still stands
-        plan = [_history(sigma, n_train_units, c, defaults) + score_seg for c in configs]
-        eps = search_epsilon(plan, delta=delta, distribution=distribution, mean_runs=mean_runs, eta=eta)
+    # K = 0: nothing ran; the planned bound (the law of K) still stands
+    recorded = hists if hists else planned
+    eps = ranks.on_writer(
+        lambda: search_epsilon(recorded, delta=delta, distribution=distribution, mean_runs=mean_runs, eta=eta)
+    )
     result = TuneResult(
         best_params_=None if best is None else best[2],
         trainer_=None if best is None else best[1],
@@ -425,3 +543,45 @@ def _search(
             "histories": hists,
         }
     return result
+
+
+def _scorer(
+    X: Any, y: Any, codes: np.ndarray, val_rows: np.ndarray, public_val: Any, unit: str, ranks: Any
+) -> Callable[[Any], float]:
+    """``trainer -> the number of correct held-out units`` (a user counts the mean over
+    their records), summed over the ranks' blocks of the units (one process: all)."""
+    import torch
+
+    if public_val is not None:
+        Xv, yv = public_val
+        start, stop = ranks.block(len(yv))
+        Xb, yb = Xv[start:stop], np.asarray(yv)[start:stop]
+
+        def public(trainer: Any) -> float:
+            mine = float(np.sum(np.asarray(trainer.predict(Xb)) == yb)) if stop > start else 0.0
+            return ranks.total(mine)
+
+        return public
+
+    if unit == "user":
+        held = np.unique(codes[val_rows])
+        start, stop = ranks.block(len(held))
+        rows = val_rows[np.isin(codes[val_rows], held[start:stop])]
+    else:
+        start, stop = ranks.block(len(val_rows))
+        rows = val_rows[start:stop]
+    vr = torch.from_numpy(rows)
+    Xb, yb = X[vr], np.asarray(y[vr])
+    _, inv = np.unique(codes[rows], return_inverse=True)
+
+    def held_out(trainer: Any) -> float:
+        if len(rows) == 0:
+            return ranks.total(0.0)
+        correct = (np.asarray(trainer.predict(Xb)) == yb).astype(np.float64)
+        if unit == "user":
+            mine = float((np.bincount(inv, weights=correct) / np.bincount(inv)).sum())
+        else:
+            mine = float(correct.sum())
+        return ranks.total(mine)
+
+    return held_out
