@@ -24,6 +24,12 @@ Only the best candidate is released: ``result.candidates_`` lists each candidate
 hyperparameters and accountant history (chosen without looking at the data), not their
 scores, because the theorem covers the best candidate's output alone.
 
+Under ``torchrun`` every rank calls ``tune`` with the same arguments and data, and the
+ranks run *one* search (:mod:`privdl.train.tune_ranks`): rank 0 draws the split, K and
+the candidates and holds the one ledger run, each candidate is a distributed fit, and
+the held-out score is summed over the ranks and noised once; every rank returns the
+same result and model.
+
 Example:
     >>> result = tune(make_model, {"lr": [0.05, 0.1], "max_grad_norm": [0.5, 1.0]},
     ...               (X, y), epsilon=3.0, ledger="budget.db", dataset_id="ds")  # doctest: +SKIP
@@ -169,7 +175,10 @@ def tune(
         :class:`TuneResult`.
 
     Raises:
-        UsageError: a bad grid, data or distribution.
+        UsageError: a bad grid, data or distribution; under torchrun also an argument
+            that differs between the ranks (on every rank, before anything is charged).
+        InputError: bad data; under torchrun also other data, users or ``public_val``
+            on some rank.
         BudgetExceededError: the ledger refuses the search (before any candidate).
     """
     from privdl.budget.accounting import check_epsilon

@@ -261,19 +261,23 @@ def test_world_size_without_the_rest_of_torchrun_is_refused(monkeypatch, tmp_pat
     assert ledger.runs("ds") == [] and tr.steps_ == 0
 
 
-def test_tune_is_refused_on_several_processes_and_user_level_runs_are_not(monkeypatch, tmp_path):
+def test_tune_and_user_level_runs_go_to_the_rendezvous(monkeypatch, tmp_path):
     from privdl.train.tune import tune
 
     X, y = blobs(n=200)
-    monkeypatch.setenv("WORLD_SIZE", "2")  # before any rendezvous: refused first
+    monkeypatch.setenv("WORLD_SIZE", "2")
     tr = PrivateTrainer(mlp(), epsilon=1.0, epochs=1, privacy_unit="user", max_records_per_user=2)
     # a user-level run goes on to the rendezvous (tests/train/test_distributed_users.py
     # trains one on 2 processes); here the rest of the torchrun environment is missing
     with pytest.raises(UsageError, match="WORLD_SIZE=2 but RANK, MASTER_ADDR, MASTER_PORT are not set"):
         tr.fit((X, y), users=np.arange(200) // 2)
-    with pytest.raises(UsageError, match=r"privdl\.tune does not run on 2 processes"):
-        tune(mlp, {"lr": [0.1, 0.2]}, (X, y), epsilon=1.0)
-    assert tr.steps_ == 0
+    # so does a search (tests/train/test_tune_distributed.py runs them on 2 processes),
+    # refused here before anything is charged
+    ledger = BudgetLedger(tmp_path / "b.db")
+    ledger.set_budget("ds", epsilon=5.0, delta=1e-4)
+    with pytest.raises(UsageError, match="WORLD_SIZE=2 but RANK, MASTER_ADDR, MASTER_PORT are not set"):
+        tune(mlp, {"lr": [0.1, 0.2]}, (X, y), epsilon=1.0, ledger=ledger, dataset_id="ds")
+    assert tr.steps_ == 0 and ledger.runs("ds") == []
 
 
 @pytest.mark.parametrize(
