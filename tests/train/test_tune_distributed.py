@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from tests.train.tune_worker import GRID, RECORD, blobs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("tune_worker.py")
+POSTGRES_URL = os.environ.get("PRIVDL_TEST_POSTGRES_URL", "")
 TORCHRUN_VARS = (
     "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE", "NNODES", "MASTER_ADDR", "MASTER_PORT",
 )
@@ -55,10 +57,28 @@ def launched(tmp_path_factory):
     env["OMP_NUM_THREADS"] = "1"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
     cmd += [str(WORKER), str(out), str(path)]
+    pg_dataset = None
+    if POSTGRES_URL and _postgres_driver():  # a PostgreSQL problem fails the PostgreSQL test only
+        try:
+            pg_dataset = f"tune-dist-{uuid.uuid4().hex[:12]}"
+            BudgetLedger(POSTGRES_URL).set_budget(pg_dataset, epsilon=10.0, delta=1e-5)
+        except Exception:
+            pg_dataset = None
+        else:
+            cmd += [POSTGRES_URL, pg_dataset]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=out)
     assert done.returncode == 0, done.stderr[-4000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
-    return {"out": out, "ledger": BudgetLedger(path), "ranks": ranks}
+    return {"out": out, "ledger": BudgetLedger(path), "ranks": ranks, "postgres": pg_dataset}
+
+
+def _postgres_driver() -> bool:
+    try:
+        import psycopg  # noqa: F401
+        import sqlalchemy  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _histories(result: dict) -> list[list[tuple]]:
@@ -160,3 +180,17 @@ def test_together_on_one_process():
     assert group.together(lambda: 7) == 7
     with pytest.raises(UsageError, match="bad"):
         group.together(lambda: (_ for _ in ()).throw(UsageError("bad")))
+
+
+def test_a_search_charged_to_postgresql(launched):
+    if launched["postgres"] is None:
+        pytest.skip("PRIVDL_TEST_POSTGRES_URL is not set (or the PostgreSQL ledger is not reachable)")
+    a, b = (r["postgres"] for r in launched["ranks"])
+    assert "error" not in a and "error" not in b, (a, b)
+    assert a["k"] >= 1  # this seed draws a candidate
+    for key in ("k", "candidates", "best_params", "best_score", "epsilon", "run_id", "weights"):
+        assert a[key] == b[key], key
+    runs = BudgetLedger(POSTGRES_URL).runs(launched["postgres"])
+    assert len(runs) == 1 and runs[0].run_id == a["run_id"] and runs[0].status == "settled"
+    want = _independent_bound(_histories(a), delta=a["delta"], distribution="poisson", mean_runs=RECORD["mean_runs"])
+    assert runs[0].charge.epsilon == pytest.approx(want, rel=1e-6)

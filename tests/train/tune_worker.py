@@ -1,12 +1,13 @@
 """One rank of tests/train/test_tune_distributed.py, run by
 ``python -m torch.distributed.run --nproc_per_node 2 --standalone``.
 
-Usage: ``tune_worker.py OUT LEDGER``. Runs, on every rank, the script a user writes
+Usage: ``tune_worker.py OUT LEDGER [POSTGRES_URL DATASET]``. Runs, on every rank, the script a user writes
 (``privdl.tune(make_model, grid, (X, y), ...)``, unchanged), for each search of
 :data:`SEARCHES`: a record-level search charged to ``LEDGER`` (dataset ``tune-dist``)
 with an audit log, a user-level search, a user-level and a secure_mode search without a seed (each rank's own randomness), a search scored on public data, a search the
 budget refuses, and searches whose arguments differ on rank 1 (another grid, other
-data, a grid that only rank 1 refuses). ``make_model`` gives each rank other initial
+data, a grid that only rank 1 refuses); with a PostgreSQL URL, also a search charged to
+it (dataset ``DATASET``). ``make_model`` gives each rank other initial
 weights. Writes ``OUT/rank{R}.json``: per search what the rank's result says (K, the
 candidates, the best, epsilon, the run id, a digest of the released weights), or the
 error it raised (``{"error": type, "message": str}``).
@@ -65,6 +66,9 @@ def model_maker(rank: int):
 def search(name: str, rank: int, out: Path, ledger: str) -> dict[str, Any]:
     X, y = blobs()
     make_model = model_maker(rank)
+    if name == "postgres":  # the ledger in PostgreSQL: rank 0 reserves and settles there
+        url, dataset = sys.argv[3], sys.argv[4]
+        return privdl.tune(make_model, GRID, (X, y), ledger=url, dataset_id=dataset, **{**RECORD, "seed": 8})
     if name == "record":
         log = AuditLog(out / "audit.jsonl", key=Secret(KEY))
         return privdl.tune(make_model, GRID, (X, y), ledger=ledger, dataset_id="tune-dist", audit_log=log, **RECORD)
@@ -108,7 +112,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     rank = int(os.environ["RANK"])
     seen: dict[str, Any] = {}
-    for name in SEARCHES:
+    for name in SEARCHES + (("postgres",) if len(sys.argv) > 3 else ()):
         try:
             result = search(name, rank, out, ledger)
         except Exception as exc:  # the refusal this rank saw
