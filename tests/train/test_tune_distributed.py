@@ -125,6 +125,8 @@ def test_one_ledger_run_and_the_papernot_steinke_bound(launched, tmp_path):
         assert r["epsilon"] == pytest.approx(want, rel=1e-6), name
         assert r["trainer_epsilon"] == pytest.approx(want, rel=1e-6), name
     assert runs[0].charge.epsilon == pytest.approx(a["epsilon"], rel=1e-9)
+    # the model saved under torchrun (rank 0 writes) keeps the search's epsilon
+    assert ranks[0]["record"]["saved_epsilon"] == ranks[1]["record"]["saved_epsilon"] == pytest.approx(a["epsilon"])
     assert a["delta"] == pytest.approx(0.5e-5)
     # the one-process search with the same seed: same split, K, candidates, histories, bound
     led = BudgetLedger(tmp_path / "one.db")

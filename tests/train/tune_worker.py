@@ -119,7 +119,12 @@ def main() -> None:
             seen[name] = {"error": type(exc).__name__, "message": str(exc)}
             continue
         trainer = result.trainer_
+        saved = None
+        if name == "record":  # save is a collective: rank 0 writes, rank 1 waits, both read it
+            folder = trainer.save(out / "tuned")
+            saved = privdl.PrivateTrainer.load(folder).epsilon
         seen[name] = {
+            "saved_epsilon": saved,
             "world": torch.distributed.get_world_size(),
             "k": len(result.candidates_),
             "candidates": result.candidates_,
