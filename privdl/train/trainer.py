@@ -366,7 +366,10 @@ class PrivateTrainer(EstimatorParams, Predictions):
             self.device, ledger=self.ledger, models=(self.model, self.model_), privacy_unit=self.privacy_unit
         )
         self._open_plan = None
-        with self._audit("train", data) as op, self._settle_on_failure():
+        with contextlib.ExitStack() as stack, self._settle_on_failure():
+            # rank 0 writes the "started" entry; when its log refuses it every rank raises
+            # (the others would wait in the run's first collective for a rank that left)
+            op = self._together(lambda: stack.enter_context(self._audit("train", data)))
             if subjects is not None:
                 op.update(subjects=subjects)
             run = self._setup(data, target, val)
@@ -691,6 +694,11 @@ class PrivateTrainer(EstimatorParams, Predictions):
             )
         classes = self.encoder_.classes_
         return self.model.build(int(train.X.shape[1]), None if classes is None else len(classes))
+
+    def _together(self, make: Any) -> Any:
+        """``make()``; in a distributed run every rank raises when it raises on one
+        (:meth:`~privdl.train.distributed.Group.together`)."""
+        return make() if self._group is None else self._group.together(make)
 
     def _on_writer(self, make: Any, attrs: tuple[str, ...]) -> Any:
         """``make()`` here on one process; on rank 0 only of a distributed run, its result
