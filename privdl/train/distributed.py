@@ -62,10 +62,18 @@ shows several machines (``WORLD_SIZE > LOCAL_WORLD_SIZE``, ``GROUP_WORLD_SIZE > 
 one machine's file is not composed with the runs charged from the others. Use a
 ``postgresql://`` ledger there.
 
+Your own loop (:func:`privdl.make_private`, :mod:`privdl.train.private_loop`) runs under
+torchrun by the same rules and with the same pieces: :func:`join`, the same-data (and
+same-users) checks, rank 0's initial weights, rank 0's plan, reservation and kept-record
+draw (:func:`on_writer`), each rank's ``run.data_loader`` over its shard
+(:meth:`Group.record_block`, :meth:`Group.user_block`) at the global rate, the engines'
+all-reduce with rank 0's single noise draw, :func:`check_in_sync` when the block ends,
+and rank 0 alone settling the ledger run and writing the audit entry.
+
 Not supported: a model wrapped in ``DistributedDataParallel`` (its hooks average
-unclipped gradients: refused with a message), ``make_private`` (refused under torch.distributed by
-:mod:`privdl.train.private_loop`), a process group made by other means without the
-torchrun environment on several machines (the SQLite check cannot see it).
+unclipped gradients: refused with a message, by the trainer and by ``make_private``),
+a process group made by other means without the torchrun environment on several
+machines (the SQLite check cannot see it).
 """
 
 from __future__ import annotations
@@ -90,6 +98,7 @@ __all__ = [
     "check_in_sync",
     "generator",
     "join",
+    "on_writer",
     "refuse_several_processes",
     "refuse_sqlite_across_machines",
     "refuse_wrapped",
@@ -322,17 +331,37 @@ class Group:
         """
         if self.world_size == 1:
             return data, users
-        u = int(users.n_users)
-        if u < self.world_size:
-            raise InputError(f"training data has {u} users, fewer than the {self.world_size} processes")
-        start, stop = self.shard_range(u)
-        index, records = users.block(start, stop)
+        index, records = self.user_block(users)
         if isinstance(data, TensorData):
             rows = records.to(data.X.device)
             return TensorData(data.X[rows], None if data.y is None else data.y[rows.to(data.y.device)]), index
         from torch.utils.data import Subset
 
         return IndexedData(Subset(data.dataset, records.tolist()), data.collate_fn), index
+
+    def user_block(self, users: Any) -> tuple[Any, Any]:
+        """This rank's contiguous block of the users of ``users`` (a
+        :class:`~privdl.train.user_level.UserIndex`): ``(an index of the block over its
+        kept records, those records' indices in the whole data)``, see
+        :meth:`~privdl.train.user_level.UserIndex.block`.
+
+        Raises:
+            InputError: fewer users than processes.
+        """
+        u = int(users.n_users)
+        if u < self.world_size:
+            raise InputError(f"training data has {u} users, fewer than the {self.world_size} processes")
+        return users.block(*self.shard_range(u))
+
+    def record_block(self, n: int) -> tuple[int, int]:
+        """This rank's contiguous block ``[start, stop)`` of ``n`` records.
+
+        Raises:
+            InputError: fewer records than processes.
+        """
+        if n < self.world_size:
+            raise InputError(f"training data has {n} records, fewer than the {self.world_size} processes")
+        return self.shard_range(n)
 
     def shard_range(self, n: int) -> tuple[int, int]:
         """This rank's contiguous block of the ``n`` records."""
@@ -347,10 +376,7 @@ class Group:
         """
         if self.world_size == 1:
             return data
-        n = len(data)
-        if n < self.world_size:
-            raise InputError(f"training data has {n} records, fewer than the {self.world_size} processes")
-        start, stop = self.shard_range(n)
+        start, stop = self.record_block(len(data))
         if isinstance(data, TensorData):
             return TensorData(data.X[start:stop], None if data.y is None else data.y[start:stop])
         from torch.utils.data import Subset
@@ -358,16 +384,23 @@ class Group:
         return IndexedData(Subset(data.dataset, range(start, stop)), data.collate_fn)
 
 
-def sample_digest(data: TensorData | IndexedData, rows: int = 1024) -> str | None:
+def sample_digest(data: Any, rows: int = 1024) -> str | None:
     """SHA-256 of the shapes, dtypes and bytes of (at most) ``rows`` evenly spaced
-    records of in-memory data (``None`` for a dataset read record by record: reading it
-    here would cost a pass over storage)."""
-    if not isinstance(data, TensorData):
+    records of in-memory data: :class:`~privdl.train.data.TensorData`, or a torch
+    ``TensorDataset`` (``make_private``'s loader); ``None`` for a dataset read record by
+    record: reading it here would cost a pass over storage."""
+    from torch.utils.data import TensorDataset
+
+    if isinstance(data, TensorData):
+        parts: tuple[Any, ...] = (data.X, data.y)
+    elif type(data) is TensorDataset:
+        parts = tuple(data.tensors)
+    else:
         return None
     n = len(data)
     idx = torch.linspace(0, n - 1, steps=min(rows, n)).round().long()
     digest = hashlib.sha256()
-    for part in (data.X, data.y):
+    for part in parts:
         if part is None:
             digest.update(b"none")
             continue
@@ -396,7 +429,15 @@ def writes(group: Group | None) -> bool:
     return group is None or group.is_writer
 
 
-def refuse_wrapped(*models: Any) -> None:
+def on_writer(group: Group | None, make: Callable[[], T], obj: Any = None, attrs: Sequence[str] = ()) -> T:
+    """``make()`` on one process; in a distributed run on rank 0 only, its result (and
+    ``obj``'s ``attrs``) handed to every rank (:meth:`Group.from_writer`)."""
+    if group is None:
+        return make()
+    return group.from_writer(make, obj, attrs)
+
+
+def refuse_wrapped(*models: Any, who: str = "PrivateTrainer") -> None:
     """Refuse a model wrapped in ``DistributedDataParallel`` (or Opacus' DPDDP).
 
     Raises:
@@ -409,8 +450,8 @@ def refuse_wrapped(*models: Any) -> None:
     wrappers = distributed_types()
     if any(isinstance(sub, wrappers) for m in models if isinstance(m, nn.Module) for sub in m.modules()):
         raise UsageError(
-            "PrivateTrainer does not train a DistributedDataParallel model (its hooks average "
-            "unclipped gradients): pass the plain module; under torchrun the trainer shards the "
+            f"{who} does not train a DistributedDataParallel model (its hooks average "
+            "unclipped gradients): pass the plain module; under torchrun privdl shards the "
             "data and all-reduces the clipped, noised gradients itself"
         )
 
@@ -445,7 +486,12 @@ def refuse_sqlite_across_machines(ledger: Any, env: TorchrunEnv | None = None) -
 
 
 def join(
-    device: str, *, ledger: Any = None, models: Sequence[Any] = (), privacy_unit: str = "record"
+    device: str,
+    *,
+    ledger: Any = None,
+    models: Sequence[Any] = (),
+    privacy_unit: str = "record",
+    who: str = "PrivateTrainer",
 ) -> Group | None:
     """This process's :class:`Group`, or ``None`` outside ``torch.distributed``.
 
@@ -455,14 +501,15 @@ def join(
     otherwise. Runs before anything is charged or trained.
 
     ``privacy_unit`` is accepted for compatibility: both units run on several
-    processes (a user-level run shards users, see :meth:`Group.shard_users`).
+    processes (a user-level run shards users, see :meth:`Group.shard_users`). ``who``
+    names the caller in the refusal of a wrapped model (``"make_private"``).
 
     Raises:
         UsageError: a DistributedDataParallel model; a SQLite ledger on several
             machines; ``WORLD_SIZE > 1`` without the rest of the torchrun environment.
     """
     del privacy_unit
-    refuse_wrapped(*models)
+    refuse_wrapped(*models, who=who)
     dist = torch.distributed
     available = dist.is_available()
     if available and dist.is_initialized():

@@ -9,19 +9,16 @@
 * :func:`infer_task`, :func:`make_loss` and :func:`shape_for_loss` choose the task
   (``"binary"``, ``"multiclass"``, ``"regression"``) from the target and the model's
   output width, and the loss for it.
-* :func:`refuse_distributed` refuses ``torch.distributed``: each rank would train and
-  charge the ledger on its own.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from privdl._optional import require
 from privdl.errors import InputError, UsageError
-from privdl.train.opacus_step import distributed_types, fix_for_opacus
+from privdl.train.opacus_step import fix_for_opacus
 
 torch: Any = require("torch", "train")
 from torch import nn  # noqa: E402
@@ -34,7 +31,6 @@ __all__ = [
     "output_width",
     "prepare_for_training",
     "prepare_model",
-    "refuse_distributed",
     "refuse_random_under_vmap",
     "shape_for_loss",
 ]
@@ -286,26 +282,3 @@ def shape_for_loss(task: str | None, out: Any, y: Any) -> tuple[Any, Any]:
             out = out.reshape(-1)
         return out, y.to(out.dtype)
     return out, y.long()
-
-
-def refuse_distributed(*models: Any) -> None:
-    """Refuse to train under ``torch.distributed`` (ranks would not share one DP run)."""
-    # torchrun sets WORLD_SIZE on every rank before any process group exists
-    world = os.environ.get("WORLD_SIZE", "1").strip() or "1"
-    initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
-    wrappers = distributed_types()
-    wrapped = any(
-        isinstance(sub, wrappers) for m in models if isinstance(m, nn.Module) for sub in m.modules()
-    )
-    if initialized or wrapped or world not in ("0", "1"):
-        what = (
-            "a DistributedDataParallel model"
-            if wrapped
-            else "an initialized process group"
-            if initialized
-            else f"WORLD_SIZE={world}"
-        )
-        raise UsageError(
-            f"PrivateTrainer does not support torch.distributed yet ({what}): each rank would "
-            "train and charge the ledger on its own; run on one process with the plain model"
-        )

@@ -57,6 +57,7 @@ from privdl._optional import require
 from privdl.budget.accounting import check_accountant, check_epsilon, epsilon_of
 from privdl.budget.facts import EpochFacts, RunFacts
 from privdl.errors import BudgetExceededError, InputError, UsageError
+from privdl.train import distributed as dist_run
 from privdl.train import model_prep
 from privdl.train import run as runs
 from privdl.train.data import PoissonSampler, steps_per_epoch
@@ -306,6 +307,8 @@ class PrivateRun:
         self.n_users: int | None = None
         self.records_dropped: int | None = None
         self.last_users: Any = None
+        self.processes = 1
+        self._group: dist_run.Group | None = None
         self._user_codes: Any = None
         self.history: list[dict[str, Any]] = []
         self._plan: runs.RunPlan | None = None
@@ -379,15 +382,25 @@ class PrivateRun:
             raise UsageError("a make_private run is entered once")
         p = self.params
         dataset, collate_fn, batch_size = _check(self._model_in, self._optimizer_in, self._loader_in, p)
-        model_prep.refuse_distributed(self._model_in)
+        # under torchrun: this rank's place in the one run (a DDP-wrapped model refused)
+        group = self._group = dist_run.join(
+            str(_device_of(self._model_in)), ledger=p["ledger"], models=(self._model_in,), who="make_private"
+        )
+        self.processes = 1 if group is None else group.world_size
         n = len(dataset)
         self._batch_size, self.n_samples = batch_size, n
+        if group is not None:  # every rank the same records (each trains on its shard)
+            group.check_same_data(dataset, what="the DataLoader's dataset")
         if self.privacy_unit == "user":
             self._user_codes = _user_codes(p["users"], n)
             self.n_users = int(self._user_codes.max()) + 1
-        ledger = runs.open_ledger(p["ledger"])
-        self._ledger = ledger
-        self.accountant = self._accountant(ledger)
+            if group is not None:  # and the same users, before any rank may refuse
+                from privdl.train.user_level import grouping_digest
+
+                group.check_same_users(self.n_users, grouping_digest(self._user_codes))
+        # the ledger is rank 0's alone (its accountant handed to the others)
+        dist_run.on_writer(group, self._open_ledger, self, ("accountant",))
+        ledger = self._ledger
         self._stack = contextlib.ExitStack()
         # Opacus' hooks trigger this torch notice on every backward when the input does
         # not require grad, which is the normal case (the trainer silences it too)
@@ -409,6 +422,10 @@ class PrivateRun:
         self._state = "open"
         return self
 
+    def _open_ledger(self) -> None:
+        self._ledger = runs.open_ledger(self.params["ledger"])
+        self.accountant = self._accountant(self._ledger)
+
     def _accountant(self, ledger: Any) -> str:
         if ledger is None:
             return self.accountant
@@ -418,7 +435,7 @@ class PrivateRun:
                 f"dataset {self.params['dataset_id']!r} is accounted with {chosen!r} in the ledger: "
                 f"this run is calibrated and reported under {chosen!r}, not {self.accountant!r}",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=6,
             )
         return chosen
 
@@ -482,8 +499,8 @@ class PrivateRun:
 
         p = self.params
         record = self._record()
-        if p["audit_log"] is None:
-            return operation(None, "train")
+        if p["audit_log"] is None or not dist_run.writes(self._group):
+            return operation(None, "train")  # one entry per run: rank 0's
         inputs = self._inputs()
         # "started" before the reservation: it has its evidence even if the run is killed
         return operation(p["audit_log"], "train", params=record, inputs=inputs, started=True)
@@ -491,7 +508,10 @@ class PrivateRun:
     def _start(self, dataset: Any, collate_fn: Any, n: int, ledger: Any) -> None:
         """Prepare the model, choose the engine, plan and reserve, build the DP step."""
         p = self.params
+        group = self._group
         model, replaced = model_prep.prepare_model(self._model_in)
+        if group is not None:
+            group.broadcast_module(model)  # one initial state: rank 0's
         self.replaced_modules = list(replaced)
         optimizer = self._optimizer_in
         device = _device_of(model)
@@ -500,40 +520,49 @@ class PrivateRun:
         model_prep.refuse_random_under_vmap(model, mode)
         users = None
         if self.privacy_unit == "user":
-            from privdl.train.user_level import UserIndex
+            from privdl.train.user_level import UserDraw
 
-            users = UserIndex.build(
-                self._user_codes,
-                _user_cap(p),
-                generator=self._generator("cpu", 2),  # the trainer's stream for the subset
-                secure=bool(p["secure_mode"]),
+            # one draw of every user's kept records (the trainer's stream for the subset):
+            # rank 0's, handed to every rank
+            draw = dist_run.on_writer(
+                group,
+                lambda: UserDraw.new(
+                    self._user_codes, _user_cap(p), generator=self._generator("cpu", 2), secure=bool(p["secure_mode"])
+                ),
             )
+            users = draw.index(self._user_codes)
             self.records_dropped = users.dropped
         units = n if users is None else users.n_users  # what is sampled and accounted
-        target = p["epsilon"]
-        if target == "remaining" and ledger is not None:
-            # in the other unit than the budget: the largest target whose converted charge
-            # fits (and its delta), as the trainer plans it
-            target, self.delta = runs.remaining_target(
-                ledger, p["dataset_id"], privacy_unit=self.privacy_unit, delta=p["delta"], n=units
-            )
-        else:
-            self.delta = runs.resolve_delta(p["delta"], units, ledger, p["dataset_id"])
         per_epoch = steps_per_epoch(units, self._batch_size)
-        plan = runs.plan_run(
-            n=units,
-            per_epoch=per_epoch,
-            epochs=int(p["epochs"]),
-            delta=self.delta,
-            target_epsilon=target,
-            accountant=self.accountant,
-            prior=[],
-            domain=[],
-            ledger=ledger,
-            dataset_id=p["dataset_id"],
-            model_name=type(model).__name__,
-            privacy_unit=self.privacy_unit,
-        )
+
+        def make_plan() -> runs.RunPlan:
+            target = p["epsilon"]
+            if target == "remaining" and ledger is not None:
+                # in the other unit than the budget: the largest target whose converted
+                # charge fits (and its delta), as the trainer plans it
+                target, self.delta = runs.remaining_target(
+                    ledger, p["dataset_id"], privacy_unit=self.privacy_unit, delta=p["delta"], n=units
+                )
+            else:
+                self.delta = runs.resolve_delta(p["delta"], units, ledger, p["dataset_id"])
+            return runs.plan_run(
+                n=units,
+                per_epoch=per_epoch,
+                epochs=int(p["epochs"]),
+                delta=self.delta,
+                target_epsilon=target,
+                accountant=self.accountant,
+                prior=[],
+                domain=[],
+                ledger=ledger,
+                dataset_id=p["dataset_id"],
+                model_name=type(model).__name__,
+                privacy_unit=self.privacy_unit,
+            )
+
+        # one plan and one reservation, rank 0's in a distributed run (a refusal is
+        # raised on every rank)
+        plan = dist_run.on_writer(group, make_plan, self, ("delta",))
         # from here the ledger holds a reservation: __exit__ (or a failed entry) settles it
         self._plan, self.run_id = plan, plan.run_id
         if model is not self._model_in:  # Opacus' fixes work on a copy of the model
@@ -552,10 +581,20 @@ class PrivateRun:
                 "replaced_modules": list(self.replaced_modules),
                 "privacy_unit": self.privacy_unit,
                 "n_users": self.n_users,
+                "processes": self.processes,
             }
         )
         self._engine = self._make_engine(mode, model, optimizer, plan, device)
         self._guard_optimizer(optimizer)
+        if group is not None and group.world_size > 1:
+            # this rank's shard: a block of the records, or of the users with all their
+            # kept records, sampled at the global rate; the steps per epoch stay the plan's
+            if users is None:
+                start, stop = group.record_block(n)
+                dataset, units = _rows(dataset, slice(start, stop)), stop - start
+            else:
+                users, records = group.user_block(users)
+                dataset, units = _rows(dataset, records), users.n_users
         sampler = PoissonSampler(
             units, plan.sample_rate, generator=self._generator("cpu", 0), secure=bool(p["secure_mode"])
         )
@@ -601,6 +640,7 @@ class PrivateRun:
                 generator=generator,
                 secure=bool(p["secure_mode"]),
                 copy_outputs=bool(self._probe is not None and self._probe.modified),
+                collective=self._group,  # the clipped sums all-reduced, rank 0's noise
             )
             engine.from_backward = True
             self.model = model
@@ -618,6 +658,7 @@ class PrivateRun:
             device=device,
             generator=generator,
             secure=bool(p["secure_mode"]),
+            collective=self._group,
         )
         if user:
             from privdl.train.user_level import OpacusUserStep
@@ -655,12 +696,9 @@ class PrivateRun:
         self._restore_optimizer = restore
 
     def _generator(self, device: Any, offset: int) -> Any:
-        seed = self.params["seed"]
-        if seed is None:
-            return None
-        g = torch.Generator(device=device)
-        g.manual_seed(int(seed) * 1000 + 17 + offset)
-        return g
+        # the trainer's streams: on one process seeded (seed * 1000 + 17 + offset) or
+        # torch's default; a rank of a distributed run a stream of its own
+        return dist_run.generator(self._group, self.params["seed"], device, offset)
 
     # ------------------------------------------------------------------ steps
     def _check_open(self) -> None:
@@ -764,6 +802,11 @@ class PrivateRun:
                 exc.add_note(f"the ledger run {self.run_id} could not be settled ({type(settle_exc).__name__})")
         self.model = self._release()
         self._restore_optimizer()
+        if exc_type is None:
+            try:  # every rank the same weights (a collective: every rank gets here)
+                dist_run.check_in_sync(self._group, self.model)
+            except RuntimeError as sync_exc:
+                failure = failure or sync_exc
         if exc_type is None and failure is None:
             self.manifest = self._manifest()
         if self._op is not None:
@@ -890,6 +933,18 @@ def _user_codes(users: Any, n: int) -> Any:
 
 def _user_cap(p: dict[str, Any]) -> int:
     return int(p["max_records_per_user"])
+
+
+def _rows(dataset: Any, rows: Any) -> Any:
+    """The records ``rows`` (a slice or an index tensor) of ``dataset``: a TensorDataset
+    of those rows (a view for a slice), else a ``Subset`` (read record by record)."""
+    from torch.utils.data import Subset, TensorDataset
+
+    if type(dataset) is TensorDataset:
+        return TensorDataset(*(t[rows] for t in dataset.tensors))
+    if isinstance(rows, slice):
+        return Subset(dataset, range(rows.start, rows.stop))
+    return Subset(dataset, rows.tolist())
 
 
 def _collate(dataset: Any, collate_fn: Any, idx: Any) -> Any:

@@ -703,9 +703,7 @@ class PrivateTrainer(EstimatorParams, Predictions):
     def _on_writer(self, make: Any, attrs: tuple[str, ...]) -> Any:
         """``make()`` here on one process; on rank 0 only of a distributed run, its result
         and the trainer's ``attrs`` handed to the other ranks."""
-        if self._group is None:
-            return make()
-        return self._group.from_writer(make, self, attrs)
+        return dist_run.on_writer(self._group, make, self, attrs)
 
     def _make_optimizer(self, params: list[Any]) -> Any:
         return make_optimizer(self.optimizer, self._lr(), params)
