@@ -14,8 +14,8 @@ The Opacus habit, with the budget kept::
     run.report().save("privacy.html")
 
 Entering the block checks the model as :class:`~privdl.PrivateTrainer` does (Opacus'
-``ModuleValidator`` fixes, in-place modules switched off, layer reuse, distributed
-runs refused), calibrates the noise for ``epochs`` passes and reserves the run in the
+``ModuleValidator`` fixes, in-place modules switched off, layer reuse, a
+``DistributedDataParallel`` model refused), calibrates the noise for ``epochs`` passes and reserves the run in the
 ledger: a run the budget cannot take raises
 :class:`~privdl.errors.BudgetExceededError` before any step. Leaving it settles the
 run with the steps really taken (stopping early gives the rest back; an exception
@@ -42,6 +42,20 @@ User-level DP-SGD (``privacy_unit="user"``, ``users=`` one user id per record,
 entry) of a Poisson sample of users, and each user's gradient of their mean loss is
 clipped as one unit (:mod:`privdl.train.user_level`: the trainer's math, from the
 gradients of your ``backward()``); the accountant runs on ``(sigma, q_user, steps)``.
+
+Under ``torchrun`` (or an initialized ``torch.distributed`` process group) the same
+loop on every rank is *one* DP run, by the trainer's rules
+(:mod:`privdl.train.distributed`): every rank passes the same loader dataset (record
+counts and a sample digest compared; at user level the same users), starts from rank
+0's weights and receives rank 0's plan (sigma, rate, steps; the ledger reservation is
+rank 0's, and so is the draw of kept records); ``run.data_loader`` draws Poisson
+batches of this rank's shard at the global rate (a contiguous block of the records, or
+of the users with all their kept records; the steps per epoch are the global plan's);
+``run.optimizer.step()`` all-reduces the clipped sums, rank 0 adding the one noise
+draw, and divides by the global expected batch size, so every rank applies the same
+update. On exit the ranks compare their weights, and rank 0 alone settles the ledger
+run and writes the audit entry. A model wrapped in ``DistributedDataParallel`` is
+refused (its hooks average unclipped gradients).
 """
 
 from __future__ import annotations
@@ -141,12 +155,18 @@ def make_private(
     Returns:
         A :class:`PrivateRun`; nothing is checked or reserved until ``with`` enters it.
 
+    Under ``torchrun`` every rank calls it with the same loader dataset (and ``users=``):
+    see the module docstring.
+
     Raises:
         UsageError: (on entry) ``privacy_unit="user"`` without ``users=`` or
-            ``max_records_per_user=``, ``users=`` at record level, or a mode that
-            cannot train at user level.
+            ``max_records_per_user=``, ``users=`` at record level, a mode that cannot
+            train at user level, a ``DistributedDataParallel`` model, ``WORLD_SIZE > 1``
+            without the rest of the torchrun environment, or a SQLite ledger on several
+            machines.
         InputError: (on entry) ``users=`` of another length than the dataset, records
-            without a user id, or fewer than 2 users.
+            without a user id, or fewer than 2 users; under torchrun, ranks given other
+            records or other users (raised on every rank, nothing reserved).
     """
     return PrivateRun(
         model,
@@ -284,7 +304,9 @@ class PrivateRun:
         n_users, records_dropped: at user level, the users sampled from and the records
             beyond a user's ``max_records_per_user`` (not used by the run).
         last_users: at user level, the :class:`~privdl.train.user_level.UserBatch` of
-            the last batch drawn (whose records belong to whom).
+            the last batch drawn (whose records belong to whom; under torchrun, of this
+            rank's block of users).
+        processes: the processes of the run (1, or the torchrun world size).
     """
 
     def __init__(self, model: Any, optimizer: Any, data_loader: Any, **params: Any) -> None:

@@ -121,6 +121,7 @@ def fit(out: Path, ledger: str, dataset: str, mode: str, unit: str, rank: int, k
         "n_users": run.n_users,
         "records_dropped": run.records_dropped,
         "charged_here": run._ledger is not None,
+        "report_epsilon": run.report().to_dict()["epsilon"],  # every rank can report the run
         "weights": digest(run.model),
         "final": torch.cat([p.detach().reshape(-1) for p in run.model.parameters()]).tolist(),
         **seen,

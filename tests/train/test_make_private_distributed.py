@@ -87,6 +87,7 @@ def test_two_processes_run_one_loop_as_one_process_would(launched, tmp_path, uni
                 "epsilon", "accountant", "n_users", "records_dropped"):
         assert a[key] == b[key], key
     assert a["steps"] == a["planned_steps"] == 2 * a["per_epoch"]
+    assert a["report_epsilon"] == b["report_epsilon"] == pytest.approx(a["epsilon"])
     # each rank's loader holds its shard: half the records, or its block of users
     if unit == "record":
         assert [a["shard"], b["shard"]] == [200, 200]
@@ -209,3 +210,27 @@ def test_world_size_without_the_rest_of_torchrun_is_refused_before_any_charge(mo
     with pytest.raises(UsageError, match="WORLD_SIZE=2 but RANK, MASTER_ADDR, MASTER_PORT"), run:
         pass
     assert ledger.runs("ds") == [] and run.steps == 0
+
+
+@pytest.mark.slow
+def test_the_torchrun_loop_example_trains_one_run_on_two_processes(tmp_path):
+    import secrets
+
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    env["PRIVDL_AUDIT_KEY"] = "hex:" + secrets.token_hex(32)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
+    cmd += [str(ROOT / "examples" / "train_torchrun_loop.py"), "--out", str(tmp_path / "run")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "2 process(es), record level: epsilon" in done.stdout
+    assert "rank 0: 10000 records in its shard, 120 steps" in done.stdout
+    assert "rank 1: 10000 records in its shard, 120 steps" in done.stdout
+    ledger = BudgetLedger(tmp_path / "run" / "budget.db")
+    runs = ledger.runs("torchrun-loop")
+    assert len(runs) == 1 and runs[0].status == "settled" and 0 < ledger.spent("torchrun-loop") <= 2.0 + 1e-9
+    from privdl.audit import iter_entries
+
+    entries = [e for e in iter_entries(tmp_path / "run" / "audit.jsonl") if e.get("event") == "train"]
+    assert [e["outcome"] for e in entries] == ["started", "ok"]
