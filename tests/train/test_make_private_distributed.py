@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from privdl.errors import UsageError  # noqa: E402
 from privdl.train.private_loop import make_private  # noqa: E402
 from tests.train.dist_loop_worker import BATCH, replay  # noqa: E402
 from tests.train.dist_worker import blobs  # noqa: E402
-from tests.train.test_distributed import TORCHRUN_VARS  # noqa: E402
+from tests.train.test_distributed import POSTGRES_URL, TORCHRUN_VARS, _postgres_driver  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("dist_loop_worker.py")
@@ -67,6 +68,15 @@ def launched(tmp_path_factory):
     for run in runs:
         run["ledger"] = str(path)
         budget(ledger, run["dataset"], run["unit"], epsilon=1.0 if run["kind"] == "refused" else 10.0)
+    pg_dataset, pg_error = f"loop-{uuid.uuid4().hex[:12]}", None
+    if POSTGRES_URL and _postgres_driver():
+        try:  # a PostgreSQL problem fails the PostgreSQL test only
+            budget(BudgetLedger(POSTGRES_URL), pg_dataset, "record")
+        except Exception as exc:
+            pg_error = f"{type(exc).__name__}: {exc}"
+        else:  # before the DDP run (which fails on every rank)
+            runs.insert(-1, {"name": "postgres", "ledger": POSTGRES_URL, "dataset": pg_dataset, "mode": "hooks",
+                             "unit": "record", "kind": "fit"})
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     env["OMP_NUM_THREADS"] = "1"
@@ -75,7 +85,7 @@ def launched(tmp_path_factory):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=out)
     assert done.returncode == 0, done.stderr[-4000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
-    return {"out": out, "ledger": BudgetLedger(path), "ranks": ranks}
+    return {"out": out, "ledger": BudgetLedger(path), "ranks": ranks, "postgres": pg_dataset, "pg_error": pg_error}
 
 
 @pytest.mark.parametrize(("unit", "mode"), FITS)
@@ -153,6 +163,23 @@ def test_a_refusal_is_raised_on_every_rank_and_nothing_is_charged(launched, kind
     assert seen[0]["message"] == seen[1]["message"] and words in seen[0]["message"]
     assert "person-" not in seen[0]["message"]  # no user id
     assert launched["ledger"].runs(f"loop-{kind}") == []
+
+
+@pytest.mark.postgres
+def test_a_postgres_ledger_is_charged_once(launched):
+    if not POSTGRES_URL:
+        pytest.skip("PRIVDL_TEST_POSTGRES_URL is not set")
+    if not _postgres_driver():
+        pytest.skip("privdl[postgres] is not installed")
+    if launched["pg_error"]:
+        pytest.fail(f"the PostgreSQL ledger could not be set up: {launched['pg_error']}")
+    a, b = (r["postgres"] for r in launched["ranks"])
+    assert a["weights"] == b["weights"] and a["epsilon"] == b["epsilon"] <= 2.0 + 1e-9
+    assert [a["charged_here"], b["charged_here"]] == [True, False]
+    ledger = BudgetLedger(POSTGRES_URL)
+    runs = ledger.runs(launched["postgres"])
+    assert len(runs) == 1 and runs[0].run_id == a["run_id"] and runs[0].status == "settled"
+    assert ledger.spent(launched["postgres"]) == pytest.approx(a["epsilon"], rel=1e-6)
 
 
 # -- in one process ----------------------------------------------------------------------
