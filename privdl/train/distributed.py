@@ -595,8 +595,10 @@ def stream_seed(group: Group | None, seed: int, offset: int, epoch: int = 0) -> 
     ``seed`` draws what the uninterrupted run would (a checkpoint holds no generator
     state: a seeded generator's state would give away the noise already added). Epoch 0
     keeps the plain seed; later epochs hash ``(seed, offset, rank, epoch)``, so no two
-    streams of a run repeat."""
-    shift = 0 if group is None else 2 * group.rank
+    streams of a run repeat: the rank shifts the offset by 3 per rank (the offsets are
+    0 the sampler, 1 the noise, 2 the draw of kept records at user level), so rank 1's
+    sampler is never rank 0's kept-record stream. Rank 0 keeps the one-process streams."""
+    shift = 0 if group is None else 3 * group.rank
     if epoch == 0:
         return int(seed) * 1000 + 17 + offset + shift
     text = f"privdl-stream:{int(seed)}:{int(offset) + shift}:{int(epoch)}".encode()

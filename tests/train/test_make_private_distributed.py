@@ -183,6 +183,22 @@ def test_a_postgres_ledger_is_charged_once(launched):
 
 
 # -- in one process ----------------------------------------------------------------------
+def test_no_two_seeded_streams_of_a_run_coincide():
+    from privdl.train import distributed
+
+    # offsets 0 (sampler), 1 (noise), 2 (kept records, drawn on rank 0): rank 1's sampler
+    # must not replay rank 0's kept-record draw, in any epoch
+    for epoch in (0, 1, 5):
+        seeds = [
+            distributed.stream_seed(distributed.Group(rank=r, world_size=8), 11, o, epoch)
+            for r in range(8)
+            for o in range(3)
+        ]
+        assert len(set(seeds)) == len(seeds)
+    # rank 0 keeps the one-process streams
+    assert distributed.stream_seed(distributed.Group(0, 2), 11, 2) == distributed.stream_seed(None, 11, 2)
+
+
 def _loop(run):
     for _ in range(2):
         for xb, yb in run.data_loader:
