@@ -104,6 +104,7 @@ __all__ = [
     "refuse_wrapped",
     "sample_digest",
     "stream_seed",
+    "together",
     "writes",
 ]
 
@@ -435,6 +436,14 @@ def on_writer(group: Group | None, make: Callable[[], T], obj: Any = None, attrs
     if group is None:
         return make()
     return group.from_writer(make, obj, attrs)
+
+
+def together(group: Group | None, make: Callable[[], T]) -> T:
+    """``make()`` on one process; in a distributed run on every rank, and when it raises
+    on one rank every rank raises (:meth:`Group.together`)."""
+    if group is None:
+        return make()
+    return group.together(make)
 
 
 def refuse_wrapped(*models: Any, who: str = "PrivateTrainer") -> None:

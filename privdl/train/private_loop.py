@@ -429,7 +429,10 @@ class PrivateRun:
         self._stack.enter_context(warnings.catch_warnings())
         warnings.filterwarnings("ignore", message="Full backward hook", category=UserWarning)
         try:
-            self._op = self._stack.enter_context(self._audit())
+            # rank 0 writes the "started" entry; when its log refuses it every rank raises
+            # (the others would wait in the run's first collective for a rank that left)
+            stack = self._stack
+            self._op = dist_run.together(self._group, lambda: stack.enter_context(self._audit()))
             self._start(dataset, collate_fn, n, ledger)
         except BaseException as exc:
             stack, self._stack = self._stack, None

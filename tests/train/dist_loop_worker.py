@@ -6,8 +6,9 @@ Usage: ``dist_loop_worker.py OUT RUNS``, RUNS a JSON list of ``{"name", "ledger"
 Opacus user writes, unchanged: ``with make_private(...) as run: for x, y, i in
 run.data_loader: ...``, a different initial model on each rank, seeded), ``"other-data"``
 (rank 1 passes other records of the same number), ``"other-users"`` (rank 1 groups the
-records into other users), ``"refused"`` (a budget too small for the run) and ``"ddp"``
-(the model wrapped in ``DistributedDataParallel``); the last four are expected to raise
+records into other users), ``"refused"`` (a budget too small for the run), ``"bad-audit"``
+(rank 0's audit log refuses the "started" entry) and ``"ddp"`` (the model wrapped in
+``DistributedDataParallel``); the last five are expected to raise
 and are recorded as ``{"error", "message"}``. The first ``make_private`` initializes the
 process group from the torchrun environment.
 
@@ -88,7 +89,11 @@ def fit(out: Path, ledger: str, dataset: str, mode: str, unit: str, rank: int, k
         model = nn.parallel.DistributedDataParallel(model)
     data = loader(unit, X)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    log = AuditLog(out / "audit.jsonl", key=Secret(bytes(range(32))))
+    log_path = out / ("audit.jsonl" if kind != "bad-audit" else f"audit-{rank}.jsonl")
+    log = AuditLog(log_path, key=Secret(bytes(range(32))))
+    if kind == "bad-audit" and rank == 0:  # rank 0's log refuses the run's "started" entry
+        with open(log_path, "a", encoding="utf-8") as fh:
+            fh.write("not an audit entry\n")
     with make_private(
         model,
         optimizer,

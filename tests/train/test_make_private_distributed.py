@@ -62,6 +62,7 @@ def launched(tmp_path_factory):
         {"name": "other-data", "dataset": "loop-other-data", "mode": "bk", "unit": "record", "kind": "other-data"},
         {"name": "other-users", "dataset": "loop-other-users", "mode": "bk", "unit": "user", "kind": "other-users"},
         {"name": "refused", "dataset": "loop-refused", "mode": "bk", "unit": "record", "kind": "refused"},
+        {"name": "bad-audit", "dataset": "loop-bad-audit", "mode": "bk", "unit": "record", "kind": "bad-audit"},
         # last: DistributedDataParallel needs the process group a make_private above made
         {"name": "ddp", "dataset": "loop-ddp", "mode": "bk", "unit": "record", "kind": "ddp"},
     ]
@@ -154,6 +155,7 @@ def test_one_ledger_run_charged_once_and_one_audit_entry(launched, unit, mode):
         ("other-data", "InputError", "differs between the ranks"),
         ("other-users", "InputError", "group the records differently"),
         ("refused", "BudgetExceededError", ""),
+        ("bad-audit", "TamperDetectedError", "not a JSON audit entry"),
         ("ddp", "UsageError", "make_private does not train a DistributedDataParallel model"),
     ],
 )
