@@ -698,7 +698,7 @@ class PrivateTrainer(EstimatorParams, Predictions):
     def _together(self, make: Any) -> Any:
         """``make()``; in a distributed run every rank raises when it raises on one
         (:meth:`~privdl.train.distributed.Group.together`)."""
-        return make() if self._group is None else self._group.together(make)
+        return dist_run.together(self._group, make)
 
     def _on_writer(self, make: Any, attrs: tuple[str, ...]) -> Any:
         """``make()`` here on one process; on rank 0 only of a distributed run, its result

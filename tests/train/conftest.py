@@ -17,3 +17,13 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _no_torchrun_env(monkeypatch):
+    """No test inherits an outer torchrun launch's variables (a test that needs them sets
+    them itself)."""
+    from tests.train.torchrun import TORCHRUN_VARS
+
+    for name in TORCHRUN_VARS:
+        monkeypatch.delenv(name, raising=False)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import uuid
 import warnings
 from pathlib import Path
@@ -31,26 +29,10 @@ from privdl.errors import UsageError  # noqa: E402
 from privdl.train import distributed  # noqa: E402
 from privdl.train.trainer import PrivateTrainer  # noqa: E402
 from tests.train.dist_worker import blobs  # noqa: E402
+from tests.train.torchrun import launch  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("dist_worker.py")
 POSTGRES_URL = os.environ.get("PRIVDL_TEST_POSTGRES_URL", "")
-TORCHRUN_VARS = (
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "GROUP_WORLD_SIZE",
-    "NNODES",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-)
-
-
-@pytest.fixture(autouse=True)
-def _no_torchrun_env(monkeypatch):
-    for name in TORCHRUN_VARS:
-        monkeypatch.delenv(name, raising=False)
 
 
 def mlp(seed: int = 0) -> nn.Module:
@@ -85,13 +67,7 @@ def launched(tmp_path_factory):
             pg_error = f"{type(exc).__name__}: {exc}"
         else:
             runs.append({"name": "postgres", "ledger": POSTGRES_URL, "dataset": pg_dataset, "mode": "hooks"})
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
-    cmd += [str(WORKER), str(out), json.dumps(runs)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=out)
-    assert done.returncode == 0, done.stderr[-4000:]
+    launch(WORKER, out, json.dumps(runs), cwd=out)
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     return {"out": out, "sqlite": path, "postgres": pg_dataset, "pg_error": pg_error, "ranks": ranks}
 

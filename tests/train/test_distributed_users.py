@@ -13,9 +13,6 @@ one user moving the all-reduced update by at most C.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -32,16 +29,9 @@ from privdl.train import distributed  # noqa: E402
 from privdl.train.trainer import PrivateTrainer  # noqa: E402
 from tests.train.dist_user_worker import CLIP, user_ids  # noqa: E402
 from tests.train.dist_worker import blobs  # noqa: E402
-from tests.train.test_distributed import TORCHRUN_VARS  # noqa: E402
+from tests.train.torchrun import launch  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("dist_user_worker.py")
-
-
-@pytest.fixture(autouse=True)
-def _no_torchrun_env(monkeypatch):
-    for name in TORCHRUN_VARS:
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +53,7 @@ def launched(tmp_path_factory):
     ]
     for run in runs:
         run["ledger"] = str(path)
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
-    cmd += [str(WORKER), str(out), json.dumps(runs)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=out)
-    assert done.returncode == 0, done.stderr[-4000:]
+    launch(WORKER, out, json.dumps(runs), cwd=out)
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     return {"out": out, "ledger": BudgetLedger(path), "ranks": ranks}
 

@@ -13,9 +13,6 @@ same weights, the ledger holds one run charged once and the audit log one entry.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -33,17 +30,11 @@ from privdl.errors import UsageError  # noqa: E402
 from privdl.train.private_loop import make_private  # noqa: E402
 from tests.train.dist_loop_worker import BATCH, replay  # noqa: E402
 from tests.train.dist_worker import blobs  # noqa: E402
-from tests.train.test_distributed import POSTGRES_URL, TORCHRUN_VARS, _postgres_driver  # noqa: E402
+from tests.train.test_distributed import POSTGRES_URL, _postgres_driver  # noqa: E402
+from tests.train.torchrun import ROOT, launch  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("dist_loop_worker.py")
 FITS = [("record", "bk"), ("record", "hooks"), ("user", "bk"), ("user", "hooks")]
-
-
-@pytest.fixture(autouse=True)
-def _no_torchrun_env(monkeypatch):
-    for name in TORCHRUN_VARS:
-        monkeypatch.delenv(name, raising=False)
 
 
 def budget(ledger: BudgetLedger, dataset: str, unit: str, epsilon: float = 10.0) -> None:
@@ -78,13 +69,7 @@ def launched(tmp_path_factory):
         else:  # before the DDP run (which fails on every rank)
             runs.insert(-1, {"name": "postgres", "ledger": POSTGRES_URL, "dataset": pg_dataset, "mode": "hooks",
                              "unit": "record", "kind": "fit"})
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
-    cmd += [str(WORKER), str(out), json.dumps(runs)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=out)
-    assert done.returncode == 0, done.stderr[-4000:]
+    launch(WORKER, out, json.dumps(runs), cwd=out)
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     return {"out": out, "ledger": BudgetLedger(path), "ranks": ranks, "postgres": pg_dataset, "pg_error": pg_error}
 
@@ -261,14 +246,10 @@ def test_world_size_without_the_rest_of_torchrun_is_refused_before_any_charge(mo
 def test_the_torchrun_loop_example_trains_one_run_on_two_processes(tmp_path):
     import secrets
 
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"
-    env["PRIVDL_AUDIT_KEY"] = "hex:" + secrets.token_hex(32)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
-    cmd += [str(ROOT / "examples" / "train_torchrun_loop.py"), "--out", str(tmp_path / "run")]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-4000:]
+    done = launch(
+        ROOT / "examples" / "train_torchrun_loop.py", "--out", tmp_path / "run", cwd=tmp_path,
+        env={"PRIVDL_AUDIT_KEY": "hex:" + secrets.token_hex(32)},
+    )  # fmt: skip
     assert "2 process(es), record level: epsilon" in done.stdout
     assert "rank 0: 10000 records in its shard, 120 steps" in done.stdout
     assert "rank 1: 10000 records in its shard, 120 steps" in done.stdout

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -29,20 +27,11 @@ from privdl.errors import BudgetExceededError, InputError, UsageError  # noqa: E
 from privdl.train.distributed import Group  # noqa: E402
 from privdl.train.tune_ranks import argument_digests  # noqa: E402
 from tests.train.test_tune import _independent_bound  # noqa: E402
+from tests.train.torchrun import launch  # noqa: E402
 from tests.train.tune_worker import GRID, RECORD, blobs  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("tune_worker.py")
 POSTGRES_URL = os.environ.get("PRIVDL_TEST_POSTGRES_URL", "")
-TORCHRUN_VARS = (
-    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE", "NNODES", "MASTER_ADDR", "MASTER_PORT",
-)
-
-
-@pytest.fixture(autouse=True)
-def _no_torchrun_env(monkeypatch):
-    for name in TORCHRUN_VARS:
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +41,7 @@ def launched(tmp_path_factory):
     path = out / "budget.db"
     for dataset, eps in (("tune-dist", 10.0), ("tune-small", 1.0), ("tune-refuse", 10.0)):
         BudgetLedger(path).set_budget(dataset, epsilon=eps, delta=1e-5)
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
-    cmd += [str(WORKER), str(out), str(path)]
+    args = [out, path]
     pg_dataset = None
     if POSTGRES_URL and _postgres_driver():  # a PostgreSQL problem fails the PostgreSQL test only
         try:
@@ -65,9 +50,8 @@ def launched(tmp_path_factory):
         except Exception:
             pg_dataset = None
         else:
-            cmd += [POSTGRES_URL, pg_dataset]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=out)
-    assert done.returncode == 0, done.stderr[-4000:]
+            args += [POSTGRES_URL, pg_dataset]
+    launch(WORKER, *args, cwd=out, timeout=400)
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     return {"out": out, "ledger": BudgetLedger(path), "ranks": ranks, "postgres": pg_dataset}
 
