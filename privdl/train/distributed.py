@@ -285,18 +285,14 @@ class Group:
         Raises:
             InputError: the ranks hold different numbers of records, or different records.
         """
-        seen = self.all_gather((len(data), sample_digest(data)))
-        sizes = [n for n, _ in seen]
-        if len(set(sizes)) > 1:
-            raise InputError(
-                f"{what} has {', '.join(map(str, sizes))} records on ranks 0-{self.world_size - 1}: "
-                "under torchrun every rank passes the same data (each trains on its shard)"
-            )
-        if len({d for _, d in seen}) > 1:
-            raise InputError(
-                f"{what} differs between the ranks (same size, other records): under torchrun "
-                "every rank passes the same data, not its own part (each trains on its shard)"
-            )
+        self._agree(
+            len(data),
+            sample_digest(data),
+            lambda sizes: f"{what} has {sizes} records on ranks 0-{self.world_size - 1}: "
+            "under torchrun every rank passes the same data (each trains on its shard)",
+            f"{what} differs between the ranks (same size, other records): under torchrun "
+            "every rank passes the same data, not its own part (each trains on its shard)",
+        )
 
     def check_same_users(self, n_users: int, grouping_sha256: str) -> None:
         """Every rank of a user-level run must group the records into the same users:
@@ -307,18 +303,28 @@ class Group:
             InputError: the ranks were given other users (the message gives counts,
                 never a user id).
         """
-        seen = self.all_gather((int(n_users), str(grouping_sha256)))
-        counts = [u for u, _ in seen]
+        self._agree(
+            int(n_users),
+            str(grouping_sha256),
+            lambda counts: f"the users given have {counts} users on ranks 0-{self.world_size - 1}: "
+            "under torchrun every rank passes the same users= (or user_column=) for the same data",
+            "the users given group the records differently on the ranks (same number of users): "
+            "under torchrun every rank passes the same users= (or user_column=) for the same data",
+        )
+
+    def _agree(self, count: int, digest: str | None, counts_differ: Any, digests_differ: str) -> None:
+        """Every rank's ``(count, digest)`` compared on every rank.
+
+        Raises:
+            InputError: ``counts_differ(the counts, comma-separated)`` when the counts
+                differ, else ``digests_differ`` when the digests do.
+        """
+        seen = self.all_gather((count, digest))
+        counts = [c for c, _ in seen]
         if len(set(counts)) > 1:
-            raise InputError(
-                f"the users given have {', '.join(map(str, counts))} users on ranks 0-{self.world_size - 1}: "
-                "under torchrun every rank passes the same users= (or user_column=) for the same data"
-            )
+            raise InputError(counts_differ(", ".join(map(str, counts))))
         if len({d for _, d in seen}) > 1:
-            raise InputError(
-                "the users given group the records differently on the ranks (same number of users): "
-                "under torchrun every rank passes the same users= (or user_column=) for the same data"
-            )
+            raise InputError(digests_differ)
 
     def shard_users(self, data: TensorData | IndexedData, users: Any) -> tuple[TensorData | IndexedData, Any]:
         """This rank's contiguous block of the users of ``users`` (a
