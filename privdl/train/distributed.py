@@ -99,7 +99,6 @@ __all__ = [
     "generator",
     "join",
     "on_writer",
-    "refuse_several_processes",
     "refuse_sqlite_across_machines",
     "refuse_wrapped",
     "sample_digest",
@@ -551,22 +550,6 @@ def join(
     dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
     atexit.register(_destroy)
     return Group(rank=dist.get_rank(), world_size=dist.get_world_size(), created=True)
-
-
-def refuse_several_processes(what: str) -> None:
-    """Refuse ``what`` in a run of several processes (an initialized process group of
-    more than one rank, or ``WORLD_SIZE > 1``).
-
-    Raises:
-        UsageError: there are several processes.
-    """
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        world = dist.get_world_size()
-    else:
-        world = TorchrunEnv.read().world_size
-    if world > 1:
-        raise UsageError(f"{what} does not run on {world} processes yet: run it on one process")
 
 
 def _destroy() -> None:
