@@ -7,7 +7,8 @@
 # On the device (the `run` tool with carry [".whl"], timeout about 480 s):
 #     bash benchmarks/gpu_checks.sh
 # It prints the GPU, runs the gpu-marked tests (model, batches and noise on CUDA; the
-# MLP, a hooks-mode model in secure mode and a CNN train there) and then
+# MLP, a hooks-mode model in secure mode and a CNN train there; user-level DP-SGD on the
+# device: the one-user bound for bk and hooks, the trainer and make_private) and then
 # benchmarks/train_gpu.py, whose output is also written to $OUT/train_gpu.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,5 +27,5 @@ export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
 out="${OUT:-/tmp}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c 'import torch, opacus; print("torch", torch.__version__, "opacus", opacus.__version__, "cuda", torch.cuda.is_available())'
-python3 -m pytest -p no:cacheprovider -m gpu tests/train/test_trainer.py 2>&1 | tee "$out/gpu_tests.txt"
+python3 -m pytest -p no:cacheprovider -m gpu tests/train/test_trainer.py tests/train/test_user_level_gpu.py 2>&1 | tee "$out/gpu_tests.txt"
 python3 benchmarks/train_gpu.py 2>&1 | tee "$out/train_gpu.txt"
