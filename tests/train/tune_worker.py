@@ -15,7 +15,6 @@ error it raised (``{"error": type, "message": str}``).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -31,6 +30,7 @@ from torch import nn
 import privdl
 from privdl.audit import AuditLog
 from privdl.keys import Secret
+from tests.train.dist_worker import digest
 
 GRID = {"lr": [0.05, 0.2], "max_grad_norm": [0.5, 1.0]}
 #: the record-level search (the test repeats it on one process)
@@ -43,14 +43,6 @@ def blobs(n: int = 600, d: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, size=n)
     return (centers[y] + rng.normal(size=(n, d))).astype(np.float32), y
-
-
-def digest(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in module.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def model_maker(rank: int):
