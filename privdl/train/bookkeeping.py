@@ -56,7 +56,7 @@ import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 from privdl._optional import require
 from privdl.errors import UsageError
@@ -645,11 +645,13 @@ class BookKeepingStep:
     """
 
     mode = "bk"
+    #: the engine that clips (the user-level step clips users: ``UserBookKeeping``)
+    engine_type: ClassVar[type[BookKeeping]] = BookKeeping
 
     def __init__(self, model: nn.Module, settings: Any, *, copy_outputs: bool = False) -> None:
         params = [p for p in model.parameters() if p.requires_grad]
         self.settings = settings
-        self.engine = BookKeeping(
+        self.engine = self.engine_type(
             model,
             settings.make_optimizer(params),
             settings.criterion,
@@ -678,13 +680,23 @@ class BookKeepingStep:
         engine.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.settings.device)
         for part in chunks:
+            if self._empty(part):
+                continue
             xb, yb = load(part)
             out, yb = shape(engine(xb), yb)
             losses = engine.per_sample_loss(out, yb)
-            engine.accumulate(losses)
+            self._accumulate(losses, part)
             total = total + losses.detach().sum()
         engine.step()  # an empty batch is a noise-only step, and it is accounted
         return total
+
+    def _empty(self, part: Any) -> bool:
+        """Whether ``part`` holds no records (skipped: it adds nothing to the sum)."""
+        return False
+
+    def _accumulate(self, losses: Any, part: Any) -> None:
+        """Clip ``part``'s units from their ``losses`` and add them to the sum."""
+        self.engine.accumulate(losses)
 
     def release(self) -> nn.Module:
         return self.engine.to_standard_module()

@@ -55,7 +55,7 @@ import numpy as np
 
 from privdl._optional import require
 from privdl.errors import InputError, UsageError
-from privdl.train.bookkeeping import BookKeeping, _trainable_layers
+from privdl.train.bookkeeping import BookKeeping, BookKeepingStep, _trainable_layers
 from privdl.train.data import ChaChaRandom, TensorData
 from privdl.train.run import TrainingRun
 
@@ -449,50 +449,18 @@ class UserBookKeeping(BookKeeping):
         return norm2.detach()
 
 
-class UserBookKeepingStep:
-    """The DP step of user-level ``"bk"``: :class:`UserBookKeeping` over user batches."""
+class UserBookKeepingStep(BookKeepingStep):
+    """The DP step of user-level ``"bk"``: :class:`~privdl.train.bookkeeping.BookKeepingStep`
+    over :class:`UserBatch` chunks, each user clipped as one unit by
+    :class:`UserBookKeeping`."""
 
-    mode = "bk"
+    engine_type = UserBookKeeping
 
-    def __init__(self, model: nn.Module, settings: Any) -> None:
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.settings = settings
-        self.engine = UserBookKeeping(
-            model,
-            settings.make_optimizer(params),
-            settings.criterion,
-            noise_multiplier=settings.noise_multiplier,
-            max_grad_norm=settings.max_grad_norm,
-            expected_batch_size=settings.expected_batch_size,
-            generator=settings.generator,
-            secure=settings.secure,
-            collective=settings.collective,
-        )
+    def _empty(self, part: UserBatch) -> bool:
+        return part.records.numel() == 0
 
-    @property
-    def optimizer(self) -> Any:
-        return self.engine.original_optimizer
-
-    def train(self) -> None:
-        self.engine.train()
-
-    def step(self, chunks: Sequence[UserBatch], load: Callable[[UserBatch], tuple[Any, Any]]) -> Any:
-        engine, shape = self.engine, self.settings.shape_for_loss
-        engine.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=self.settings.device)
-        for batch in chunks:
-            if batch.records.numel() == 0:
-                continue
-            xb, yb = load(batch)
-            out, yb = shape(engine(xb), yb)
-            losses = engine.per_sample_loss(out, yb)
-            engine.accumulate_users(losses, batch.to(losses.device))
-            total = total + losses.detach().sum()
-        engine.step()  # no user sampled: a noise-only step, accounted
-        return total
-
-    def release(self) -> nn.Module:
-        return self.engine.to_standard_module()
+    def _accumulate(self, losses: Any, part: UserBatch) -> None:
+        self.engine.accumulate_users(losses, part.to(losses.device))
 
 
 class OpacusUserStep:
