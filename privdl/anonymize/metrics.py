@@ -259,6 +259,45 @@ class TableMetrics(JSONSerializable):
     # to_dict / from_dict / to_json / from_json: privdl.serialize.JSONSerializable
     _json_kind = "table metrics"
 
+    @classmethod
+    def of_classes(
+        cls,
+        *,
+        rows: int,
+        classes: int,
+        k: int,
+        unique_share: float,
+        high_risk_share: float,
+        l_distinct: dict[str, int],
+        l_entropy: dict[str, float],
+        t: dict[str, float],
+        class_sizes: list[list[Any]],
+        sum_squares: float,
+        suppressed: int,
+        k_target: int | None,
+    ) -> TableMetrics:
+        """The figures from the class counts (pandas or Spark): the risks follow from
+        ``k``, ``classes`` and ``rows`` (the table is its own population),
+        discernibility from the sum of squared class sizes and the suppressed rows."""
+        avg = rows / classes if classes else 0.0
+        return cls(
+            rows=rows,
+            classes=classes,
+            k=k,
+            prosecutor_max=1.0 / k if k else 0.0,
+            prosecutor_avg=classes / rows if rows else 0.0,
+            journalist_max=1.0 / k if k else 0.0,
+            marketer=classes / rows if rows else 0.0,
+            unique_share=unique_share,
+            high_risk_share=high_risk_share,
+            l_distinct=l_distinct,
+            l_entropy=l_entropy,
+            t=t,
+            class_sizes=class_sizes,
+            discernibility=float(sum_squares) + float(rows + suppressed) * suppressed,
+            avg_class_size=avg / k_target if k_target else avg,
+        )
+
 
 def measure(
     frame: pd.DataFrame,
@@ -308,24 +347,19 @@ def measure(
     for name, lo, hi in SIZE_BUCKETS:
         in_bucket = (sizes >= lo) & (sizes <= hi)
         buckets.append([name, int(in_bucket.sum()), int(sizes[in_bucket].sum())])
-    k_min = int(sizes.min()) if n else 0
-    avg = n / n_classes if n_classes else 0.0
-    return TableMetrics(
+    return TableMetrics.of_classes(
         rows=n,
         classes=n_classes,
-        k=k_min,
-        prosecutor_max=1.0 / k_min if k_min else 0.0,
-        prosecutor_avg=n_classes / n if n else 0.0,
-        journalist_max=1.0 / k_min if k_min else 0.0,
-        marketer=n_classes / n if n else 0.0,
+        k=int(sizes.min()) if n else 0,
         unique_share=float((rec_size == 1).mean()) if n else 0.0,
         high_risk_share=float((rec_size < 5).mean()) if n else 0.0,
         l_distinct=l_distinct,
         l_entropy=l_entropy,
         t=t_value,
         class_sizes=buckets,
-        discernibility=float(np.sum(sizes.astype(np.float64) ** 2) + float(n + suppressed) * suppressed),
-        avg_class_size=avg / k_target if k_target else avg,
+        sum_squares=float(np.sum(sizes.astype(np.float64) ** 2)),
+        suppressed=suppressed,
+        k_target=k_target,
     )
 
 

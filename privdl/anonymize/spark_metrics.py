@@ -153,23 +153,19 @@ def measure_spark(
     l_distinct = {c: int(parts[f"ld{j}"].min()) if n else 0 for j, c in enumerate(sensitive)}
     l_entropy = {c: float(np.exp(max(parts[f"le{j}"].min(), 0.0))) if n else 0.0 for j, c in enumerate(sensitive)}
     t_value = {c: float(parts[f"t{j}"].max()) if n else 0.0 for j, c in enumerate(sensitive)}
-    avg = n / n_classes if n_classes else 0.0
-    metrics = TableMetrics(
+    metrics = TableMetrics.of_classes(
         rows=n,
         classes=n_classes,
         k=k_min,
-        prosecutor_max=1.0 / k_min if k_min else 0.0,
-        prosecutor_avg=n_classes / n if n else 0.0,
-        journalist_max=1.0 / k_min if k_min else 0.0,
-        marketer=n_classes / n if n else 0.0,
         unique_share=float(parts["unique_r"].sum()) / n if n else 0.0,
         high_risk_share=float(parts["high_r"].sum()) / n if n else 0.0,
         l_distinct=l_distinct,
         l_entropy=l_entropy,
         t=t_value,
         class_sizes=buckets_rows,
-        discernibility=float(parts["sumsq"].sum()) + float(n + suppressed) * suppressed,
-        avg_class_size=avg / k_target if k_target else avg,
+        sum_squares=float(parts["sumsq"].sum()),
+        suppressed=suppressed,
+        k_target=k_target,
     )
     loss = None
     if encoded is not None:
