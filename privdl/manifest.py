@@ -86,40 +86,29 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
+    """``git args`` in the privdl checkout: its stdout, or None (not a git checkout, git
+    not available, or git failed)."""
     root = Path(__file__).resolve().parents[1]
     if not (root / ".git").exists():
         return None
     try:
-        proc = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
+        proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def _git_commit() -> str | None:
+    out = _git("rev-parse", "HEAD")
+    return None if out is None else out.strip() or None
 
 
 def _git_modified() -> bool | None:
     """Whether tracked files of the privdl checkout differ from its commit (None: not a
     git checkout, or git is not available)."""
-    root = Path(__file__).resolve().parents[1]
-    if not (root / ".git").exists():
-        return None
-    try:
-        proc = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", "privdl"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return bool(proc.stdout.strip()) if proc.returncode == 0 else None
+    out = _git("status", "--porcelain", "--untracked-files=no", "--", "privdl")
+    return None if out is None else bool(out.strip())
 
 
 def _hardware() -> dict[str, Any]:
