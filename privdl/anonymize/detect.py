@@ -184,6 +184,15 @@ def _free_text(values: list[str]) -> bool:
     return words >= FREE_TEXT_WORDS or chars >= FREE_TEXT_CHARS
 
 
+def _text_kind(values: list[str]) -> str | None:
+    """What a sample of a text column is linkable as: ``"dates"`` / ``"timestamps"``,
+    ``"free text"``, or None (the pandas and the Spark engine use this one rule)."""
+    kind = _date_kind(values)
+    if kind is None and _free_text(values):
+        kind = "free text"
+    return kind
+
+
 def _cardinality(series: pd.Series) -> str | None:
     try:
         counts = series.value_counts(dropna=True)
@@ -225,10 +234,7 @@ def linkable_columns(frame: pd.DataFrame, columns: Iterable[str]) -> dict[str, s
             found[column] = "timestamps" if timed else "dates"
             continue
         if is_object_dtype(series) or is_string_dtype(series):
-            values = _text_sample(series)
-            kind = _date_kind(values)
-            if kind is None and _free_text(values):
-                kind = "free text"
+            kind = _text_kind(_text_sample(series))
             if kind is not None:
                 found[column] = kind
                 continue

@@ -31,8 +31,7 @@ from privdl.anonymize.detect import (
     MIN_DISTINCT,
     SAMPLE,
     UNIQUE_SHARE,
-    _date_kind,
-    _free_text,
+    _text_kind,
     _text_sample,
     looks_like_identifiers,
 )
@@ -235,10 +234,7 @@ def linkable_columns_spark(sdf: Any, columns: Sequence[str], *, rows: int) -> di
             found[c] = "timestamps" if timed else "dates"
             continue
         if isinstance(kind, T.StringType) and sample is not None:
-            values = _text_sample(sample[c])
-            why = _date_kind(values)
-            if why is None and _free_text(values):
-                why = "free text"
+            why = _text_kind(_text_sample(sample[c]))
             if why is not None:
                 found[c] = why
                 continue
