@@ -29,7 +29,7 @@ from privdl.errors import UsageError  # noqa: E402
 from privdl.train import distributed  # noqa: E402
 from privdl.train.trainer import PrivateTrainer  # noqa: E402
 from tests.train.dist_worker import blobs  # noqa: E402
-from tests.train.torchrun import launch  # noqa: E402
+from tests.train.torchrun import launch, rank_results  # noqa: E402
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 POSTGRES_URL = os.environ.get("PRIVDL_TEST_POSTGRES_URL", "")
@@ -68,7 +68,7 @@ def launched(tmp_path_factory):
         else:
             runs.append({"name": "postgres", "ledger": POSTGRES_URL, "dataset": pg_dataset, "mode": "hooks"})
     launch(WORKER, out, json.dumps(runs), cwd=out)
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = rank_results(out)
     return {"out": out, "sqlite": path, "postgres": pg_dataset, "pg_error": pg_error, "ranks": ranks}
 
 

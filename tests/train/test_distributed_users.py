@@ -29,7 +29,7 @@ from privdl.train import distributed  # noqa: E402
 from privdl.train.trainer import PrivateTrainer  # noqa: E402
 from tests.train.dist_user_worker import CLIP, user_ids  # noqa: E402
 from tests.train.dist_worker import blobs  # noqa: E402
-from tests.train.torchrun import launch  # noqa: E402
+from tests.train.torchrun import launch, rank_results  # noqa: E402
 
 WORKER = Path(__file__).with_name("dist_user_worker.py")
 
@@ -54,7 +54,7 @@ def launched(tmp_path_factory):
     for run in runs:
         run["ledger"] = str(path)
     launch(WORKER, out, json.dumps(runs), cwd=out)
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = rank_results(out)
     return {"out": out, "ledger": BudgetLedger(path), "ranks": ranks}
 
 

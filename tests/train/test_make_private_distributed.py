@@ -31,7 +31,7 @@ from privdl.train.private_loop import make_private  # noqa: E402
 from tests.train.dist_loop_worker import BATCH, replay  # noqa: E402
 from tests.train.dist_worker import blobs  # noqa: E402
 from tests.train.test_distributed import POSTGRES_URL, _postgres_driver  # noqa: E402
-from tests.train.torchrun import ROOT, launch  # noqa: E402
+from tests.train.torchrun import ROOT, launch, rank_results  # noqa: E402
 
 WORKER = Path(__file__).with_name("dist_loop_worker.py")
 FITS = [("record", "bk"), ("record", "hooks"), ("user", "bk"), ("user", "hooks")]
@@ -70,7 +70,7 @@ def launched(tmp_path_factory):
             runs.insert(-1, {"name": "postgres", "ledger": POSTGRES_URL, "dataset": pg_dataset, "mode": "hooks",
                              "unit": "record", "kind": "fit"})
     launch(WORKER, out, json.dumps(runs), cwd=out)
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = rank_results(out)
     return {"out": out, "ledger": BudgetLedger(path), "ranks": ranks, "postgres": pg_dataset, "pg_error": pg_error}
 
 

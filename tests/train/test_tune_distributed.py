@@ -9,7 +9,6 @@ ledger once per rank, and release a different model on each.
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from pathlib import Path
@@ -27,7 +26,7 @@ from privdl.errors import BudgetExceededError, InputError, UsageError  # noqa: E
 from privdl.train.distributed import Group  # noqa: E402
 from privdl.train.tune_ranks import argument_digests  # noqa: E402
 from tests.train.test_tune import _independent_bound  # noqa: E402
-from tests.train.torchrun import launch  # noqa: E402
+from tests.train.torchrun import launch, rank_results  # noqa: E402
 from tests.train.tune_worker import GRID, RECORD, blobs  # noqa: E402
 
 WORKER = Path(__file__).with_name("tune_worker.py")
@@ -52,7 +51,7 @@ def launched(tmp_path_factory):
         else:
             args += [POSTGRES_URL, pg_dataset]
     launch(WORKER, *args, cwd=out, timeout=400)
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = rank_results(out)
     return {"out": out, "ledger": BudgetLedger(path), "ranks": ranks, "postgres": pg_dataset}
 
 

@@ -4,6 +4,7 @@ and none of the torchrun variables of an outer launch."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -38,3 +39,8 @@ def launch(
     done = subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     assert done.returncode == 0, done.stderr[-4000:]
     return done
+
+
+def rank_results(out: Path) -> list[dict]:
+    """What each of the 2 ranks wrote: ``out/rank{R}.json``."""
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
