@@ -22,6 +22,7 @@ from privdl.keys import Secret  # noqa: E402
 from privdl.train.dp_step import StepSettings  # noqa: E402
 from privdl.train.private_loop import make_private  # noqa: E402
 from privdl.train.user_level import OpacusUserStep, UserBookKeeping, UserIndex  # noqa: E402
+from tests.train.user_bound import check_one_user_bound, flat  # noqa: E402
 
 C = 0.5
 
@@ -63,10 +64,6 @@ def user_run(X, y, owners, *, m=6, batch_size=10, **kw):
 
 
 # ------------------------------------------------------- (1) the per-user bound, per step
-def _flat(model):
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-
 def _settings():
     # lr=1 SGD, no noise, divisor 1: the update is minus the summed clipped gradients
     return StepSettings(
@@ -82,7 +79,7 @@ def _settings():
 def _loop_update(model, mode, X, y, index, users):
     """One step of the loop's engine: the caller's backward of the batch's mean loss."""
     m = copy.deepcopy(model)
-    before = _flat(m)
+    before = flat(m)
     batch = index.gather(torch.tensor(users, dtype=torch.int64))
     rows = batch.records
     if mode == "bk":
@@ -96,24 +93,12 @@ def _loop_update(model, mode, X, y, index, users):
             F.cross_entropy(engine(X[rows]), y[rows]).backward()
         engine.accumulate_backward_users(batch)
         engine.step()
-        return before - _flat(engine.to_standard_module())
+        return before - flat(engine.to_standard_module())
     step = OpacusUserStep(mode, m, _settings())
     if users:
         F.cross_entropy(step.module(X[rows]), y[rows]).backward()
     step.step_from_backward(batch)
-    return before - _flat(step.release())
-
-
-def _brute_force(model, X, y, index, users):
-    """Per user: autograd gradient of their mean loss, clipped to C; summed."""
-    total = torch.zeros_like(_flat(model))
-    for u in users:
-        rows = index.records[index.offsets[u] : index.offsets[u + 1]]
-        m = copy.deepcopy(model)
-        grads = torch.autograd.grad(F.cross_entropy(m(X[rows]), y[rows]), list(m.parameters()))
-        g = torch.cat([t.reshape(-1) for t in grads])
-        total += g * min(1.0, C / (float(g.norm()) + 1e-6))
-    return total
+    return before - flat(step.release())
 
 
 def _fixture(kind):
@@ -143,16 +128,9 @@ def _fixture(kind):
 )
 def test_removing_one_user_moves_the_loops_update_by_at_most_C(mode, kind):
     model, X, y, index = _fixture(kind)
-    everyone = list(range(index.n_users))
-    full = _loop_update(model, mode, X, y, index, everyone)
-    # the loop's mean-loss backward gives exactly the per-user brute force
-    assert torch.allclose(full, _brute_force(model, X, y, index, everyone), atol=1e-4, rtol=1e-4)
-    for u in everyone:
-        without = _loop_update(model, mode, X, y, index, [v for v in everyone if v != u])
-        assert float((full - without).norm()) <= C * (1 + 1e-4)
-    # the heavy user (12 kept records) is clipped to C as one unit: the bound is attained
-    solo = _loop_update(model, mode, X, y, index, [0])
-    assert float(solo.norm()) == pytest.approx(C, rel=1e-3)
+    # the loop's mean-loss backward gives exactly the per-user brute force, and the heavy
+    # user (12 kept records) is clipped to C as one unit
+    check_one_user_bound(lambda users: _loop_update(model, mode, X, y, index, users), model, X, y, index, C)
     assert float(_loop_update(model, mode, X, y, index, []).norm()) == 0.0
 
 

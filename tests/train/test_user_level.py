@@ -18,6 +18,7 @@ from privdl.errors import InputError, UsageError  # noqa: E402
 from privdl.train.bookkeeping import BookKeepingStep  # noqa: E402
 from privdl.train.dp_step import StepSettings  # noqa: E402
 from privdl.train.user_level import UserIndex, make_user_step  # noqa: E402
+from tests.train.user_bound import check_one_user_bound, flat  # noqa: E402
 
 C = 0.5
 
@@ -34,30 +35,13 @@ def _settings(criterion: nn.Module) -> StepSettings:
     )
 
 
-def _flat(model: nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-
 def _user_update(model: nn.Module, mode: str, X, y, index: UserIndex, users: list[int]) -> torch.Tensor:
     m = copy.deepcopy(model)
-    before = _flat(m)
+    before = flat(m)
     step = make_user_step(mode, m, _settings(nn.CrossEntropyLoss()))
     batch = index.gather(torch.tensor(users, dtype=torch.int64))
     step.step([batch] if users else [], lambda b: (X[b.records], y[b.records]))
-    return before - _flat(step.release())
-
-
-def _brute_force(model: nn.Module, X, y, index: UserIndex, users: list[int]) -> torch.Tensor:
-    """Per user: autograd gradient of their mean loss, clipped to C; summed."""
-    total = torch.zeros_like(_flat(model))
-    for u in users:
-        rows = index.records[index.offsets[u] : index.offsets[u + 1]]
-        m = copy.deepcopy(model)
-        loss = nn.functional.cross_entropy(m(X[rows]), y[rows])
-        grads = torch.autograd.grad(loss, list(m.parameters()))
-        g = torch.cat([t.reshape(-1) for t in grads])
-        total += g * min(1.0, C / (float(g.norm()) + 1e-6))
-    return total
+    return before - flat(step.release())
 
 
 def _data(kind: str, n_users: int = 12, seed: int = 0):
@@ -86,16 +70,7 @@ def _data(kind: str, n_users: int = 12, seed: int = 0):
 @pytest.mark.parametrize(("mode", "kind"), [("bk", "mlp"), ("bk", "seq"), ("hooks", "mlp"), ("hooks", "conv")])
 def test_removing_one_user_moves_the_update_by_at_most_C(mode, kind):
     model, X, y, index = _data(kind)
-    everyone = list(range(index.n_users))
-    full = _user_update(model, mode, X, y, index, everyone)
-    # the clipped sum is exactly the per-user brute force (so the bound below is not vacuous)
-    assert torch.allclose(full, _brute_force(model, X, y, index, everyone), atol=1e-4, rtol=1e-4)
-    for u in everyone:
-        without = _user_update(model, mode, X, y, index, [v for v in everyone if v != u])
-        assert float((full - without).norm()) <= C * (1 + 1e-4)
-    # the heavy user's clipped gradient is at C: the bound is attained, not loose
-    solo = _user_update(model, mode, X, y, index, [0])
-    assert float(solo.norm()) == pytest.approx(C, rel=1e-3)
+    check_one_user_bound(lambda users: _user_update(model, mode, X, y, index, users), model, X, y, index, C)
 
 
 def test_record_level_clipping_moves_it_by_more_than_C():
@@ -106,10 +81,10 @@ def test_record_level_clipping_moves_it_by_more_than_C():
 
     def update(idx):
         m = copy.deepcopy(model)
-        before = _flat(m)
+        before = flat(m)
         step = BookKeepingStep(m, _settings(nn.CrossEntropyLoss()))
         step.step([idx], lambda part: (X[part], y[part]))
-        return before - _flat(step.release())
+        return before - flat(step.release())
 
     assert float(update(rows).norm()) > 2 * C
 
