@@ -349,7 +349,9 @@ def test_report_headline_audit_and_manifest_state_the_unit(tmp_path):
     names = [f"secret-pseudonym-{int(u):03d}" for u in owners]
     log_path = tmp_path / "audit.jsonl"
     log = privdl.AuditLog(log_path, key=Secret.generate())
-    with user_run(X, y, names, m=6, audit_log=log, seed=0) as run:
+    ledger = BudgetLedger(tmp_path / "ids.db")
+    ledger.set_budget("people-ids", epsilon=5.0, delta=1e-5, privacy_unit="user")
+    with user_run(X, y, names, m=6, audit_log=log, seed=0, ledger=ledger, dataset_id="people-ids") as run:
         loop(run, 2)
     facts = run.run_facts()
     assert (facts.privacy_unit, facts.max_records_per_user, facts.n_users) == ("user", 6, 60)
@@ -367,9 +369,11 @@ def test_report_headline_audit_and_manifest_state_the_unit(tmp_path):
         assert e["params"]["max_records_per_user"] == 6 and e["params"]["n_users"] == 60
     config = run.manifest.config
     assert (config["privacy_unit"], config["max_records_per_user"], config["n_users"]) == ("user", 6, 60)
-    # never a user id: not in the log, the report or the manifest
+    # never a user id: not in the log, the ledger, the report or the manifest
+    ledger_bytes = b"".join(p.read_bytes() for p in tmp_path.glob("ids.db*"))
     written = log_path.read_text() + report.to_json() + run.manifest.to_json()
-    assert "secret-pseudonym" not in written
+    assert "secret-pseudonym" not in written and b"secret-pseudonym" not in ledger_bytes
+    assert ledger.runs("people-ids")[0].privacy_unit == "user"
 
 
 def test_record_level_stays_record_level():
