@@ -305,3 +305,7 @@ def test_user_level_run_from_flags(run_cli, setup):
         assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, (extra, err)
         assert not (tmp / "bad").exists()
     assert privdl.BudgetLedger(ledger).spent("ds-users-flags") == spent  # nothing charged
+    # refused before the table is read: a missing table is not what it reports
+    code, _, err = run_cli("train", tmp / "no-such-table.csv", *base[2:], "-o", tmp / "bad",
+                           "--privacy-unit", "user", "--max-records-per-user", "3")  # fmt: skip
+    assert code == 2 and "--user-column" in err and "no-such-table" not in err
